@@ -1,0 +1,211 @@
+//! The JSON wire contract: decision requests and responses, batch envelopes and
+//! the error body. Shared by the HTTP server and the offline CLI commands.
+//!
+//! An entity reference is either Cedar's text form `"Type::\"id\""` or the object
+//! `{"type": "Type", "id": "id"}` (as cedar-agent and Cedar's tools write it).
+
+use std::str::FromStr;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Most requests one batch may carry.
+pub const DEFAULT_MAX_BATCH: usize = 100;
+
+/// One decision request, as received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzRequest {
+    pub principal: Value,
+    pub action: Value,
+    pub resource: Value,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    /// Entities added to the stored ones for this decision only.
+    #[serde(default)]
+    pub entities: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub requests: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    Allow,
+    Deny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "Allow",
+            Outcome::Deny => "Deny",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostics {
+    /// The `@id`s of the policies that determined the decision.
+    pub reason: Vec<String>,
+    /// Evaluation errors, each naming its policy. Any error makes the decision Deny.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthzResponse {
+    pub decision: Outcome,
+    pub diagnostics: Diagnostics,
+    pub policy_version: String,
+    pub decision_id: String,
+}
+
+/// A batch result: a decision, or the error that kept this request from one.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Decided(AuthzResponse),
+    Failed { error: ErrorBody },
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Why a request could not be decided. Each variant is a client error (4xx).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{field}: {reason}")]
+    InvalidEntityRef { field: &'static str, reason: String },
+    #[error("{field}: unknown entity type `{type_name}` (not in the schema)")]
+    UnknownEntityType { field: &'static str, type_name: String },
+    #[error("action: unknown action {0} (not in the schema)")]
+    UnknownAction(String),
+    #[error("{field}: entity {uid} is neither stored nor in the request's entities")]
+    UnknownEntity { field: &'static str, uid: String },
+    #[error("context: {0}")]
+    InvalidContext(String),
+    #[error("entities: {0}")]
+    InvalidEntities(String),
+    #[error("entities: {0} is already stored; request entities may add entities, never replace stored ones")]
+    EntityConflict(String),
+    #[error("request does not match the schema: {0}")]
+    InvalidRequest(String),
+    #[error("batch of {count} requests is over the limit of {max}")]
+    BatchTooLarge { count: usize, max: usize },
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::MalformedJson(_) => "malformed_json",
+            RequestError::InvalidEntityRef { .. } => "invalid_entity_ref",
+            RequestError::UnknownEntityType { .. } => "unknown_entity_type",
+            RequestError::UnknownAction(_) => "unknown_action",
+            RequestError::UnknownEntity { .. } => "unknown_entity",
+            RequestError::InvalidContext(_) => "invalid_context",
+            RequestError::InvalidEntities(_) => "invalid_entities",
+            RequestError::EntityConflict(_) => "entity_conflict",
+            RequestError::InvalidRequest(_) => "invalid_request",
+            RequestError::BatchTooLarge { .. } => "batch_too_large",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+}
+
+impl AuthzRequest {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
+        serde_json::from_slice(bytes).map_err(|e| RequestError::MalformedJson(e.to_string()))
+    }
+
+    pub fn from_value(value: Value) -> Result<Self, RequestError> {
+        serde_json::from_value(value).map_err(|e| RequestError::MalformedJson(e.to_string()))
+    }
+}
+
+impl BatchRequest {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
+        serde_json::from_slice(bytes).map_err(|e| RequestError::MalformedJson(e.to_string()))
+    }
+}
+
+/// Parses an entity reference in either accepted shape.
+pub fn parse_entity_ref(field: &'static str, value: &Value) -> Result<EntityUid, RequestError> {
+    let invalid = |reason: String| RequestError::InvalidEntityRef { field, reason };
+    match value {
+        Value::String(text) => EntityUid::from_str(text).map_err(|e| {
+            invalid(format!(
+                "`{text}` is not an entity reference like \"Type::\\\"id\\\"\": {e}"
+            ))
+        }),
+        Value::Object(map) => {
+            let map = match map.get("__entity") {
+                Some(Value::Object(inner)) => inner,
+                _ => map,
+            };
+            let (Some(Value::String(type_name)), Some(Value::String(id))) = (map.get("type"), map.get("id"))
+            else {
+                return Err(invalid(
+                    "expected {\"type\": \"…\", \"id\": \"…\"} with two strings".into(),
+                ));
+            };
+            let type_name = EntityTypeName::from_str(type_name)
+                .map_err(|e| invalid(format!("`{type_name}` is not an entity type name: {e}")))?;
+            Ok(EntityUid::from_type_name_and_id(type_name, EntityId::new(id)))
+        }
+        other => Err(invalid(format!(
+            "expected \"Type::\\\"id\\\"\" or {{\"type\", \"id\"}}, found {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entity_refs_in_text_and_object_forms_are_equal() {
+        let text = parse_entity_ref("principal", &json!("User::\"alice\"")).unwrap();
+        let object = parse_entity_ref("principal", &json!({"type": "User", "id": "alice"})).unwrap();
+        let escaped = parse_entity_ref("principal", &json!({"__entity": {"type": "User", "id": "alice"}})).unwrap();
+        assert_eq!(text, object);
+        assert_eq!(text, escaped);
+    }
+
+    #[test]
+    fn bad_entity_refs_name_their_field() {
+        for bad in [json!("alice"), json!({"type": "User"}), json!(42), json!({"type": "9x", "id": "a"})] {
+            let err = parse_entity_ref("resource", &bad).unwrap_err();
+            assert_eq!(err.code(), "invalid_entity_ref", "{bad}");
+            assert!(err.to_string().starts_with("resource: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = AuthzRequest::from_slice(br#"{"principal":"User::\"a\"","action":"Action::\"x\"","resource":"File::\"f\"","contxt":{}}"#)
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed_json");
+        assert!(err.to_string().contains("contxt"), "{err}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Derived data: facts the sidecar computes from the stored entities each time it
+//! builds a snapshot, so that policies can read them and nobody types them by hand.
+//!
+//! The rules live in a JSON file beside the schema (`schema/derived.json`) and are
+//! applied to the entities JSON before Cedar parses and validates it, so derived
+//! values are checked against the schema like any other. One kind of rule exists:
+//! `counts` — count the entities of a type whose attributes match, grouped by an
+//! entity they reference and by a string attribute, and write the counts as tags of
+//! the referenced entity. The Cdap model uses it for habilitation ceilings (H4).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The contents of a derivation file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivationRules {
+    #[serde(default)]
+    pub counts: Vec<CountRule>,
+}
+
+/// Count `source` entities matching `where`, per entity referenced by `target` and
+/// per value of `tag_by`; write each count as a tag of the referenced entity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountRule {
+    pub id: String,
+    /// Free text for readers: what the rule is for and which clause needs it.
+    #[serde(default)]
+    pub about: Option<String>,
+    /// Entity type whose entities are counted.
+    pub source: String,
+    /// Attribute values an entity must have (JSON equality) to be counted.
+    #[serde(default, rename = "where")]
+    pub filter: Map<String, Value>,
+    /// Entity-reference attribute of the source naming the entity that receives the tags.
+    pub target: String,
+    /// String attribute of the source whose value is the tag key.
+    pub tag_by: String,
+    /// Optional tag key that receives the count over all `tag_by` values.
+    #[serde(default)]
+    pub total_tag: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeriveError {
+    #[error("the entities file must be a JSON array of entities")]
+    NotAnArray,
+    #[error("rule `{rule}`: {entity} has no entity reference in attribute `{attr}`")]
+    MissingTarget {
+        rule: String,
+        entity: String,
+        attr: String,
+    },
+    #[error("rule `{rule}`: {entity} has no string attribute `{attr}`")]
+    MissingKey {
+        rule: String,
+        entity: String,
+        attr: String,
+    },
+    #[error("rule `{rule}`: {target} is referenced but is not in the entities file")]
+    UnknownTarget { rule: String, target: String },
+    #[error(
+        "rule `{rule}`: {entity} has tags written by hand, but the tags of `{entity_type}` entities are derived"
+    )]
+    AuthoredTags {
+        rule: String,
+        entity: String,
+        entity_type: String,
+    },
+}
+
+type Uid = (String, String);
+
+/// Applies every rule to the entities JSON, in place.
+pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), DeriveError> {
+    let list = entities.as_array_mut().ok_or(DeriveError::NotAnArray)?;
+    for rule in &rules.counts {
+        let counts = count(rule, list)?;
+        write_tags(rule, list, counts)?;
+    }
+    Ok(())
+}
+
+fn count(rule: &CountRule, list: &[Value]) -> Result<HashMap<Uid, BTreeMap<String, i64>>, DeriveError> {
+    let mut counts: HashMap<Uid, BTreeMap<String, i64>> = HashMap::new();
+    for entity in list {
+        let Some(uid) = entity.get("uid").and_then(entity_ref) else {
+            continue;
+        };
+        if uid.0 != rule.source {
+            continue;
+        }
+        let attrs = entity.get("attrs");
+        let attr = |name: &str| attrs.and_then(|a| a.get(name));
+        if !rule.filter.iter().all(|(k, v)| attr(k) == Some(v)) {
+            continue;
+        }
+        let target = attr(&rule.target)
+            .and_then(entity_ref)
+            .ok_or_else(|| DeriveError::MissingTarget {
+                rule: rule.id.clone(),
+                entity: display(&uid),
+                attr: rule.target.clone(),
+            })?;
+        let key = attr(&rule.tag_by)
+            .and_then(Value::as_str)
+            .ok_or_else(|| DeriveError::MissingKey {
+                rule: rule.id.clone(),
+                entity: display(&uid),
+                attr: rule.tag_by.clone(),
+            })?;
+        let tags = counts.entry(target).or_default();
+        *tags.entry(key.to_owned()).or_default() += 1;
+        if let Some(total) = &rule.total_tag {
+            *tags.entry(total.clone()).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+fn write_tags(
+    rule: &CountRule,
+    list: &mut [Value],
+    mut counts: HashMap<Uid, BTreeMap<String, i64>>,
+) -> Result<(), DeriveError> {
+    let target_types: BTreeSet<String> = counts.keys().map(|(t, _)| t.clone()).collect();
+    for entity in list.iter_mut() {
+        let Some(uid) = entity.get("uid").and_then(entity_ref) else {
+            continue;
+        };
+        if !target_types.contains(&uid.0) {
+            continue;
+        }
+        let has_tags = entity
+            .get("tags")
+            .and_then(Value::as_object)
+            .is_some_and(|t| !t.is_empty());
+        if has_tags {
+            return Err(DeriveError::AuthoredTags {
+                rule: rule.id.clone(),
+                entity: display(&uid),
+                entity_type: uid.0,
+            });
+        }
+        if let (Some(tags), Some(object)) = (counts.remove(&uid), entity.as_object_mut()) {
+            let tags = tags.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+            object.insert("tags".into(), Value::Object(tags));
+        }
+    }
+    match counts.into_keys().next() {
+        Some(target) => Err(DeriveError::UnknownTarget {
+            rule: rule.id.clone(),
+            target: display(&target),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An entity reference in Cedar's entity JSON: `{"type","id"}` or `{"__entity":{…}}`.
+fn entity_ref(value: &Value) -> Option<Uid> {
+    let value = value.get("__entity").unwrap_or(value);
+    let type_name = value.get("type")?.as_str()?;
+    let id = value.get("id")?.as_str()?;
+    Some((type_name.to_owned(), id.to_owned()))
+}
+
+fn display((type_name, id): &Uid) -> String {
+    format!("{type_name}::{id:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules() -> DerivationRules {
+        serde_json::from_value(json!({"counts": [{
+            "id": "active", "source": "Hab", "where": {"suspended": false},
+            "target": "box", "tag_by": "profile", "total_tag": "*"
+        }]}))
+        .unwrap()
+    }
+
+    fn hab(id: &str, profile: &str, suspended: bool) -> Value {
+        json!({"uid": {"type": "Hab", "id": id}, "parents": [],
+               "attrs": {"box": {"__entity": {"type": "Box", "id": "b"}},
+                         "profile": profile, "suspended": suspended}})
+    }
+
+    #[test]
+    fn counts_matching_sources_per_key_and_in_total() {
+        let mut entities = json!([
+            {"uid": {"type": "Box", "id": "b"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Box", "id": "empty"}, "attrs": {}, "parents": []},
+            hab("1", "T1", false), hab("2", "T1", false), hab("3", "T2", false), hab("4", "T2", true)
+        ]);
+        apply(&rules(), &mut entities).unwrap();
+        assert_eq!(entities[0]["tags"], json!({"T1": 2, "T2": 1, "*": 3}));
+        assert_eq!(entities[1].get("tags"), None);
+    }
+
+    #[test]
+    fn refuses_hand_written_tags_on_derived_targets() {
+        let mut entities = json!([
+            {"uid": {"type": "Box", "id": "b"}, "attrs": {}, "parents": [], "tags": {"T1": 0}},
+            hab("1", "T1", false)
+        ]);
+        let err = apply(&rules(), &mut entities).unwrap_err();
+        assert!(matches!(err, DeriveError::AuthoredTags { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_reference_to_a_missing_target() {
+        let mut entities = json!([hab("1", "T1", false)]);
+        let err = apply(&rules(), &mut entities).unwrap_err();
+        assert_eq!(err.to_string(), "rule `active`: Box::\"b\" is referenced but is not in the entities file");
+    }
+}

@@ -1,0 +1,130 @@
+//! One decision: a wire request and a snapshot in, allow or deny and why out.
+//!
+//! Pure and synchronous. Fails closed: a request that cannot be understood is an
+//! error (never a decision), and any evaluation error of any policy makes the
+//! decision Deny, with the error in `diagnostics.errors` (Cedar alone would skip an
+//! erroring `forbid` and could allow).
+
+use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::api::{parse_entity_ref, AuthzRequest, Diagnostics, Outcome, RequestError};
+use crate::slice::collect_uids;
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub action: EntityUid,
+    pub outcome: Outcome,
+    pub diagnostics: Diagnostics,
+}
+
+/// Decides one request against one snapshot; `now` fills the time attribute when
+/// the action declares it and the request leaves it out.
+pub fn decide(snapshot: &Snapshot, request: &AuthzRequest, now: DateTime<Utc>) -> Result<Decision, RequestError> {
+    let principal = entity_ref(snapshot, "principal", &request.principal)?;
+    let action = parse_entity_ref("action", &request.action)?;
+    if !snapshot.slice_index.has_action(&action) {
+        return Err(RequestError::UnknownAction(action.to_string()));
+    }
+    let resource = entity_ref(snapshot, "resource", &request.resource)?;
+    let request_entities = request_entities(snapshot, request.entities.as_deref())?;
+    for (field, uid) in [("principal", &principal), ("resource", &resource)] {
+        let known = snapshot.entities.get(uid).is_some() || request_entities.iter().any(|e| e.uid() == *uid);
+        if !known {
+            return Err(RequestError::UnknownEntity {
+                field,
+                uid: uid.to_string(),
+            });
+        }
+    }
+    let context_json = with_time(snapshot, &action, request.context.clone().unwrap_or_default(), now);
+    let keys: Vec<String> = context_json.keys().cloned().collect();
+    let context = Context::from_json_value(Value::Object(context_json), Some((&snapshot.schema, &action)))
+        .map_err(|e| RequestError::InvalidContext(describe(&e)))?;
+    let mut roots = vec![principal.clone(), resource.clone()];
+    for key in &keys {
+        if let Some(value) = context.get(key) {
+            collect_uids(&value, &mut roots);
+        }
+    }
+    let cedar_request = Request::new(principal, action.clone(), resource, context, Some(&snapshot.schema))
+        .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
+    let slice = snapshot
+        .slice_index
+        .slice(&snapshot.entities, roots, &action, request_entities)
+        .map_err(|e| RequestError::InvalidEntities(describe(&e)))?;
+    Ok(evaluate(snapshot, action, &cedar_request, &slice))
+}
+
+/// Runs Cedar and applies the fail-closed rule.
+fn evaluate(snapshot: &Snapshot, action: EntityUid, request: &Request, entities: &Entities) -> Decision {
+    let response: Response = Authorizer::new().is_authorized(request, &snapshot.policies, entities);
+    let errors: Vec<String> = response.diagnostics().errors().map(|e| describe(e)).collect();
+    let allowed = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+    // When an error overrides Cedar's Allow, the permits that matched did not decide.
+    let reason = if allowed || response.decision() == cedar_policy::Decision::Deny {
+        response.diagnostics().reason().map(|id| id.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    Decision {
+        action,
+        outcome: if allowed { Outcome::Allow } else { Outcome::Deny },
+        diagnostics: Diagnostics { reason, errors },
+    }
+}
+
+/// Parses a principal or resource reference and checks its type is in the schema.
+fn entity_ref(snapshot: &Snapshot, field: &'static str, value: &Value) -> Result<EntityUid, RequestError> {
+    let uid = parse_entity_ref(field, value)?;
+    if !snapshot.knows_entity_type(uid.type_name()) {
+        return Err(RequestError::UnknownEntityType {
+            field,
+            type_name: uid.type_name().to_string(),
+        });
+    }
+    Ok(uid)
+}
+
+/// Parses the request's own entities against the schema; they may add to the
+/// stored entities, never replace one.
+fn request_entities(snapshot: &Snapshot, entities: Option<&[Value]>) -> Result<Vec<Entity>, RequestError> {
+    let Some(entities) = entities.filter(|e| !e.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))
+        .map_err(|e| RequestError::InvalidEntities(describe(&e)))?;
+    let mut added = Vec::new();
+    for entity in parsed.iter() {
+        let uid = entity.uid();
+        if snapshot.slice_index.has_action(&uid) {
+            continue;
+        }
+        if snapshot.entities.get(&uid).is_some() {
+            return Err(RequestError::EntityConflict(uid.to_string()));
+        }
+        added.push(entity.clone());
+    }
+    Ok(added)
+}
+
+fn with_time(snapshot: &Snapshot, action: &EntityUid, mut context: Map<String, Value>, now: DateTime<Utc>) -> Map<String, Value> {
+    if snapshot.fills_time(action) && !context.contains_key(&snapshot.time_attribute) {
+        let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        context.insert(
+            snapshot.time_attribute.clone(),
+            json!({"__extn": {"fn": "datetime", "arg": now}}),
+        );
+    }
+    context
+}
+
+/// An error's message with its miette help, on one line.
+fn describe(error: &dyn miette::Diagnostic) -> String {
+    match error.help() {
+        Some(help) => format!("{error} ({help})"),
+        None => error.to_string(),
+    }
+}

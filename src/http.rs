@@ -1,0 +1,291 @@
+//! The HTTP server: routes, body limits, the mapping of errors to responses, and
+//! graceful shutdown. It only decodes, calls the library, and encodes.
+//!
+//! Routes:
+//! - `POST /v1/is_authorized`, `POST /v1/batch_is_authorized`: decisions;
+//! - `GET /healthz` (the process answers), `GET /readyz` (a snapshot is loaded);
+//! - `GET /metrics` (Prometheus text), `GET /v1/policy-set` (what is loaded).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::api::{
+    AuthzRequest, AuthzResponse, BatchItem, BatchRequest, BatchResponse, ErrorBody, RequestError,
+    DEFAULT_MAX_BATCH,
+};
+use crate::engine;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+
+/// Default cap on a request body.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            store: Store::new(),
+            metrics: Metrics::new(),
+            limits,
+        }
+    }
+
+    /// Installs a snapshot and publishes its version.
+    pub fn install(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
+        self.metrics.set_policy_version(&snapshot.version);
+        self.store.install(snapshot)
+    }
+}
+
+/// Why a request got no decision; each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("request body is over the limit of {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("cannot read the request body: {0}")]
+    BodyRead(String),
+    #[error("no policy snapshot is loaded yet")]
+    NotReady,
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: Method, path: String },
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HttpError::Request(_) | HttpError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            HttpError::Request(e) => e.code(),
+            HttpError::BodyTooLarge { .. } => "body_too_large",
+            HttpError::BodyRead(_) => "body_unreadable",
+            HttpError::NotReady => "not_ready",
+            HttpError::NotFound(_) => "not_found",
+            HttpError::MethodNotAllowed { .. } => "method_not_allowed",
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` completes, then stops
+/// accepting and lets in-flight requests finish (up to a deadline).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |request| handle(state.clone(), request));
+                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+        tracing::warn!(deadline = ?DRAIN_DEADLINE, "in-flight requests did not finish in time");
+    }
+    Ok(())
+}
+
+async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let result = route(&state, request).await;
+    Ok(result.unwrap_or_else(|error| {
+        state.metrics.record_error(error.code());
+        let body = json!({"error": ErrorBody { code: error.code(), message: error.to_string() }});
+        json_response(error.status(), &body)
+    }))
+}
+
+async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, HttpError> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::POST, "/v1/is_authorized") => {
+            let body = read_body(request, state.limits.max_body).await?;
+            is_authorized(state, &body)
+        }
+        (&Method::POST, "/v1/batch_is_authorized") => {
+            let body = read_body(request, state.limits.max_body).await?;
+            batch_is_authorized(state, &body)
+        }
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => {
+            let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "policy_version": snapshot.version}),
+            ))
+        }
+        (&Method::GET, "/metrics") => Ok(text_response(state.metrics.render())),
+        (&Method::GET, "/v1/policy-set") => {
+            let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+            Ok(json_response(StatusCode::OK, &policy_set(&snapshot)))
+        }
+        (_, "/v1/is_authorized" | "/v1/batch_is_authorized" | "/healthz" | "/readyz" | "/metrics" | "/v1/policy-set") => {
+            Err(HttpError::MethodNotAllowed { method, path })
+        }
+        _ => Err(HttpError::NotFound(path)),
+    }
+}
+
+fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
+    let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+    let request = AuthzRequest::from_slice(body)?;
+    let response = decide(state, &snapshot, &request)?;
+    Ok(json_response(StatusCode::OK, &response))
+}
+
+fn batch_is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
+    let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+    let batch = BatchRequest::from_slice(body)?;
+    if batch.requests.len() > state.limits.max_batch {
+        return Err(RequestError::BatchTooLarge {
+            count: batch.requests.len(),
+            max: state.limits.max_batch,
+        }
+        .into());
+    }
+    let results = batch
+        .requests
+        .into_iter()
+        .map(|item| {
+            let decided = AuthzRequest::from_value(item).and_then(|request| decide(state, &snapshot, &request));
+            match decided {
+                Ok(response) => BatchItem::Decided(response),
+                Err(error) => {
+                    state.metrics.record_error(error.code());
+                    BatchItem::Failed { error: error.body() }
+                }
+            }
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+}
+
+/// Decides one request on one snapshot, and counts it.
+fn decide(state: &AppState, snapshot: &Snapshot, request: &AuthzRequest) -> Result<AuthzResponse, RequestError> {
+    let started = Instant::now();
+    let decision = engine::decide(snapshot, request, Utc::now())?;
+    state
+        .metrics
+        .record_decision(decision.action.id().unescaped(), decision.outcome.as_str(), started.elapsed());
+    Ok(AuthzResponse {
+        decision: decision.outcome,
+        diagnostics: decision.diagnostics,
+        policy_version: snapshot.version.clone(),
+        decision_id: uuid::Uuid::now_v7().to_string(),
+    })
+}
+
+fn policy_set(snapshot: &Snapshot) -> serde_json::Value {
+    json!({
+        "policy_version": snapshot.version,
+        "loaded_at": snapshot.loaded_at.to_rfc3339(),
+        "policies": snapshot.policy_info,
+    })
+}
+
+async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, HttpError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > max) {
+        return Err(HttpError::BodyTooLarge { max });
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(HttpError::BodyTooLarge { max }),
+        Err(error) => Err(HttpError::BodyRead(error.to_string())),
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("response bodies always serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text_response(text: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

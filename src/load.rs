@@ -1,0 +1,305 @@
+//! Reading a model from disk: the schema, the policy files, the entities and the
+//! derivation rules, each parsed and strictly validated.
+//!
+//! Every problem names its file and, where Cedar locates it, the line, column and
+//! offending source (rendered by miette). Loading reports all the problems it can
+//! find at once, not only the first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
+use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource};
+use sha2::{Digest, Sha256};
+
+use crate::derive::{self, DerivationRules};
+
+/// Where a model lives on disk.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// Directory of `.cedar` files (read recursively, in path order).
+    pub policies: PathBuf,
+    /// A `.cedarschema` file (or a JSON schema when it ends in `.json`).
+    pub schema: PathBuf,
+    /// Stored entities, in Cedar's entity JSON format.
+    pub entities: Option<PathBuf>,
+    /// Derivation rules (see [`crate::derive`]).
+    pub derived: Option<PathBuf>,
+}
+
+/// One problem found while loading, already rendered for a human.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Everything wrong with a model; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct LoadError(pub Vec<Problem>);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        writeln!(f, "{count} problem{} in the model:", if count == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            writeln!(f, "{}", problem.message.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// A policy as loaded: its `@id`, effect, `@source` clause and file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicyInfo {
+    pub id: String,
+    pub effect: &'static str,
+    pub source: Option<String>,
+    pub file: String,
+}
+
+/// A parsed, validated model, before the decision indexes are built.
+pub struct Model {
+    pub schema: Schema,
+    pub schema_text: String,
+    pub policies: PolicySet,
+    pub policy_info: Vec<PolicyInfo>,
+    pub entities: Entities,
+    /// Digest of every input file (path and bytes): the model's version.
+    pub version: String,
+}
+
+/// Reads, parses and validates a model.
+pub fn load(sources: &Sources) -> Result<Model, LoadError> {
+    let mut problems = Vec::new();
+    let mut digest = Sha256::new();
+    let schema_text = read(&sources.schema, &mut digest, &mut problems);
+    let schema = schema_text
+        .as_deref()
+        .and_then(|text| parse_schema(&sources.schema, text, &mut problems));
+    let policies = read_policies(&sources.policies, schema.as_ref(), &mut digest, &mut problems);
+    let entities = schema
+        .as_ref()
+        .and_then(|schema| read_entities(sources, schema, &mut digest, &mut problems));
+    match (schema, schema_text, policies, entities) {
+        (Some(schema), Some(schema_text), Some((policies, policy_info)), Some(entities))
+            if problems.is_empty() =>
+        {
+            let hash = digest.finalize();
+            Ok(Model {
+                schema,
+                schema_text,
+                policies,
+                policy_info,
+                entities,
+                version: format!("sha256:{}", &format!("{hash:x}")[..16]),
+            })
+        }
+        _ => Err(LoadError(problems)),
+    }
+}
+
+fn read(path: &Path, digest: &mut Sha256, problems: &mut Vec<Problem>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            digest.update(path.as_os_str().as_encoded_bytes());
+            digest.update([0]);
+            digest.update(text.as_bytes());
+            digest.update([0]);
+            Some(text)
+        }
+        Err(err) => {
+            problems.push(Problem {
+                path: path.to_owned(),
+                message: format!("{}: cannot read: {err}", path.display()),
+            });
+            None
+        }
+    }
+}
+
+fn parse_schema(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<Schema> {
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        Schema::from_json_str(text).map_err(miette::Report::new)
+    } else {
+        Schema::from_cedarschema_str(text)
+            .map(|(schema, _warnings)| schema)
+            .map_err(miette::Report::new)
+    };
+    parsed
+        .map_err(|report| problems.push(problem(path, text, report)))
+        .ok()
+}
+
+/// Reads every `.cedar` file under `dir`; each policy's id is its `@id` annotation.
+fn read_policies(
+    dir: &Path,
+    schema: Option<&Schema>,
+    digest: &mut Sha256,
+    problems: &mut Vec<Problem>,
+) -> Option<(PolicySet, Vec<PolicyInfo>)> {
+    let files = match policy_files(dir) {
+        Ok(files) if !files.is_empty() => files,
+        Ok(_) => {
+            problems.push(Problem {
+                path: dir.to_owned(),
+                message: format!("{}: no .cedar policy file found", dir.display()),
+            });
+            return None;
+        }
+        Err(err) => {
+            problems.push(Problem {
+                path: dir.to_owned(),
+                message: format!("{}: cannot list policy files: {err}", dir.display()),
+            });
+            return None;
+        }
+    };
+    let before = problems.len();
+    let mut all = PolicySet::new();
+    let mut info = Vec::new();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        let Some(text) = read(&path, digest, problems) else {
+            continue;
+        };
+        let Some(set) = parse_policy_file(&path, &text, problems) else {
+            continue;
+        };
+        if let Some(schema) = schema {
+            validate_file(&path, &text, &set, schema, problems);
+        }
+        for policy in set.policies() {
+            let id = policy
+                .annotation("id")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{}#{}", path.display(), policy.id()));
+            if let Some(first) = seen.insert(id.clone(), path.clone()) {
+                problems.push(Problem {
+                    path: path.clone(),
+                    message: format!(
+                        "{}: policy id `{id}` is already used in {}",
+                        path.display(),
+                        first.display()
+                    ),
+                });
+                continue;
+            }
+            info.push(PolicyInfo {
+                id: id.clone(),
+                effect: match policy.effect() {
+                    cedar_policy::Effect::Permit => "permit",
+                    cedar_policy::Effect::Forbid => "forbid",
+                },
+                source: policy.annotation("source").map(str::to_owned),
+                file: path.display().to_string(),
+            });
+            all.add(policy.new_id(PolicyId::new(id)))
+                .expect("policy ids are unique: checked above");
+        }
+    }
+    (problems.len() == before).then_some((all, info))
+}
+
+fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "cedar") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<PolicySet> {
+    PolicySet::from_str(text)
+        .map_err(|err| problems.push(problem(path, text, miette::Report::new(err))))
+        .ok()
+}
+
+fn validate_file(path: &Path, text: &str, set: &PolicySet, schema: &Schema, problems: &mut Vec<Problem>) {
+    let result = Validator::new(schema.clone()).validate(set, ValidationMode::Strict);
+    for error in result.validation_errors() {
+        problems.push(problem(path, text, miette::Report::new(error.clone())));
+    }
+}
+
+fn read_entities(
+    sources: &Sources,
+    schema: &Schema,
+    digest: &mut Sha256,
+    problems: &mut Vec<Problem>,
+) -> Option<Entities> {
+    let rules = match &sources.derived {
+        Some(path) => read_rules(path, digest, problems)?,
+        None => DerivationRules::default(),
+    };
+    let Some(path) = &sources.entities else {
+        return Some(Entities::empty());
+    };
+    let text = read(path, digest, problems)?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|err| {
+            problems.push(Problem {
+                path: path.clone(),
+                message: format!("{}:{}:{}: invalid JSON: {err}", path.display(), err.line(), err.column()),
+            })
+        })
+        .ok()?;
+    if let Err(err) = derive::apply(&rules, &mut json) {
+        problems.push(Problem {
+            path: path.clone(),
+            message: format!("{}: derived data: {err}", path.display()),
+        });
+        return None;
+    }
+    Entities::from_json_value(json, Some(schema))
+        .map_err(|err| problems.push(problem(path, &text, miette::Report::new(err))))
+        .ok()
+}
+
+fn read_rules(path: &Path, digest: &mut Sha256, problems: &mut Vec<Problem>) -> Option<DerivationRules> {
+    let text = read(path, digest, problems)?;
+    serde_json::from_str(&text)
+        .map_err(|err| {
+            problems.push(Problem {
+                path: path.to_owned(),
+                message: format!("{}:{}:{}: {err}", path.display(), err.line(), err.column()),
+            })
+        })
+        .ok()
+}
+
+/// Renders a Cedar diagnostic against its file: `╭─[file:line:col]` and the source.
+fn problem(path: &Path, text: &str, report: miette::Report) -> Problem {
+    let report = report.with_source_code(NamedSource::new(path.display().to_string(), text.to_owned()));
+    let mut message = String::new();
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
+    if handler.render_report(&mut message, report.as_ref()).is_err() {
+        message = format!("{}: {report}", path.display());
+    }
+    if !message.contains(&path.display().to_string()) {
+        message = format!("{}: {message}", path.display());
+    }
+    Problem {
+        path: path.to_owned(),
+        message,
+    }
+}

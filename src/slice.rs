@@ -1,0 +1,131 @@
+//! The entity slice: the stored entities one decision can possibly read.
+//!
+//! Cedar evaluates a request against one `Entities` value, and building or cloning
+//! one costs in proportion to its size. A policy can only reach entity data through
+//! `principal`, `action`, `resource`, `context`, the entities the request brings, the
+//! entity literals written in the policies, and from there by following attributes
+//! and tags. So each decision gets a small `Entities` made of exactly that closure,
+//! and per-request work depends on what the request touches, not on the store.
+//!
+//! Ancestors need no data: `e in X` reads only `e`'s ancestor set, which the stored
+//! entity carries already transitively closed.
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::entities_errors::EntitiesError;
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult, PolicySet, Schema};
+
+/// Per-snapshot index for slicing: built once, read by every decision.
+pub struct SliceIndex {
+    /// Entity references found in each stored entity's attributes and tags.
+    references: HashMap<EntityUid, Box<[EntityUid]>>,
+    /// Entities named literally in the policies.
+    policy_literals: Box<[EntityUid]>,
+    /// Action entities from the schema (with their action groups as ancestors).
+    actions: HashMap<EntityUid, Entity>,
+}
+
+impl SliceIndex {
+    pub fn build(entities: &Entities, policies: &PolicySet, schema: &Schema) -> Result<Self, EntitiesError> {
+        let references = entities
+            .iter()
+            .filter_map(|entity| {
+                let refs = references_of(entity);
+                (!refs.is_empty()).then(|| (entity.uid(), refs.into_boxed_slice()))
+            })
+            .collect();
+        let actions = schema
+            .action_entities()?
+            .iter()
+            .map(|action| (action.uid(), action.clone()))
+            .collect();
+        Ok(Self {
+            references,
+            policy_literals: policy_literals(policies).into_boxed_slice(),
+            actions,
+        })
+    }
+
+    /// Whether the schema declares this action.
+    pub fn has_action(&self, action: &EntityUid) -> bool {
+        self.actions.contains_key(action)
+    }
+
+    /// Builds the `Entities` for one decision: the request's own entities, the action,
+    /// and every stored entity reachable from `roots`, the request's entities and the
+    /// policies' literals.
+    pub fn slice(
+        &self,
+        stored: &Entities,
+        roots: impl IntoIterator<Item = EntityUid>,
+        action: &EntityUid,
+        request_entities: Vec<Entity>,
+    ) -> Result<Entities, EntitiesError> {
+        let mut pending: Vec<EntityUid> = roots.into_iter().collect();
+        pending.extend(self.policy_literals.iter().cloned());
+        let mut seen: HashSet<EntityUid> = request_entities.iter().map(Entity::uid).collect();
+        for entity in &request_entities {
+            pending.extend(references_of(entity));
+        }
+        let mut slice = request_entities;
+        slice.extend(self.actions.get(action).cloned());
+        while let Some(uid) = pending.pop() {
+            if !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(entity) = stored.get(&uid) {
+                slice.push(entity.clone());
+                if let Some(refs) = self.references.get(&uid) {
+                    pending.extend(refs.iter().cloned());
+                }
+            }
+        }
+        Entities::from_entities(slice, None)
+    }
+}
+
+/// Entity references anywhere in an entity's attributes and tags.
+pub fn references_of(entity: &Entity) -> Vec<EntityUid> {
+    let mut found = Vec::new();
+    for (_, value) in entity.attrs().chain(entity.tags()) {
+        if let Ok(value) = value {
+            collect_uids(&value, &mut found);
+        }
+    }
+    found
+}
+
+/// Entity references anywhere inside a value.
+pub fn collect_uids(value: &EvalResult, found: &mut Vec<EntityUid>) {
+    match value {
+        EvalResult::EntityUid(uid) => found.push(uid.clone()),
+        EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, found)),
+        EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, found)),
+        EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
+    }
+}
+
+/// Entity literals (`Type::"id"`) in the policies, found in their JSON form.
+fn policy_literals(policies: &PolicySet) -> Vec<EntityUid> {
+    let mut found = HashSet::new();
+    for policy in policies.policies() {
+        if let Ok(json) = policy.to_json() {
+            collect_json_literals(&json, &mut found);
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn collect_json_literals(json: &serde_json::Value, found: &mut HashSet<EntityUid>) {
+    match json {
+        serde_json::Value::Object(map) => {
+            let literal = map.get("__entity").or_else(|| map.get("entity"));
+            if let Some(uid) = literal.and_then(|v| EntityUid::from_json(v.clone()).ok()) {
+                found.insert(uid);
+            }
+            map.values().for_each(|v| collect_json_literals(v, found));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_json_literals(v, found)),
+        _ => {}
+    }
+}
