@@ -91,7 +91,10 @@ pub enum RequestError {
     #[error("{field}: {reason}")]
     InvalidEntityRef { field: &'static str, reason: String },
     #[error("{field}: unknown entity type `{type_name}` (not in the schema)")]
-    UnknownEntityType { field: &'static str, type_name: String },
+    UnknownEntityType {
+        field: &'static str,
+        type_name: String,
+    },
     #[error("action: unknown action {0} (not in the schema)")]
     UnknownAction(String),
     #[error("{field}: entity {uid} is neither stored nor in the request's entities")]
@@ -162,7 +165,8 @@ pub fn parse_entity_ref(field: &'static str, value: &Value) -> Result<EntityUid,
                 Some(Value::Object(inner)) => inner,
                 _ => map,
             };
-            let (Some(Value::String(type_name)), Some(Value::String(id))) = (map.get("type"), map.get("id"))
+            let (Some(Value::String(type_name)), Some(Value::String(id))) =
+                (map.get("type"), map.get("id"))
             else {
                 return Err(invalid(
                     "expected {\"type\": \"…\", \"id\": \"…\"} with two strings".into(),
@@ -170,7 +174,10 @@ pub fn parse_entity_ref(field: &'static str, value: &Value) -> Result<EntityUid,
             };
             let type_name = EntityTypeName::from_str(type_name)
                 .map_err(|e| invalid(format!("`{type_name}` is not an entity type name: {e}")))?;
-            Ok(EntityUid::from_type_name_and_id(type_name, EntityId::new(id)))
+            Ok(EntityUid::from_type_name_and_id(
+                type_name,
+                EntityId::new(id),
+            ))
         }
         other => Err(invalid(format!(
             "expected \"Type::\\\"id\\\"\" or {{\"type\", \"id\"}}, found {other}"
@@ -186,15 +193,25 @@ mod tests {
     #[test]
     fn entity_refs_in_text_and_object_forms_are_equal() {
         let text = parse_entity_ref("principal", &json!("User::\"alice\"")).unwrap();
-        let object = parse_entity_ref("principal", &json!({"type": "User", "id": "alice"})).unwrap();
-        let escaped = parse_entity_ref("principal", &json!({"__entity": {"type": "User", "id": "alice"}})).unwrap();
+        let object =
+            parse_entity_ref("principal", &json!({"type": "User", "id": "alice"})).unwrap();
+        let escaped = parse_entity_ref(
+            "principal",
+            &json!({"__entity": {"type": "User", "id": "alice"}}),
+        )
+        .unwrap();
         assert_eq!(text, object);
         assert_eq!(text, escaped);
     }
 
     #[test]
     fn bad_entity_refs_name_their_field() {
-        for bad in [json!("alice"), json!({"type": "User"}), json!(42), json!({"type": "9x", "id": "a"})] {
+        for bad in [
+            json!("alice"),
+            json!({"type": "User"}),
+            json!(42),
+            json!({"type": "9x", "id": "a"}),
+        ] {
             let err = parse_entity_ref("resource", &bad).unwrap_err();
             assert_eq!(err.code(), "invalid_entity_ref", "{bad}");
             assert!(err.to_string().starts_with("resource: "), "{err}");

@@ -130,6 +130,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -149,7 +150,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let model = args.model;
         let snapshot = tokio::task::spawn_blocking(move || model.load()).await??;
         tracing::info!(
-            listen = %args.listen,
+            listen = %listener.local_addr()?,
             policy_version = %snapshot.version,
             policies = snapshot.policy_info.len(),
             "serving"
@@ -166,8 +167,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -182,7 +184,8 @@ fn authorize(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
     let bytes = std::fs::read(&args.request)
         .with_context(|| format!("cannot read {}", args.request.display()))?;
-    let request = AuthzRequest::from_slice(&bytes).with_context(|| args.request.display().to_string())?;
+    let request =
+        AuthzRequest::from_slice(&bytes).with_context(|| args.request.display().to_string())?;
     let decision = engine::decide(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
     let response = AuthzResponse {

@@ -84,7 +84,10 @@ pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), Derive
     Ok(())
 }
 
-fn count(rule: &CountRule, list: &[Value]) -> Result<HashMap<Uid, BTreeMap<String, i64>>, DeriveError> {
+fn count(
+    rule: &CountRule,
+    list: &[Value],
+) -> Result<HashMap<Uid, BTreeMap<String, i64>>, DeriveError> {
     let mut counts: HashMap<Uid, BTreeMap<String, i64>> = HashMap::new();
     for entity in list {
         let Some(uid) = entity.get("uid").and_then(entity_ref) else {
@@ -98,20 +101,22 @@ fn count(rule: &CountRule, list: &[Value]) -> Result<HashMap<Uid, BTreeMap<Strin
         if !rule.filter.iter().all(|(k, v)| attr(k) == Some(v)) {
             continue;
         }
-        let target = attr(&rule.target)
-            .and_then(entity_ref)
-            .ok_or_else(|| DeriveError::MissingTarget {
-                rule: rule.id.clone(),
-                entity: display(&uid),
-                attr: rule.target.clone(),
-            })?;
-        let key = attr(&rule.tag_by)
-            .and_then(Value::as_str)
-            .ok_or_else(|| DeriveError::MissingKey {
-                rule: rule.id.clone(),
-                entity: display(&uid),
-                attr: rule.tag_by.clone(),
-            })?;
+        let target =
+            attr(&rule.target)
+                .and_then(entity_ref)
+                .ok_or_else(|| DeriveError::MissingTarget {
+                    rule: rule.id.clone(),
+                    entity: display(&uid),
+                    attr: rule.target.clone(),
+                })?;
+        let key =
+            attr(&rule.tag_by)
+                .and_then(Value::as_str)
+                .ok_or_else(|| DeriveError::MissingKey {
+                    rule: rule.id.clone(),
+                    entity: display(&uid),
+                    attr: rule.tag_by.clone(),
+                })?;
         let tags = counts.entry(target).or_default();
         *tags.entry(key.to_owned()).or_default() += 1;
         if let Some(total) = &rule.total_tag {
@@ -216,6 +221,9 @@ mod tests {
     fn refuses_a_reference_to_a_missing_target() {
         let mut entities = json!([hab("1", "T1", false)]);
         let err = apply(&rules(), &mut entities).unwrap_err();
-        assert_eq!(err.to_string(), "rule `active`: Box::\"b\" is referenced but is not in the entities file");
+        assert_eq!(
+            err.to_string(),
+            "rule `active`: Box::\"b\" is referenced but is not in the entities file"
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Decision {
 
 /// Decides one request against one snapshot; `now` fills the time attribute when
 /// the action declares it and the request leaves it out.
-pub fn decide(snapshot: &Snapshot, request: &AuthzRequest, now: DateTime<Utc>) -> Result<Decision, RequestError> {
+pub fn decide(
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+    now: DateTime<Utc>,
+) -> Result<Decision, RequestError> {
     let principal = entity_ref(snapshot, "principal", &request.principal)?;
     let action = parse_entity_ref("action", &request.action)?;
     if !snapshot.slice_index.has_action(&action) {
@@ -31,7 +35,8 @@ pub fn decide(snapshot: &Snapshot, request: &AuthzRequest, now: DateTime<Utc>) -
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
     for (field, uid) in [("principal", &principal), ("resource", &resource)] {
-        let known = snapshot.entities.get(uid).is_some() || request_entities.iter().any(|e| e.uid() == *uid);
+        let known = snapshot.entities.get(uid).is_some()
+            || request_entities.iter().any(|e| e.uid() == *uid);
         if !known {
             return Err(RequestError::UnknownEntity {
                 field,
@@ -39,45 +44,80 @@ pub fn decide(snapshot: &Snapshot, request: &AuthzRequest, now: DateTime<Utc>) -
             });
         }
     }
-    let context_json = with_time(snapshot, &action, request.context.clone().unwrap_or_default(), now);
+    let context_json = with_time(
+        snapshot,
+        &action,
+        request.context.clone().unwrap_or_default(),
+        now,
+    );
     let keys: Vec<String> = context_json.keys().cloned().collect();
-    let context = Context::from_json_value(Value::Object(context_json), Some((&snapshot.schema, &action)))
-        .map_err(|e| RequestError::InvalidContext(describe(&e)))?;
+    let context = Context::from_json_value(
+        Value::Object(context_json),
+        Some((&snapshot.schema, &action)),
+    )
+    .map_err(|e| RequestError::InvalidContext(describe(&e)))?;
     let mut roots = vec![principal.clone(), resource.clone()];
     for key in &keys {
         if let Some(value) = context.get(key) {
             collect_uids(&value, &mut roots);
         }
     }
-    let cedar_request = Request::new(principal, action.clone(), resource, context, Some(&snapshot.schema))
-        .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
+    let cedar_request = Request::new(
+        principal,
+        action.clone(),
+        resource,
+        context,
+        Some(&snapshot.schema),
+    )
+    .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
     let slice = snapshot
         .slice_index
         .slice(&snapshot.entities, roots, &action, request_entities)
-        .map_err(|e| RequestError::InvalidEntities(describe(&e)))?;
+        .map_err(|e| RequestError::InvalidEntities(describe(e.as_ref())))?;
     Ok(evaluate(snapshot, action, &cedar_request, &slice))
 }
 
 /// Runs Cedar and applies the fail-closed rule.
-fn evaluate(snapshot: &Snapshot, action: EntityUid, request: &Request, entities: &Entities) -> Decision {
+fn evaluate(
+    snapshot: &Snapshot,
+    action: EntityUid,
+    request: &Request,
+    entities: &Entities,
+) -> Decision {
     let response: Response = Authorizer::new().is_authorized(request, &snapshot.policies, entities);
-    let errors: Vec<String> = response.diagnostics().errors().map(|e| describe(e)).collect();
+    let errors: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(|e| describe(e))
+        .collect();
     let allowed = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
     // When an error overrides Cedar's Allow, the permits that matched did not decide.
     let reason = if allowed || response.decision() == cedar_policy::Decision::Deny {
-        response.diagnostics().reason().map(|id| id.to_string()).collect()
+        response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect()
     } else {
         Vec::new()
     };
     Decision {
         action,
-        outcome: if allowed { Outcome::Allow } else { Outcome::Deny },
+        outcome: if allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        },
         diagnostics: Diagnostics { reason, errors },
     }
 }
 
 /// Parses a principal or resource reference and checks its type is in the schema.
-fn entity_ref(snapshot: &Snapshot, field: &'static str, value: &Value) -> Result<EntityUid, RequestError> {
+fn entity_ref(
+    snapshot: &Snapshot,
+    field: &'static str,
+    value: &Value,
+) -> Result<EntityUid, RequestError> {
     let uid = parse_entity_ref(field, value)?;
     if !snapshot.knows_entity_type(uid.type_name()) {
         return Err(RequestError::UnknownEntityType {
@@ -90,7 +130,10 @@ fn entity_ref(snapshot: &Snapshot, field: &'static str, value: &Value) -> Result
 
 /// Parses the request's own entities against the schema; they may add to the
 /// stored entities, never replace one.
-fn request_entities(snapshot: &Snapshot, entities: Option<&[Value]>) -> Result<Vec<Entity>, RequestError> {
+fn request_entities(
+    snapshot: &Snapshot,
+    entities: Option<&[Value]>,
+) -> Result<Vec<Entity>, RequestError> {
     let Some(entities) = entities.filter(|e| !e.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -110,7 +153,12 @@ fn request_entities(snapshot: &Snapshot, entities: Option<&[Value]>) -> Result<V
     Ok(added)
 }
 
-fn with_time(snapshot: &Snapshot, action: &EntityUid, mut context: Map<String, Value>, now: DateTime<Utc>) -> Map<String, Value> {
+fn with_time(
+    snapshot: &Snapshot,
+    action: &EntityUid,
+    mut context: Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Map<String, Value> {
     if snapshot.fills_time(action) && !context.contains_key(&snapshot.time_attribute) {
         let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
         context.insert(
@@ -121,10 +169,19 @@ fn with_time(snapshot: &Snapshot, action: &EntityUid, mut context: Map<String, V
     context
 }
 
-/// An error's message with its miette help, on one line.
+/// An error's message, its causes and its miette help, on one line.
 fn describe(error: &dyn miette::Diagnostic) -> String {
-    match error.help() {
-        Some(help) => format!("{error} ({help})"),
-        None => error.to_string(),
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
     }
+    if let Some(help) = error.help() {
+        text = format!("{text} ({help})");
+    }
+    text
 }

@@ -151,13 +151,19 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(deadline = ?DRAIN_DEADLINE, "in-flight requests did not finish in time");
     }
     Ok(())
 }
 
-async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let result = route(&state, request).await;
     Ok(result.unwrap_or_else(|error| {
         state.metrics.record_error(error.code());
@@ -166,7 +172,10 @@ async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<Resp
     }))
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, HttpError> {
+async fn route(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, HttpError> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
@@ -191,9 +200,15 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<Response<
             let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
             Ok(json_response(StatusCode::OK, &policy_set(&snapshot)))
         }
-        (_, "/v1/is_authorized" | "/v1/batch_is_authorized" | "/healthz" | "/readyz" | "/metrics" | "/v1/policy-set") => {
-            Err(HttpError::MethodNotAllowed { method, path })
-        }
+        (
+            _,
+            "/v1/is_authorized"
+            | "/v1/batch_is_authorized"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/v1/policy-set",
+        ) => Err(HttpError::MethodNotAllowed { method, path }),
         _ => Err(HttpError::NotFound(path)),
     }
 }
@@ -219,12 +234,15 @@ fn batch_is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<By
         .requests
         .into_iter()
         .map(|item| {
-            let decided = AuthzRequest::from_value(item).and_then(|request| decide(state, &snapshot, &request));
+            let decided = AuthzRequest::from_value(item)
+                .and_then(|request| decide(state, &snapshot, &request));
             match decided {
                 Ok(response) => BatchItem::Decided(response),
                 Err(error) => {
                     state.metrics.record_error(error.code());
-                    BatchItem::Failed { error: error.body() }
+                    BatchItem::Failed {
+                        error: error.body(),
+                    }
                 }
             }
         })
@@ -233,12 +251,18 @@ fn batch_is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<By
 }
 
 /// Decides one request on one snapshot, and counts it.
-fn decide(state: &AppState, snapshot: &Snapshot, request: &AuthzRequest) -> Result<AuthzResponse, RequestError> {
+fn decide(
+    state: &AppState,
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+) -> Result<AuthzResponse, RequestError> {
     let started = Instant::now();
     let decision = engine::decide(snapshot, request, Utc::now())?;
-    state
-        .metrics
-        .record_decision(decision.action.id().unescaped(), decision.outcome.as_str(), started.elapsed());
+    state.metrics.record_decision(
+        decision.action.id().unescaped(),
+        decision.outcome.as_str(),
+        started.elapsed(),
+    );
     Ok(AuthzResponse {
         decision: decision.outcome,
         diagnostics: decision.diagnostics,
@@ -266,7 +290,9 @@ async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Http
     }
     match Limited::new(request.into_body(), max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(HttpError::BodyTooLarge { max }),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(HttpError::BodyTooLarge { max })
+        }
         Err(error) => Err(HttpError::BodyRead(error.to_string())),
     }
 }

@@ -10,10 +10,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cedar_policy::{
-    Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::{
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode,
 };
-use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource};
 use sha2::{Digest, Sha256};
 
 use crate::derive::{self, DerivationRules};
@@ -45,7 +45,11 @@ pub struct LoadError(pub Vec<Problem>);
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.0.len();
-        writeln!(f, "{count} problem{} in the model:", if count == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{count} problem{} in the model:",
+            if count == 1 { "" } else { "s" }
+        )?;
         for problem in &self.0 {
             writeln!(f, "{}", problem.message.trim_end())?;
         }
@@ -81,7 +85,12 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
     let schema = schema_text
         .as_deref()
         .and_then(|text| parse_schema(&sources.schema, text, &mut problems));
-    let policies = read_policies(&sources.policies, schema.as_ref(), &mut digest, &mut problems);
+    let policies = read_policies(
+        &sources.policies,
+        schema.as_ref(),
+        &mut digest,
+        &mut problems,
+    );
     let entities = schema
         .as_ref()
         .and_then(|schema| read_entities(sources, schema, &mut digest, &mut problems));
@@ -167,13 +176,11 @@ fn read_policies(
         let Some(text) = read(&path, digest, problems) else {
             continue;
         };
-        let Some(set) = parse_policy_file(&path, &text, problems) else {
+        let Some(parsed) = parse_policy_file(&path, &text, problems) else {
             continue;
         };
-        if let Some(schema) = schema {
-            validate_file(&path, &text, &set, schema, problems);
-        }
-        for policy in set.policies() {
+        let mut file_set = PolicySet::new();
+        for policy in parsed.policies() {
             let id = policy
                 .annotation("id")
                 .map(str::to_owned)
@@ -198,9 +205,15 @@ fn read_policies(
                 source: policy.annotation("source").map(str::to_owned),
                 file: path.display().to_string(),
             });
-            all.add(policy.new_id(PolicyId::new(id)))
+            file_set
+                .add(policy.new_id(PolicyId::new(id)))
                 .expect("policy ids are unique: checked above");
         }
+        if let Some(schema) = schema {
+            validate_file(&path, &text, &file_set, schema, problems);
+        }
+        all.merge(&file_set, false)
+            .expect("policy ids are unique: checked above");
     }
     (problems.len() == before).then_some((all, info))
 }
@@ -234,7 +247,13 @@ fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
         .ok()
 }
 
-fn validate_file(path: &Path, text: &str, set: &PolicySet, schema: &Schema, problems: &mut Vec<Problem>) {
+fn validate_file(
+    path: &Path,
+    text: &str,
+    set: &PolicySet,
+    schema: &Schema,
+    problems: &mut Vec<Problem>,
+) {
     let result = Validator::new(schema.clone()).validate(set, ValidationMode::Strict);
     for error in result.validation_errors() {
         problems.push(problem(path, text, miette::Report::new(error.clone())));
@@ -259,7 +278,12 @@ fn read_entities(
         .map_err(|err| {
             problems.push(Problem {
                 path: path.clone(),
-                message: format!("{}:{}:{}: invalid JSON: {err}", path.display(), err.line(), err.column()),
+                message: format!(
+                    "{}:{}:{}: invalid JSON: {err}",
+                    path.display(),
+                    err.line(),
+                    err.column()
+                ),
             })
         })
         .ok()?;
@@ -275,7 +299,11 @@ fn read_entities(
         .ok()
 }
 
-fn read_rules(path: &Path, digest: &mut Sha256, problems: &mut Vec<Problem>) -> Option<DerivationRules> {
+fn read_rules(
+    path: &Path,
+    digest: &mut Sha256,
+    problems: &mut Vec<Problem>,
+) -> Option<DerivationRules> {
     let text = read(path, digest, problems)?;
     serde_json::from_str(&text)
         .map_err(|err| {
@@ -289,17 +317,55 @@ fn read_rules(path: &Path, digest: &mut Sha256, problems: &mut Vec<Problem>) -> 
 
 /// Renders a Cedar diagnostic against its file: `╭─[file:line:col]` and the source.
 fn problem(path: &Path, text: &str, report: miette::Report) -> Problem {
-    let report = report.with_source_code(NamedSource::new(path.display().to_string(), text.to_owned()));
+    let located = Located {
+        inner: report.as_ref(),
+        source: NamedSource::new(path.display().to_string(), text.to_owned()),
+    };
     let mut message = String::new();
     let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
-    if handler.render_report(&mut message, report.as_ref()).is_err() {
-        message = format!("{}: {report}", path.display());
-    }
-    if !message.contains(&path.display().to_string()) {
+    if handler.render_report(&mut message, &located).is_err() || located.labels().is_none() {
         message = format!("{}: {message}", path.display());
     }
     Problem {
         path: path.to_owned(),
         message,
+    }
+}
+
+/// A diagnostic shown against a named file, whatever source the error carries.
+struct Located<'a> {
+    inner: &'a dyn Diagnostic,
+    source: NamedSource<String>,
+}
+
+impl fmt::Debug for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.inner, f)
+    }
+}
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.inner, f)
+    }
+}
+
+impl std::error::Error for Located<'_> {}
+
+impl Diagnostic for Located<'_> {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.inner.code()
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.inner.help()
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.inner.labels()
+    }
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        self.inner.related()
+    }
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        Some(&self.source)
     }
 }

@@ -45,7 +45,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cdap_authz");
         let decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register("decisions", "Decisions by action and outcome", decisions.clone());
+        registry.register(
+            "decisions",
+            "Decisions by action and outcome",
+            decisions.clone(),
+        );
         // 1 µs … ~16 ms
         let latency = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
         registry.register(
@@ -54,9 +58,17 @@ impl Metrics {
             latency.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("request_errors", "Requests refused, by error code", errors.clone());
+        registry.register(
+            "request_errors",
+            "Requests refused, by error code",
+            errors.clone(),
+        );
         let policy_version = Family::<VersionLabels, Gauge>::default();
-        registry.register("policy_version", "The loaded policy version (value 1)", policy_version.clone());
+        registry.register(
+            "policy_version",
+            "The loaded policy version (value 1)",
+            policy_version.clone(),
+        );
         Self {
             registry,
             decisions,

@@ -26,7 +26,11 @@ pub struct SliceIndex {
 }
 
 impl SliceIndex {
-    pub fn build(entities: &Entities, policies: &PolicySet, schema: &Schema) -> Result<Self, EntitiesError> {
+    pub fn build(
+        entities: &Entities,
+        policies: &PolicySet,
+        schema: &Schema,
+    ) -> Result<Self, Box<EntitiesError>> {
         let references = entities
             .iter()
             .filter_map(|entity| {
@@ -35,7 +39,8 @@ impl SliceIndex {
             })
             .collect();
         let actions = schema
-            .action_entities()?
+            .action_entities()
+            .map_err(Box::new)?
             .iter()
             .map(|action| (action.uid(), action.clone()))
             .collect();
@@ -60,7 +65,7 @@ impl SliceIndex {
         roots: impl IntoIterator<Item = EntityUid>,
         action: &EntityUid,
         request_entities: Vec<Entity>,
-    ) -> Result<Entities, EntitiesError> {
+    ) -> Result<Entities, Box<EntitiesError>> {
         let mut pending: Vec<EntityUid> = roots.into_iter().collect();
         pending.extend(self.policy_literals.iter().cloned());
         let mut seen: HashSet<EntityUid> = request_entities.iter().map(Entity::uid).collect();
@@ -80,7 +85,7 @@ impl SliceIndex {
                 }
             }
         }
-        Entities::from_entities(slice, None)
+        Entities::from_entities(slice, None).map_err(Box::new)
     }
 }
 
@@ -101,7 +106,10 @@ pub fn collect_uids(value: &EvalResult, found: &mut Vec<EntityUid>) {
         EvalResult::EntityUid(uid) => found.push(uid.clone()),
         EvalResult::Set(set) => set.iter().for_each(|v| collect_uids(v, found)),
         EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_uids(v, found)),
-        EvalResult::Bool(_) | EvalResult::Long(_) | EvalResult::String(_) | EvalResult::ExtensionValue(_) => {}
+        EvalResult::Bool(_)
+        | EvalResult::Long(_)
+        | EvalResult::String(_)
+        | EvalResult::ExtensionValue(_) => {}
     }
 }
 
@@ -125,7 +133,9 @@ fn collect_json_literals(json: &serde_json::Value, found: &mut HashSet<EntityUid
             }
             map.values().for_each(|v| collect_json_literals(v, found));
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_json_literals(v, found)),
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|v| collect_json_literals(v, found))
+        }
         _ => {}
     }
 }

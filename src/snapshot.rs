@@ -41,7 +41,12 @@ impl Snapshot {
             }])
         };
         let slice_index = SliceIndex::build(&model.entities, &model.policies, &model.schema)
-            .map_err(|e| index_problem(format!("{}: action entities: {e}", sources.schema.display())))?;
+            .map_err(|e| {
+                index_problem(format!(
+                    "{}: action entities: {e}",
+                    sources.schema.display()
+                ))
+            })?;
         let timed_actions = timed_actions(&model.schema_text, time_attribute)
             .map_err(|e| index_problem(format!("{}: {e}", sources.schema.display())))?;
         let entity_types = model.schema.entity_types().cloned().collect();
@@ -95,7 +100,11 @@ fn timed_actions(schema_text: &str, attribute: &str) -> Result<HashSet<EntityUid
                 .and_then(|record| record.pointer(&format!("/attributes/{attribute}")))
                 .is_some_and(is_datetime);
             if declared {
-                let prefix = if namespace.is_empty() { String::new() } else { format!("{namespace}::") };
+                let prefix = if namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!("{namespace}::")
+                };
                 let uid = format!("{prefix}Action::{}", Value::String(name.clone()));
                 timed.insert(uid.parse().map_err(|e| format!("action {uid}: {e}"))?);
             }
@@ -116,5 +125,6 @@ fn resolve_record<'a>(ty: &'a Value, common: Option<&'a Value>) -> Option<&'a Va
 fn is_datetime(ty: &Value) -> bool {
     let name = ty.get("name").and_then(Value::as_str);
     let kind = ty.get("type").and_then(Value::as_str);
-    matches!(name, Some("datetime" | "__cedar::datetime")) || matches!(kind, Some("datetime" | "__cedar::datetime"))
+    matches!(name, Some("datetime" | "__cedar::datetime"))
+        || matches!(kind, Some("datetime" | "__cedar::datetime"))
 }

@@ -1,0 +1,281 @@
+//! Bad input gets a 4xx with `{"error":{"code","message"}}` saying what is wrong,
+//! and never a decision; errors while evaluating give Deny, never Allow.
+
+use std::sync::Arc;
+
+use cdap_authz::http::{AppState, Limits};
+use serde_json::{json, Value};
+
+use crate::util::{act, consult, entity, Server};
+
+fn allowed_consultation() -> Value {
+    consult(
+        "mau-t2",
+        "mau-t2-01",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    )
+}
+
+#[track_caller]
+fn assert_error(reply: (u16, Value), status: u16, code: &str, message_part: &str) {
+    let (got_status, body) = reply;
+    assert_eq!(got_status, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(message_part),
+        "message {message:?} lacks {message_part:?}"
+    );
+    assert!(body.get("decision").is_none(), "{body}");
+}
+
+#[test]
+fn malformed_json_is_refused() {
+    let server = Server::start();
+    assert_error(
+        server.post_raw("/v1/is_authorized", "{\"principal\": "),
+        400,
+        "malformed_json",
+        "EOF",
+    );
+    assert_error(
+        server.post_raw("/v1/is_authorized", "[]"),
+        400,
+        "malformed_json",
+        "",
+    );
+}
+
+#[test]
+fn missing_field_is_refused() {
+    let mut request = allowed_consultation();
+    request.as_object_mut().unwrap().remove("resource");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "malformed_json",
+        "resource",
+    );
+}
+
+#[test]
+fn unknown_entity_type_is_refused() {
+    let mut request = allowed_consultation();
+    request["principal"] = json!("Usr::\"mau-t2\"");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "unknown_entity_type",
+        "Usr",
+    );
+}
+
+#[test]
+fn unknown_action_is_refused() {
+    let mut request = allowed_consultation();
+    request["action"] = json!("Action::\"delete_everything\"");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "unknown_action",
+        "delete_everything",
+    );
+}
+
+#[test]
+fn malformed_entity_reference_is_refused() {
+    let mut request = allowed_consultation();
+    request["resource"] = json!({"type": "File"});
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_entity_ref",
+        "resource",
+    );
+}
+
+#[test]
+fn unknown_entity_is_refused() {
+    let mut request = allowed_consultation();
+    request["principal"] = json!({"type": "User", "id": "nobody"});
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "unknown_entity",
+        "nobody",
+    );
+}
+
+#[test]
+fn context_missing_a_required_attribute_is_refused() {
+    let mut request = allowed_consultation();
+    request["context"]
+        .as_object_mut()
+        .unwrap()
+        .remove("mission");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_context",
+        "mission",
+    );
+}
+
+#[test]
+fn context_with_a_wrong_type_is_refused() {
+    let mut request = allowed_consultation();
+    request["context"]["categories"] = json!("quotient_familial");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_context",
+        "expected to have type [string]",
+    );
+}
+
+#[test]
+fn context_with_an_undeclared_attribute_is_refused() {
+    let mut request = allowed_consultation();
+    request["context"]["override"] = json!(true);
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_context",
+        "override",
+    );
+}
+
+#[test]
+fn principal_of_the_wrong_type_for_the_action_is_refused() {
+    let request = act(
+        "mau-admin",
+        "read_traces",
+        entity("Trace", "ville-maubeuge"),
+    );
+    let mut request = request;
+    request["resource"] = json!({"type": "File", "id": "dossier-59-0001"});
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_request",
+        "File",
+    );
+}
+
+#[test]
+fn request_entities_violating_the_schema_are_refused() {
+    let mut request = allowed_consultation();
+    request["entities"] =
+        json!([{"uid": entity("File", "f"), "parents": [], "attrs": {"department": 59}}]);
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_entities",
+        "File",
+    );
+}
+
+#[test]
+fn request_entities_cannot_replace_stored_ones() {
+    // Re-sending a suspended user as active must not un-suspend them.
+    let mut request = consult(
+        "mau-suspended",
+        "mau-t2-03",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    request["entities"] = json!([{"uid": entity("User", "mau-suspended"),
+        "parents": [entity("Partner", "ville-maubeuge"), entity("Habilitation", "mau-t2-03")],
+        "attrs": {"role": "user", "partner": entity("Partner", "ville-maubeuge"), "suspended": false,
+                  "must_change_password": false, "trace_reader": false, "habilitation_admin": false}}]);
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "entity_conflict",
+        "mau-suspended",
+    );
+}
+
+#[test]
+fn body_over_the_cap_gets_413() {
+    let server = Server::start_with(Limits {
+        max_body: 512,
+        ..Limits::default()
+    });
+    let mut request = allowed_consultation();
+    request["padding"] = json!("x".repeat(1000));
+    assert_error(
+        server.post("/v1/is_authorized", &request),
+        413,
+        "body_too_large",
+        "512",
+    );
+}
+
+#[test]
+fn batch_over_the_cap_is_refused() {
+    let server = Server::start_with(Limits {
+        max_batch: 3,
+        ..Limits::default()
+    });
+    let batch = json!({"requests": vec![allowed_consultation(); 4]});
+    assert_error(
+        server.post("/v1/batch_is_authorized", &batch),
+        400,
+        "batch_too_large",
+        "limit of 3",
+    );
+}
+
+#[test]
+fn unknown_route_and_wrong_method() {
+    let server = Server::start();
+    assert_eq!(server.get("/v2/is_authorized").0, 404);
+    assert_eq!(server.get("/v1/is_authorized").0, 405);
+}
+
+#[test]
+fn no_decision_before_a_snapshot_is_loaded() {
+    let server = Server::serve(Arc::new(AppState::new(Limits::default())));
+    assert_error(
+        server.post("/v1/is_authorized", &allowed_consultation()),
+        503,
+        "not_ready",
+        "snapshot",
+    );
+    assert_eq!(server.get("/readyz").0, 503);
+    assert_eq!(server.get("/healthz").0, 200);
+}
+
+/// Cedar skips a `forbid` whose evaluation errors and may then allow; the sidecar
+/// denies. Here the user's convention does not exist, so the convention forbids
+/// (S5, S6) error while the change-password permit holds.
+#[test]
+fn an_erroring_forbid_makes_the_decision_deny() {
+    let mut request = act(
+        "ghost-user",
+        "change_password",
+        entity("User", "ghost-user"),
+    );
+    request["entities"] = json!([
+        {"uid": entity("Partner", "ghost-partner"), "parents": [], "attrs": {
+            "name": "Partner whose convention is missing", "kind": "commune",
+            "caf_social_action_subsidy": false, "convention": entity("Convention", "missing")}},
+        {"uid": entity("User", "ghost-user"), "parents": [entity("Partner", "ghost-partner")], "attrs": {
+            "role": "user", "partner": entity("Partner", "ghost-partner"), "suspended": false,
+            "must_change_password": false, "trace_reader": false, "habilitation_admin": false}}
+    ]);
+    let decision = Server::start().decide(&request);
+    assert!(!decision.allowed, "{decision:?}");
+    assert!(decision.reason.is_empty(), "{decision:?}");
+    assert!(
+        decision
+            .errors
+            .iter()
+            .any(|e| e.contains("S5-convention-not-yet-in-force")),
+        "{decision:?}"
+    );
+}

@@ -1,0 +1,116 @@
+//! The binary: `authorize` exit codes, model errors, and `serve` with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::repo;
+
+fn cdap_authz() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cdap-authz"));
+    command.current_dir(repo("."));
+    command
+}
+
+#[test]
+fn authorize_exits_0_on_allow_and_2_on_deny() {
+    let allowed = cdap_authz()
+        .args([
+            "authorize",
+            "--request",
+            "examples/requests/consult-allowed.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&allowed.stdout).contains("\"Allow\""));
+    let denied = cdap_authz()
+        .args([
+            "authorize",
+            "--request",
+            "examples/requests/consult-denied.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        denied.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    assert!(String::from_utf8_lossy(&denied.stdout).contains("\"Deny\""));
+}
+
+#[test]
+fn authorize_on_a_broken_policy_exits_3_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "permit (principal, action, resource)\nwhen { principal.no_such_attribute };\n",
+    )
+    .unwrap();
+    let output = cdap_authz()
+        .args([
+            "authorize",
+            "--request",
+            "examples/requests/consult-allowed.json",
+            "--policies",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.cedar:2:8"), "{stderr}");
+    assert!(stderr.contains("no_such_attribute"), "{stderr}");
+}
+
+#[test]
+fn serve_answers_then_stops_on_sigterm() {
+    let mut child = cdap_authz()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CDAP_AUTHZ_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before serving"
+        );
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let ready = ureq::get(&format!("http://{addr}/readyz")).call().unwrap();
+    assert_eq!(ready.status(), 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        ureq::get(&format!("http://{addr}/healthz")).call().is_err(),
+        "still accepting after shutdown"
+    );
+}

@@ -1,0 +1,142 @@
+//! Health, readiness, metrics, policy-set listing, batches and time filling.
+
+use std::collections::HashSet;
+
+use chrono::{Duration, Utc};
+use serde_json::{json, Value};
+
+use crate::util::{consult, entity, Decision, Server};
+
+fn allowed_consultation() -> Value {
+    consult(
+        "mau-t2",
+        "mau-t2-01",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    )
+}
+
+#[test]
+fn health_and_readiness() {
+    let server = Server::start();
+    assert_eq!(server.get("/healthz").0, 200);
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 200);
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert!(ready["policy_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+}
+
+#[test]
+fn response_carries_policy_version_and_unique_decision_ids() {
+    let server = Server::start();
+    let (_, ready) = server.get("/readyz");
+    let version = serde_json::from_str::<Value>(&ready).unwrap()["policy_version"].clone();
+    let mut ids = HashSet::new();
+    for _ in 0..20 {
+        let (status, body) = server.post("/v1/is_authorized", &allowed_consultation());
+        assert_eq!(status, 200);
+        assert_eq!(body["policy_version"], version);
+        assert!(
+            ids.insert(body["decision_id"].as_str().unwrap().to_owned()),
+            "duplicate id"
+        );
+    }
+}
+
+#[test]
+fn metrics_count_decisions_by_action_and_outcome() {
+    let server = Server::start();
+    server
+        .decide(&allowed_consultation())
+        .assert_allowed_by("P3-T2-prestataire-service-social");
+    server.decide(&allowed_consultation());
+    let mut denied = allowed_consultation();
+    denied["resource"] = json!({"type": "File", "id": "dossier-33-0001"});
+    server.decide(&denied);
+    server.post_raw("/v1/is_authorized", "nope");
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"cdap_authz_decisions_total{action="consult_file",decision="Allow"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cdap_authz_decisions_total{action="consult_file",decision="Deny"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cdap_authz_request_errors_total{code="malformed_json"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("cdap_authz_decision_latency_seconds_count 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn policy_set_lists_every_policy_with_its_clause() {
+    let (status, body) = Server::start().get("/v1/policy-set");
+    assert_eq!(status, 200);
+    let listing: Value = serde_json::from_str(&body).unwrap();
+    let policies = listing["policies"].as_array().unwrap();
+    assert!(policies.len() >= 30, "{listing}");
+    for policy in policies {
+        let id = policy["id"].as_str().unwrap();
+        let source = policy["source"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id} has no @source"));
+        let rule = id.split('-').next().unwrap();
+        assert!(
+            source.contains(&format!("({rule}"))
+                || source.contains(&format!(" {rule})"))
+                || source.contains(&format!("{rule},")),
+            "@source of {id} does not name rule {rule}: {source}"
+        );
+    }
+    assert!(listing["loaded_at"].is_string());
+}
+
+#[test]
+fn batch_answers_in_order_with_per_request_errors() {
+    let mut denied = allowed_consultation();
+    denied["resource"] = json!({"type": "File", "id": "dossier-33-0001"});
+    let batch = json!({"requests": [allowed_consultation(), {"principal": 1}, denied]});
+    let (status, body) = Server::start().post("/v1/batch_is_authorized", &batch);
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    Decision::from_json(&results[0]).assert_allowed_by("P3-T2-prestataire-service-social");
+    assert_eq!(results[1]["error"]["code"], "malformed_json");
+    Decision::from_json(&results[2]).assert_denied_by("M3-file-of-another-caf");
+}
+
+/// With `now` left out, the sidecar decides at the current time: a file whose Rsa
+/// ended 729 days ago is in the T19 window, one that ended 731 days ago is not.
+#[test]
+fn omitted_time_is_filled_with_the_current_time() {
+    let server = Server::start();
+    let decide_with_rsa_ended_days_ago = |days: i64| {
+        let ended = (Utc::now() - Duration::days(days))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let mut request = consult(
+            "dep-t19",
+            "dep-t19-01",
+            "departement-rsa-controle",
+            &["rsa"],
+            "f",
+        );
+        request["context"].as_object_mut().unwrap().remove("now");
+        request["entities"] = json!([{"uid": entity("File", "f"), "parents": [], "attrs": {
+            "caf": entity("Caf", "caf-nord"), "department": "59", "rsa_now": false,
+            "rsa_last_date": ended, "categories": ["rsa"]}}]);
+        server.decide(&request)
+    };
+    decide_with_rsa_ended_days_ago(729).assert_allowed_by("P7-T19-controle-rsa");
+    decide_with_rsa_ended_days_ago(731).assert_denied_by_default();
+}

@@ -1,0 +1,217 @@
+//! A sidecar on a port-0 listener, with a small blocking HTTP client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cdap_authz::http::{self, AppState, Limits};
+use cdap_authz::load::Sources;
+use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use serde_json::{json, Value};
+
+/// The instant the rule tests pin as "now".
+pub const NOW: &str = "2026-11-22T10:00:00Z";
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub fn bundled_sources() -> Sources {
+    Sources {
+        policies: repo("policies"),
+        schema: repo("schema/cdap.cedarschema"),
+        entities: Some(repo("examples/entities.json")),
+        derived: Some(repo("schema/derived.json")),
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves the bundled model.
+    pub fn start() -> Self {
+        Self::start_with(Limits::default())
+    }
+
+    pub fn start_with(limits: Limits) -> Self {
+        let snapshot = Snapshot::load(&bundled_sources(), DEFAULT_TIME_ATTRIBUTE)
+            .expect("bundled model loads");
+        let state = Arc::new(AppState::new(limits));
+        state.install(Arc::new(snapshot));
+        Self::serve(state)
+    }
+
+    /// Serves `state` as it is (possibly with no snapshot installed).
+    pub fn serve(state: Arc<AppState>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime
+                .block_on(http::serve(listener, state, async {
+                    let _ = stopped.await;
+                }))
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POSTs a raw body; returns the status and the JSON reply.
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let reply = ureq::post(&self.url(path))
+            .set("content-type", "application/json")
+            .send_string(body);
+        read(reply)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, &body.to_string())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// Decides one request that must be well formed.
+    pub fn decide(&self, request: &Value) -> Decision {
+        let (status, body) = self.post("/v1/is_authorized", request);
+        assert_eq!(status, 200, "request {request} got {body}");
+        Decision::from_json(&body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn read(reply: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match reply {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+#[derive(Debug)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    pub fn from_json(body: &Value) -> Self {
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let allowed = match body["decision"].as_str() {
+            Some("Allow") => true,
+            Some("Deny") => false,
+            other => panic!("no decision in {body}: {other:?}"),
+        };
+        Self {
+            allowed,
+            reason: strings(&body["diagnostics"]["reason"]),
+            errors: strings(&body["diagnostics"]["errors"]),
+        }
+    }
+
+    #[track_caller]
+    pub fn assert_allowed_by(&self, policy: &str) {
+        assert!(self.allowed, "expected Allow by {policy}, got {self:?}");
+        assert!(
+            self.reason.iter().any(|r| r == policy),
+            "expected {policy} in {self:?}"
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_denied_by(&self, policy: &str) {
+        assert!(!self.allowed, "expected Deny by {policy}, got {self:?}");
+        assert!(
+            self.reason.iter().any(|r| r == policy),
+            "expected {policy} in {self:?}"
+        );
+    }
+
+    /// Denied because no permit applies (default deny), without errors.
+    #[track_caller]
+    pub fn assert_denied_by_default(&self) {
+        assert!(!self.allowed, "expected Deny, got {self:?}");
+        assert!(
+            self.reason.is_empty() && self.errors.is_empty(),
+            "expected a default deny, got {self:?}"
+        );
+    }
+}
+
+/// A Cdap consultation by `principal` under `habilitation`, for `mission`.
+pub fn consult(
+    principal: &str,
+    habilitation: &str,
+    mission: &str,
+    categories: &[&str],
+    file: &str,
+) -> Value {
+    json!({
+        "principal": {"type": "User", "id": principal},
+        "action": "Action::\"consult_file\"",
+        "resource": {"type": "File", "id": file},
+        "context": {
+            "authentication": "password",
+            "habilitation": {"type": "Habilitation", "id": habilitation},
+            "mission": {"type": "Mission", "id": mission},
+            "categories": categories,
+            "now": NOW
+        }
+    })
+}
+
+/// Any other action, with a Session context.
+pub fn act(principal: &str, action: &str, resource: Value) -> Value {
+    json!({
+        "principal": {"type": "User", "id": principal},
+        "action": {"type": "Action", "id": action},
+        "resource": resource,
+        "context": {"authentication": "password", "now": NOW}
+    })
+}
+
+pub fn entity(type_name: &str, id: &str) -> Value {
+    json!({"type": type_name, "id": id})
+}
