@@ -16,6 +16,7 @@ use crate::api::{AuthzRequest, AuthzResponse, Outcome, DEFAULT_MAX_BATCH};
 use crate::engine;
 use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY};
 use crate::load::{LoadError, Sources};
+use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 
 const EXIT_DENY: u8 = 2;
@@ -147,19 +148,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_body: args.max_body,
             max_batch: args.max_batch,
         }));
-        let model = args.model;
-        let snapshot = tokio::task::spawn_blocking(move || model.load()).await??;
-        tracing::info!(
-            listen = %listener.local_addr()?,
-            policy_version = %snapshot.version,
-            policies = snapshot.policy_info.len(),
-            "serving"
+        let reloader = Arc::new(Reloader::new(
+            args.model.sources(),
+            &args.model.time_attribute,
+            state.clone(),
+        ));
+        let first = reloader.clone();
+        tokio::task::spawn_blocking(move || first.reload()).await??;
+        let watch = Arc::new(
+            reload::watch(reloader, DEFAULT_DEBOUNCE).context("cannot watch the model's files")?,
         );
-        state.install(Arc::new(snapshot));
+        tokio::spawn(reload_on_sighup(watch.clone()));
+        let version = state
+            .store
+            .current()
+            .map(|s| s.version.clone())
+            .unwrap_or_default();
+        tracing::info!(listen = %listener.local_addr()?, policy_version = %version, "serving");
         http::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Forces a reload on every SIGHUP.
+async fn reload_on_sighup(watch: Arc<WatchHandle>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot install a SIGHUP handler");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            watch.force_reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = watch;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -32,7 +32,7 @@ use crate::api::{
 use crate::engine;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::store::Store;
+use crate::store::{ReloadFailure, Store};
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -198,7 +198,11 @@ async fn route(
         (&Method::GET, "/metrics") => Ok(text_response(state.metrics.render())),
         (&Method::GET, "/v1/policy-set") => {
             let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-            Ok(json_response(StatusCode::OK, &policy_set(&snapshot)))
+            let last_error = state.store.last_error();
+            Ok(json_response(
+                StatusCode::OK,
+                &policy_set(&snapshot, last_error.as_deref()),
+            ))
         }
         (
             _,
@@ -271,11 +275,12 @@ fn decide(
     })
 }
 
-fn policy_set(snapshot: &Snapshot) -> serde_json::Value {
+fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_json::Value {
     json!({
         "policy_version": snapshot.version,
         "loaded_at": snapshot.loaded_at.to_rfc3339(),
         "policies": snapshot.policy_info,
+        "last_reload_error": last_error,
     })
 }
 

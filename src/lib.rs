@@ -12,6 +12,7 @@
 //! - [`slice`]: the few stored entities one decision can reach, so that per-request
 //!   work does not grow with the store.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
+//! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`api`]: the JSON wire contract (requests, responses, errors).
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod reload;
 pub mod slice;
 pub mod snapshot;
 pub mod store;

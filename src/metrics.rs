@@ -23,6 +23,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -33,6 +38,8 @@ pub struct Metrics {
     latency: Histogram,
     errors: Family<ErrorLabels, Counter>,
     policy_version: Family<VersionLabels, Gauge>,
+    reloads: Family<ReloadLabels, Counter>,
+    last_reload_success: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,8 +76,22 @@ impl Metrics {
             "The loaded policy version (value 1)",
             policy_version.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Reloads by outcome: success, unchanged, failure",
+            reloads.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        registry.register(
+            "last_reload_success_timestamp_seconds",
+            "Unix time of the last snapshot swapped in",
+            last_reload_success.clone(),
+        );
         Self {
             registry,
+            reloads,
+            last_reload_success,
             decisions,
             latency,
             errors,
@@ -99,6 +120,11 @@ impl Metrics {
                 version: version.to_owned(),
             })
             .set(1);
+        self.last_reload_success.set(chrono::Utc::now().timestamp());
+    }
+
+    pub fn record_reload(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { outcome }).inc();
     }
 
     /// The Prometheus text exposition.

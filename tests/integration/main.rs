@@ -4,5 +4,6 @@
 mod bad_input;
 mod cli;
 mod endpoints;
+mod reload;
 mod rules;
 mod util;

@@ -1,0 +1,260 @@
+//! Hot reload: watch the model's files, rebuild a complete snapshot off the request
+//! path, and swap it in only when it is entirely valid (last-known-good).
+//!
+//! The watcher watches the *parent directories* of the schema, entities and
+//! derivation files, and the policy directory (recursively) and its parent, then
+//! filters events by path. That sees editors' rename-into-place, deletes and
+//! re-creates, and Kubernetes ConfigMap `..data` symlink swaps; watches are re-added
+//! after every reload so a swapped directory is followed. Bursts are debounced.
+//! A refused reload keeps the current snapshot, logs the rendered error (file, line,
+//! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::http::AppState;
+use crate::load::{LoadError, Sources};
+use crate::snapshot::Snapshot;
+use crate::store::ReloadFailure;
+
+/// Quiet time after the last file event before reloading.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// A burst never delays a reload by more than this.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How long an old snapshot may stay in use by in-flight requests before the
+/// reload thread stops waiting to drop it itself.
+const DRAIN_OLD_SNAPSHOT: Duration = Duration::from_secs(5);
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reloaded {
+    /// A new version is serving.
+    Swapped { version: String, took: Duration },
+    /// The files changed nothing: the same version keeps serving.
+    Unchanged,
+}
+
+/// Loads snapshots from one set of sources into one [`AppState`].
+pub struct Reloader {
+    sources: Sources,
+    time_attribute: String,
+    state: Arc<AppState>,
+}
+
+impl Reloader {
+    pub fn new(sources: Sources, time_attribute: &str, state: Arc<AppState>) -> Self {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        let sources = Sources {
+            policies: absolute(&sources.policies),
+            schema: absolute(&sources.schema),
+            entities: sources.entities.as_deref().map(absolute),
+            derived: sources.derived.as_deref().map(absolute),
+        };
+        Self {
+            sources,
+            time_attribute: time_attribute.to_owned(),
+            state,
+        }
+    }
+
+    /// Builds a complete snapshot and swaps it in; on any error the current one
+    /// keeps serving and the error is recorded.
+    pub fn reload(&self) -> Result<Reloaded, LoadError> {
+        let started = Instant::now();
+        let snapshot = match Snapshot::load(&self.sources, &self.time_attribute) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
+                self.state.metrics.record_reload("failure");
+                self.state.store.set_last_error(Some(ReloadFailure {
+                    at: Utc::now(),
+                    message: error.to_string(),
+                }));
+                return Err(error);
+            }
+        };
+        self.state.store.set_last_error(None);
+        let unchanged = self
+            .state
+            .store
+            .current()
+            .is_some_and(|current| current.version == snapshot.version);
+        if unchanged {
+            self.state.metrics.record_reload("unchanged");
+            return Ok(Reloaded::Unchanged);
+        }
+        let version = snapshot.version.clone();
+        let old = self.state.install(Arc::new(snapshot));
+        let took = started.elapsed();
+        self.state.metrics.record_reload("success");
+        tracing::info!(policy_version = %version, took_ms = took.as_secs_f64() * 1e3, "snapshot swapped in");
+        if let Some(old) = old {
+            drop_when_unused(old);
+        }
+        Ok(Reloaded::Swapped { version, took })
+    }
+
+    /// Directories to watch, and how.
+    fn watch_targets(&self) -> BTreeMap<PathBuf, RecursiveMode> {
+        let mut targets = BTreeMap::new();
+        targets.insert(self.sources.policies.clone(), RecursiveMode::Recursive);
+        let files = [Some(&self.sources.policies), Some(&self.sources.schema)]
+            .into_iter()
+            .chain([
+                self.sources.entities.as_ref(),
+                self.sources.derived.as_ref(),
+            ]);
+        for path in files.flatten() {
+            if let Some(parent) = path.parent() {
+                targets
+                    .entry(parent.to_owned())
+                    .or_insert(RecursiveMode::NonRecursive);
+            }
+        }
+        targets
+    }
+
+    /// Whether a changed path can affect the model.
+    fn is_relevant(&self, path: &Path) -> bool {
+        let is_source = [
+            Some(&self.sources.schema),
+            self.sources.entities.as_ref(),
+            self.sources.derived.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|source| source == path);
+        let config_map_swap = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with(".."));
+        is_source || config_map_swap || path.starts_with(&self.sources.policies)
+    }
+}
+
+/// Waits (on the reload thread) until in-flight requests release the old snapshot,
+/// so its memory is freed here and not on a request thread.
+fn drop_when_unused(old: Arc<Snapshot>) {
+    let deadline = Instant::now() + DRAIN_OLD_SNAPSHOT;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(old);
+}
+
+enum Trigger {
+    Changed(Vec<PathBuf>),
+    Force,
+    Stop,
+}
+
+/// A running watcher; dropping it stops the watch thread.
+pub struct WatchHandle {
+    triggers: Sender<Trigger>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WatchHandle {
+    /// Forces a reload (what SIGHUP does).
+    pub fn force_reload(&self) {
+        let _ = self.triggers.send(Trigger::Force);
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let _ = self.triggers.send(Trigger::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts watching the reloader's sources on a thread of its own.
+pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<WatchHandle> {
+    let (triggers, received) = mpsc::channel();
+    let events = triggers.clone();
+    let watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                let _ = events.send(Trigger::Changed(event.paths));
+            }
+            Err(error) => tracing::warn!(%error, "file watch error"),
+        })?;
+    let thread = std::thread::Builder::new()
+        .name("cdap-authz-reload".into())
+        .spawn(move || run_watch_loop(reloader, watcher, received, debounce))
+        .map_err(notify::Error::io)?;
+    Ok(WatchHandle {
+        triggers,
+        thread: Some(thread),
+    })
+}
+
+fn run_watch_loop(
+    reloader: Arc<Reloader>,
+    mut watcher: RecommendedWatcher,
+    triggers: Receiver<Trigger>,
+    debounce: Duration,
+) {
+    let mut watched = rewatch(&reloader, &mut watcher, Vec::new());
+    while let Ok(trigger) = triggers.recv() {
+        let reload = match trigger {
+            Trigger::Stop => return,
+            Trigger::Force => true,
+            Trigger::Changed(paths) => paths.iter().any(|p| reloader.is_relevant(p)),
+        };
+        if !reload {
+            continue;
+        }
+        if !settle(&reloader, &triggers, debounce) {
+            return;
+        }
+        let _ = reloader.reload();
+        watched = rewatch(&reloader, &mut watcher, watched);
+    }
+}
+
+/// Waits for a quiet period; false when asked to stop.
+fn settle(reloader: &Reloader, triggers: &Receiver<Trigger>, debounce: Duration) -> bool {
+    let deadline = Instant::now() + MAX_DEBOUNCE.max(debounce);
+    loop {
+        let wait = debounce.min(deadline.saturating_duration_since(Instant::now()));
+        match triggers.recv_timeout(wait) {
+            Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
+            Ok(Trigger::Force) => {}
+            Ok(Trigger::Changed(paths)) if paths.iter().any(|p| reloader.is_relevant(p)) => {}
+            Ok(Trigger::Changed(_)) => continue,
+            Err(RecvTimeoutError::Timeout) => return true,
+        }
+        if Instant::now() >= deadline {
+            return true;
+        }
+    }
+}
+
+/// Drops the previous watches and watches the targets again, following any
+/// directory that was swapped since.
+fn rewatch(
+    reloader: &Reloader,
+    watcher: &mut RecommendedWatcher,
+    previous: Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    for path in previous {
+        let _ = watcher.unwatch(&path);
+    }
+    let mut watched = Vec::new();
+    for (path, mode) in reloader.watch_targets() {
+        match watcher.watch(&path, mode) {
+            Ok(()) => watched.push(path),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot watch"),
+        }
+    }
+    watched
+}

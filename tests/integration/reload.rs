@@ -1,0 +1,282 @@
+//! Hot reload with real files and real file-system events.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdap_authz::http::{AppState, Limits};
+use cdap_authz::load::Sources;
+use cdap_authz::reload::{self, Reloaded, Reloader, WatchHandle};
+use cdap_authz::snapshot::DEFAULT_TIME_ATTRIBUTE;
+use serde_json::Value;
+
+use crate::util::{act, consult, entity, repo, Decision, Server};
+
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// A sidecar serving a copy of the bundled model from a temporary directory.
+struct Live {
+    root: tempfile::TempDir,
+    reloader: Arc<Reloader>,
+    /// Kept alive for the test: dropping it stops watching.
+    _watch: Option<WatchHandle>,
+    server: Server,
+}
+
+impl Live {
+    /// `model` is the directory holding `policies/`, `schema/` and `entities.json`
+    /// as the sidecar sees it (it may be a symlink layout inside `root`).
+    fn start(root: tempfile::TempDir, model: &Path, watching: bool) -> Self {
+        let state = Arc::new(AppState::new(Limits::default()));
+        let sources = Sources {
+            policies: model.join("policies"),
+            schema: model.join("schema/cdap.cedarschema"),
+            entities: Some(model.join("entities.json")),
+            derived: Some(model.join("schema/derived.json")),
+        };
+        let reloader = Arc::new(Reloader::new(
+            sources,
+            DEFAULT_TIME_ATTRIBUTE,
+            state.clone(),
+        ));
+        reloader.reload().expect("the copied model loads");
+        let watch = watching.then(|| reload::watch(reloader.clone(), DEBOUNCE).unwrap());
+        Self {
+            root,
+            reloader,
+            _watch: watch,
+            server: Server::serve(state),
+        }
+    }
+
+    fn copy_of_bundled_model(watching: bool) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        copy_model(root.path());
+        let model = root.path().to_owned();
+        Self::start(root, &model, watching)
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.root.path().join(relative)
+    }
+
+    fn policy_set(&self) -> Value {
+        serde_json::from_str(&self.server.get("/v1/policy-set").1).unwrap()
+    }
+}
+
+fn copy_model(to: &Path) {
+    for dir in ["policies", "schema"] {
+        std::fs::create_dir_all(to.join(dir)).unwrap();
+        for file in std::fs::read_dir(repo(dir)).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(dir).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(repo("examples/entities.json"), to.join("entities.json")).unwrap();
+}
+
+/// Writes like an editor: a temporary file renamed into place.
+fn write_atomically(path: &Path, text: &str) {
+    let temporary = path.with_extension("tmp~");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// Polls `condition` for up to `limit`; returns how long it took.
+#[track_caller]
+fn within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+fn admin_reads_traces() -> Value {
+    act(
+        "mau-admin",
+        "read_traces",
+        entity("Trace", "ville-maubeuge"),
+    )
+}
+
+fn without_partner_trace_permit(policy_file: &str) -> String {
+    let start = policy_file.find("@id(\"T3-partner-managers").unwrap();
+    let end = policy_file.find("@id(\"T3-authorised-caf-staff").unwrap();
+    format!("{}{}", &policy_file[..start], &policy_file[end..])
+}
+
+#[test]
+fn policy_edit_flips_a_decision_within_2_seconds() {
+    let live = Live::copy_of_bundled_model(true);
+    live.server
+        .decide(&admin_reads_traces())
+        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+    let traces = live.path("policies/traces.cedar");
+    write_atomically(
+        &traces,
+        &without_partner_trace_permit(&std::fs::read_to_string(&traces).unwrap()),
+    );
+    within(
+        Duration::from_secs(2),
+        "the edited policy takes effect",
+        || !live.server.decide(&admin_reads_traces()).allowed,
+    );
+}
+
+#[test]
+fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
+    let live = Live::copy_of_bundled_model(true);
+    let version = live.policy_set()["policy_version"].clone();
+    std::fs::write(
+        live.path("policies/broken.cedar"),
+        "permit (principal,\n  action resource);\n",
+    )
+    .unwrap();
+    within(
+        Duration::from_secs(2),
+        "the refused reload is reported",
+        || !live.policy_set()["last_reload_error"].is_null(),
+    );
+    let report = live.policy_set();
+    let message = report["last_reload_error"]["message"].as_str().unwrap();
+    assert!(message.contains("broken.cedar:2:10"), "{message}");
+    assert_eq!(report["policy_version"], version);
+    live.server
+        .decide(&admin_reads_traces())
+        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+    let metrics = live.server.get("/metrics").1;
+    assert!(
+        metrics.contains(r#"cdap_authz_reloads_total{outcome="failure"}"#),
+        "{metrics}"
+    );
+
+    std::fs::remove_file(live.path("policies/broken.cedar")).unwrap();
+    within(Duration::from_secs(2), "fixing the file recovers", || {
+        live.policy_set()["last_reload_error"].is_null()
+    });
+}
+
+#[test]
+fn entities_edit_changes_a_decision() {
+    let live = Live::copy_of_bundled_model(true);
+    let request = consult(
+        "mau-t2",
+        "mau-t2-01",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    live.server
+        .decide(&request)
+        .assert_allowed_by("P3-T2-prestataire-service-social");
+    let path = live.path("entities.json");
+    let mut entities: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let user = entities
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["uid"] == serde_json::json!({"type": "User", "id": "mau-t2"}))
+        .unwrap();
+    user["attrs"]["suspended"] = Value::Bool(true);
+    write_atomically(&path, &entities.to_string());
+    within(
+        Duration::from_secs(2),
+        "the suspension takes effect",
+        || {
+            let decision: Decision = live.server.decide(&request);
+            decision.reason.iter().any(|r| r == "S1-user-suspended")
+        },
+    );
+}
+
+/// Kubernetes mounts a ConfigMap as `..data -> ..<timestamp>/` with each entry a
+/// symlink through `..data`; an update swaps `..data` atomically.
+#[test]
+fn config_map_symlink_swap_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    let first = root.path().join("..2026_11_22_10_00_00.1");
+    copy_model(&first);
+    std::os::unix::fs::symlink(first.file_name().unwrap(), root.path().join("..data")).unwrap();
+    for entry in ["policies", "schema", "entities.json"] {
+        std::os::unix::fs::symlink(format!("..data/{entry}"), root.path().join(entry)).unwrap();
+    }
+    let model = root.path().to_owned();
+    let live = Live::start(root, &model, true);
+    live.server
+        .decide(&admin_reads_traces())
+        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+
+    let second = live.path("..2026_11_22_10_05_00.2");
+    copy_model(&second);
+    let traces = second.join("policies/traces.cedar");
+    std::fs::write(
+        &traces,
+        without_partner_trace_permit(&std::fs::read_to_string(&traces).unwrap()),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(second.file_name().unwrap(), live.path("..data_tmp")).unwrap();
+    std::fs::rename(live.path("..data_tmp"), live.path("..data")).unwrap();
+    std::fs::remove_dir_all(live.path("..2026_11_22_10_00_00.1")).unwrap();
+    within(
+        Duration::from_secs(2),
+        "the swapped ConfigMap takes effect",
+        || !live.server.decide(&admin_reads_traces()).allowed,
+    );
+}
+
+/// Requests fire continuously while the policies change 50 times: none fails, and
+/// each answer comes from one of the two versions.
+#[test]
+fn fifty_reloads_under_load_lose_no_request() {
+    let live = Arc::new(Live::copy_of_bundled_model(false));
+    let traces = live.path("policies/traces.cedar");
+    let original = std::fs::read_to_string(&traces).unwrap();
+    let variants = [original.clone(), format!("{original}\n// edited\n")];
+    let running = Arc::new(AtomicBool::new(true));
+    let client = {
+        let (live, running) = (live.clone(), running.clone());
+        std::thread::spawn(move || {
+            let mut versions = Vec::new();
+            while running.load(Ordering::Relaxed) && versions.len() < 200_000 {
+                let (status, body) = live.server.post("/v1/is_authorized", &admin_reads_traces());
+                assert_eq!(status, 200, "{body}");
+                Decision::from_json(&body)
+                    .assert_allowed_by("T3-partner-managers-read-partner-traces");
+                versions.push(body["policy_version"].as_str().unwrap().to_owned());
+            }
+            versions
+        })
+    };
+    let mut installed = HashSet::new();
+    installed.insert(
+        live.policy_set()["policy_version"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    for round in 1..=50 {
+        write_atomically(&traces, &variants[round % 2]);
+        match live.reloader.reload().unwrap() {
+            Reloaded::Swapped { version, .. } => installed.insert(version),
+            Reloaded::Unchanged => panic!("round {round}: the edit was not seen"),
+        };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.store(false, Ordering::Relaxed);
+    let versions = client.join().unwrap();
+    assert_eq!(installed.len(), 2, "{installed:?}");
+    assert!(
+        versions.len() > 50,
+        "only {} requests during the reloads",
+        versions.len()
+    );
+    let seen: HashSet<_> = versions.into_iter().collect();
+    assert!(seen.is_subset(&installed), "{seen:?} vs {installed:?}");
+    assert_eq!(seen.len(), 2, "requests saw {seen:?}");
+}
