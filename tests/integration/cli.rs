@@ -71,7 +71,7 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
 }
 
 #[test]
-fn serve_answers_then_stops_on_sigterm() {
+fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     let mut child = cdap_authz()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CDAP_AUTHZ_LOG", "info")
@@ -92,6 +92,28 @@ fn serve_answers_then_stops_on_sigterm() {
     };
     let ready = ureq::get(&format!("http://{addr}/readyz")).call().unwrap();
     assert_eq!(ready.status(), 200);
+    // SIGHUP forces a reload; the files are unchanged, so the same version stays.
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = ureq::get(&format!("http://{addr}/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if metrics.contains(r#"cdap_authz_reloads_total{outcome="unchanged"} 1"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
