@@ -218,7 +218,8 @@ fn read_policies(
     (problems.len() == before).then_some((all, info))
 }
 
-fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The `.cedar` files under `dir`, recursively, in path order (hidden entries skipped).
+pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {

@@ -28,6 +28,11 @@ use crate::store::ReloadFailure;
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// A refused reload is retried this many times, after 250 ms, 500 ms and 1 s, even
+/// with no new event: files caught mid-swap (a ConfigMap's old directory being
+/// deleted while it is read) then load on a retry.
+const RETRIES: u32 = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(250);
 /// How long an old snapshot may stay in use by in-flight requests before the
 /// reload thread stops waiting to drop it itself.
 const DRAIN_OLD_SNAPSHOT: Duration = Duration::from_secs(5);
@@ -204,7 +209,21 @@ fn run_watch_loop(
     debounce: Duration,
 ) {
     let mut watched = rewatch(&reloader, &mut watcher, Vec::new());
-    while let Ok(trigger) = triggers.recv() {
+    let mut retries_left = 0;
+    loop {
+        let trigger = if retries_left > 0 {
+            let delay = RETRY_DELAY * 2u32.pow(RETRIES - retries_left);
+            match triggers.recv_timeout(delay) {
+                Err(RecvTimeoutError::Timeout) => Trigger::Force,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Ok(trigger) => trigger,
+            }
+        } else {
+            match triggers.recv() {
+                Ok(trigger) => trigger,
+                Err(_) => return,
+            }
+        };
         let reload = match trigger {
             Trigger::Stop => return,
             Trigger::Force => true,
@@ -216,7 +235,11 @@ fn run_watch_loop(
         if !settle(&reloader, &triggers, debounce) {
             return;
         }
-        let _ = reloader.reload();
+        retries_left = match reloader.reload() {
+            Ok(_) => 0,
+            Err(_) if retries_left == 0 => RETRIES,
+            Err(_) => retries_left - 1,
+        };
         watched = rewatch(&reloader, &mut watcher, watched);
     }
 }

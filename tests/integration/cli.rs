@@ -136,3 +136,80 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
         "still accepting after shutdown"
     );
 }
+
+#[test]
+fn validate_accepts_the_bundled_model() {
+    let output = cdap_authz().arg("validate").output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: "));
+}
+
+#[test]
+fn validate_reports_every_problem_at_once_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "permit (principal, action, resource)\nwhen { principal.nope };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.cedar"),
+        "forbid (principal,\n  action resource);\n",
+    )
+    .unwrap();
+    let output = cdap_authz()
+        .args(["validate", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("2 problems in the model"), "{stderr}");
+    assert!(stderr.contains("a.cedar:2:8"), "{stderr}");
+    assert!(stderr.contains("b.cedar:2:10"), "{stderr}");
+}
+
+#[test]
+fn fmt_check_passes_on_the_bundled_policies_and_fails_on_unformatted_input() {
+    let bundled = cdap_authz()
+        .args(["fmt", "--check", "policies"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bundled.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&bundled.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messy.cedar");
+    let messy = "permit(principal,action,resource)when{principal==resource};\n";
+    std::fs::write(&file, messy).unwrap();
+    let check = cdap_authz()
+        .args(["fmt", "--check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("messy.cedar"));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        messy,
+        "--check must not rewrite"
+    );
+
+    let format = cdap_authz().arg("fmt").arg(&file).output().unwrap();
+    assert_eq!(format.status.code(), Some(0));
+    let again = cdap_authz()
+        .args(["fmt", "--check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "formatting is not stable");
+}

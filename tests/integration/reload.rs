@@ -96,6 +96,18 @@ fn within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) -> D
     started.elapsed()
 }
 
+/// Like [`within`], but a timeout shows the sidecar's reload status.
+fn within_or_report(live: &Live, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        if started.elapsed() > Duration::from_secs(2) {
+            panic!("not within 2 s: {what}; policy set: {}", live.policy_set());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
 fn admin_reads_traces() -> Value {
     act(
         "mau-admin",
@@ -223,11 +235,9 @@ fn config_map_symlink_swap_is_picked_up() {
     std::os::unix::fs::symlink(second.file_name().unwrap(), live.path("..data_tmp")).unwrap();
     std::fs::rename(live.path("..data_tmp"), live.path("..data")).unwrap();
     std::fs::remove_dir_all(live.path("..2026_11_22_10_00_00.1")).unwrap();
-    within(
-        Duration::from_secs(2),
-        "the swapped ConfigMap takes effect",
-        || !live.server.decide(&admin_reads_traces()).allowed,
-    );
+    within_or_report(&live, "the swapped ConfigMap takes effect", || {
+        !live.server.decide(&admin_reads_traces()).allowed
+    });
 }
 
 /// Requests fire continuously while the policies change 50 times: none fails, and

@@ -1,0 +1,67 @@
+//! `cdap-authz fmt`: format `.cedar` files with Cedar's own formatter. With
+//! `--check`, change nothing, list the files that are not formatted and exit 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use cedar_policy_formatter::{policies_str_to_pretty, Config};
+use clap::Args;
+
+use crate::load::policy_files;
+
+#[derive(Debug, Args)]
+pub struct FmtArgs {
+    /// Report unformatted files instead of rewriting them; exit 1 if any.
+    #[arg(long)]
+    pub check: bool,
+    /// Files or directories (searched for `.cedar` files).
+    #[arg(value_name = "PATH", default_value = "policies")]
+    pub paths: Vec<PathBuf>,
+}
+
+const STYLE: Config = Config {
+    line_width: 100,
+    indent_width: 2,
+};
+
+pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
+    let mut unformatted = 0;
+    for path in cedar_files(&args.paths)? {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let pretty = policies_str_to_pretty(&text, &STYLE)
+            .map_err(|report| anyhow::anyhow!("{}: cannot format: {report}", path.display()))?;
+        if pretty == text {
+            continue;
+        }
+        unformatted += 1;
+        if args.check {
+            println!("not formatted: {}", path.display());
+        } else {
+            std::fs::write(&path, pretty)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("formatted: {}", path.display());
+        }
+    }
+    Ok(if args.check && unformatted > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Named files as given; directories searched for `.cedar` files.
+fn cedar_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(
+                policy_files(path).with_context(|| format!("cannot read {}", path.display()))?,
+            );
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}

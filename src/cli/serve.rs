@@ -1,0 +1,100 @@
+//! `cdap-authz serve`: the HTTP sidecar, with hot reload and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::ModelArgs;
+use crate::api::DEFAULT_MAX_BATCH;
+use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY};
+use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8180")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// Most requests in one batch.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let state = Arc::new(AppState::new(Limits {
+            max_body: args.max_body,
+            max_batch: args.max_batch,
+        }));
+        let reloader = Arc::new(Reloader::new(
+            args.model.sources(),
+            &args.model.time_attribute,
+            state.clone(),
+        ));
+        let first = reloader.clone();
+        tokio::task::spawn_blocking(move || first.reload()).await??;
+        let watch = Arc::new(
+            reload::watch(reloader, DEFAULT_DEBOUNCE).context("cannot watch the model's files")?,
+        );
+        tokio::spawn(reload_on_sighup(watch.clone()));
+        let version = state
+            .store
+            .current()
+            .map(|s| s.version.clone())
+            .unwrap_or_default();
+        tracing::info!(listen = %listener.local_addr()?, policy_version = %version, "serving");
+        http::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Forces a reload on every SIGHUP.
+async fn reload_on_sighup(watch: Arc<WatchHandle>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot install a SIGHUP handler");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            watch.force_reload();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = watch;
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received: draining");
+}
