@@ -6,4 +6,5 @@ mod cli;
 mod endpoints;
 mod reload;
 mod rules;
+mod slice;
 mod util;
