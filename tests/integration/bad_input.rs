@@ -6,17 +6,7 @@ use std::sync::Arc;
 use cdap_authz::http::{AppState, Limits};
 use serde_json::{json, Value};
 
-use crate::util::{act, consult, entity, Server};
-
-fn allowed_consultation() -> Value {
-    consult(
-        "mau-t2",
-        "mau-t2-01",
-        "maubeuge-centre-loisirs-qf",
-        &["quotient_familial"],
-        "dossier-59-0004",
-    )
-}
+use crate::util::{act, allowed_consultation, consult, entity, Server};
 
 #[track_caller]
 fn assert_error(reply: (u16, Value), status: u16, code: &str, message_part: &str) {

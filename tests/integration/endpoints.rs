@@ -5,17 +5,7 @@ use std::collections::HashSet;
 use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
-use crate::util::{consult, entity, Decision, Server};
-
-fn allowed_consultation() -> Value {
-    consult(
-        "mau-t2",
-        "mau-t2-01",
-        "maubeuge-centre-loisirs-qf",
-        &["quotient_familial"],
-        "dossier-59-0004",
-    )
-}
+use crate::util::{allowed_consultation, consult, entity, Decision, Server};
 
 #[test]
 fn health_and_readiness() {

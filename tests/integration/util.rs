@@ -202,6 +202,17 @@ pub fn consult(
     })
 }
 
+/// A consultation the bundled policies allow (T2, quotient familial).
+pub fn allowed_consultation() -> Value {
+    consult(
+        "mau-t2",
+        "mau-t2-01",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    )
+}
+
 /// Any other action, with a Session context.
 pub fn act(principal: &str, action: &str, resource: Value) -> Value {
     json!({
