@@ -9,7 +9,9 @@ use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, Re
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::api::{parse_entity_ref, AuthzRequest, Diagnostics, Outcome, RequestError};
+use crate::api::{
+    parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
+};
 use crate::slice::collect_uids;
 use crate::snapshot::Snapshot;
 
@@ -18,6 +20,18 @@ pub struct Decision {
     pub action: EntityUid,
     pub outcome: Outcome,
     pub diagnostics: Diagnostics,
+}
+
+impl Decision {
+    /// The wire reply for this decision, under a fresh decision id.
+    pub fn into_response(self, policy_version: &str) -> AuthzResponse {
+        AuthzResponse {
+            decision: self.outcome,
+            diagnostics: self.diagnostics,
+            policy_version: policy_version.to_owned(),
+            decision_id: uuid::Uuid::now_v7().to_string(),
+        }
+    }
 }
 
 /// Decides one request against one snapshot; `now` fills the time attribute when

@@ -267,12 +267,7 @@ fn decide(
         decision.outcome.as_str(),
         started.elapsed(),
     );
-    Ok(AuthzResponse {
-        decision: decision.outcome,
-        diagnostics: decision.diagnostics,
-        policy_version: snapshot.version.clone(),
-        decision_id: uuid::Uuid::now_v7().to_string(),
-    })
+    Ok(decision.into_response(&snapshot.version))
 }
 
 fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_json::Value {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{ModelArgs, EXIT_DENY};
-use crate::api::{AuthzRequest, AuthzResponse, Outcome};
+use crate::api::{AuthzRequest, Outcome};
 use crate::engine;
 
 #[derive(Debug, Args)]
@@ -27,12 +27,7 @@ pub fn run(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
         AuthzRequest::from_slice(&bytes).with_context(|| args.request.display().to_string())?;
     let decision = engine::decide(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
-    let response = AuthzResponse {
-        decision: decision.outcome,
-        diagnostics: decision.diagnostics,
-        policy_version: snapshot.version.clone(),
-        decision_id: uuid::Uuid::now_v7().to_string(),
-    };
+    let response = decision.into_response(&snapshot.version);
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(match response.decision {
         Outcome::Allow => ExitCode::SUCCESS,

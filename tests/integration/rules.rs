@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::util::{act, consult, entity, Server};
+use crate::util::{act, allowed_consultation, consult, entity, Server};
 
 const QF: &[&str] = &["quotient_familial"];
 
@@ -114,13 +114,7 @@ fn grant(principal: &str, partner: &str, bulletin: &str, profile: &str) -> Value
 #[test]
 fn p1_bulletin_profile_is_honoured() {
     Server::start()
-        .decide(&consult(
-            "mau-t2",
-            "mau-t2-01",
-            "maubeuge-centre-loisirs-qf",
-            QF,
-            "dossier-59-0004",
-        ))
+        .decide(&allowed_consultation())
         .assert_allowed_by("P3-T2-prestataire-service-social");
 }
 
@@ -641,13 +635,7 @@ fn h5_habilitation_of_a_group_one_is_not_in_is_denied() {
 
 #[test]
 fn h6_web_service_with_the_users_own_credentials() {
-    let request = consult(
-        "mau-t2",
-        "mau-t2-01",
-        "maubeuge-centre-loisirs-qf",
-        QF,
-        "dossier-59-0004",
-    );
+    let request = allowed_consultation();
     let request = with_context(
         request,
         "authentication",
@@ -662,13 +650,7 @@ fn h6_web_service_with_the_users_own_credentials() {
 fn h6_technical_or_shared_accounts_are_denied() {
     let server = Server::start();
     for method in ["technical_account", "shared_account"] {
-        let request = consult(
-            "mau-t2",
-            "mau-t2-01",
-            "maubeuge-centre-loisirs-qf",
-            QF,
-            "dossier-59-0004",
-        );
+        let request = allowed_consultation();
         server
             .decide(&with_context(request, "authentication", json!(method)))
             .assert_denied_by("H6-authentication-not-personal");
@@ -680,13 +662,7 @@ fn h6_technical_or_shared_accounts_are_denied() {
 #[test]
 fn s1_active_user_and_habilitation() {
     Server::start()
-        .decide(&consult(
-            "mau-t2",
-            "mau-t2-01",
-            "maubeuge-centre-loisirs-qf",
-            QF,
-            "dossier-59-0004",
-        ))
+        .decide(&allowed_consultation())
         .assert_allowed_by("P3-T2-prestataire-service-social");
 }
 
