@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The contents of a derivation file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DerivationRules {
     #[serde(default)]
@@ -23,7 +23,7 @@ pub struct DerivationRules {
 
 /// Count `source` entities matching `where`, per entity referenced by `target` and
 /// per value of `tag_by`; write each count as a tag of the referenced entity.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CountRule {
     pub id: String,

@@ -5,13 +5,16 @@
 //! decision Deny, with the error in `diagnostics.errors` (Cedar alone would skip an
 //! erroring `forbid` and could allow).
 
-use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, Response};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityUid, PolicySet, Request, Response,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::api::{
     parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
 };
+use crate::diagnostic::describe;
 use crate::slice::collect_uids;
 use crate::snapshot::Snapshot;
 
@@ -34,6 +37,14 @@ impl Decision {
     }
 }
 
+/// A wire request resolved against a snapshot: exactly what Cedar evaluates.
+pub struct Prepared {
+    pub action: EntityUid,
+    pub request: Request,
+    /// The stored entities the request can reach, plus its own.
+    pub entities: Entities,
+}
+
 /// Decides one request against one snapshot; `now` fills the time attribute when
 /// the action declares it and the request leaves it out.
 pub fn decide(
@@ -41,6 +52,16 @@ pub fn decide(
     request: &AuthzRequest,
     now: DateTime<Utc>,
 ) -> Result<Decision, RequestError> {
+    let prepared = prepare(snapshot, request, now)?;
+    Ok(evaluate(&snapshot.policies, prepared))
+}
+
+/// Checks a wire request against the snapshot's schema and gathers its entities.
+pub fn prepare(
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+    now: DateTime<Utc>,
+) -> Result<Prepared, RequestError> {
     let principal = entity_ref(snapshot, "principal", &request.principal)?;
     let action = parse_entity_ref("action", &request.action)?;
     if !snapshot.slice_index.has_action(&action) {
@@ -84,21 +105,21 @@ pub fn decide(
         Some(&snapshot.schema),
     )
     .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
-    let slice = snapshot
+    let entities = snapshot
         .slice_index
         .slice(&snapshot.entities, roots, &action, request_entities)
         .map_err(|e| RequestError::InvalidEntities(describe(e.as_ref())))?;
-    Ok(evaluate(snapshot, action, &cedar_request, &slice))
+    Ok(Prepared {
+        action,
+        request: cedar_request,
+        entities,
+    })
 }
 
 /// Runs Cedar and applies the fail-closed rule.
-fn evaluate(
-    snapshot: &Snapshot,
-    action: EntityUid,
-    request: &Request,
-    entities: &Entities,
-) -> Decision {
-    let response: Response = Authorizer::new().is_authorized(request, &snapshot.policies, entities);
+pub fn evaluate(policies: &PolicySet, prepared: Prepared) -> Decision {
+    let response: Response =
+        Authorizer::new().is_authorized(&prepared.request, policies, &prepared.entities);
     let errors: Vec<String> = response
         .diagnostics()
         .errors()
@@ -116,7 +137,7 @@ fn evaluate(
         Vec::new()
     };
     Decision {
-        action,
+        action: prepared.action,
         outcome: if allowed {
             Outcome::Allow
         } else {
@@ -181,21 +202,4 @@ fn with_time(
         );
     }
     context
-}
-
-/// An error's message, its causes and its miette help, on one line.
-fn describe(error: &dyn miette::Diagnostic) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text = format!("{text}: {inner_text}");
-        }
-        cause = inner.source();
-    }
-    if let Some(help) = error.help() {
-        text = format!("{text} ({help})");
-    }
-    text
 }

@@ -14,7 +14,9 @@
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`api`]: the JSON wire contract (requests, responses, errors).
+//! - [`diagnostic`]: Cedar's diagnostics as one line of text.
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
+//! - [`suite`]: policy test suites (Cedar `run-tests` JSON): run, judge, coverage.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
 //! - [`cli`]: the `cdap-authz` command line.
@@ -22,6 +24,7 @@
 pub mod api;
 pub mod cli;
 pub mod derive;
+pub mod diagnostic;
 pub mod engine;
 pub mod http;
 pub mod load;
@@ -30,3 +33,4 @@ pub mod reload;
 pub mod slice;
 pub mod snapshot;
 pub mod store;
+pub mod suite;

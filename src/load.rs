@@ -17,6 +17,7 @@ use miette::{
 use sha2::{Digest, Sha256};
 
 use crate::derive::{self, DerivationRules};
+use crate::diagnostic::describe;
 
 /// Where a model lives on disk.
 #[derive(Debug, Clone)]
@@ -67,12 +68,15 @@ pub struct PolicyInfo {
 }
 
 /// A parsed, validated model, before the decision indexes are built.
+#[derive(Clone)]
 pub struct Model {
     pub schema: Schema,
     pub schema_text: String,
     pub policies: PolicySet,
     pub policy_info: Vec<PolicyInfo>,
     pub entities: Entities,
+    /// The derivation rules the entities were completed with.
+    pub rules: DerivationRules,
     /// Digest of every input file (path and bytes): the model's version.
     pub version: String,
 }
@@ -91,13 +95,21 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         &mut digest,
         &mut problems,
     );
-    let entities = schema
-        .as_ref()
-        .and_then(|schema| read_entities(sources, schema, &mut digest, &mut problems));
-    match (schema, schema_text, policies, entities) {
-        (Some(schema), Some(schema_text), Some((policies, policy_info)), Some(entities))
-            if problems.is_empty() =>
-        {
+    let rules = match &sources.derived {
+        Some(path) => read_rules(path, &mut digest, &mut problems),
+        None => Some(DerivationRules::default()),
+    };
+    let entities = schema.as_ref().zip(rules.as_ref()).and_then(|(schema, rules)| {
+        read_entities(sources, schema, rules, &mut digest, &mut problems)
+    });
+    match (schema, schema_text, policies, entities, rules) {
+        (
+            Some(schema),
+            Some(schema_text),
+            Some((policies, policy_info)),
+            Some(entities),
+            Some(rules),
+        ) if problems.is_empty() => {
             let hash = digest.finalize();
             Ok(Model {
                 schema,
@@ -105,6 +117,7 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
                 policies,
                 policy_info,
                 entities,
+                rules,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
             })
         }
@@ -264,13 +277,10 @@ fn validate_file(
 fn read_entities(
     sources: &Sources,
     schema: &Schema,
+    rules: &DerivationRules,
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
 ) -> Option<Entities> {
-    let rules = match &sources.derived {
-        Some(path) => read_rules(path, digest, problems)?,
-        None => DerivationRules::default(),
-    };
     let Some(path) = &sources.entities else {
         return Some(Entities::empty());
     };
@@ -288,7 +298,7 @@ fn read_entities(
             })
         })
         .ok()?;
-    if let Err(err) = derive::apply(&rules, &mut json) {
+    if let Err(err) = derive::apply(rules, &mut json) {
         problems.push(Problem {
             path: path.clone(),
             message: format!("{}: derived data: {err}", path.display()),
@@ -298,6 +308,26 @@ fn read_entities(
     Entities::from_json_value(json, Some(schema))
         .map_err(|err| problems.push(problem(path, &text, miette::Report::new(err))))
         .ok()
+}
+
+/// Why entities given as JSON (not read from a file) were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EntitiesError {
+    #[error("derived data: {0}")]
+    Derive(#[from] derive::DeriveError),
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl Model {
+    /// Replaces the stored entities with `json` (Cedar entity JSON), completed with
+    /// the model's derived data and validated against its schema.
+    pub fn set_entities(&mut self, mut json: serde_json::Value) -> Result<(), EntitiesError> {
+        derive::apply(&self.rules, &mut json)?;
+        self.entities = Entities::from_json_value(json, Some(&self.schema))
+            .map_err(|err| EntitiesError::Schema(describe(&err)))?;
+        Ok(())
+    }
 }
 
 fn read_rules(

@@ -3,12 +3,13 @@
 //! reads. Built off the request path; shared behind an `Arc`; never mutated.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::load::{self, LoadError, PolicyInfo, Problem, Sources};
+use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::slice::SliceIndex;
 
 /// Name of the context attribute the sidecar fills with the current time when an
@@ -33,22 +34,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// Loads and validates a model from disk and builds its indexes.
     pub fn load(sources: &Sources, time_attribute: &str) -> Result<Self, LoadError> {
-        let model = load::load(sources)?;
+        Self::from_model(load::load(sources)?, &sources.schema, time_attribute)
+    }
+
+    /// Builds the indexes of a loaded model; `schema_path` names the schema in errors.
+    pub fn from_model(
+        model: Model,
+        schema_path: &Path,
+        time_attribute: &str,
+    ) -> Result<Self, LoadError> {
         let index_problem = |message: String| {
             LoadError(vec![Problem {
-                path: sources.schema.clone(),
-                message,
+                path: schema_path.to_owned(),
+                message: format!("{}: {message}", schema_path.display()),
             }])
         };
         let slice_index = SliceIndex::build(&model.entities, &model.policies, &model.schema)
-            .map_err(|e| {
-                index_problem(format!(
-                    "{}: action entities: {e}",
-                    sources.schema.display()
-                ))
-            })?;
+            .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let timed_actions = timed_actions(&model.schema_text, time_attribute)
-            .map_err(|e| index_problem(format!("{}: {e}", sources.schema.display())))?;
+            .map_err(|e| index_problem(e.to_string()))?;
         let entity_types = model.schema.entity_types().cloned().collect();
         Ok(Self {
             version: model.version,

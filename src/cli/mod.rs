@@ -1,6 +1,7 @@
 //! The `cdap-authz` command line, one file per subcommand: `serve` runs the sidecar,
 //! `authorize` decides one request offline, `validate` checks a model, `fmt` formats
-//! policy files. All read the model through the same loader as the server.
+//! policy files, `test` runs policy test suites. All read the model through the same
+//! loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
 //! 1 any other failure.
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::load::{LoadError, Sources};
+use crate::load::{self, LoadError, Model, Sources};
 use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 
 const EXIT_DENY: u8 = 2;
@@ -19,6 +20,7 @@ const EXIT_INVALID: u8 = 3;
 mod authorize;
 mod fmt;
 mod serve;
+mod test;
 mod validate;
 
 /// Policy-as-code authorization sidecar for Cdap, built on Cedar.
@@ -41,20 +43,20 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Format policy files with Cedar's formatter (`--check`: only report).
     Fmt(fmt::FmtArgs),
+    /// Run policy test suites (Cedar `run-tests` JSON) through the decision path;
+    /// exit 1 when a case fails or coverage is below `--min-coverage`.
+    Test(test::TestArgs),
 }
 
-/// Where the model is read from.
+/// Where the policies and schema are read from.
 #[derive(Debug, Args)]
-pub struct ModelArgs {
+pub struct PolicyArgs {
     /// Directory of `.cedar` policy files.
     #[arg(long, value_name = "DIR", default_value = "policies")]
     policies: PathBuf,
     /// Cedar schema (`.cedarschema`, or JSON schema ending in `.json`).
     #[arg(long, value_name = "FILE", default_value = "schema/cdap.cedarschema")]
     schema: PathBuf,
-    /// Stored entities (Cedar entity JSON).
-    #[arg(long, value_name = "FILE", default_value = "examples/entities.json")]
-    entities: PathBuf,
     /// Derivation rules [default: `derived.json` beside the schema, if present].
     #[arg(long, value_name = "FILE")]
     derived: Option<PathBuf>,
@@ -63,8 +65,8 @@ pub struct ModelArgs {
     time_attribute: String,
 }
 
-impl ModelArgs {
-    pub fn sources(&self) -> Sources {
+impl PolicyArgs {
+    pub fn sources(&self, entities: Option<PathBuf>) -> Sources {
         let beside_schema = self
             .schema
             .parent()
@@ -77,13 +79,38 @@ impl ModelArgs {
         Sources {
             policies: self.policies.clone(),
             schema: self.schema.clone(),
-            entities: Some(self.entities.clone()),
+            entities,
             derived,
         }
     }
 
+    /// The policies and schema, with no stored entities.
+    pub fn load_model(&self) -> Result<Model, LoadError> {
+        load::load(&self.sources(None))
+    }
+}
+
+/// Where the model is read from: policies, schema and stored entities.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Stored entities (Cedar entity JSON).
+    #[arg(long, value_name = "FILE", default_value = "examples/entities.json")]
+    entities: PathBuf,
+}
+
+impl ModelArgs {
+    pub fn sources(&self) -> Sources {
+        self.policy.sources(Some(self.entities.clone()))
+    }
+
+    pub fn time_attribute(&self) -> &str {
+        &self.policy.time_attribute
+    }
+
     pub fn load(&self) -> Result<Snapshot, LoadError> {
-        Snapshot::load(&self.sources(), &self.time_attribute)
+        Snapshot::load(&self.sources(), self.time_attribute())
     }
 }
 
@@ -96,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::Authorize(args) => authorize::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Fmt(args) => fmt::run(args),
+        Command::Test(args) => test::run(args),
     };
     outcome.unwrap_or_else(|error| {
         if let Some(invalid) = error.downcast_ref::<LoadError>() {

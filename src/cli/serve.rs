@@ -42,7 +42,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }));
         let reloader = Arc::new(Reloader::new(
             args.model.sources(),
-            &args.model.time_attribute,
+            args.model.time_attribute(),
             state.clone(),
         ));
         let first = reloader.clone();
