@@ -99,9 +99,12 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         Some(path) => read_rules(path, &mut digest, &mut problems),
         None => Some(DerivationRules::default()),
     };
-    let entities = schema.as_ref().zip(rules.as_ref()).and_then(|(schema, rules)| {
-        read_entities(sources, schema, rules, &mut digest, &mut problems)
-    });
+    let entities = schema
+        .as_ref()
+        .zip(rules.as_ref())
+        .and_then(|(schema, rules)| {
+            read_entities(sources, schema, rules, &mut digest, &mut problems)
+        });
     match (schema, schema_text, policies, entities, rules) {
         (
             Some(schema),

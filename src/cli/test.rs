@@ -60,9 +60,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         &args.policy.time_attribute,
         &suites,
     );
-    let coverage = (args.coverage || args.min_coverage.is_some()).then(|| {
-        Coverage::compute(model.policy_info.iter().map(|p| p.id.as_str()), &results)
-    });
+    let coverage = (args.coverage || args.min_coverage.is_some())
+        .then(|| Coverage::compute(model.policy_info.iter().map(|p| p.id.as_str()), &results));
     let output = match args.format {
         Format::Text => text(&results, coverage.as_ref(), &model.policy_info),
         Format::Json => serde_json::to_string_pretty(&json_report(&results, coverage.as_ref()))?,
@@ -139,7 +138,10 @@ fn coverage_text(coverage: &Coverage, policies: &[crate::load::PolicyInfo]) -> S
         coverage.rule_percent()
     );
     for id in &uncovered {
-        let file = policies.iter().find(|p| p.id == *id).map(|p| p.file.as_str());
+        let file = policies
+            .iter()
+            .find(|p| p.id == *id)
+            .map(|p| p.file.as_str());
         out += &format!("  no decision: {id} ({})\n", file.unwrap_or("?"));
     }
     for rule in &coverage.rules {
@@ -233,5 +235,8 @@ fn non_success(kind: NonSuccessKind, message: String) -> TestCaseStatus {
 /// A suite path as the user would write it (relative to the working directory).
 fn short(path: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
-    path.strip_prefix(&cwd).unwrap_or(path).display().to_string()
+    path.strip_prefix(&cwd)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }

@@ -42,16 +42,20 @@ impl Coverage {
         policy_ids: impl IntoIterator<Item = &'a str>,
         results: &[CaseResult],
     ) -> Self {
-        let mut policies: Vec<(String, usize)> =
-            policy_ids.into_iter().map(|id| (id.to_owned(), 0)).collect();
+        let mut policies: Vec<(String, usize)> = policy_ids
+            .into_iter()
+            .map(|id| (id.to_owned(), 0))
+            .collect();
         let mut rules: BTreeMap<String, RuleCoverage> = BTreeMap::new();
         for (id, _) in &policies {
             if let Some(rule) = rule_of(id) {
-                rules.entry(rule.to_owned()).or_insert_with(|| RuleCoverage {
-                    rule: rule.to_owned(),
-                    allow_cases: 0,
-                    deny_cases: 0,
-                });
+                rules
+                    .entry(rule.to_owned())
+                    .or_insert_with(|| RuleCoverage {
+                        rule: rule.to_owned(),
+                        allow_cases: 0,
+                        deny_cases: 0,
+                    });
             }
         }
         let mut unknown_rule_tags = Vec::new();
@@ -121,7 +125,10 @@ mod tests {
     fn rule_ids_are_read_from_policy_ids() {
         assert_eq!(rule_of("P3-T2-prestataire-service-social"), Some("P3"));
         assert_eq!(rule_of("S1-user-suspended"), Some("S1"));
-        assert_eq!(rule_of("T3-partner-managers-read-partner-traces"), Some("T3"));
+        assert_eq!(
+            rule_of("T3-partner-managers-read-partner-traces"),
+            Some("T3")
+        );
         assert_eq!(rule_of("policy0"), None);
         assert_eq!(rule_of("PX-thing"), None);
         assert_eq!(rule_of("12-thing"), None);

@@ -132,9 +132,7 @@ pub fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
             Some(RawEntities::Inline(entities)) => entities,
             Some(RawEntities::File(file)) => entities_file(path, &dir.join(file))?,
         };
-        let num_errors = case
-            .num_errors
-            .or(case.has_error.map(usize::from));
+        let num_errors = case.num_errors.or(case.has_error.map(usize::from));
         cases.push(Case {
             name,
             request: case.request,

@@ -59,11 +59,9 @@ pub fn run(
         let now = suite.now.unwrap_or_else(Utc::now);
         for case in &suite.cases {
             let entities = entity_set(suite.base.as_deref(), &case.entities);
-            let outcome = snapshots
-                .get(entities)
-                .and_then(|snapshot| {
-                    engine::decide(&snapshot, &case.request, now).map_err(|e| e.to_string())
-                });
+            let outcome = snapshots.get(entities).and_then(|snapshot| {
+                engine::decide(&snapshot, &case.request, now).map_err(|e| e.to_string())
+            });
             results.push(judge(suite, case, outcome));
         }
     }
@@ -109,7 +107,12 @@ fn mismatches(expected: &Expected, actual: &Decision) -> Vec<String> {
     }
     if let Some(reason) = &expected.reason {
         let want: BTreeSet<&str> = reason.iter().map(String::as_str).collect();
-        let got: BTreeSet<&str> = actual.diagnostics.reason.iter().map(String::as_str).collect();
+        let got: BTreeSet<&str> = actual
+            .diagnostics
+            .reason
+            .iter()
+            .map(String::as_str)
+            .collect();
         if want != got {
             found.push(format!("reason: expected {want:?}, got {got:?}"));
         }

@@ -5,6 +5,6 @@ mod bad_input;
 mod cli;
 mod endpoints;
 mod reload;
-mod rules;
 mod slice;
+mod suites;
 mod util;

@@ -1,0 +1,202 @@
+//! The policy test suites under `tests/policies/`, run through the same library code
+//! as `cdap-authz test`, and the `test` command itself (exit codes, formats,
+//! coverage gate).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cdap_authz::load;
+use cdap_authz::snapshot::DEFAULT_TIME_ATTRIBUTE;
+use cdap_authz::suite::{self, Coverage, Verdict};
+use serde_json::Value;
+
+use crate::util::{bundled_sources, repo};
+
+#[test]
+fn bundled_suites_pass_and_cover_every_policy_and_rule() {
+    let sources = load::Sources {
+        entities: None,
+        ..bundled_sources()
+    };
+    let model = load::load(&sources).expect("bundled model loads");
+    let suites: Vec<_> = suite::discover(&[repo("tests/policies")])
+        .unwrap()
+        .iter()
+        .map(|path| suite::load_suite(path).unwrap())
+        .collect();
+    let results = suite::run(&model, &sources.schema, DEFAULT_TIME_ATTRIBUTE, &suites);
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| r.verdict != Verdict::Pass)
+        .map(|r| format!("{} :: {}: {:?}", r.suite.display(), r.name, r.verdict))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(results.len() >= 80, "only {} cases", results.len());
+
+    let coverage = Coverage::compute(model.policy_info.iter().map(|p| p.id.as_str()), &results);
+    let uncovered: Vec<&str> = coverage.uncovered_policies().collect();
+    assert!(uncovered.is_empty(), "no decision by {uncovered:?}");
+    let half_covered: Vec<&str> = coverage
+        .rules
+        .iter()
+        .filter(|r| r.allow_cases == 0 || r.deny_cases == 0)
+        .map(|r| r.rule.as_str())
+        .collect();
+    assert!(
+        half_covered.is_empty(),
+        "rules lacking a side: {half_covered:?}"
+    );
+    assert!(coverage.unknown_rule_tags.is_empty(), "{coverage:?}");
+}
+
+fn cdap_authz_test(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .current_dir(repo("."))
+        .arg("test")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A copy of a bundled suite whose base-entities path still resolves.
+fn copy_suite(name: &str, dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let mut suite: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo(&format!("tests/policies/{name}"))).unwrap(),
+    )
+    .unwrap();
+    suite["entities"] = Value::String(repo("examples/entities.json").display().to_string());
+    edit(&mut suite);
+    let path = dir.join(name);
+    std::fs::write(&path, suite.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn test_command_passes_on_the_bundled_suites() {
+    let output = cdap_authz_test(&["--coverage", "--min-coverage", "100"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(stdout.contains("(100.0%)"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_expected_and_actual() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_suite("traces.json", dir.path(), |suite| {
+        // The first case is a denial; claim it is allowed, by a permit.
+        let case = &mut suite["tests"][0];
+        assert_eq!(case["decision"], "deny");
+        case["decision"] = "allow".into();
+        case["reason"] = serde_json::json!(["T3-partner-managers-read-partner-traces"]);
+    });
+    let output = cdap_authz_test(&[path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("decision: expected Allow, got Deny"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reason: expected {\"T3-partner-managers-read-partner-traces\"}, got {}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 failed"), "{stdout}");
+
+    let json = cdap_authz_test(&[path.to_str().unwrap(), "--format", "json"]);
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    assert_eq!(report["summary"]["failed"], 1);
+    assert_eq!(report["cases"][0]["passed"], false);
+    assert_eq!(report["cases"][0]["actual"]["decision"], "deny");
+
+    let junit = cdap_authz_test(&[path.to_str().unwrap(), "--format", "junit"]);
+    let xml = String::from_utf8_lossy(&junit.stdout);
+    assert_eq!(junit.status.code(), Some(1));
+    assert!(xml.contains("<testsuites"), "{xml}");
+    assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+}
+
+#[test]
+fn a_case_that_cannot_be_decided_is_an_error_not_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_suite("traces.json", dir.path(), |suite| {
+        suite["tests"][0]["request"]["principal"] = "User::\"nobody\"".into();
+    });
+    let output = cdap_authz_test(&[path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("error: principal: entity User::\"nobody\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn min_coverage_fails_a_partial_suite() {
+    let output = cdap_authz_test(&["tests/policies/traces.json", "--min-coverage", "90"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("no decision: S1-user-suspended"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rule P3 has no allow case"), "{stdout}");
+    assert!(stderr.contains("below --min-coverage 90%"), "{stderr}");
+}
+
+#[test]
+fn plain_cedar_run_tests_files_are_read_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let entities = repo("examples/entities.json");
+    let cases = serde_json::json!([
+        {
+            "request": {
+                "principal": "User::\"mau-admin\"",
+                "action": "Action::\"read_traces\"",
+                "resource": "Trace::\"ville-maubeuge\"",
+                "context": {"authentication": "password", "now": "2026-11-22T10:00:00Z"}
+            },
+            "entities": entities.display().to_string(),
+            "decision": "allow",
+            "reason": ["T3-partner-managers-read-partner-traces"],
+            "num_errors": 0
+        },
+        {
+            "name": "no entities, so nobody is known",
+            "request": {
+                "principal": "User::\"mau-admin\"",
+                "action": "Action::\"read_traces\"",
+                "resource": "Trace::\"ville-maubeuge\"",
+                "context": {"authentication": "password", "now": "2026-11-22T10:00:00Z"}
+            },
+            "entities": [],
+            "decision": "deny",
+            "reason": []
+        }
+    ]);
+    let path = dir.path().join("cedar.json");
+    std::fs::write(&path, cases.to_string()).unwrap();
+    let output = cdap_authz_test(&[path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The first case passes; the second cannot be decided (unknown principal).
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_default()
+    };
+    assert!(line("cedar.json#0").starts_with("ok "), "{stdout}");
+    assert!(
+        line(":: no entities, so nobody is known").starts_with("FAILED "),
+        "{stdout}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+}
