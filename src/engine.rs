@@ -53,7 +53,7 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Result<Decision, RequestError> {
     let prepared = prepare(snapshot, request, now)?;
-    Ok(evaluate(&snapshot.policies, prepared))
+    Ok(evaluate(&snapshot.policies, &prepared))
 }
 
 /// Checks a wire request against the snapshot's schema and gathers its entities.
@@ -117,7 +117,7 @@ pub fn prepare(
 }
 
 /// Runs Cedar and applies the fail-closed rule.
-pub fn evaluate(policies: &PolicySet, prepared: Prepared) -> Decision {
+pub fn evaluate(policies: &PolicySet, prepared: &Prepared) -> Decision {
     let response: Response =
         Authorizer::new().is_authorized(&prepared.request, policies, &prepared.entities);
     let errors: Vec<String> = response
@@ -137,7 +137,7 @@ pub fn evaluate(policies: &PolicySet, prepared: Prepared) -> Decision {
         Vec::new()
     };
     Decision {
-        action: prepared.action,
+        action: prepared.action.clone(),
         outcome: if allowed {
             Outcome::Allow
         } else {

@@ -17,6 +17,7 @@
 //! - [`diagnostic`]: Cedar's diagnostics as one line of text.
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
 //! - [`suite`]: policy test suites (Cedar `run-tests` JSON): run, judge, coverage.
+//! - [`explain`]: why a decision: determining policies and their clauses, closest permits.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
 //! - [`cli`]: the `cdap-authz` command line.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod derive;
 pub mod diagnostic;
 pub mod engine;
+pub mod explain;
 pub mod http;
 pub mod load;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! The `cdap-authz` command line, one file per subcommand: `serve` runs the sidecar,
-//! `authorize` decides one request offline, `validate` checks a model, `fmt` formats
+//! `authorize` decides one request offline, `explain` says why, `validate` checks a model, `fmt` formats
 //! policy files, `test` runs policy test suites. All read the model through the same
 //! loader as the server.
 //!
@@ -18,6 +18,7 @@ const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
 
 mod authorize;
+mod explain;
 mod fmt;
 mod serve;
 mod test;
@@ -38,6 +39,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Decide one request offline; exit 0 on allow, 2 on deny.
     Authorize(authorize::AuthorizeArgs),
+    /// Decide one request and say why: the determining policies and their clauses,
+    /// and for a default deny the permits that came closest. Exit 0 on allow, 2 on deny.
+    Explain(explain::ExplainArgs),
     /// Parse and strictly validate everything the sidecar would load; report every
     /// problem with file, line and column. Exit 0 when valid, 3 when not.
     Validate(validate::ValidateArgs),
@@ -121,6 +125,7 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Authorize(args) => authorize::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Fmt(args) => fmt::run(args),
         Command::Test(args) => test::run(args),

@@ -213,3 +213,76 @@ fn fmt_check_passes_on_the_bundled_policies_and_fails_on_unformatted_input() {
         .unwrap();
     assert_eq!(again.status.code(), Some(0), "formatting is not stable");
 }
+
+#[test]
+fn explain_names_the_determining_permit_and_its_clause() {
+    let output = cdap_authz()
+        .args([
+            "explain",
+            "--request",
+            "examples/requests/consult-allowed.json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("decision: Allow"), "{stdout}");
+    assert!(
+        stdout.contains("permit P6-T18-contentieux-rsa (policies/profiles.cedar)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("source: Bulletin d'adhésion Cdap art. 1, profil T18"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("closest permits"), "{stdout}");
+}
+
+#[test]
+fn explain_shows_the_closest_permits_of_a_default_deny() {
+    let output = cdap_authz()
+        .args([
+            "explain",
+            "--request",
+            "examples/requests/consult-denied.json",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["decision"], "Deny");
+    assert_eq!(report["determining"], serde_json::json!([]));
+    // The T18 permit matched all but its two-year Rsa window.
+    let closest = &report["closest_permits"][0];
+    assert_eq!(closest["policy"]["id"], "P6-T18-contentieux-rsa");
+    assert_eq!(closest["conditions_met"], 5);
+    assert_eq!(closest["conditions"], 6);
+    let failed = closest["failed_condition"].as_str().unwrap();
+    assert!(
+        failed.starts_with("when {") && failed.contains("rsa_last_date"),
+        "{failed}"
+    );
+    assert_eq!(closest["error"], serde_json::Value::Null);
+}
+
+#[test]
+fn explain_of_a_forbid_shows_the_forbid_and_no_closest_permits() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("suspended.json");
+    let mut body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("examples/requests/consult-allowed.json")).unwrap(),
+    )
+    .unwrap();
+    body["principal"] = "User::\"mau-suspended\"".into();
+    std::fs::write(&request, body.to_string()).unwrap();
+    let output = cdap_authz()
+        .args(["explain", "--request", request.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("forbid S1-user-suspended"), "{stdout}");
+    assert!(!stdout.contains("closest permits"), "{stdout}");
+}
