@@ -145,11 +145,17 @@ fn coverage_text(coverage: &Coverage, policies: &[crate::load::PolicyInfo]) -> S
         out += &format!("  no decision: {id} ({})\n", file.unwrap_or("?"));
     }
     for rule in &coverage.rules {
-        if rule.allow_cases == 0 {
-            out += &format!("  rule {} has no allow case\n", rule.rule);
-        }
-        if rule.deny_cases == 0 {
-            out += &format!("  rule {} has no deny case\n", rule.rule);
+        let missing: Vec<&str> = [(rule.allow_cases, "allow"), (rule.deny_cases, "deny")]
+            .into_iter()
+            .filter(|(count, _)| *count == 0)
+            .map(|(_, side)| side)
+            .collect();
+        if !missing.is_empty() {
+            out += &format!(
+                "  rule {} has no {} case\n",
+                rule.rule,
+                missing.join(" and no ")
+            );
         }
     }
     for tag in &coverage.unknown_rule_tags {

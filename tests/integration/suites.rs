@@ -148,7 +148,10 @@ fn min_coverage_fails_a_partial_suite() {
         stdout.contains("no decision: S1-user-suspended"),
         "{stdout}"
     );
-    assert!(stdout.contains("rule P3 has no allow case"), "{stdout}");
+    assert!(
+        stdout.contains("rule P3 has no allow and no deny case"),
+        "{stdout}"
+    );
     assert!(stderr.contains("below --min-coverage 90%"), "{stderr}");
 }
 
