@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{ModelArgs, EXIT_DENY};
-use crate::api::{AuthzRequest, Outcome};
+use super::{read_request, ModelArgs, EXIT_DENY};
+use crate::api::Outcome;
 use crate::engine;
 
 #[derive(Debug, Args)]
@@ -21,10 +21,7 @@ pub struct AuthorizeArgs {
 
 pub fn run(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
-    let bytes = std::fs::read(&args.request)
-        .with_context(|| format!("cannot read {}", args.request.display()))?;
-    let request =
-        AuthzRequest::from_slice(&bytes).with_context(|| args.request.display().to_string())?;
+    let request = read_request(&args.request)?;
     let decision = engine::decide(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
     let response = decision.into_response(&snapshot.version);

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{ModelArgs, EXIT_DENY};
-use crate::api::{AuthzRequest, Outcome};
+use super::{read_request, ModelArgs, EXIT_DENY};
+use crate::api::Outcome;
 use crate::explain::{self, Explanation, NearMiss};
 use crate::load::PolicyInfo;
 
@@ -37,10 +37,7 @@ enum Format {
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
-    let bytes = std::fs::read(&args.request)
-        .with_context(|| format!("cannot read {}", args.request.display()))?;
-    let request =
-        AuthzRequest::from_slice(&bytes).with_context(|| args.request.display().to_string())?;
+    let request = read_request(&args.request)?;
     let mut explanation = explain::explain(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
     explanation.near_misses.truncate(args.closest);

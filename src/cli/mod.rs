@@ -9,7 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+
+use crate::api::AuthzRequest;
 
 use crate::load::{self, LoadError, Model, Sources};
 use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -116,6 +119,12 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Snapshot, LoadError> {
         Snapshot::load(&self.sources(), self.time_attribute())
     }
+}
+
+/// Reads a decision request in the JSON body format of `POST /v1/is_authorized`.
+fn read_request(path: &Path) -> anyhow::Result<AuthzRequest> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    AuthzRequest::from_slice(&bytes).with_context(|| path.display().to_string())
 }
 
 /// Entry point of the binary.
