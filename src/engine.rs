@@ -5,11 +5,14 @@
 //! decision Deny, with the error in `diagnostics.errors` (Cedar alone would skip an
 //! erroring `forbid` and could allow).
 
+use std::borrow::Cow;
+
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityUid, PolicySet, Request, Response,
+    RestrictedExpression,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::api::{
     parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
@@ -38,11 +41,12 @@ impl Decision {
 }
 
 /// A wire request resolved against a snapshot: exactly what Cedar evaluates.
-pub struct Prepared {
+pub struct Prepared<'s> {
     pub action: EntityUid,
     pub request: Request,
-    /// The stored entities the request can reach, plus its own.
-    pub entities: Entities,
+    /// The stored entities as they are when the request brings none; otherwise the
+    /// stored entities it can reach plus its own (the store is never cloned).
+    pub entities: Cow<'s, Entities>,
 }
 
 /// Decides one request against one snapshot; `now` fills the time attribute when
@@ -57,11 +61,11 @@ pub fn decide(
 }
 
 /// Checks a wire request against the snapshot's schema and gathers its entities.
-pub fn prepare(
-    snapshot: &Snapshot,
+pub fn prepare<'s>(
+    snapshot: &'s Snapshot,
     request: &AuthzRequest,
     now: DateTime<Utc>,
-) -> Result<Prepared, RequestError> {
+) -> Result<Prepared<'s>, RequestError> {
     let principal = entity_ref(snapshot, "principal", &request.principal)?;
     let action = parse_entity_ref("action", &request.action)?;
     if !snapshot.slice_index.has_action(&action) {
@@ -79,22 +83,15 @@ pub fn prepare(
             });
         }
     }
-    let context_json = with_time(
-        snapshot,
-        &action,
-        request.context.clone().unwrap_or_default(),
-        now,
-    );
-    let keys: Vec<String> = context_json.keys().cloned().collect();
-    let context = Context::from_json_value(
-        Value::Object(context_json),
-        Some((&snapshot.schema, &action)),
-    )
-    .map_err(|e| RequestError::InvalidContext(describe(&e)))?;
+    let empty = Map::new();
+    let context_json = request.context.as_ref().unwrap_or(&empty);
+    let context = context(snapshot, &action, context_json, now)?;
     let mut roots = vec![principal.clone(), resource.clone()];
-    for key in &keys {
-        if let Some(value) = context.get(key) {
-            collect_uids(&value, &mut roots);
+    if !request_entities.is_empty() {
+        for key in context_json.keys() {
+            if let Some(value) = context.get(key) {
+                collect_uids(&value, &mut roots);
+            }
         }
     }
     let cedar_request = Request::new(
@@ -105,15 +102,54 @@ pub fn prepare(
         Some(&snapshot.schema),
     )
     .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
-    let entities = snapshot
-        .slice_index
-        .slice(&snapshot.entities, roots, &action, request_entities)
-        .map_err(|e| RequestError::InvalidEntities(describe(e.as_ref())))?;
+    let entities = if request_entities.is_empty() {
+        Cow::Borrowed(&snapshot.entities)
+    } else {
+        let slice = snapshot
+            .slice_index
+            .slice(&snapshot.entities, roots, &action, request_entities)
+            .map_err(|e| RequestError::InvalidEntities(describe(e.as_ref())))?;
+        Cow::Owned(slice)
+    };
     Ok(Prepared {
         action,
         request: cedar_request,
         entities,
     })
+}
+
+/// The request's context, built by the schema's types (with the current time filled
+/// in when the action declares it and the request leaves it out).
+fn context(
+    snapshot: &Snapshot,
+    action: &EntityUid,
+    json: &Map<String, Value>,
+    now: DateTime<Utc>,
+) -> Result<Context, RequestError> {
+    let Some(context_type) = snapshot.context_types.get(action) else {
+        return Context::from_json_value(
+            Value::Object(json.clone()),
+            Some((&snapshot.schema, action)),
+        )
+        .map_err(|e| RequestError::InvalidContext(describe(&e)));
+    };
+    let time = &snapshot.time_attribute;
+    let fill_time = snapshot.fills_time(action) && !json.contains_key(time);
+    if let Some(name) = context_type
+        .missing(json)
+        .find(|name| !(fill_time && *name == time))
+    {
+        return Err(RequestError::InvalidContext(format!(
+            "`{name}`: missing required attribute"
+        )));
+    }
+    let filled = fill_time.then(|| {
+        let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        (time.clone(), RestrictedExpression::new_datetime(now))
+    });
+    context_type
+        .build(json, filled.into_iter().collect())
+        .map_err(RequestError::InvalidContext)
 }
 
 /// Runs Cedar and applies the fail-closed rule.
@@ -186,20 +222,4 @@ fn request_entities(
         added.push(entity.clone());
     }
     Ok(added)
-}
-
-fn with_time(
-    snapshot: &Snapshot,
-    action: &EntityUid,
-    mut context: Map<String, Value>,
-    now: DateTime<Utc>,
-) -> Map<String, Value> {
-    if snapshot.fills_time(action) && !context.contains_key(&snapshot.time_attribute) {
-        let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        context.insert(
-            snapshot.time_attribute.clone(),
-            json!({"__extn": {"fn": "datetime", "arg": now}}),
-        );
-    }
-    context
 }

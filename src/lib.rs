@@ -13,6 +13,7 @@
 //!   work does not grow with the store.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
+//! - [`context`]: request contexts built by the schema's declared types (fast, precise errors).
 //! - [`api`]: the JSON wire contract (requests, responses, errors).
 //! - [`diagnostic`]: Cedar's diagnostics as one line of text.
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod context;
 pub mod derive;
 pub mod diagnostic;
 pub mod engine;

@@ -69,6 +69,7 @@ impl SliceIndex {
         let mut pending: Vec<EntityUid> = roots.into_iter().collect();
         pending.extend(self.policy_literals.iter().cloned());
         let mut seen: HashSet<EntityUid> = request_entities.iter().map(Entity::uid).collect();
+        seen.insert(action.clone());
         for entity in &request_entities {
             pending.extend(references_of(entity));
         }

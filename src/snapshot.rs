@@ -7,8 +7,8 @@ use std::path::Path;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
+use crate::context::ContextTypes;
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::slice::SliceIndex;
 
@@ -26,8 +26,8 @@ pub struct Snapshot {
     pub entities: Entities,
     pub slice_index: SliceIndex,
     pub time_attribute: String,
-    /// Actions whose context declares `time_attribute` as a datetime.
-    timed_actions: HashSet<EntityUid>,
+    /// Each action's context type, to build request contexts without Cedar's JSON parser.
+    pub context_types: ContextTypes,
     entity_types: HashSet<EntityTypeName>,
 }
 
@@ -51,19 +51,21 @@ impl Snapshot {
         };
         let slice_index = SliceIndex::build(&model.entities, &model.policies, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
-        let timed_actions = timed_actions(&model.schema_text, time_attribute)
-            .map_err(|e| index_problem(e.to_string()))?;
+        let context_types = ContextTypes::from_schema_text(&model.schema_text)
+            .map_err(|e| index_problem(format!("context types: {e}")))?;
         let entity_types = model.schema.entity_types().cloned().collect();
+        let entities = with_action_entities(model.entities, &model.schema)
+            .map_err(|e| index_problem(format!("action entities: {e}")))?;
         Ok(Self {
             version: model.version,
             loaded_at: Utc::now(),
             schema: model.schema,
             policies: model.policies,
             policy_info: model.policy_info,
-            entities: model.entities,
+            entities,
             slice_index,
             time_attribute: time_attribute.to_owned(),
-            timed_actions,
+            context_types,
             entity_types,
         })
     }
@@ -74,61 +76,24 @@ impl Snapshot {
 
     /// Whether the sidecar fills the time attribute for this action.
     pub fn fills_time(&self, action: &EntityUid) -> bool {
-        self.timed_actions.contains(action)
+        self.context_types
+            .get(action)
+            .is_some_and(|context| context.declares(&self.time_attribute, "datetime"))
     }
 }
 
-/// The actions whose context has a `datetime` attribute named `attribute`, read from
-/// the schema's JSON form (Cedar's API exposes no context types).
-fn timed_actions(schema_text: &str, attribute: &str) -> Result<HashSet<EntityUid>, String> {
-    let json = if schema_text.trim_start().starts_with('{') {
-        serde_json::from_str(schema_text).map_err(|e| e.to_string())?
-    } else {
-        cedar_policy::schema_str_to_json_with_resolved_types(schema_text)
-            .map_err(|e| e.to_string())?
-            .0
-    };
-    let mut timed = HashSet::new();
-    let Some(namespaces) = json.as_object() else {
-        return Ok(timed);
-    };
-    for (namespace, body) in namespaces {
-        let common = body.get("commonTypes");
-        let Some(actions) = body.get("actions").and_then(Value::as_object) else {
-            continue;
-        };
-        for (name, action) in actions {
-            let context = action.pointer("/appliesTo/context");
-            let declared = context
-                .and_then(|c| resolve_record(c, common))
-                .and_then(|record| record.pointer(&format!("/attributes/{attribute}")))
-                .is_some_and(is_datetime);
-            if declared {
-                let prefix = if namespace.is_empty() {
-                    String::new()
-                } else {
-                    format!("{namespace}::")
-                };
-                let uid = format!("{prefix}Action::{}", Value::String(name.clone()));
-                timed.insert(uid.parse().map_err(|e| format!("action {uid}: {e}"))?);
-            }
-        }
-    }
-    Ok(timed)
-}
-
-/// A record type, following one common-type reference if needed.
-fn resolve_record<'a>(ty: &'a Value, common: Option<&'a Value>) -> Option<&'a Value> {
-    match ty.get("type")?.as_str()? {
-        "Record" => Some(ty),
-        "EntityOrCommon" | "CommonType" => common?.get(ty.get("name")?.as_str()?),
-        name => common?.get(name),
-    }
-}
-
-fn is_datetime(ty: &Value) -> bool {
-    let name = ty.get("name").and_then(Value::as_str);
-    let kind = ty.get("type").and_then(Value::as_str);
-    matches!(name, Some("datetime" | "__cedar::datetime"))
-        || matches!(kind, Some("datetime" | "__cedar::datetime"))
+/// The stored entities plus the schema's action entities (with their groups as
+/// ancestors), so that a request needing no entities of its own is evaluated on the
+/// store as it is.
+fn with_action_entities(
+    entities: Entities,
+    schema: &Schema,
+) -> Result<Entities, cedar_policy::entities_errors::EntitiesError> {
+    let actions: Vec<_> = schema
+        .action_entities()?
+        .iter()
+        .filter(|action| entities.get(&action.uid()).is_none())
+        .cloned()
+        .collect();
+    entities.add_entities(actions, None)
 }

@@ -121,8 +121,30 @@ fn context_with_a_wrong_type_is_refused() {
         Server::start().post("/v1/is_authorized", &request),
         400,
         "invalid_context",
-        "expected to have type [string]",
+        "`categories`: expected an array, each item a string, found \"quotient_familial\"",
     );
+}
+
+#[test]
+fn context_entity_of_the_wrong_type_is_refused_naming_the_attribute() {
+    let mut request = allowed_consultation();
+    request["context"]["habilitation"] =
+        json!({"type": "Mission", "id": "maubeuge-centre-loisirs-qf"});
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_context",
+        "`habilitation`: expected a Habilitation entity reference",
+    );
+}
+
+#[test]
+fn context_with_an_invalid_datetime_is_refused() {
+    let mut request = allowed_consultation();
+    request["context"]["now"] = json!("yesterday");
+    let (status, body) = Server::start().post("/v1/is_authorized", &request);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_context", "{body}");
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! What the decision benches share: the timed cases (from `tests/policies/`), the
+//! bundled model, and the full in-process path.
+
+use std::path::PathBuf;
+
+use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::engine;
+use cdap_authz::load::{self, Model, Sources};
+use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// The suite cases timed: (suite file, case name, short label).
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "profiles.json",
+        "P3: T2 provider computes participation from quotient familial",
+        "t2_allow",
+    ),
+    (
+        "profiles.json",
+        "P2: T1 social worker consults for a partner mission",
+        "t1_allow",
+    ),
+    (
+        "profiles.json",
+        "P4: T4 instructor with own instructor number",
+        "t4_allow",
+    ),
+    (
+        "profiles.json",
+        "P5: T5 cannot follow files of another department",
+        "t5_deny",
+    ),
+    (
+        "missions.json",
+        "M2: data beyond the mission is denied",
+        "t2_deny_purpose",
+    ),
+    (
+        "suspension.json",
+        "S1: suspended user is denied everything [mau-suspended consult_file dossier-59-0004]",
+        "suspended_deny",
+    ),
+];
+
+pub fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub struct Case {
+    pub label: &'static str,
+    pub bytes: Vec<u8>,
+    pub expected: Outcome,
+}
+
+/// A suite case's request as wire bytes, and its expected decision.
+fn case(file: &str, name: &str, label: &'static str) -> Case {
+    let suite: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo(&format!("tests/policies/{file}"))).unwrap(),
+    )
+    .unwrap();
+    let test = suite["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name:?} in {file}"));
+    assert!(
+        test.get("entities").is_none(),
+        "{name}: only base-entity cases are timed"
+    );
+    let expected = match test["decision"].as_str() {
+        Some("allow") => Outcome::Allow,
+        _ => Outcome::Deny,
+    };
+    Case {
+        label,
+        bytes: serde_json::to_vec(&test["request"]).unwrap(),
+        expected,
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    CASES
+        .iter()
+        .map(|(file, name, label)| case(file, name, label))
+        .collect()
+}
+
+pub fn now() -> DateTime<Utc> {
+    "2026-11-22T10:00:00Z".parse().unwrap()
+}
+
+pub fn bundled_model() -> Model {
+    load::load(&Sources {
+        policies: repo("policies"),
+        schema: repo("schema/cdap.cedarschema"),
+        entities: Some(repo("examples/entities.json")),
+        derived: Some(repo("schema/derived.json")),
+    })
+    .unwrap()
+}
+
+pub fn snapshot(model: Model) -> Snapshot {
+    Snapshot::from_model(
+        model,
+        &repo("schema/cdap.cedarschema"),
+        DEFAULT_TIME_ATTRIBUTE,
+    )
+    .unwrap()
+}
+
+/// The full in-process path: bytes in, bytes out.
+pub fn full_path(snapshot: &Snapshot, bytes: &[u8]) -> (Outcome, Vec<u8>) {
+    let request = AuthzRequest::from_slice(bytes).unwrap();
+    let decision = engine::decide(snapshot, &request, now()).unwrap();
+    let outcome = decision.outcome;
+    let response = decision.into_response(&snapshot.version);
+    (outcome, serde_json::to_vec(&response).unwrap())
+}

@@ -1,0 +1,235 @@
+//! Request contexts built from wire JSON by the types the schema declares.
+//!
+//! Cedar's JSON context parser is general and costs 6–18 µs a request; building the
+//! context from typed values costs about 1 µs. So each action's context type is read
+//! once per snapshot from the schema, and a request's context is converted value by
+//! value against it, with an error that names the attribute. Cedar still validates
+//! the result against the schema when the request is built: this is a faster front
+//! door, not a weaker one. An action whose context type this module cannot read
+//! keeps Cedar's parser.
+//!
+//! Accepted forms: strings, numbers and booleans as such; an entity as
+//! `{"type", "id"}`, `{"__entity": {…}}` or `"Type::\"id\""`; an extension value
+//! (`datetime`, `duration`, `decimal`, `ipaddr`) as its string or as
+//! `{"__extn": {"fn", "arg"}}`; sets as arrays; records as objects.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use serde_json::{Map, Value};
+
+use crate::api::parse_entity_ref;
+
+/// A context attribute's type, as the schema declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrType {
+    String,
+    Long,
+    Bool,
+    Entity(String),
+    Extension(String),
+    Set(Box<AttrType>),
+    Record(RecordType),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RecordType {
+    /// Attribute name → (type, required).
+    pub attributes: BTreeMap<String, (AttrType, bool)>,
+}
+
+/// The context type of every action whose context this module can build.
+#[derive(Debug, Default)]
+pub struct ContextTypes {
+    by_action: HashMap<EntityUid, RecordType>,
+}
+
+impl ContextTypes {
+    /// Reads the context types from the schema text (Cedar syntax or JSON).
+    pub fn from_schema_text(schema_text: &str) -> Result<Self, String> {
+        let json = if schema_text.trim_start().starts_with('{') {
+            serde_json::from_str(schema_text).map_err(|e| e.to_string())?
+        } else {
+            cedar_policy::schema_str_to_json_with_resolved_types(schema_text)
+                .map_err(|e| e.to_string())?
+                .0
+        };
+        let mut by_action = HashMap::new();
+        for (namespace, body) in json.as_object().into_iter().flatten() {
+            let common = body.get("commonTypes");
+            for (name, action) in body["actions"].as_object().into_iter().flatten() {
+                let context = action.pointer("/appliesTo/context");
+                let record = match context {
+                    None => Some(RecordType::default()),
+                    Some(ty) => match attr_type(ty, common) {
+                        Some(AttrType::Record(record)) => Some(record),
+                        _ => None,
+                    },
+                };
+                if let Some(record) = record {
+                    by_action.insert(action_uid(namespace, name)?, record);
+                }
+            }
+        }
+        Ok(Self { by_action })
+    }
+
+    /// The context type of `action`, when this module can build its contexts.
+    pub fn get(&self, action: &EntityUid) -> Option<&RecordType> {
+        self.by_action.get(action)
+    }
+}
+
+fn action_uid(namespace: &str, name: &str) -> Result<EntityUid, String> {
+    let prefix = if namespace.is_empty() {
+        String::new()
+    } else {
+        format!("{namespace}::")
+    };
+    let text = format!("{prefix}Action::{}", Value::String(name.to_owned()));
+    text.parse().map_err(|e| format!("action {text}: {e}"))
+}
+
+/// Reads a schema JSON type; `None` for what this module does not handle.
+fn attr_type(ty: &Value, common: Option<&Value>) -> Option<AttrType> {
+    let kind = ty.get("type")?.as_str()?;
+    Some(match kind {
+        "String" => AttrType::String,
+        "Long" => AttrType::Long,
+        "Boolean" | "Bool" => AttrType::Bool,
+        "Entity" => AttrType::Entity(ty.get("name")?.as_str()?.to_owned()),
+        "Extension" => AttrType::Extension(extension_name(ty.get("name")?.as_str()?)),
+        "datetime" | "duration" | "decimal" | "ipaddr" | "__cedar::datetime"
+        | "__cedar::duration" | "__cedar::decimal" | "__cedar::ipaddr" => {
+            AttrType::Extension(extension_name(kind))
+        }
+        "Set" => AttrType::Set(Box::new(attr_type(ty.get("element")?, common)?)),
+        "Record" => {
+            let mut attributes = BTreeMap::new();
+            for (name, attr) in ty.get("attributes")?.as_object()? {
+                let required = attr
+                    .get("required")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                attributes.insert(name.clone(), (attr_type(attr, common)?, required));
+            }
+            AttrType::Record(RecordType { attributes })
+        }
+        "EntityOrCommon" | "CommonType" => {
+            attr_type(common?.get(ty.get("name")?.as_str()?)?, common)?
+        }
+        name => attr_type(common?.get(name)?, common)?,
+    })
+}
+
+fn extension_name(name: &str) -> String {
+    name.trim_start_matches("__cedar::").to_owned()
+}
+
+impl RecordType {
+    /// Whether attribute `name` is declared with extension type `extension`.
+    pub fn declares(&self, name: &str, extension: &str) -> bool {
+        matches!(self.attributes.get(name), Some((AttrType::Extension(e), _)) if e == extension)
+    }
+
+    /// Builds a context from `json`, plus the `extra` attributes already built.
+    pub fn build(
+        &self,
+        json: &Map<String, Value>,
+        extra: Vec<(String, RestrictedExpression)>,
+    ) -> Result<Context, String> {
+        let pairs = self.fields(json, "")?.into_iter().chain(extra);
+        Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
+
+    fn fields(
+        &self,
+        json: &Map<String, Value>,
+        path: &str,
+    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        if let Some(name) = json.keys().find(|k| !self.attributes.contains_key(*k)) {
+            return Err(format!("`{path}{name}` is not declared by the schema"));
+        }
+        let mut fields = Vec::with_capacity(json.len());
+        for (name, value) in json {
+            let (ty, _) = &self.attributes[name];
+            fields.push((name.clone(), convert(value, ty, &format!("{path}{name}"))?));
+        }
+        Ok(fields)
+    }
+
+    /// Required attributes missing from `json` (the time attribute may be filled in).
+    pub fn missing<'a>(&'a self, json: &'a Map<String, Value>) -> impl Iterator<Item = &'a str> {
+        self.attributes
+            .iter()
+            .filter(|(name, (_, required))| *required && !json.contains_key(*name))
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+fn convert(value: &Value, ty: &AttrType, path: &str) -> Result<RestrictedExpression, String> {
+    let mismatch = || format!("`{path}`: expected {}, found {value}", describe(ty));
+    Ok(match (ty, value) {
+        (AttrType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
+        (AttrType::Long, Value::Number(n)) => {
+            RestrictedExpression::new_long(n.as_i64().ok_or_else(mismatch)?)
+        }
+        (AttrType::Bool, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+        (AttrType::Entity(type_name), _) => {
+            let uid = parse_entity_ref("context", value).map_err(|_| mismatch())?;
+            if uid.type_name().to_string() != *type_name {
+                return Err(mismatch());
+            }
+            RestrictedExpression::new_entity_uid(uid)
+        }
+        (AttrType::Extension(name), _) => extension(name, value).ok_or_else(mismatch)?,
+        (AttrType::Set(element), Value::Array(items)) => RestrictedExpression::new_set(
+            items
+                .iter()
+                .map(|item| convert(item, element, path))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        (AttrType::Record(record), Value::Object(map)) => {
+            if let Some(name) = record.missing(map).next() {
+                return Err(format!("`{path}.{name}`: missing required attribute"));
+            }
+            let fields = record.fields(map, &format!("{path}."))?;
+            RestrictedExpression::new_record(fields).map_err(|e| format!("`{path}`: {e}"))?
+        }
+        _ => return Err(mismatch()),
+    })
+}
+
+/// An extension value from its string, or from Cedar's `__extn` escape.
+fn extension(name: &str, value: &Value) -> Option<RestrictedExpression> {
+    let arg = match value {
+        Value::String(arg) => arg.as_str(),
+        Value::Object(map) => {
+            let extn = map.get("__extn")?;
+            if extn.get("fn")?.as_str()? != name {
+                return None;
+            }
+            extn.get("arg")?.as_str()?
+        }
+        _ => return None,
+    };
+    Some(match name {
+        "datetime" => RestrictedExpression::new_datetime(arg),
+        "duration" => RestrictedExpression::new_duration(arg),
+        "decimal" => RestrictedExpression::new_decimal(arg),
+        "ipaddr" => RestrictedExpression::new_ip(arg),
+        _ => return None,
+    })
+}
+
+fn describe(ty: &AttrType) -> String {
+    match ty {
+        AttrType::String => "a string".into(),
+        AttrType::Long => "a whole number".into(),
+        AttrType::Bool => "a boolean".into(),
+        AttrType::Entity(name) => format!("a {name} entity reference"),
+        AttrType::Extension(name) => format!("a {name} string"),
+        AttrType::Set(element) => format!("an array, each item {}", describe(element)),
+        AttrType::Record(_) => "an object".into(),
+    }
+}
