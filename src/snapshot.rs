@@ -88,12 +88,13 @@ impl Snapshot {
 fn with_action_entities(
     entities: Entities,
     schema: &Schema,
-) -> Result<Entities, cedar_policy::entities_errors::EntitiesError> {
+) -> Result<Entities, Box<cedar_policy::entities_errors::EntitiesError>> {
     let actions: Vec<_> = schema
-        .action_entities()?
+        .action_entities()
+        .map_err(Box::new)?
         .iter()
         .filter(|action| entities.get(&action.uid()).is_none())
         .cloned()
         .collect();
-    entities.add_entities(actions, None)
+    entities.add_entities(actions, None).map_err(Box::new)
 }
