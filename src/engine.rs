@@ -7,10 +7,7 @@
 
 use std::borrow::Cow;
 
-use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityUid, PolicySet, Request, Response,
-    RestrictedExpression,
-};
+use cedar_policy::{Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
@@ -18,6 +15,7 @@ use crate::api::{
     parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
 };
 use crate::diagnostic::describe;
+use crate::policy_index::{self, Bucket};
 use crate::slice::collect_uids;
 use crate::snapshot::Snapshot;
 
@@ -47,6 +45,8 @@ pub struct Prepared<'s> {
     /// The stored entities as they are when the request brings none; otherwise the
     /// stored entities it can reach plus its own (the store is never cloned).
     pub entities: Cow<'s, Entities>,
+    /// The policies that can apply, by action and scope.
+    pub buckets: Vec<&'s Bucket>,
 }
 
 /// Decides one request against one snapshot; `now` fills the time attribute when
@@ -57,7 +57,7 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Result<Decision, RequestError> {
     let prepared = prepare(snapshot, request, now)?;
-    Ok(evaluate(&snapshot.policies, &prepared))
+    Ok(evaluate(&prepared))
 }
 
 /// Checks a wire request against the snapshot's schema and gathers its entities.
@@ -86,6 +86,11 @@ pub fn prepare<'s>(
     let empty = Map::new();
     let context_json = request.context.as_ref().unwrap_or(&empty);
     let context = context(snapshot, &action, context_json, now)?;
+    let buckets = snapshot
+        .policy_index
+        .select(&action, &principal, &resource, |uid| {
+            ancestors(uid, &snapshot.entities, &request_entities)
+        });
     let mut roots = vec![principal.clone(), resource.clone()];
     if !request_entities.is_empty() {
         for key in context_json.keys() {
@@ -93,6 +98,7 @@ pub fn prepare<'s>(
                 collect_uids(&value, &mut roots);
             }
         }
+        roots.extend(buckets.iter().flat_map(|b| b.literals.iter().cloned()));
     }
     let cedar_request = Request::new(
         principal,
@@ -115,7 +121,29 @@ pub fn prepare<'s>(
         action,
         request: cedar_request,
         entities,
+        buckets,
     })
+}
+
+/// The ancestors of a stored entity, or of one the request brings (its parents and
+/// theirs, stored or brought).
+fn ancestors(uid: &EntityUid, stored: &Entities, added: &[Entity]) -> Vec<EntityUid> {
+    let mut found: Vec<EntityUid> = Vec::new();
+    let mut pending = vec![uid.clone()];
+    while let Some(next) = pending.pop() {
+        if let Some(stored_ancestors) = stored.ancestors(&next) {
+            found.extend(stored_ancestors.cloned());
+        } else if let Some(entity) = added.iter().find(|e| e.uid() == next) {
+            let (_, _, parents) = entity.clone().into_inner();
+            for parent in parents {
+                if !found.contains(&parent) {
+                    found.push(parent.clone());
+                    pending.push(parent);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// The request's context, built by the schema's types (with the current time filled
@@ -152,25 +180,16 @@ fn context(
         .map_err(RequestError::InvalidContext)
 }
 
-/// Runs Cedar and applies the fail-closed rule.
-pub fn evaluate(policies: &PolicySet, prepared: &Prepared) -> Decision {
-    let response: Response =
-        Authorizer::new().is_authorized(&prepared.request, policies, &prepared.entities);
-    let errors: Vec<String> = response
-        .diagnostics()
-        .errors()
-        .map(|e| describe(e))
-        .collect();
-    let allowed = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+/// Runs Cedar on the policies that can apply and applies the fail-closed rule.
+pub fn evaluate(prepared: &Prepared) -> Decision {
+    let combined =
+        policy_index::authorize(&prepared.buckets, &prepared.request, &prepared.entities);
+    let allowed = combined.allowed && combined.errors.is_empty();
     // When an error overrides Cedar's Allow, the permits that matched did not decide.
-    let reason = if allowed || response.decision() == cedar_policy::Decision::Deny {
-        response
-            .diagnostics()
-            .reason()
-            .map(|id| id.to_string())
-            .collect()
-    } else {
+    let reason = if combined.allowed && !allowed {
         Vec::new()
+    } else {
+        combined.reason
     };
     Decision {
         action: prepared.action.clone(),
@@ -179,7 +198,10 @@ pub fn evaluate(policies: &PolicySet, prepared: &Prepared) -> Decision {
         } else {
             Outcome::Deny
         },
-        diagnostics: Diagnostics { reason, errors },
+        diagnostics: Diagnostics {
+            reason,
+            errors: combined.errors,
+        },
     }
 }
 

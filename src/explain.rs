@@ -56,7 +56,7 @@ pub fn explain(
     now: DateTime<Utc>,
 ) -> Result<Explanation, ExplainError> {
     let prepared = engine::prepare(snapshot, request, now)?;
-    let decision = engine::evaluate(&snapshot.policies, &prepared);
+    let decision = engine::evaluate(&prepared);
     let info = |id: &str| snapshot.policy_info.iter().find(|p| p.id == id).cloned();
     let determining: Vec<PolicyInfo> = decision
         .diagnostics

@@ -11,6 +11,8 @@
 //!   decision path needs.
 //! - [`slice`]: the few stored entities one decision can reach, so that per-request
 //!   work does not grow with the store.
+//! - [`policy_index`]: policy slicing: only the policies whose scope can match a request
+//!   are evaluated.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`context`]: request contexts built by the schema's declared types (fast, precise errors).
@@ -33,6 +35,7 @@ pub mod explain;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod policy_index;
 pub mod reload;
 pub mod slice;
 pub mod snapshot;

@@ -4,8 +4,10 @@
 //! one costs in proportion to its size. A policy can only reach entity data through
 //! `principal`, `action`, `resource`, `context`, the entities the request brings, the
 //! entity literals written in the policies, and from there by following attributes
-//! and tags. So each decision gets a small `Entities` made of exactly that closure,
-//! and per-request work depends on what the request touches, not on the store.
+//! and tags. So a decision whose request brings entities of its own gets a small
+//! `Entities` made of exactly that closure (a request without any is evaluated on the
+//! store as it is), and per-request work depends on what the request touches, not
+//! on the store.
 //!
 //! Ancestors need no data: `e in X` reads only `e`'s ancestor set, which the stored
 //! entity carries already transitively closed.
@@ -19,18 +21,12 @@ use cedar_policy::{Entities, Entity, EntityUid, EvalResult, PolicySet, Schema};
 pub struct SliceIndex {
     /// Entity references found in each stored entity's attributes and tags.
     references: HashMap<EntityUid, Box<[EntityUid]>>,
-    /// Entities named literally in the policies.
-    policy_literals: Box<[EntityUid]>,
     /// Action entities from the schema (with their action groups as ancestors).
     actions: HashMap<EntityUid, Entity>,
 }
 
 impl SliceIndex {
-    pub fn build(
-        entities: &Entities,
-        policies: &PolicySet,
-        schema: &Schema,
-    ) -> Result<Self, Box<EntitiesError>> {
+    pub fn build(entities: &Entities, schema: &Schema) -> Result<Self, Box<EntitiesError>> {
         let references = entities
             .iter()
             .filter_map(|entity| {
@@ -46,7 +42,6 @@ impl SliceIndex {
             .collect();
         Ok(Self {
             references,
-            policy_literals: policy_literals(policies).into_boxed_slice(),
             actions,
         })
     }
@@ -57,8 +52,9 @@ impl SliceIndex {
     }
 
     /// Builds the `Entities` for one decision: the request's own entities, the action,
-    /// and every stored entity reachable from `roots`, the request's entities and the
-    /// policies' literals.
+    /// and every stored entity reachable from `roots` (the request's principal,
+    /// resource and context entities, and the literals of the policies that can
+    /// apply) and from the request's entities.
     pub fn slice(
         &self,
         stored: &Entities,
@@ -67,7 +63,6 @@ impl SliceIndex {
         request_entities: Vec<Entity>,
     ) -> Result<Entities, Box<EntitiesError>> {
         let mut pending: Vec<EntityUid> = roots.into_iter().collect();
-        pending.extend(self.policy_literals.iter().cloned());
         let mut seen: HashSet<EntityUid> = request_entities.iter().map(Entity::uid).collect();
         seen.insert(action.clone());
         for entity in &request_entities {
@@ -115,7 +110,7 @@ pub fn collect_uids(value: &EvalResult, found: &mut Vec<EntityUid>) {
 }
 
 /// Entity literals (`Type::"id"`) in the policies, found in their JSON form.
-fn policy_literals(policies: &PolicySet) -> Vec<EntityUid> {
+pub fn policy_literals(policies: &PolicySet) -> Vec<EntityUid> {
     let mut found = HashSet::new();
     for policy in policies.policies() {
         if let Ok(json) = policy.to_json() {

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::context::ContextTypes;
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
+use crate::policy_index::PolicyIndex;
 use crate::slice::SliceIndex;
 
 /// Name of the context attribute the sidecar fills with the current time when an
@@ -25,6 +26,7 @@ pub struct Snapshot {
     pub policy_info: Vec<PolicyInfo>,
     pub entities: Entities,
     pub slice_index: SliceIndex,
+    pub policy_index: PolicyIndex,
     pub time_attribute: String,
     /// Each action's context type, to build request contexts without Cedar's JSON parser.
     pub context_types: ContextTypes,
@@ -49,13 +51,16 @@ impl Snapshot {
                 message: format!("{}: {message}", schema_path.display()),
             }])
         };
-        let slice_index = SliceIndex::build(&model.entities, &model.policies, &model.schema)
+        let slice_index = SliceIndex::build(&model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let context_types = ContextTypes::from_schema_text(&model.schema_text)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
         let entity_types = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
+        let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
+        let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
+            .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
             version: model.version,
             loaded_at: Utc::now(),
@@ -64,6 +69,7 @@ impl Snapshot {
             policy_info: model.policy_info,
             entities,
             slice_index,
+            policy_index,
             time_attribute: time_attribute.to_owned(),
             context_types,
             entity_types,
