@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod endpoints;
+mod policy_slicing;
 mod reload;
 mod slice;
 mod suites;

@@ -1,0 +1,160 @@
+//! Policy slicing never changes a decision: random policy sets with every kind of
+//! scope (principal `==`/`in`/`is … in`, action `==`/`in [..]`/group/any, resource
+//! likewise) and random requests on the demo data are decided by the engine (only
+//! the buckets that can apply) and by Cedar on the whole set, and must agree on the
+//! decision, the determining policies and the errors.
+
+use cdap_authz::api::AuthzRequest;
+use cdap_authz::engine;
+use cdap_authz::load;
+use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use cedar_policy::{Authorizer, Policy, PolicyId, PolicySet};
+use proptest::prelude::*;
+use serde_json::json;
+
+use crate::util::{bundled_sources, NOW};
+
+const USERS: &[&str] = &[
+    "mau-admin",
+    "mau-t1",
+    "mau-t2",
+    "mau-suspended",
+    "bou-t2a",
+    "dep-t18",
+    "caf-nord-traces",
+];
+const PARTNERS: &[&str] = &["ville-maubeuge", "mairie-bouscat", "departement-nord"];
+const FILES: &[&str] = &["dossier-59-0001", "dossier-59-0004", "dossier-33-0001"];
+const HABILITATIONS: &[&str] = &["mau-t2-01", "mau-t1-ccas", "bou-t2-01"];
+const SESSION_ACTIONS: &[&str] = &[
+    "read_traces",
+    "grant_habilitation",
+    "revoke_habilitation",
+    "manage_user",
+];
+
+fn principal_scope() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("principal".to_owned()),
+        prop::sample::select(USERS).prop_map(|u| format!("principal == User::\"{u}\"")),
+        prop::sample::select(PARTNERS).prop_map(|p| format!("principal in Partner::\"{p}\"")),
+        prop::sample::select(PARTNERS)
+            .prop_map(|p| format!("principal is User in Partner::\"{p}\"")),
+        Just("principal in Group::\"mau-ccas\"".to_owned()),
+        Just("principal in Caf::\"caf-nord\"".to_owned()),
+        Just("principal is User".to_owned()),
+    ]
+}
+
+fn action_scope() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("action".to_owned()),
+        Just("action == Action::\"consult_file\"".to_owned()),
+        prop::sample::select(SESSION_ACTIONS).prop_map(|a| format!("action == Action::\"{a}\"")),
+        Just("action in [Action::\"consult_file\", Action::\"read_traces\"]".to_owned()),
+        Just("action in Action::\"manage_habilitations\"".to_owned()),
+    ]
+}
+
+fn resource_scope() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("resource".to_owned()),
+        prop::sample::select(FILES).prop_map(|f| format!("resource == File::\"{f}\"")),
+        prop::sample::select(PARTNERS).prop_map(|p| format!("resource in Partner::\"{p}\"")),
+        Just("resource is File".to_owned()),
+        Just("resource is Habilitation".to_owned()),
+    ]
+}
+
+fn condition() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(
+        &[
+            "",
+            "when { principal.suspended }",
+            "unless { principal.suspended }",
+            "when { resource has caf }",
+            "when { principal.role == \"administrator\" }",
+            // Errors on resources without `department`: errors must be kept identical.
+            "when { resource.department == \"59\" }",
+        ][..],
+    )
+}
+
+fn policy_text() -> impl Strategy<Value = String> {
+    (
+        any::<bool>(),
+        principal_scope(),
+        action_scope(),
+        resource_scope(),
+        condition(),
+    )
+        .prop_map(|(permit, principal, action, resource, condition)| {
+            let effect = if permit { "permit" } else { "forbid" };
+            format!("{effect} ({principal}, {action}, {resource}) {condition};")
+        })
+}
+
+fn request(user: &str, pick: usize) -> serde_json::Value {
+    let user = json!({"type": "User", "id": user});
+    match pick % 3 {
+        0 => json!({
+            "principal": user, "action": "Action::\"consult_file\"",
+            "resource": {"type": "File", "id": FILES[pick % FILES.len()]},
+            "context": {"authentication": "password", "now": NOW, "categories": ["rsa"],
+                "habilitation": {"type": "Habilitation", "id": HABILITATIONS[pick % HABILITATIONS.len()]},
+                "mission": {"type": "Mission", "id": "departement-rsa-suivi"}}
+        }),
+        1 => json!({
+            "principal": user, "action": "Action::\"read_traces\"",
+            "resource": {"type": "Trace", "id": PARTNERS[pick % PARTNERS.len()]},
+            "context": {"authentication": "password", "now": NOW}
+        }),
+        _ => json!({
+            "principal": user, "action": {"type": "Action", "id": SESSION_ACTIONS[1 + pick % 2]},
+            "resource": {"type": "Habilitation", "id": HABILITATIONS[pick % HABILITATIONS.len()]},
+            "context": {"authentication": "password", "now": NOW}
+        }),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn slicing_never_changes_a_decision(policies in prop::collection::vec(policy_text(), 1..40)) {
+        let mut model = load::load(&bundled_sources()).unwrap();
+        let mut set = PolicySet::new();
+        for (i, text) in policies.iter().enumerate() {
+            set.add(Policy::parse(Some(PolicyId::new(format!("p{i}"))), text).unwrap()).unwrap();
+        }
+        model.policies = set.clone();
+        let snapshot =
+            Snapshot::from_model(model, &bundled_sources().schema, DEFAULT_TIME_ATTRIBUTE).unwrap();
+        for user in USERS {
+            for pick in 0..9 {
+                let request = AuthzRequest::from_value(request(user, pick)).unwrap();
+                let prepared = engine::prepare(&snapshot, &request, chrono::Utc::now()).unwrap();
+                let sliced = engine::evaluate(&prepared);
+                let whole = Authorizer::new().is_authorized(&prepared.request, &set, &prepared.entities);
+                let cedar_allows = whole.decision() == cedar_policy::Decision::Allow;
+                let mut expected_errors: Vec<String> =
+                    whole.diagnostics().errors().map(|e| e.to_string()).collect();
+                let mut errors: Vec<String> = sliced.diagnostics.errors.clone();
+                expected_errors.sort();
+                errors.sort();
+                prop_assert_eq!(errors.len(), expected_errors.len(), "{:?}", request);
+                let expected_allow = cedar_allows && expected_errors.is_empty();
+                prop_assert_eq!(sliced.outcome == cdap_authz::api::Outcome::Allow, expected_allow, "{:?}", request);
+                let mut reason = sliced.diagnostics.reason.clone();
+                let mut expected: Vec<String> = if cedar_allows && !expected_allow {
+                    Vec::new()
+                } else {
+                    whole.diagnostics().reason().map(|id| id.to_string()).collect()
+                };
+                reason.sort();
+                expected.sort();
+                prop_assert_eq!(reason, expected, "{:?}", request);
+            }
+        }
+    }
+}
