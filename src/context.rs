@@ -213,12 +213,36 @@ fn extension(name: &str, value: &Value) -> Option<RestrictedExpression> {
         }
         _ => return None,
     };
-    Some(match name {
-        "datetime" => RestrictedExpression::new_datetime(arg),
-        "duration" => RestrictedExpression::new_duration(arg),
-        "decimal" => RestrictedExpression::new_decimal(arg),
-        "ipaddr" => RestrictedExpression::new_ip(arg),
-        _ => return None,
+    if !matches!(name, "datetime" | "duration" | "decimal" | "ipaddr") {
+        return None;
+    }
+    Some(extension_value(name, arg))
+}
+
+thread_local! {
+    /// The last extension value built on this thread, by (extension, argument).
+    static LAST_EXTENSION: std::cell::RefCell<Option<(String, String, RestrictedExpression)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `datetime("…")` and the like. Cedar's constructors re-parse the extension's name
+/// on every call (about 4 µs), and consecutive requests mostly carry the same
+/// value (the current time, to the millisecond), so the last one is kept per thread.
+pub fn extension_value(name: &str, arg: &str) -> RestrictedExpression {
+    LAST_EXTENSION.with_borrow_mut(|last| {
+        if let Some((last_name, last_arg, value)) = last.as_ref() {
+            if last_name == name && last_arg == arg {
+                return value.clone();
+            }
+        }
+        let value = match name {
+            "datetime" => RestrictedExpression::new_datetime(arg),
+            "duration" => RestrictedExpression::new_duration(arg),
+            "decimal" => RestrictedExpression::new_decimal(arg),
+            _ => RestrictedExpression::new_ip(arg),
+        };
+        *last = Some((name.to_owned(), arg.to_owned(), value.clone()));
+        value
     })
 }
 

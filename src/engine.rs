@@ -7,13 +7,14 @@
 
 use std::borrow::Cow;
 
-use cedar_policy::{Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::api::{
     parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
 };
+use crate::context::extension_value;
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
 use crate::slice::collect_uids;
@@ -173,7 +174,7 @@ fn context(
     }
     let filled = fill_time.then(|| {
         let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
-        (time.clone(), RestrictedExpression::new_datetime(now))
+        (time.clone(), extension_value("datetime", &now))
     });
     context_type
         .build(json, filled.into_iter().collect())
