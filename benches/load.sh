@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# HTTP load runs on this machine, over loopback, in one go:
+#   1. a minimal hyper endpoint answering a constant body (examples/constant_server.rs),
+#   2. `cdap-authz serve` on the bundled model, at full speed, then at half its
+#      measured throughput (for the p99 under moderate load),
+#   3. cedar-agent and `cdap-authz serve` on a policy set both accept
+#      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
+# Every server is checked to answer the expected decision before it is loaded.
+#
+# Needs oha (`cargo install oha`) and, for part 3, cedar-agent (`cargo install
+# cedar-agent`); part 3 is skipped, saying so, without it.
+# Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER_RUN=${1:-10}
+CONCURRENCY=${CONCURRENCY:-16}
+OUT=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
+
+command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
+cargo build --release --quiet --bin cdap-authz --example constant_server
+BIN=target/release/cdap-authz
+
+wait_for() { # until something listens on $1
+  for _ in $(seq 200); do
+    curl -s -o /dev/null "http://$1/" && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+
+expect_decision() { # url body expected-substring
+  local reply
+  reply=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$2" "$1")
+  grep -q "$3" <<<"$reply" || { echo "$1 answered $reply, expected $3" >&2; exit 1; }
+}
+
+load() { # name url body [rate] → one line: name req/s p50 p99 (ms), all 2xx
+  local name=$1 url=$2 body=$3 rate=${4:-}
+  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate"} --no-tui \
+    --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
+  python3 - "$OUT/$name.json" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+bad = {k: v for k, v in codes.items() if not k.startswith("2")}
+p = r["latencyPercentiles"]
+print(f'{sys.argv[2]:<28} {r["summary"]["requestsPerSec"]:>10.0f} req/s   '
+      f'p50 {p["p50"]*1000:7.3f} ms   p99 {p["p99"]*1000:7.3f} ms   '
+      f'{"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
+PY
+}
+
+rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$OUT/$1.json"; }
+
+echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}')"
+
+target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8180 2>/dev/null & PIDS+=($!)
+wait_for 127.0.0.1:8181
+wait_for 127.0.0.1:8180
+REQUEST=examples/requests/consult-allowed.json
+expect_decision http://127.0.0.1:8180/v1/is_authorized "$REQUEST" '"decision":"Allow"'
+
+load constant-endpoint http://127.0.0.1:8181/v1/is_authorized "$REQUEST"
+load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
+HALF=$(( $(rps cdap-authz) / 2 ))
+load "cdap-authz@${HALF}req/s" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF"
+echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
+kill "${PIDS[@]}"; PIDS=()
+
+if ! command -v cedar-agent >/dev/null; then
+  echo "== cedar-agent comparison skipped: cedar-agent not found (cargo install cedar-agent)"
+  exit 0
+fi
+POLICIES="$OUT/policies"; mkdir -p "$POLICIES"
+cp benches/agent/policies.cedar "$POLICIES/"
+python3 benches/agent/to_agent.py "$POLICIES/policies.cedar" examples/entities.json "$OUT"
+"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" 2>/dev/null & PIDS+=($!)
+cedar-agent --addr 127.0.0.1 --port 8182 --log-level error \
+  --policies "$OUT/agent-policies.json" --data "$OUT/agent-entities.json" >/dev/null 2>&1 & PIDS+=($!)
+wait_for 127.0.0.1:8180
+wait_for 127.0.0.1:8182
+TRACES=benches/agent/request.json
+expect_decision http://127.0.0.1:8180/v1/is_authorized "$TRACES" '"decision":"Allow"'
+expect_decision http://127.0.0.1:8182/v1/is_authorized "$TRACES" '"decision":"Allow"'
+load cedar-agent http://127.0.0.1:8182/v1/is_authorized "$TRACES"
+load cdap-authz-same-policies http://127.0.0.1:8180/v1/is_authorized "$TRACES"
+echo "throughput vs cedar-agent: $(python3 -c "print(f'{$(rps cdap-authz-same-policies)/$(rps cedar-agent):.2f}')")"
