@@ -257,3 +257,103 @@ fn describe(ty: &AttrType) -> String {
         AttrType::Record(_) => "an object".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SCHEMA: &str = r#"
+        entity User; entity Mission;
+        type Session = { authentication: String, now: datetime };
+        action consult appliesTo { principal: User, resource: User, context: {
+            now: datetime, mission: Mission, categories: Set<String>, count?: Long,
+            place: { city: String, zip?: String } } };
+        action session appliesTo { principal: User, resource: User, context: Session };
+    "#;
+
+    fn consult() -> RecordType {
+        let types = ContextTypes::from_schema_text(SCHEMA).unwrap();
+        types
+            .get(&"Action::\"consult\"".parse().unwrap())
+            .unwrap()
+            .clone()
+    }
+
+    fn build(json: serde_json::Value) -> Result<Context, String> {
+        consult().build(json.as_object().unwrap(), Vec::new())
+    }
+
+    fn valid() -> serde_json::Value {
+        json!({
+            "now": "2026-11-22T10:00:00Z",
+            "mission": {"type": "Mission", "id": "m"},
+            "categories": ["rsa"],
+            "place": {"city": "Maubeuge"}
+        })
+    }
+
+    #[test]
+    fn common_types_and_time_attributes_are_read() {
+        let types = ContextTypes::from_schema_text(SCHEMA).unwrap();
+        let session = types.get(&"Action::\"session\"".parse().unwrap()).unwrap();
+        assert!(session.declares("now", "datetime"));
+        assert!(!session.declares("authentication", "datetime"));
+    }
+
+    #[test]
+    fn every_accepted_form_builds() {
+        assert!(build(valid()).is_ok());
+        let mut escaped = valid();
+        escaped["now"] = json!({"__extn": {"fn": "datetime", "arg": "2026-11-22"}});
+        escaped["mission"] = json!({"__entity": {"type": "Mission", "id": "m"}});
+        escaped["count"] = json!(3);
+        assert!(build(escaped).is_ok());
+        let mut text_ref = valid();
+        text_ref["mission"] = json!("Mission::\"m\"");
+        assert!(build(text_ref).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_attribute() {
+        let cases = [
+            (
+                "categories",
+                json!("rsa"),
+                "`categories`: expected an array",
+            ),
+            (
+                "mission",
+                json!({"type": "User", "id": "u"}),
+                "`mission`: expected a Mission",
+            ),
+            ("count", json!(1.5), "`count`: expected a whole number"),
+            (
+                "place",
+                json!({"zip": "59600"}),
+                "`place.city`: missing required attribute",
+            ),
+            (
+                "place",
+                json!({"city": "M", "x": 1}),
+                "`place.x` is not declared",
+            ),
+            ("extra", json!(1), "`extra` is not declared"),
+        ];
+        for (key, value, message) in cases {
+            let mut json = valid();
+            json[key] = value;
+            let error = build(json).unwrap_err();
+            assert!(error.contains(message), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_required_attribute_is_reported() {
+        let json = valid();
+        let record = consult();
+        let mut without = json.as_object().unwrap().clone();
+        without.remove("mission");
+        assert_eq!(record.missing(&without).collect::<Vec<_>>(), ["mission"]);
+    }
+}
