@@ -17,11 +17,14 @@
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
+//! - [`diff`]: policy diff for security officers: structural, proven semantic
+//!   (cvc5), and replayed decisions.
 //! - [`cli`]: the `cdap-authz` command line.
 
 pub mod api;
 pub mod cli;
 pub mod derive;
+pub mod diff;
 pub mod engine;
 pub mod http;
 pub mod load;

@@ -17,6 +17,7 @@ const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
 
 mod authorize;
+mod diff;
 mod fmt;
 mod serve;
 mod validate;
@@ -41,6 +42,10 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Format policy files with Cedar's formatter (`--check`: only report).
     Fmt(fmt::FmtArgs),
+    /// Compare two versions of the policies: structural changes, what is newly
+    /// allowed or denied (proven with cvc5), replayed decisions that flip. Exit 0,
+    /// or 4 when the `--fail-on` gate is triggered.
+    Diff(diff::DiffArgs),
 }
 
 /// Where the model is read from.
@@ -96,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Authorize(args) => authorize::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Fmt(args) => fmt::run(args),
+        Command::Diff(args) => diff::run(args),
     };
     outcome.unwrap_or_else(|error| {
         if let Some(invalid) = error.downcast_ref::<LoadError>() {

@@ -1,0 +1,342 @@
+//! The semantic part of a diff: for each request signature, whether NEW allows
+//! exactly what OLD allows, less (narrows), more (widens) or both, proven with
+//! `cedar-policy-symcc` and the cvc5 SMT solver.
+//!
+//! Widening means some request is allowed by NEW and denied by OLD, i.e. NEW does
+//! not imply OLD; narrowing is the reverse. Each counterexample the solver gives
+//! is decided again by Cedar's real authorizer on both sides, with the sidecar's
+//! fail-closed rule (an evaluation error denies); an example whose decisions do
+//! not differ is reported as unconfirmed.
+//!
+//! Both policy sets are compiled against NEW's schema. When the schemas differ,
+//! signatures only in OLD are skipped (NEW has no such requests), and so is any
+//! signature for which OLD's policies do not type-check under NEW's schema.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cedar_policy::{Authorizer, Entities, PolicySet, Request, RequestEnv, Schema};
+use cedar_policy_symcc::err::Error as SymccError;
+use cedar_policy_symcc::solver::LocalSolver;
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet, Env};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::structural::{signature_name, signatures};
+use crate::load::Model;
+
+/// The command that installs the solver, named in every "missing solver" message.
+pub const INSTALL_HINT: &str = "apt-get install -y cvc5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SemanticError {
+    #[error(
+        "the SMT solver cvc5 was not found (install it with `{INSTALL_HINT}`, or set the \
+         CVC5 variable to its path; `--no-semantic` skips the semantic part)"
+    )]
+    SolverMissing,
+    #[error("cannot start the SMT solver {path}: {reason}")]
+    SolverStart { path: PathBuf, reason: String },
+    #[error("cannot start the async runtime for the solver: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Equivalent,
+    Narrows,
+    Widens,
+    WidensAndNarrows,
+    /// The solver gave no answer for at least one direction (time limit).
+    Unknown,
+}
+
+/// One direction's answer.
+#[derive(Debug, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Direction {
+    /// Proven: no such request exists.
+    None,
+    Found { example: Box<Example> },
+    Unknown { reason: String },
+}
+
+/// A request that one side allows and the other denies.
+#[derive(Debug, Serialize)]
+pub struct Example {
+    /// Cedar's authorizer (fail-closed) on OLD and NEW: "Allow" or "Deny".
+    pub old_decision: &'static str,
+    pub new_decision: &'static str,
+    /// The decisions really differ in the expected direction.
+    pub confirmed: bool,
+    /// The policies that decided on each side.
+    pub old_reasons: Vec<String>,
+    pub new_reasons: Vec<String>,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub context: Value,
+    /// Principal first, then resource, then every other entity, each as
+    /// `{uid, attrs, parents, tags}`.
+    pub entities: Vec<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignatureDiff {
+    pub signature: String,
+    pub verdict: Verdict,
+    /// A request NEW allows and OLD denies.
+    pub widening: Direction,
+    /// A request OLD allows and NEW denies.
+    pub narrowing: Direction,
+    pub millis: u128,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Skipped {
+    pub signature: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SemanticDiff {
+    pub signatures: Vec<SignatureDiff>,
+    pub skipped: Vec<Skipped>,
+    pub millis: u128,
+}
+
+impl SemanticDiff {
+    pub fn widens(&self) -> bool {
+        self.signatures.iter().any(|s| {
+            matches!(
+                s.verdict,
+                Verdict::Widens | Verdict::WidensAndNarrows | Verdict::Unknown
+            )
+        })
+    }
+
+    pub fn narrows(&self) -> bool {
+        self.signatures.iter().any(|s| {
+            matches!(
+                s.verdict,
+                Verdict::Narrows | Verdict::WidensAndNarrows | Verdict::Unknown
+            )
+        })
+    }
+}
+
+/// The solver's path: `CVC5` if set, else `cvc5` found on `PATH`.
+pub fn find_solver() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CVC5").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("cvc5"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Compares OLD and NEW on every signature of NEW's schema.
+pub fn compare(old: &Model, new: &Model, timeout_ms: u64) -> Result<SemanticDiff, SemanticError> {
+    let solver_path = find_solver().ok_or(SemanticError::SolverMissing)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(SemanticError::Runtime)?;
+    let started = std::time::Instant::now();
+    let mut diff = runtime.block_on(compare_all(old, new, &solver_path, timeout_ms))?;
+    diff.millis = started.elapsed().as_millis();
+    Ok(diff)
+}
+
+async fn compare_all(
+    old: &Model,
+    new: &Model,
+    solver_path: &PathBuf,
+    timeout_ms: u64,
+) -> Result<SemanticDiff, SemanticError> {
+    let solver = LocalSolver::from_command(
+        tokio::process::Command::new(solver_path)
+            .args(["--lang", "smt"])
+            .arg(format!("--tlimit-per={timeout_ms}")),
+    )
+    .map_err(|e| SemanticError::SolverStart {
+        path: solver_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut compiler = CedarSymCompiler::new(solver).map_err(|e| SemanticError::SolverStart {
+        path: solver_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut skipped = removed_signatures(&old.schema, &new.schema);
+    let mut results = Vec::new();
+    for env in new.schema.request_envs() {
+        let signature = signature_name(&env);
+        match compile_pair(old, new, &env) {
+            Ok((old_set, new_set)) => {
+                let started = std::time::Instant::now();
+                let sides = Sides { old, new };
+                let widening = sides
+                    .direction(&mut compiler, &new_set, &old_set, Towards::New)
+                    .await;
+                let narrowing = sides
+                    .direction(&mut compiler, &old_set, &new_set, Towards::Old)
+                    .await;
+                results.push(SignatureDiff {
+                    signature,
+                    verdict: verdict(&widening, &narrowing),
+                    widening,
+                    narrowing,
+                    millis: started.elapsed().as_millis(),
+                });
+            }
+            Err(reason) => skipped.push(Skipped { signature, reason }),
+        }
+    }
+    Ok(SemanticDiff {
+        signatures: results,
+        skipped,
+        millis: 0,
+    })
+}
+
+fn removed_signatures(old: &Schema, new: &Schema) -> Vec<Skipped> {
+    signatures(old)
+        .difference(&signatures(new))
+        .map(|signature| Skipped {
+            signature: signature.clone(),
+            reason: "not in NEW's schema: NEW has no such request".to_owned(),
+        })
+        .collect()
+}
+
+/// Both policy sets compiled for one signature under NEW's schema.
+fn compile_pair(
+    old: &Model,
+    new: &Model,
+    env: &RequestEnv,
+) -> Result<(CompiledPolicySet, CompiledPolicySet), String> {
+    let old_set = CompiledPolicySet::compile(&old.policies, env, &new.schema)
+        .map_err(|e| format!("OLD's policies do not compile under NEW's schema: {e}"))?;
+    let new_set = CompiledPolicySet::compile(&new.policies, env, &new.schema)
+        .map_err(|e| format!("NEW's policies do not compile: {e}"))?;
+    Ok((old_set, new_set))
+}
+
+fn verdict(widening: &Direction, narrowing: &Direction) -> Verdict {
+    match (widening, narrowing) {
+        (Direction::Unknown { .. }, _) | (_, Direction::Unknown { .. }) => Verdict::Unknown,
+        (Direction::None, Direction::None) => Verdict::Equivalent,
+        (Direction::None, Direction::Found { .. }) => Verdict::Narrows,
+        (Direction::Found { .. }, Direction::None) => Verdict::Widens,
+        (Direction::Found { .. }, Direction::Found { .. }) => Verdict::WidensAndNarrows,
+    }
+}
+
+/// Which side the example should be allowed by.
+#[derive(Clone, Copy)]
+enum Towards {
+    New,
+    Old,
+}
+
+struct Sides<'a> {
+    old: &'a Model,
+    new: &'a Model,
+}
+
+impl Sides<'_> {
+    /// Looks for a request `allowing` allows and `denying` denies.
+    async fn direction(
+        &self,
+        compiler: &mut CedarSymCompiler<LocalSolver>,
+        allowing: &CompiledPolicySet,
+        denying: &CompiledPolicySet,
+        towards: Towards,
+    ) -> Direction {
+        match compiler
+            .check_implies_with_counterexample_opt(allowing, denying)
+            .await
+        {
+            Ok(None) => Direction::None,
+            Ok(Some(env)) => Direction::Found {
+                example: Box::new(self.confirm(&env, towards)),
+            },
+            Err(SymccError::SolverUnknown) => Direction::Unknown {
+                reason: "solver answered unknown (time limit per query reached)".to_owned(),
+            },
+            Err(error) => Direction::Unknown {
+                reason: format!("solver failed: {error}"),
+            },
+        }
+    }
+
+    /// Decides the counterexample with the real authorizer on both sides.
+    fn confirm(&self, env: &Env, towards: Towards) -> Example {
+        let (old_allows, old_reasons) = decide(&self.old.policies, &env.request, &env.entities);
+        let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, &env.entities);
+        let confirmed = match towards {
+            Towards::New => new_allows && !old_allows,
+            Towards::Old => old_allows && !new_allows,
+        };
+        let uid = |u: Option<&cedar_policy::EntityUid>| u.map(ToString::to_string);
+        let principal = uid(env.request.principal()).unwrap_or_default();
+        let resource = uid(env.request.resource()).unwrap_or_default();
+        Example {
+            old_decision: outcome(old_allows),
+            new_decision: outcome(new_allows),
+            confirmed,
+            old_reasons,
+            new_reasons,
+            action: uid(env.request.action()).unwrap_or_default(),
+            context: env
+                .request
+                .context()
+                .and_then(|c| c.to_json_value().ok())
+                .unwrap_or(Value::Null),
+            entities: ordered_entities(&env.entities, &principal, &resource),
+            principal,
+            resource,
+        }
+    }
+}
+
+fn outcome(allowed: bool) -> &'static str {
+    if allowed {
+        "Allow"
+    } else {
+        "Deny"
+    }
+}
+
+/// Cedar's decision with the sidecar's fail-closed rule, and its reasons.
+fn decide(policies: &PolicySet, request: &Request, entities: &Entities) -> (bool, Vec<String>) {
+    let response = Authorizer::new().is_authorized(request, policies, entities);
+    let errors = response.diagnostics().errors().count();
+    let allowed = response.decision() == cedar_policy::Decision::Allow && errors == 0;
+    let reasons = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    (allowed, reasons)
+}
+
+/// The entities (actions left out) as JSON, principal and resource first, the
+/// rest by uid.
+fn ordered_entities(entities: &Entities, principal: &str, resource: &str) -> Vec<Value> {
+    let mut by_uid: BTreeMap<String, Value> = entities
+        .iter()
+        .filter(|e| !e.uid().type_name().basename().eq("Action"))
+        .filter_map(|e| Some((e.uid().to_string(), e.to_json_value().ok()?)))
+        .collect();
+    let mut ordered = Vec::new();
+    for first in [principal, resource] {
+        if let Some(entity) = by_uid.remove(first) {
+            ordered.push(entity);
+        }
+    }
+    ordered.extend(by_uid.into_values());
+    ordered
+}
