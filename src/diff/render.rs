@@ -194,9 +194,13 @@ impl Writer {
             example.principal, example.action, example.resource
         );
         let _ = writeln!(text, "context: {}", compact(&example.context));
-        let _ = writeln!(text, "entities:");
-        for entity in &example.entities {
-            let _ = writeln!(text, "  {}", entity_line(entity));
+        let labels = ["principal: ", "resource:  "];
+        for (i, entity) in example.entities.iter().enumerate() {
+            if i == labels.len() {
+                let _ = writeln!(text, "related entities:");
+            }
+            let label = labels.get(i).copied().unwrap_or("  ");
+            let _ = writeln!(text, "{label}{}", entity_line(entity));
         }
         let reasons = |r: &[String]| {
             if r.is_empty() {
@@ -273,10 +277,7 @@ fn uid_text(uid: &Value) -> String {
 fn compact(value: &Value) -> String {
     match value {
         Value::Object(map) if map.contains_key("__entity") => uid_text(value),
-        Value::Object(map) if map.contains_key("__extn") => {
-            let extn = &map["__extn"];
-            format!("{}({})", extn["fn"].as_str().unwrap_or("?"), compact(&extn["arg"]))
-        }
+        Value::Object(map) if map.contains_key("__extn") => extension(&map["__extn"]),
         Value::Object(map) => {
             let fields: Vec<String> = map
                 .iter()
@@ -292,18 +293,55 @@ fn compact(value: &Value) -> String {
     }
 }
 
+/// `datetime("…")`, `duration("…")`, …; the solver's `offset(datetime, duration)`
+/// form is computed into one datetime when it fits.
+fn extension(extn: &Value) -> String {
+    let name = extn["fn"].as_str().unwrap_or("?");
+    if let Some(arg) = extn.get("arg") {
+        return format!("{name}({})", compact(arg));
+    }
+    let args: Vec<&Value> = extn["args"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    if let (&"offset", [base, delta]) = (&name, args.as_slice()) {
+        if let Some(instant) = offset(base, delta) {
+            return format!("datetime(\"{instant}\")");
+        }
+    }
+    let args: Vec<String> = args.into_iter().map(compact).collect();
+    format!("{name}({})", args.join(", "))
+}
+
+/// `datetime(date) + duration(Nms)` as an RFC 3339 instant, when representable.
+fn offset(base: &Value, delta: &Value) -> Option<String> {
+    let date = base.pointer("/__extn/arg")?.as_str()?;
+    let millis: i64 = delta
+        .pointer("/__extn/arg")?
+        .as_str()?
+        .strip_suffix("ms")?
+        .parse()
+        .ok()?;
+    let start = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .ok()?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc();
+    let instant = start.checked_add_signed(chrono::TimeDelta::try_milliseconds(millis)?)?;
+    Some(instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
-    fn an_entity_renders_on_one_line_with_references_and_datetimes() {
+    fn an_entity_renders_on_one_line_with_references_and_computed_datetimes() {
         let entity = json!({
             "uid": {"type": "User", "id": "u"},
             "attrs": {
                 "partner": {"__entity": {"type": "Partner", "id": "p"}},
-                "since": {"__extn": {"fn": "datetime", "arg": "2026-01-01"}},
+                "since": {"__extn": {"fn": "offset", "args": [
+                    {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
+                    {"__extn": {"fn": "duration", "arg": "-2ms"}}
+                ]}},
                 "suspended": true
             },
             "parents": [{"type": "Group", "id": "g"}],
@@ -311,7 +349,16 @@ mod tests {
         });
         assert_eq!(
             entity_line(&entity),
-            "User::\"u\" in [Group::\"g\"] { partner: Partner::\"p\", since: datetime(\"2026-01-01\"), suspended: true }"
+            "User::\"u\" in [Group::\"g\"] { partner: Partner::\"p\", since: datetime(\"1969-12-31T23:59:59.998Z\"), suspended: true }"
         );
+    }
+
+    #[test]
+    fn an_offset_out_of_range_stays_symbolic() {
+        let value = json!({"__extn": {"fn": "offset", "args": [
+            {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
+            {"__extn": {"fn": "duration", "arg": "-9223372036854775808ms"}}
+        ]}});
+        assert!(compact(&value).starts_with("offset(datetime("), "{}", compact(&value));
     }
 }

@@ -12,7 +12,7 @@
 //! signatures only in OLD are skipped (NEW has no such requests), and so is any
 //! signature for which OLD's policies do not type-check under NEW's schema.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use cedar_policy::{Authorizer, Entities, PolicySet, Request, RequestEnv, Schema};
@@ -77,7 +77,7 @@ pub struct Example {
     pub action: String,
     pub resource: String,
     pub context: Value,
-    /// Principal first, then resource, then every other entity, each as
+    /// The entities the request reaches, principal first, then resource, each as
     /// `{uid, attrs, parents, tags}`.
     pub entities: Vec<Value>,
 }
@@ -171,7 +171,9 @@ async fn compare_all(
     })?;
     let mut skipped = removed_signatures(&old.schema, &new.schema);
     let mut results = Vec::new();
-    for env in new.schema.request_envs() {
+    let mut envs: Vec<RequestEnv> = new.schema.request_envs().collect();
+    envs.sort_by_key(signature_name);
+    for env in envs {
         let signature = signature_name(&env);
         match compile_pair(old, new, &env) {
             Ok((old_set, new_set)) => {
@@ -295,7 +297,7 @@ impl Sides<'_> {
                 .context()
                 .and_then(|c| c.to_json_value().ok())
                 .unwrap_or(Value::Null),
-            entities: ordered_entities(&env.entities, &principal, &resource),
+            entities: ordered_entities(&env.entities, &env.request),
             principal,
             resource,
         }
@@ -323,20 +325,52 @@ fn decide(policies: &PolicySet, request: &Request, entities: &Entities) -> (bool
     (allowed, reasons)
 }
 
-/// The entities (actions left out) as JSON, principal and resource first, the
-/// rest by uid.
-fn ordered_entities(entities: &Entities, principal: &str, resource: &str) -> Vec<Value> {
-    let mut by_uid: BTreeMap<String, Value> = entities
+/// The entities the request reaches (from principal, resource and context, through
+/// attributes, tags and parents) as JSON: principal first, then resource, then the
+/// rest in the order they are reached. Actions are left out.
+fn ordered_entities(entities: &Entities, request: &Request) -> Vec<Value> {
+    let mut by_uid: BTreeMap<(String, String), Value> = entities
         .iter()
-        .filter(|e| !e.uid().type_name().basename().eq("Action"))
-        .filter_map(|e| Some((e.uid().to_string(), e.to_json_value().ok()?)))
+        .filter(|e| e.uid().type_name().basename() != "Action")
+        .filter_map(|e| {
+            let json = e.to_json_value().ok()?;
+            Some((uid_key(&json["uid"])?, json))
+        })
         .collect();
+    let mut pending: VecDeque<(String, String)> = [request.principal(), request.resource()]
+        .into_iter()
+        .flatten()
+        .map(|uid| (uid.type_name().to_string(), uid.id().unescaped().to_owned()))
+        .collect();
+    if let Some(context) = request.context().and_then(|c| c.to_json_value().ok()) {
+        references(&context, &mut pending);
+    }
     let mut ordered = Vec::new();
-    for first in [principal, resource] {
-        if let Some(entity) = by_uid.remove(first) {
+    while let Some(key) = pending.pop_front() {
+        if let Some(entity) = by_uid.remove(&key) {
+            references(&entity["attrs"], &mut pending);
+            references(&entity["tags"], &mut pending);
+            if let Some(parents) = entity["parents"].as_array() {
+                pending.extend(parents.iter().filter_map(uid_key));
+            }
             ordered.push(entity);
         }
     }
-    ordered.extend(by_uid.into_values());
     ordered
+}
+
+/// `(type, id)` of an entity reference `{"type", "id"}` or `{"__entity": …}`.
+fn uid_key(uid: &Value) -> Option<(String, String)> {
+    let uid = uid.get("__entity").unwrap_or(uid);
+    Some((uid["type"].as_str()?.to_owned(), uid["id"].as_str()?.to_owned()))
+}
+
+/// Every entity reference inside an attribute value.
+fn references(value: &Value, found: &mut VecDeque<(String, String)>) {
+    match value {
+        Value::Object(map) if map.contains_key("__entity") => found.extend(uid_key(value)),
+        Value::Object(map) => map.values().for_each(|v| references(v, found)),
+        Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+        _ => {}
+    }
 }
