@@ -20,7 +20,11 @@ pub struct DiffArgs {
     #[arg(value_name = "OLD", required_unless_present = "git")]
     old: Option<PathBuf>,
     /// NEW side: a directory with `policies/` and `schema/`.
-    #[arg(value_name = "NEW", required_unless_present = "git", conflicts_with = "git")]
+    #[arg(
+        value_name = "NEW",
+        required_unless_present = "git",
+        conflicts_with = "git"
+    )]
     new: Option<PathBuf>,
     /// Compare git revisions of the repository in the current directory:
     /// `--git OLDREV [NEWREV]`; NEWREV defaults to the working tree.

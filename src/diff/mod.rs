@@ -84,7 +84,10 @@ impl Side {
 
     /// A git revision of the repository at `repo`, extracted with `git archive`.
     pub fn git_revision(repo: &Path, rev: &str) -> Result<Self, DiffError> {
-        let archive = git(repo, &["archive", "--format=tar", rev, "policies", "schema"])?;
+        let archive = git(
+            repo,
+            &["archive", "--format=tar", rev, "policies", "schema"],
+        )?;
         let checkout = tempfile::tempdir().map_err(DiffError::TempDir)?;
         let mut tar = Command::new("tar")
             .args(["-x", "-C"])
@@ -96,7 +99,10 @@ impl Side {
         drop(tar.stdin.take());
         let status = tar.wait();
         if written.is_err() || !status.is_ok_and(|s| s.success()) {
-            return Err(git_error(&["archive", rev], "cannot extract the archive".into()));
+            return Err(git_error(
+                &["archive", rev],
+                "cannot extract the archive".into(),
+            ));
         }
         // Entities and derivation rules are optional: only replay needs them.
         let entities = git(repo, &["show", &format!("{rev}:examples/entities.json")]);
@@ -128,7 +134,10 @@ impl Side {
             .filter(|p| p.extension().is_some_and(|e| e == "cedarschema"))
             .collect();
         let [schema] = schemas.as_slice() else {
-            return Err(layout(&schema_dir, "expected exactly one .cedarschema file"));
+            return Err(layout(
+                &schema_dir,
+                "expected exactly one .cedarschema file",
+            ));
         };
         let derived = schema_dir.join("derived.json");
         let bundled = self.root.join("examples/entities.json");

@@ -155,8 +155,14 @@ impl Writer {
             };
             let name = self.strong(&signature.signature);
             self.bullet(&format!("{name}: {verdict} [{} ms]", signature.millis));
-            self.direction("newly allowed (NEW allows, OLD denies)", &signature.widening);
-            self.direction("newly denied (OLD allows, NEW denies)", &signature.narrowing);
+            self.direction(
+                "newly allowed (NEW allows, OLD denies)",
+                &signature.widening,
+            );
+            self.direction(
+                "newly denied (OLD allows, NEW denies)",
+                &signature.narrowing,
+            );
         }
         for skipped in &diff.skipped {
             self.bullet(&format!(
@@ -186,7 +192,9 @@ impl Writer {
     fn example(&mut self, example: &Example) {
         let mut text = String::new();
         if !example.confirmed {
-            text.push_str("!!! UNCONFIRMED: the real authorizer does not reproduce this difference\n");
+            text.push_str(
+                "!!! UNCONFIRMED: the real authorizer does not reproduce this difference\n",
+            );
         }
         let _ = writeln!(
             text,
@@ -300,7 +308,10 @@ fn extension(extn: &Value) -> String {
     if let Some(arg) = extn.get("arg") {
         return format!("{name}({})", compact(arg));
     }
-    let args: Vec<&Value> = extn["args"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let args: Vec<&Value> = extn["args"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     if let (&"offset", [base, delta]) = (&name, args.as_slice()) {
         if let Some(instant) = offset(base, delta) {
             return format!("datetime(\"{instant}\")");
@@ -359,6 +370,10 @@ mod tests {
             {"__extn": {"fn": "datetime", "arg": "1970-01-01"}},
             {"__extn": {"fn": "duration", "arg": "-9223372036854775808ms"}}
         ]}});
-        assert!(compact(&value).starts_with("offset(datetime("), "{}", compact(&value));
+        assert!(
+            compact(&value).starts_with("offset(datetime("),
+            "{}",
+            compact(&value)
+        );
     }
 }

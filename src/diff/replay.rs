@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::api::AuthzRequest;
+use crate::api::{parse_entity_ref, AuthzRequest};
 use crate::engine;
 use crate::load::{LoadError, Sources};
 use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -114,12 +114,16 @@ fn flip(
     old: (String, Vec<String>),
     new: (String, Vec<String>),
 ) -> Flip {
-    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    let text = |field, v: &Value| {
+        parse_entity_ref(field, v)
+            .map(|uid| uid.to_string())
+            .unwrap_or_else(|_| v.to_string())
+    };
     Flip {
         origin,
-        principal: text(&request.principal),
-        action: text(&request.action),
-        resource: text(&request.resource),
+        principal: text("principal", &request.principal),
+        action: text("action", &request.action),
+        resource: text("resource", &request.resource),
         old: old.0,
         new: new.0,
         old_reasons: old.1,
@@ -136,7 +140,11 @@ fn read_requests(path: &Path) -> Result<Vec<(String, AuthzRequest)>, ReplayError
     })?;
     let whole: Option<Value> = serde_json::from_str(&text).ok();
     let values: Vec<(usize, Value)> = match whole {
-        Some(Value::Array(items)) => items.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect(),
         Some(value) => vec![(1, value)],
         None => json_lines(path, &text)?,
     };

@@ -31,10 +31,10 @@ pub const INSTALL_HINT: &str = "apt-get install -y cvc5";
 #[derive(Debug, thiserror::Error)]
 pub enum SemanticError {
     #[error(
-        "the SMT solver cvc5 was not found (install it with `{INSTALL_HINT}`, or set the \
-         CVC5 variable to its path; `--no-semantic` skips the semantic part)"
+        "the SMT solver cvc5 was not found: {looked} (install it with `{INSTALL_HINT}`, or \
+         set the CVC5 variable to its path; `--no-semantic` skips the semantic part)"
     )]
-    SolverMissing,
+    SolverMissing { looked: String },
     #[error("cannot start the SMT solver {path}: {reason}")]
     SolverStart { path: PathBuf, reason: String },
     #[error("cannot start the async runtime for the solver: {0}")]
@@ -58,8 +58,12 @@ pub enum Verdict {
 pub enum Direction {
     /// Proven: no such request exists.
     None,
-    Found { example: Box<Example> },
-    Unknown { reason: String },
+    Found {
+        example: Box<Example>,
+    },
+    Unknown {
+        reason: String,
+    },
 }
 
 /// A request that one side allows and the other denies.
@@ -126,20 +130,30 @@ impl SemanticDiff {
     }
 }
 
-/// The solver's path: `CVC5` if set, else `cvc5` found on `PATH`.
-pub fn find_solver() -> Option<PathBuf> {
+/// The solver's path: `CVC5` if set, else `cvc5` found on `PATH`; when missing,
+/// where it was looked for.
+pub fn find_solver() -> Result<PathBuf, SemanticError> {
     if let Some(path) = std::env::var_os("CVC5").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(SemanticError::SolverMissing {
+                looked: format!("CVC5={} is not a file", path.display()),
+            }),
+        };
     }
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("cvc5"))
         .find(|candidate| candidate.is_file())
+        .ok_or_else(|| SemanticError::SolverMissing {
+            looked: "CVC5 is not set and no cvc5 on PATH".to_owned(),
+        })
 }
 
 /// Compares OLD and NEW on every signature of NEW's schema.
 pub fn compare(old: &Model, new: &Model, timeout_ms: u64) -> Result<SemanticDiff, SemanticError> {
-    let solver_path = find_solver().ok_or(SemanticError::SolverMissing)?;
+    let solver_path = find_solver()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -362,7 +376,10 @@ fn ordered_entities(entities: &Entities, request: &Request) -> Vec<Value> {
 /// `(type, id)` of an entity reference `{"type", "id"}` or `{"__entity": …}`.
 fn uid_key(uid: &Value) -> Option<(String, String)> {
     let uid = uid.get("__entity").unwrap_or(uid);
-    Some((uid["type"].as_str()?.to_owned(), uid["id"].as_str()?.to_owned()))
+    Some((
+        uid["type"].as_str()?.to_owned(),
+        uid["id"].as_str()?.to_owned(),
+    ))
 }
 
 /// Every entity reference inside an attribute value.

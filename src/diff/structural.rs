@@ -161,7 +161,12 @@ pub fn signatures(schema: &Schema) -> BTreeSet<String> {
 }
 
 pub fn signature_name(env: &cedar_policy::RequestEnv) -> String {
-    format!("({}, {}, {})", env.principal(), env.action(), env.resource())
+    format!(
+        "({}, {}, {})",
+        env.principal(),
+        env.action(),
+        env.resource()
+    )
 }
 
 fn entity_types(schema: &Schema) -> BTreeSet<String> {
