@@ -40,9 +40,10 @@ pub struct DiffArgs {
     /// Only the structural (and replay) parts: no solver.
     #[arg(long)]
     no_semantic: bool,
-    /// Time limit per solver query, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    timeout: u64,
+    /// Time limit per solver query, in milliseconds; a query that reaches it is
+    /// reported "unknown".
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    timeout_ms: u64,
     /// Recorded requests to re-decide under both sides (request JSON files,
     /// arrays of requests, or JSON lines such as a decision log).
     #[arg(long, value_name = "FILE", num_args = 1..)]
@@ -63,7 +64,7 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let (old, new) = sides(&args)?;
     let options = Options {
         semantic: !args.no_semantic,
-        query_timeout_ms: args.timeout.saturating_mul(1000),
+        query_timeout_ms: args.timeout_ms,
         replay: args.replay.clone(),
         entities: args.entities.clone(),
     };

@@ -391,3 +391,46 @@ fn references(value: &Value, found: &mut VecDeque<(String, String)>) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found() -> Direction {
+        Direction::Found {
+            example: Box::new(Example {
+                old_decision: "Deny",
+                new_decision: "Allow",
+                confirmed: true,
+                old_reasons: Vec::new(),
+                new_reasons: Vec::new(),
+                principal: String::new(),
+                action: String::new(),
+                resource: String::new(),
+                context: Value::Null,
+                entities: Vec::new(),
+            }),
+        }
+    }
+
+    fn unknown() -> Direction {
+        Direction::Unknown {
+            reason: "time limit".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_both_directions_and_unknown_wins() {
+        let table = [
+            (Direction::None, Direction::None, Verdict::Equivalent),
+            (found(), Direction::None, Verdict::Widens),
+            (Direction::None, found(), Verdict::Narrows),
+            (found(), found(), Verdict::WidensAndNarrows),
+            (unknown(), Direction::None, Verdict::Unknown),
+            (found(), unknown(), Verdict::Unknown),
+        ];
+        for (widening, narrowing, expected) in table {
+            assert_eq!(verdict(&widening, &narrowing), expected);
+        }
+    }
+}

@@ -427,3 +427,65 @@ fn markdown_output_is_a_merge_request_comment() {
     );
     assert!(text.contains("```diff\n--- OLD\n+++ NEW"), "{text}");
 }
+
+fn add_action(dir: &Path, name: &str) {
+    edit(dir, "schema/cdap.cedarschema", |text| {
+        format!(
+            "{text}\naction {name} appliesTo {{\n  principal: User,\n  resource: File,\n  context: Session,\n}};\n"
+        )
+    });
+}
+
+#[test]
+fn schema_changes_are_listed_and_removed_signatures_skipped() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    add_action(old.path(), "archive_file");
+    add_action(new.path(), "export_file");
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "any"]);
+    assert_eq!(code, 0, "{report:#}");
+    let schema = &report["structural"]["schema"];
+    assert_eq!(
+        schema["signatures_added"],
+        json!(["(User, Action::\"export_file\", File)"])
+    );
+    assert_eq!(
+        schema["signatures_removed"],
+        json!(["(User, Action::\"archive_file\", File)"])
+    );
+    let skipped = report["semantic"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(
+        skipped[0]["signature"],
+        "(User, Action::\"archive_file\", File)"
+    );
+    assert_eq!(
+        signature(&report, "(User, Action::\"export_file\", File)")["verdict"],
+        "equivalent"
+    );
+}
+
+#[test]
+fn a_query_over_its_time_limit_is_unknown_and_trips_the_gate() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--timeout-ms", "1", "--fail-on", "widen"],
+    );
+    assert_eq!(code, 4, "an unknown answer proves nothing: {report:#}");
+    let unknown = report["semantic"]["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["verdict"] == "unknown")
+        .unwrap_or_else(|| panic!("no query reached 1 ms: {report:#}"));
+    let reason = unknown["widening"]["reason"].as_str().unwrap();
+    assert!(reason.contains("time limit"), "{reason}");
+}
