@@ -286,6 +286,7 @@ fn compact(value: &Value) -> String {
     match value {
         Value::Object(map) if map.contains_key("__entity") => uid_text(value),
         Value::Object(map) if map.contains_key("__extn") => extension(&map["__extn"]),
+        Value::Object(map) if map.is_empty() => "{}".to_owned(),
         Value::Object(map) => {
             let fields: Vec<String> = map
                 .iter()
