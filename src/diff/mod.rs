@@ -15,8 +15,9 @@
 //!
 //! [`render`] writes the report as text, markdown or JSON.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
@@ -82,31 +83,21 @@ impl Side {
         })
     }
 
-    /// A git revision of the repository at `repo`, extracted with `git archive`.
+    /// A git revision of the repository at `repo`: its `policies/` and `schema/`
+    /// (and `examples/entities.json`, if any, for the replay) in a temporary
+    /// directory.
     pub fn git_revision(repo: &Path, rev: &str) -> Result<Self, DiffError> {
         let archive = git(
             repo,
             &["archive", "--format=tar", rev, "policies", "schema"],
         )?;
         let checkout = tempfile::tempdir().map_err(DiffError::TempDir)?;
-        let mut tar = Command::new("tar")
-            .args(["-x", "-C"])
-            .arg(checkout.path())
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| git_error(&["archive", rev], e.to_string()))?;
-        let written = std::io::Write::write_all(tar.stdin.as_mut().expect("piped"), &archive);
-        drop(tar.stdin.take());
-        let status = tar.wait();
-        if written.is_err() || !status.is_ok_and(|s| s.success()) {
-            return Err(git_error(
-                &["archive", rev],
-                "cannot extract the archive".into(),
-            ));
-        }
-        // Entities and derivation rules are optional: only replay needs them.
-        let entities = git(repo, &["show", &format!("{rev}:examples/entities.json")]);
-        if let Ok(bytes) = entities {
+        untar(&archive, checkout.path()).map_err(|reason| DiffError::Git {
+            args: format!("archive {rev} | tar -x"),
+            reason,
+        })?;
+        // Optional: only the replay reads it.
+        if let Ok(bytes) = git(repo, &["show", &format!("{rev}:examples/entities.json")]) {
             let examples = checkout.path().join("examples");
             std::fs::create_dir_all(&examples)
                 .and_then(|()| std::fs::write(examples.join("entities.json"), bytes))
@@ -250,6 +241,23 @@ fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, DiffError> {
         return Err(git_error(args, reason));
     }
     Ok(output.stdout)
+}
+
+/// Extracts a tar archive into `dir` with the system's `tar`.
+fn untar(archive: &[u8], dir: &Path) -> Result<(), String> {
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let written = tar.stdin.take().expect("piped").write_all(archive);
+    let status = tar.wait().map_err(|e| e.to_string())?;
+    match (written, status.success()) {
+        (Ok(()), true) => Ok(()),
+        (Err(e), _) => Err(format!("cannot feed tar: {e}")),
+        (_, false) => Err(format!("tar failed: {status}")),
+    }
 }
 
 fn git_error(args: &[&str], reason: String) -> DiffError {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -77,13 +77,14 @@ impl ReplayDiff {
 pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayDiff, ReplayError> {
     let old = snapshot("OLD", old)?;
     let new = snapshot("NEW", new)?;
+    let now = Utc::now();
     let mut replayed = 0;
     let mut flips = Vec::new();
     for file in files {
         for (origin, request) in read_requests(file)? {
             replayed += 1;
-            let old_decision = decision(&old, &request);
-            let new_decision = decision(&new, &request);
+            let old_decision = decision(&old, &request, now);
+            let new_decision = decision(&new, &request, now);
             if old_decision.0 != new_decision.0 {
                 flips.push(flip(origin, &request, old_decision, new_decision));
             }
@@ -101,8 +102,12 @@ fn snapshot(side: &'static str, sources: &Sources) -> Result<Snapshot, ReplayErr
 }
 
 /// "Allow", "Deny" or "error: …", and the deciding policies.
-fn decision(snapshot: &Snapshot, request: &AuthzRequest) -> (String, Vec<String>) {
-    match engine::decide(snapshot, request, Utc::now()) {
+fn decision(
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+    now: DateTime<Utc>,
+) -> (String, Vec<String>) {
+    match engine::decide(snapshot, request, now) {
         Ok(d) => (d.outcome.as_str().to_owned(), d.diagnostics.reason),
         Err(e) => (format!("error: {e}"), Vec::new()),
     }

@@ -13,7 +13,7 @@
 //! signature for which OLD's policies do not type-check under NEW's schema.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cedar_policy::{Authorizer, Entities, PolicySet, Request, RequestEnv, Schema};
 use cedar_policy_symcc::err::Error as SymccError;
@@ -167,54 +167,50 @@ pub fn compare(old: &Model, new: &Model, timeout_ms: u64) -> Result<SemanticDiff
 async fn compare_all(
     old: &Model,
     new: &Model,
-    solver_path: &PathBuf,
+    solver_path: &Path,
     timeout_ms: u64,
 ) -> Result<SemanticDiff, SemanticError> {
-    let solver = LocalSolver::from_command(
-        tokio::process::Command::new(solver_path)
-            .args(["--lang", "smt"])
-            .arg(format!("--tlimit-per={timeout_ms}")),
-    )
-    .map_err(|e| SemanticError::SolverStart {
-        path: solver_path.clone(),
-        reason: e.to_string(),
-    })?;
-    let mut compiler = CedarSymCompiler::new(solver).map_err(|e| SemanticError::SolverStart {
-        path: solver_path.clone(),
-        reason: e.to_string(),
-    })?;
+    let mut checker = Checker {
+        compiler: start_solver(solver_path, timeout_ms)?,
+        old,
+        new,
+    };
     let mut skipped = removed_signatures(&old.schema, &new.schema);
-    let mut results = Vec::new();
+    let mut signatures = Vec::new();
     let mut envs: Vec<RequestEnv> = new.schema.request_envs().collect();
     envs.sort_by_key(signature_name);
     for env in envs {
-        let signature = signature_name(&env);
-        match compile_pair(old, new, &env) {
-            Ok((old_set, new_set)) => {
-                let started = std::time::Instant::now();
-                let sides = Sides { old, new };
-                let widening = sides
-                    .direction(&mut compiler, &new_set, &old_set, Towards::New)
-                    .await;
-                let narrowing = sides
-                    .direction(&mut compiler, &old_set, &new_set, Towards::Old)
-                    .await;
-                results.push(SignatureDiff {
-                    signature,
-                    verdict: verdict(&widening, &narrowing),
-                    widening,
-                    narrowing,
-                    millis: started.elapsed().as_millis(),
-                });
-            }
-            Err(reason) => skipped.push(Skipped { signature, reason }),
+        match checker.signature(&env).await {
+            Ok(result) => signatures.push(result),
+            Err(reason) => skipped.push(Skipped {
+                signature: signature_name(&env),
+                reason,
+            }),
         }
     }
     Ok(SemanticDiff {
-        signatures: results,
+        signatures,
         skipped,
         millis: 0,
     })
+}
+
+/// One cvc5 process for all the queries, each limited to `timeout_ms`.
+fn start_solver(
+    path: &Path,
+    timeout_ms: u64,
+) -> Result<CedarSymCompiler<LocalSolver>, SemanticError> {
+    let failed = |reason: String| SemanticError::SolverStart {
+        path: path.to_owned(),
+        reason,
+    };
+    let solver = LocalSolver::from_command(
+        tokio::process::Command::new(path)
+            .args(["--lang", "smt"])
+            .arg(format!("--tlimit-per={timeout_ms}")),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    CedarSymCompiler::new(solver).map_err(|e| failed(e.to_string()))
 }
 
 fn removed_signatures(old: &Schema, new: &Schema) -> Vec<Skipped> {
@@ -257,21 +253,38 @@ enum Towards {
     Old,
 }
 
-struct Sides<'a> {
+/// The solver and the two sides it compares.
+struct Checker<'a> {
+    compiler: CedarSymCompiler<LocalSolver>,
     old: &'a Model,
     new: &'a Model,
 }
 
-impl Sides<'_> {
+impl Checker<'_> {
+    /// Both directions for one signature; `Err` says why it cannot be compared.
+    async fn signature(&mut self, env: &RequestEnv) -> Result<SignatureDiff, String> {
+        let (old_set, new_set) = compile_pair(self.old, self.new, env)?;
+        let started = std::time::Instant::now();
+        let widening = self.direction(&new_set, &old_set, Towards::New).await;
+        let narrowing = self.direction(&old_set, &new_set, Towards::Old).await;
+        Ok(SignatureDiff {
+            signature: signature_name(env),
+            verdict: verdict(&widening, &narrowing),
+            widening,
+            narrowing,
+            millis: started.elapsed().as_millis(),
+        })
+    }
+
     /// Looks for a request `allowing` allows and `denying` denies.
     async fn direction(
-        &self,
-        compiler: &mut CedarSymCompiler<LocalSolver>,
+        &mut self,
         allowing: &CompiledPolicySet,
         denying: &CompiledPolicySet,
         towards: Towards,
     ) -> Direction {
-        match compiler
+        match self
+            .compiler
             .check_implies_with_counterexample_opt(allowing, denying)
             .await
         {
