@@ -202,12 +202,20 @@ impl Writer {
             example.principal, example.action, example.resource
         );
         let _ = writeln!(text, "context: {}", compact(&example.context));
-        let labels = ["principal: ", "resource:  "];
-        for (i, entity) in example.entities.iter().enumerate() {
-            if i == labels.len() {
-                let _ = writeln!(text, "related entities:");
-            }
-            let label = labels.get(i).copied().unwrap_or("  ");
+        let mut related = false;
+        for entity in &example.entities {
+            let uid = uid_text(&entity["uid"]);
+            let label = if uid == example.principal {
+                "principal: "
+            } else if uid == example.resource {
+                "resource:  "
+            } else {
+                if !related {
+                    let _ = writeln!(text, "related entities:");
+                    related = true;
+                }
+                "  "
+            };
             let _ = writeln!(text, "{label}{}", entity_line(entity));
         }
         let reasons = |r: &[String]| {
