@@ -45,7 +45,8 @@ pub struct DiffArgs {
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     timeout_ms: u64,
     /// Recorded requests to re-decide under both sides (request JSON files,
-    /// arrays of requests, or JSON lines such as a decision log).
+    /// arrays of requests, or JSON lines such as a decision log). Give it after
+    /// OLD and NEW: it takes every following file.
     #[arg(long, value_name = "FILE", num_args = 1..)]
     replay: Vec<PathBuf>,
     /// Stored entities for the replay [default: each side's examples/entities.json].

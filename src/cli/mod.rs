@@ -3,7 +3,7 @@
 //! policy files. All read the model through the same loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
-//! 1 any other failure.
+//! 1 any other failure; 4 when a `diff --fail-on` gate is triggered.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
