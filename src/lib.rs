@@ -23,6 +23,8 @@
 //! - [`explain`]: why a decision: determining policies and their clauses, closest permits.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
+//! - [`diff`]: policy diff for security officers: structural, proven semantic
+//!   (cvc5), and replayed decisions.
 //! - [`cli`]: the `cdap-authz` command line.
 
 pub mod api;
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod context;
 pub mod derive;
 pub mod diagnostic;
+pub mod diff;
 pub mod engine;
 pub mod explain;
 pub mod http;

@@ -4,7 +4,7 @@
 //! loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
-//! 1 any other failure.
+//! 1 any other failure; 4 when a `diff --fail-on` gate is triggered.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +21,7 @@ const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
 
 mod authorize;
+mod diff;
 mod explain;
 mod fmt;
 mod serve;
@@ -53,6 +54,10 @@ enum Command {
     /// Run policy test suites (Cedar `run-tests` JSON) through the decision path;
     /// exit 1 when a case fails or coverage is below `--min-coverage`.
     Test(test::TestArgs),
+    /// Compare two versions of the policies: structural changes, what is newly
+    /// allowed or denied (proven with cvc5), replayed decisions that flip. Exit 0,
+    /// or 4 when the `--fail-on` gate is triggered.
+    Diff(diff::DiffArgs),
 }
 
 /// Where the policies and schema are read from.
@@ -138,6 +143,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Fmt(args) => fmt::run(args),
         Command::Test(args) => test::run(args),
+        Command::Diff(args) => diff::run(args),
     };
     outcome.unwrap_or_else(|error| {
         if let Some(invalid) = error.downcast_ref::<LoadError>() {

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod diff;
 mod endpoints;
 mod policy_slicing;
 mod reload;

@@ -1,0 +1,220 @@
+//! The replay part of a diff: recorded requests re-decided under both sides, and
+//! the decisions that flip.
+//!
+//! A replay file is one request in the wire format (`examples/requests/*.json`), a
+//! JSON array of such requests, or JSON lines. A line may carry more than a
+//! request (a decision-log record): only `principal`, `action`, `resource`,
+//! `context` and `entities` are read, from the line itself or from its `request`
+//! object. Each request is decided by [`engine::decide`] on a snapshot of each
+//! side; a request without `context.now` is decided at one instant for both.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::api::{parse_entity_ref, AuthzRequest};
+use crate::engine;
+use crate::load::{LoadError, Sources};
+use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {reason}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "{side}: no stored entities to replay against (no examples/entities.json; pass --entities FILE)"
+    )]
+    NoEntities { side: &'static str },
+    #[error("{side}: the model does not load for the replay:\n{source}")]
+    Load {
+        side: &'static str,
+        #[source]
+        source: LoadError,
+    },
+}
+
+/// One recorded request whose decision differs between the sides.
+#[derive(Debug, Serialize)]
+pub struct Flip {
+    /// `file:line`.
+    pub origin: String,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub old: String,
+    pub new: String,
+    pub old_reasons: Vec<String>,
+    pub new_reasons: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayDiff {
+    pub replayed: usize,
+    pub flips: Vec<Flip>,
+}
+
+impl ReplayDiff {
+    pub fn newly_allowed(&self) -> usize {
+        self.flips.iter().filter(|f| f.new == "Allow").count()
+    }
+
+    pub fn newly_denied(&self) -> usize {
+        self.flips.iter().filter(|f| f.old == "Allow").count()
+    }
+}
+
+pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayDiff, ReplayError> {
+    let old = snapshot("OLD", old)?;
+    let new = snapshot("NEW", new)?;
+    let now = Utc::now();
+    let mut replayed = 0;
+    let mut flips = Vec::new();
+    for file in files {
+        for (origin, request) in read_requests(file)? {
+            replayed += 1;
+            let old_decision = decision(&old, &request, now);
+            let new_decision = decision(&new, &request, now);
+            if old_decision.0 != new_decision.0 {
+                flips.push(flip(origin, &request, old_decision, new_decision));
+            }
+        }
+    }
+    Ok(ReplayDiff { replayed, flips })
+}
+
+fn snapshot(side: &'static str, sources: &Sources) -> Result<Snapshot, ReplayError> {
+    if sources.entities.is_none() {
+        return Err(ReplayError::NoEntities { side });
+    }
+    Snapshot::load(sources, DEFAULT_TIME_ATTRIBUTE)
+        .map_err(|source| ReplayError::Load { side, source })
+}
+
+/// "Allow", "Deny" or "error: …", and the deciding policies.
+fn decision(
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+    now: DateTime<Utc>,
+) -> (String, Vec<String>) {
+    match engine::decide(snapshot, request, now) {
+        Ok(d) => (d.outcome.as_str().to_owned(), d.diagnostics.reason),
+        Err(e) => (format!("error: {e}"), Vec::new()),
+    }
+}
+
+fn flip(
+    origin: String,
+    request: &AuthzRequest,
+    old: (String, Vec<String>),
+    new: (String, Vec<String>),
+) -> Flip {
+    let text = |field, v: &Value| {
+        parse_entity_ref(field, v)
+            .map(|uid| uid.to_string())
+            .unwrap_or_else(|_| v.to_string())
+    };
+    Flip {
+        origin,
+        principal: text("principal", &request.principal),
+        action: text("action", &request.action),
+        resource: text("resource", &request.resource),
+        old: old.0,
+        new: new.0,
+        old_reasons: old.1,
+        new_reasons: new.1,
+    }
+}
+
+/// The requests of one file, each with its `file:line` (`file:N` for the N-th
+/// element of an array).
+fn read_requests(path: &Path) -> Result<Vec<(String, AuthzRequest)>, ReplayError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let whole: Option<Value> = serde_json::from_str(&text).ok();
+    let values: Vec<(usize, Value)> = match whole {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect(),
+        Some(value) => vec![(1, value)],
+        None => json_lines(path, &text)?,
+    };
+    values
+        .into_iter()
+        .map(|(line, value)| {
+            let request = request_of(value).map_err(|reason| ReplayError::Parse {
+                path: path.to_owned(),
+                line,
+                reason,
+            })?;
+            Ok((format!("{}:{line}", path.display()), request))
+        })
+        .collect()
+}
+
+fn json_lines(path: &Path, text: &str) -> Result<Vec<(usize, Value)>, ReplayError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map(|v| (i + 1, v))
+                .map_err(|e| ReplayError::Parse {
+                    path: path.to_owned(),
+                    line: i + 1,
+                    reason: format!("invalid JSON: {e}"),
+                })
+        })
+        .collect()
+}
+
+/// The request fields of a request or of a log record.
+fn request_of(value: Value) -> Result<AuthzRequest, String> {
+    let Value::Object(mut record) = value else {
+        return Err("expected a JSON object".to_owned());
+    };
+    if let Some(Value::Object(inner)) = record.remove("request") {
+        record = inner;
+    }
+    let fields: Map<String, Value> = ["principal", "action", "resource", "context", "entities"]
+        .into_iter()
+        .filter_map(|key| record.remove(key).map(|v| (key.to_owned(), v)))
+        .collect();
+    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("not a request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_log_record_yields_its_request_fields() {
+        let record = json!({
+            "decision_id": "x",
+            "request": {"principal": "User::\"a\"", "action": "Action::\"b\"", "resource": "File::\"c\""},
+            "decision": "Allow"
+        });
+        let request = request_of(record).unwrap();
+        assert_eq!(request.principal, json!("User::\"a\""));
+    }
+
+    #[test]
+    fn a_record_without_request_fields_is_refused() {
+        assert!(request_of(json!({"decision": "Allow"})).is_err());
+    }
+}

@@ -1,0 +1,491 @@
+//! `cdap-authz diff`: copies of the bundled model edited in temporary directories
+//! (and a temporary git repository), compared by the real binary.
+//!
+//! The semantic tests need the cvc5 solver; without it (not on PATH, no `CVC5`
+//! variable) they print why they are skipped and return. CI installs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::util::{consult, repo};
+
+const CONSULT: &str = "(User, Action::\"consult_file\", File)";
+const CHANGE_PASSWORD: &str = "(User, Action::\"change_password\", User)";
+
+/// A copy of the repository's `policies/`, `schema/` and `examples/`.
+fn model_copy() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["policies", "schema", "examples"] {
+        copy_dir(&repo(sub), &dir.path().join(sub));
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn edit(dir: &Path, file: &str, change: impl FnOnce(String) -> String) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = change(text.clone());
+    assert_ne!(text, changed, "the edit of {file} changed nothing");
+    std::fs::write(path, changed).unwrap();
+}
+
+/// The policy block of `@id(id)`: from its `@id` line to the end of its `;` line.
+fn block(text: &str, id: &str) -> (usize, usize) {
+    let start = text.find(&format!("@id(\"{id}\")")).unwrap();
+    let end = start + text[start..].find("};\n").unwrap() + 3;
+    (start, end)
+}
+
+fn drop_policy(text: String, id: &str) -> String {
+    let (start, end) = block(&text, id);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+fn drop_suspension_forbid(dir: &Path) {
+    edit(dir, "policies/suspension.cedar", |t| {
+        drop_policy(t, "S1-user-suspended")
+    });
+}
+
+fn cdap_authz(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .current_dir(dir)
+        .arg("diff")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `diff OLD NEW --format json ARGS`; returns the exit code and the report.
+fn diff_json(old: &Path, new: &Path, args: &[&str]) -> (i32, Value) {
+    let mut all = vec![
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    all.extend(args);
+    let output = cdap_authz(old, &all);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code().unwrap(), report)
+}
+
+/// Whether the semantic tests can run; says why not when they cannot.
+fn solver_available() -> bool {
+    let found = match std::env::var_os("CVC5").filter(|p| !p.is_empty()) {
+        Some(path) => Path::new(&path).is_file(),
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|dir| dir.join("cvc5").is_file()),
+    };
+    if !found {
+        eprintln!("skipped: cvc5 not found (apt-get install -y cvc5, or set CVC5)");
+    }
+    found
+}
+
+fn signature<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["semantic"]["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["signature"] == name)
+        .unwrap_or_else(|| panic!("no signature {name} in {report:#}"))
+}
+
+fn verdicts(report: &Value) -> Vec<(String, String)> {
+    report["semantic"]["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let text = |v: &Value| v.as_str().unwrap().to_owned();
+            (text(&s["signature"]), text(&s["verdict"]))
+        })
+        .collect()
+}
+
+fn policy<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["structural"]["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap_or_else(|| panic!("no policy {id} in the structural diff"))
+}
+
+#[test]
+fn dropping_the_suspension_forbid_widens_with_a_suspended_user_counterexample() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "--fail-on widen must trip: {report:#}");
+    assert_eq!(policy(&report, "S1-user-suspended")["change"], "removed");
+    let consult = signature(&report, CONSULT);
+    assert_eq!(consult["verdict"], "widens", "{consult:#}");
+    assert_eq!(consult["narrowing"]["result"], "none");
+    let example = &consult["widening"]["example"];
+    assert_eq!(example["confirmed"], true, "{example:#}");
+    assert_eq!(
+        (&example["old_decision"], &example["new_decision"]),
+        (&json!("Deny"), &json!("Allow"))
+    );
+    assert_eq!(example["old_reasons"], json!(["S1-user-suspended"]));
+    let principal = &example["entities"][0];
+    assert_eq!(principal["uid"]["type"], "User");
+    assert_eq!(principal["attrs"]["suspended"], true, "{principal:#}");
+    for signature in report["semantic"]["signatures"].as_array().unwrap() {
+        assert_ne!(signature["verdict"], "narrows", "{signature:#}");
+    }
+}
+
+#[test]
+fn the_text_report_shows_the_counterexample_readably() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let output = cdap_authz(
+        old.path(),
+        &[old.path().to_str().unwrap(), new.path().to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(0), "no gate asked for");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("S1-user-suspended (forbid): removed"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{CONSULT}: WIDENS")), "{text}");
+    assert!(text.contains("suspended: true"), "{text}");
+    assert!(text.contains("OLD: Deny (S1-user-suspended)"), "{text}");
+    assert!(!text.contains("UNCONFIRMED"), "{text}");
+}
+
+/// Reverses the policies of one file, reformats one policy, and moves another
+/// to a new file.
+fn reorder_reformat_and_move(dir: &Path) {
+    edit(dir, "policies/suspension.cedar", |text| {
+        let start = text.find("@id(").unwrap();
+        let mut blocks: Vec<&str> = text[start..]
+            .split_inclusive("};\n")
+            .filter(|b| !b.trim().is_empty())
+            .collect();
+        blocks.reverse();
+        format!("{}{}", &text[..start], blocks.join("\n"))
+    });
+    edit(dir, "policies/account.cedar", |text| {
+        text.replace(
+            "when { principal == resource };",
+            "when {\n    principal == resource\n};",
+        )
+    });
+    let missions = std::fs::read_to_string(dir.join("policies/missions.cedar")).unwrap();
+    let (start, end) = block(&missions, "M3-file-of-another-caf");
+    std::fs::write(dir.join("policies/moved.cedar"), &missions[start..end]).unwrap();
+    edit(dir, "policies/missions.cedar", |t| {
+        drop_policy(t, "M3-file-of-another-caf")
+    });
+}
+
+#[test]
+fn reordering_reformatting_and_moving_rules_is_equivalent_everywhere() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    reorder_reformat_and_move(new.path());
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "any"]);
+    assert_eq!(code, 0, "{report:#}");
+    let verdicts = verdicts(&report);
+    assert!(verdicts.len() >= 9, "{verdicts:?}");
+    for (signature, verdict) in &verdicts {
+        assert_eq!(verdict, "equivalent", "{signature}");
+    }
+    assert_eq!(report["semantic"]["skipped"], json!([]));
+    assert_structurally_unchanged_but_moved(&report);
+}
+
+fn assert_structurally_unchanged_but_moved(report: &Value) {
+    let moved = policy(report, "M3-file-of-another-caf");
+    assert_eq!(moved["change"], "unchanged");
+    assert_eq!(moved["old_file"], "policies/missions.cedar");
+    assert_eq!(moved["new_file"], "policies/moved.cedar");
+    assert_eq!(
+        policy(report, "S2-change-own-password")["change"],
+        "reformatted"
+    );
+    for policy in report["structural"]["policies"].as_array().unwrap() {
+        let change = policy["change"].as_str().unwrap();
+        assert!(["unchanged", "reformatted"].contains(&change), "{policy:#}");
+    }
+}
+
+#[test]
+fn moving_rules_is_matched_by_id_without_the_solver() {
+    let (old, new) = (model_copy(), model_copy());
+    reorder_reformat_and_move(new.path());
+    let (code, report) = diff_json(old.path(), new.path(), &["--no-semantic"]);
+    assert_eq!(code, 0);
+    assert_eq!(report["semantic"], Value::Null);
+    assert_structurally_unchanged_but_moved(&report);
+}
+
+#[test]
+fn a_tightened_condition_is_a_narrowing_only() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    edit(new.path(), "policies/account.cedar", |text| {
+        text.replace(
+            "when { principal == resource };",
+            "when { principal == resource && context.authentication == \"password\" };",
+        )
+    });
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 0, "a narrowing must not trip the widen gate");
+    assert_eq!(
+        policy(&report, "S2-change-own-password")["change"],
+        "changed"
+    );
+    for (signature, verdict) in verdicts(&report) {
+        let expected = if signature == CHANGE_PASSWORD {
+            "narrows"
+        } else {
+            "equivalent"
+        };
+        assert_eq!(verdict, expected, "{signature}");
+    }
+    let example = &signature(&report, CHANGE_PASSWORD)["narrowing"]["example"];
+    assert_eq!(example["confirmed"], true, "{example:#}");
+    assert_eq!(example["new_decision"], "Deny");
+    assert_ne!(example["context"]["authentication"], "password");
+    let (code, _) = diff_json(old.path(), new.path(), &["--fail-on", "narrow"]);
+    assert_eq!(code, 4);
+}
+
+#[test]
+fn replay_lists_the_recorded_decisions_that_flip() {
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let suspended = consult(
+        "mau-suspended",
+        "mau-t2-03",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    // A decision-log-like record, then a bare request.
+    let log = format!(
+        "{}\n{}\n",
+        json!({"decision": "Deny", "request": suspended}),
+        crate::util::allowed_consultation()
+    );
+    let log_path = old.path().join("decisions.jsonl");
+    std::fs::write(&log_path, log).unwrap();
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &[
+            "--no-semantic",
+            "--fail-on",
+            "widen",
+            "--replay",
+            log_path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 4, "a replayed Deny → Allow is a widening");
+    assert_eq!(report["replay"]["replayed"], 2);
+    let flips = report["replay"]["flips"].as_array().unwrap();
+    assert_eq!(flips.len(), 1, "{flips:?}");
+    assert_eq!(flips[0]["principal"], "User::\"mau-suspended\"");
+    assert_eq!(
+        (&flips[0]["old"], &flips[0]["new"]),
+        (&json!("Deny"), &json!("Allow"))
+    );
+    assert!(flips[0]["origin"]
+        .as_str()
+        .unwrap()
+        .ends_with("decisions.jsonl:1"));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn git_revisions_and_the_working_tree_are_compared() {
+    let dir = model_copy();
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "-qm", "bundled model"]);
+    drop_suspension_forbid(dir.path());
+    git(
+        dir.path(),
+        &["commit", "-qam", "drop the suspension forbid"],
+    );
+    reorder_reformat_and_move(dir.path());
+    let output = cdap_authz(
+        dir.path(),
+        &[
+            "--git",
+            "HEAD~1",
+            "HEAD",
+            "--no-semantic",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(policy(&report, "S1-user-suspended")["change"], "removed");
+    assert_eq!(report["new"], "git:HEAD");
+    assert_eq!(
+        policy(&report, "M3-file-of-another-caf")["new_file"],
+        "policies/missions.cedar"
+    );
+    let output = cdap_authz(
+        dir.path(),
+        &["--git", "HEAD", "--no-semantic", "--format", "json"],
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["new"], "working tree");
+    assert_eq!(
+        policy(&report, "M3-file-of-another-caf")["new_file"],
+        "policies/moved.cedar"
+    );
+}
+
+#[test]
+fn a_missing_solver_exits_1_naming_the_install_command() {
+    let (old, new) = (model_copy(), model_copy());
+    let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .args([
+            "diff",
+            old.path().to_str().unwrap(),
+            new.path().to_str().unwrap(),
+        ])
+        .env("CVC5", "")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install -y cvc5"), "{stderr}");
+    assert!(stderr.contains("CVC5"), "{stderr}");
+}
+
+#[test]
+fn markdown_output_is_a_merge_request_comment() {
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let output = cdap_authz(
+        old.path(),
+        &[
+            old.path().to_str().unwrap(),
+            new.path().to_str().unwrap(),
+            "--no-semantic",
+            "--format",
+            "markdown",
+        ],
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("# Policy diff"), "{text}");
+    assert!(
+        text.contains("**S1-user-suspended** (forbid): removed"),
+        "{text}"
+    );
+    assert!(text.contains("```diff\n--- OLD\n+++ NEW"), "{text}");
+}
+
+fn add_action(dir: &Path, name: &str) {
+    edit(dir, "schema/cdap.cedarschema", |text| {
+        format!(
+            "{text}\naction {name} appliesTo {{\n  principal: User,\n  resource: File,\n  context: Session,\n}};\n"
+        )
+    });
+}
+
+#[test]
+fn schema_changes_are_listed_and_removed_signatures_skipped() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    add_action(old.path(), "archive_file");
+    add_action(new.path(), "export_file");
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "any"]);
+    assert_eq!(code, 0, "{report:#}");
+    let schema = &report["structural"]["schema"];
+    assert_eq!(
+        schema["signatures_added"],
+        json!(["(User, Action::\"export_file\", File)"])
+    );
+    assert_eq!(
+        schema["signatures_removed"],
+        json!(["(User, Action::\"archive_file\", File)"])
+    );
+    let skipped = report["semantic"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(
+        skipped[0]["signature"],
+        "(User, Action::\"archive_file\", File)"
+    );
+    assert_eq!(
+        signature(&report, "(User, Action::\"export_file\", File)")["verdict"],
+        "equivalent"
+    );
+}
+
+#[test]
+fn a_query_over_its_time_limit_is_unknown_and_trips_the_gate() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--timeout-ms", "1", "--fail-on", "widen"],
+    );
+    assert_eq!(code, 4, "an unknown answer proves nothing: {report:#}");
+    let unknown = report["semantic"]["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["verdict"] == "unknown")
+        .unwrap_or_else(|| panic!("no query reached 1 ms: {report:#}"));
+    let reason = unknown["widening"]["reason"].as_str().unwrap();
+    assert!(reason.contains("time limit"), "{reason}");
+}
