@@ -16,10 +16,14 @@
 //! - [`api`]: the JSON wire contract (requests, responses, errors).
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`audit`]: the hash-chained decision log: group-commit writer, rotation,
+//!   retention, query and verification.
+//! - [`traces`]: who may read which partner's traces (`GET /v1/traces`, T3).
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
 //! - [`cli`]: the `cdap-authz` command line.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod derive;
 pub mod engine;
@@ -30,3 +34,4 @@ pub mod reload;
 pub mod slice;
 pub mod snapshot;
 pub mod store;
+pub mod traces;

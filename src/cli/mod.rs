@@ -1,6 +1,7 @@
 //! The `cdap-authz` command line, one file per subcommand: `serve` runs the sidecar,
 //! `authorize` decides one request offline, `validate` checks a model, `fmt` formats
-//! policy files. All read the model through the same loader as the server.
+//! policy files, `audit` verifies and queries the decision log. All read the model
+//! through the same loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
 //! 1 any other failure.
@@ -16,6 +17,7 @@ use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
 
+mod audit;
 mod authorize;
 mod fmt;
 mod serve;
@@ -41,6 +43,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Format policy files with Cedar's formatter (`--check`: only report).
     Fmt(fmt::FmtArgs),
+    /// Verify (`audit verify [DIR]`) or query (`audit query`) the decision log.
+    Audit(audit::AuditArgs),
 }
 
 /// Where the model is read from.
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Authorize(args) => authorize::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Fmt(args) => fmt::run(args),
+        Command::Audit(args) => audit::run(args),
     };
     outcome.unwrap_or_else(|error| {
         if let Some(invalid) = error.downcast_ref::<LoadError>() {
