@@ -240,7 +240,7 @@ impl Writer {
         for entry in entries {
             let record = entry.into_record(self.seq, self.last_hash.clone());
             let (line, hash) = record.to_line();
-            if self.needs_rotation(buffer.len() + line.len() + 1) {
+            if self.needs_rotation(buffer.len() as u64, line.len() as u64 + 1) {
                 self.flush(&buffer)?;
                 buffer.clear();
                 self.rotate()?;
@@ -253,10 +253,12 @@ impl Writer {
         self.flush(&buffer)
     }
 
-    fn needs_rotation(&self, pending: usize) -> bool {
+    /// A new file is due on a new day, or when the line would take the file over
+    /// its size limit (a file always takes at least one line).
+    fn needs_rotation(&self, buffered: u64, line: u64) -> bool {
         let today = (self.config.clock)().date_naive();
-        let size = self.size + pending as u64;
-        today != self.segment.day || (size > self.config.max_file_bytes && size > pending as u64)
+        let used = self.size + buffered;
+        today != self.segment.day || (used > 0 && used + line > self.config.max_file_bytes)
     }
 
     /// Writes whole lines and, with `--audit-fsync`, syncs them.
