@@ -7,8 +7,9 @@
 //! during I/O: they only push to a channel and await a oneshot.
 //!
 //! On a write error every entry of the batch is acknowledged with the error (the
-//! handler answers Deny), the file is cut back to its last good length, and the
-//! log is marked unhealthy. The next batch reopens the file and tries again; the
+//! handler answers Deny; a part of the batch written before a failed rotation stays
+//! in the log), the file is cut back to its last whole record, the chain resumes
+//! from the last record written, and the log is marked unhealthy. The next batch reopens the file and tries again; the
 //! log is healthy again after a successful write.
 
 use std::fs::{File, OpenOptions};
@@ -141,6 +142,8 @@ struct Writer {
     size: u64,
     seq: u64,
     last_hash: String,
+    /// `seq` and `last_hash` as of the last record written to a file.
+    written: (u64, String),
 }
 
 /// The end of the chain found in existing files.
@@ -171,7 +174,8 @@ impl Writer {
             file: None,
             size: 0,
             seq: tail.seq,
-            last_hash: tail.last_hash,
+            last_hash: tail.last_hash.clone(),
+            written: (tail.seq, tail.last_hash),
         };
         writer.reopen()?;
         Ok(writer)
@@ -221,10 +225,9 @@ impl Writer {
     }
 
     fn write(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
-        let committed = (self.seq, self.last_hash.clone());
         let result = self.write_chained(entries);
         if result.is_err() {
-            (self.seq, self.last_hash) = committed;
+            (self.seq, self.last_hash) = self.written.clone();
             if let Some(file) = self.file.take() {
                 let _ = file.set_len(self.size);
             }
@@ -274,6 +277,7 @@ impl Writer {
             file.sync_data().map_err(io)?;
         }
         self.size += buffer.len() as u64;
+        self.written = (self.seq, self.last_hash.clone());
         Ok(())
     }
 

@@ -118,7 +118,7 @@ fn a_record_says_who_what_which_file_why_and_keeps_only_the_chosen_context() {
 }
 
 #[test]
-fn an_unwritable_log_answers_deny_not_allow_and_readyz_reports_it() {
+fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let today = Utc::now().format("%Y-%m-%d");
     let file = dir.path().join(format!("decisions-{today}.000.jsonl"));
@@ -140,6 +140,13 @@ fn an_unwritable_log_answers_deny_not_allow_and_readyz_reports_it() {
         metrics.contains("cdap_authz_audit_write_failures_total 2"),
         "{metrics}"
     );
+    // Space again: the next write succeeds and the log is healthy again.
+    std::fs::remove_file(&file).unwrap();
+    let (_, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    assert_eq!(body["decision"], "Allow", "{body}");
+    assert_eq!(server.get("/readyz").0, 200);
+    assert_eq!(records(dir.path())[0].decision_id, decision_id(&body));
+    verified(dir.path());
 }
 
 fn entry(n: usize) -> Entry {
