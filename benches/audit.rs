@@ -5,9 +5,14 @@
 //! Two shapes: one decision at a time (each pays the hand-off to the writer
 //! thread), and 16 concurrent decisions on a 2-worker runtime (the server's case,
 //! where group commit shares one write among the waiting decisions).
+//!
+//! On a shared machine the two criterion runs (off, then on) may see different
+//! loads, so the bench first prints an interleaved A/B: rounds alternating the
+//! same work with the log off and on, and the median of the per-round ratios.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cdap_authz::api::{AuthzRequest, AuthzResponse, Outcome};
 use cdap_authz::audit::{AuditConfig, AuditLog, Decided};
@@ -15,10 +20,13 @@ use cdap_authz::engine;
 use cdap_authz::load::Sources;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use chrono::Utc;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use serde_json::json;
 
 const CONCURRENT: usize = 16;
+/// Interleaved A/B rounds, and iterations per shape and round.
+const AB_ROUNDS: usize = 15;
+const AB_ITERATIONS: usize = 40;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -119,5 +127,51 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Median over rounds of (time with the log) / (time without), per shape.
+fn interleaved_ab() {
+    let snapshot = snapshot();
+    let request = Arc::new(consultation());
+    let dir = tempfile::tempdir().unwrap();
+    let log = Some(Arc::new(
+        AuditLog::start(AuditConfig::new(dir.path())).unwrap(),
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let time = |log: &Option<Arc<AuditLog>>, concurrent_shape: bool| -> Duration {
+        let started = Instant::now();
+        for _ in 0..AB_ITERATIONS {
+            if concurrent_shape {
+                runtime.block_on(concurrent(&snapshot, &request, log));
+            } else {
+                runtime.block_on(decide(&snapshot, &request, log.as_deref()));
+            }
+        }
+        started.elapsed()
+    };
+    for (shape, concurrent_shape) in [("sequential", false), ("16_concurrent", true)] {
+        let mut ratios: Vec<f64> = (0..AB_ROUNDS)
+            .map(|_| {
+                time(&log, concurrent_shape).as_secs_f64()
+                    / time(&None, concurrent_shape).as_secs_f64()
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "interleaved A/B {shape}: log on / log off, median of {AB_ROUNDS} rounds = {:.2} (min {:.2}, max {:.2})",
+            ratios[AB_ROUNDS / 2],
+            ratios[0],
+            ratios[AB_ROUNDS - 1]
+        );
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    interleaved_ab();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
