@@ -2,7 +2,7 @@
 //! one hash-chained JSON line before its response is sent.
 //!
 //! - [`record`]: the record, its canonical line and chained hash.
-//! - [`writer`]: the group-commit writer thread and the handle handlers share.
+//! - [`writer`]: the handle handlers share, and its leader/follower group commit.
 //! - [`rotate`]: file names, daily and size rotation, retention.
 //! - [`query`]: filters shared by `cdap-authz audit query` and `GET /v1/traces`.
 //! - [`verify`]: checks the chain and finds the first broken record.

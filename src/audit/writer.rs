@@ -1,23 +1,26 @@
-//! The group-commit writer: one thread owns the log file; request handlers hand it
-//! entries and wait for its acknowledgement before they answer.
+//! The group-commit writer: request handlers queue their record and wait for an
+//! acknowledgement before they answer; whoever finds no write in progress becomes
+//! the leader and writes for everyone queued (leader/follower group commit).
 //!
-//! The thread takes everything queued, chains the records in order, writes them
+//! The leader takes everything queued, chains the records in order, writes them
 //! with one `write_all` (split only where a rotation falls), optionally
-//! `fdatasync`s once, then acknowledges them all. No lock is held by handlers
-//! during I/O: they only push to a channel and await a oneshot.
+//! `fdatasync`s once, acknowledges them all, and repeats until the queue is empty.
+//! Followers never wait on a lock held during I/O: they push to the queue (a
+//! short lock, no I/O) and await a oneshot. At most one thread does log I/O at a
+//! time; when nobody else is deciding, a handler writes its own record inline,
+//! with no hand-off to another thread.
 //!
 //! On a write error every entry of the batch is acknowledged with the error (the
 //! handler answers Deny; a part of the batch written before a failed rotation stays
 //! in the log), the file is cut back to its last whole record, the chain resumes
-//! from the last record written, and the log is marked unhealthy. The next batch reopens the file and tries again; the
-//! log is healthy again after a successful write.
+//! from the last record written, and the log is marked unhealthy. The next batch
+//! reopens the file and tries again; the log is healthy again after a successful
+//! write.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
@@ -25,17 +28,10 @@ use super::record::{parse_line, Entry, GENESIS};
 use super::rotate::{apply_retention, segments, Segment};
 use super::{AuditConfig, AuditError};
 
-/// Most entries written in one group commit.
-const MAX_BATCH: usize = 4096;
 /// How much of the newest file is read at startup to find the last record.
 const TAIL_BYTES: u64 = 1 << 20;
 
 type AckSender = oneshot::Sender<Result<(), AuditError>>;
-
-enum Message {
-    Append(Box<Entry>, AckSender),
-    Close,
-}
 
 /// Whether the last write succeeded, and why not.
 #[derive(Debug, Default)]
@@ -44,19 +40,28 @@ pub struct Health(Mutex<Option<String>>);
 impl Health {
     /// The reason the log is unavailable, if it is.
     pub fn failure(&self) -> Option<String> {
-        self.0.lock().expect("health lock").clone()
+        lock(&self.0).clone()
     }
 
     fn set(&self, failure: Option<String>) {
-        *self.0.lock().expect("health lock") = failure;
+        *lock(&self.0) = failure;
     }
+}
+
+/// Records waiting for a leader, and whether one is at work.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<(Entry, AckSender)>,
+    leading: bool,
+    closed: bool,
 }
 
 /// The handle request handlers share.
 pub struct AuditLog {
-    sender: mpsc::Sender<Message>,
-    health: Arc<Health>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    queue: Mutex<Queue>,
+    /// Locked only by the leader (and by `close`).
+    writer: Mutex<Writer>,
+    health: Health,
     context_fields: Vec<String>,
     dir: PathBuf,
 }
@@ -71,33 +76,58 @@ impl Ack {
     }
 }
 
+/// A poisoned lock only means a panic elsewhere; the data is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl AuditLog {
-    /// Opens (or continues) the log in `config.dir`, deletes expired files and
-    /// starts the writer thread.
+    /// Opens (or continues) the log in `config.dir` and deletes expired files.
     pub fn start(config: AuditConfig) -> Result<Self, AuditError> {
-        let health = Arc::new(Health::default());
         let context_fields = config.context_fields.clone();
         let dir = config.dir.clone();
-        let writer = Writer::open(config, health.clone())?;
-        let (sender, receiver) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|source| AuditError::io("audit-writer thread", source))?;
         Ok(Self {
-            sender,
-            health,
-            thread: Mutex::new(Some(thread)),
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Writer::open(config)?),
+            health: Health::default(),
             context_fields,
             dir,
         })
     }
 
-    /// Queues one entry; await the returned [`Ack`] before answering.
+    /// Queues one entry (and writes the queue if no write is in progress); await
+    /// the returned [`Ack`] before answering.
     pub fn submit(&self, entry: Entry) -> Ack {
         let (ack, done) = oneshot::channel();
-        let sent = self.sender.send(Message::Append(Box::new(entry), ack));
-        Ack(sent.map(|()| done).map_err(|_| AuditError::Closed))
+        let lead = {
+            let mut queue = lock(&self.queue);
+            if queue.closed {
+                return Ack(Err(AuditError::Closed));
+            }
+            queue.pending.push((entry, ack));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        Ack(Ok(done))
+    }
+
+    /// Writes batches until the queue is empty.
+    fn lead(&self) {
+        loop {
+            let batch = {
+                let mut queue = lock(&self.queue);
+                if queue.pending.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            lock(&self.writer).commit(batch, &self.health);
+        }
     }
 
     /// The reason the log cannot be written, if the last write failed.
@@ -115,14 +145,11 @@ impl AuditLog {
         &self.dir
     }
 
-    /// Writes what is queued, syncs the file and stops the writer. Later entries
-    /// are refused with [`AuditError::Closed`].
+    /// Refuses new entries, waits for the batch being written, syncs and closes
+    /// the file. Later entries get [`AuditError::Closed`].
     pub fn close(&self) {
-        let thread = self.thread.lock().expect("thread lock").take();
-        if let Some(thread) = thread {
-            let _ = self.sender.send(Message::Close);
-            let _ = thread.join();
-        }
+        lock(&self.queue).closed = true;
+        lock(&self.writer).close();
     }
 }
 
@@ -132,10 +159,10 @@ impl Drop for AuditLog {
     }
 }
 
-/// The writer thread's state: the open file and the end of the chain.
+/// The leader's state: the open file and the end of the chain.
 struct Writer {
     config: AuditConfig,
-    health: Arc<Health>,
+    closed: bool,
     segment: Segment,
     file: Option<File>,
     /// Bytes of `segment` known to hold whole records.
@@ -155,7 +182,7 @@ struct Tail {
 }
 
 impl Writer {
-    fn open(config: AuditConfig, health: Arc<Health>) -> Result<Self, AuditError> {
+    fn open(config: AuditConfig) -> Result<Self, AuditError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|source| AuditError::io(config.dir.clone(), source))?;
         let today = (config.clock)().date_naive();
@@ -169,7 +196,7 @@ impl Writer {
         };
         let mut writer = Self {
             config,
-            health,
+            closed: false,
             segment,
             file: None,
             size: 0,
@@ -181,43 +208,15 @@ impl Writer {
         Ok(writer)
     }
 
-    fn run(mut self, receiver: mpsc::Receiver<Message>) {
-        while let Ok(first) = receiver.recv() {
-            let mut batch = Vec::new();
-            let mut closing = false;
-            let mut next = Some(first);
-            while let Some(message) = next {
-                match message {
-                    Message::Append(entry, ack) => batch.push((*entry, ack)),
-                    Message::Close => closing = true,
-                }
-                next = if batch.len() < MAX_BATCH {
-                    receiver.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            self.commit(batch);
-            if closing {
-                self.sync_on_close();
-                return;
-            }
-        }
-        self.sync_on_close();
-    }
-
     /// Writes one batch and acknowledges every entry of it.
-    fn commit(&mut self, batch: Vec<(Entry, AckSender)>) {
-        if batch.is_empty() {
-            return;
-        }
+    fn commit(&mut self, batch: Vec<(Entry, AckSender)>, health: &Health) {
         let (entries, acks): (Vec<Entry>, Vec<AckSender>) = batch.into_iter().unzip();
         let result = self.write(entries);
         if let Err(error) = &result {
             tracing::error!(%error, "audit log unavailable");
-            self.health.set(Some(error.to_string()));
+            health.set(Some(error.to_string()));
         } else {
-            self.health.set(None);
+            health.set(None);
         }
         for ack in acks {
             let _ = ack.send(result.clone());
@@ -236,6 +235,9 @@ impl Writer {
     }
 
     fn write_chained(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        if self.closed {
+            return Err(AuditError::Closed);
+        }
         if self.file.is_none() {
             self.reopen()?;
         }
@@ -307,7 +309,8 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_on_close(&mut self) {
+    fn close(&mut self) {
+        self.closed = true;
         if let Some(file) = self.file.take() {
             if let Err(error) = file.sync_all() {
                 tracing::warn!(%error, "cannot sync the audit log on close");
