@@ -33,7 +33,7 @@ use crate::api::{
     AuthzRequest, AuthzResponse, BatchItem, BatchRequest, BatchResponse, ErrorBody, RequestError,
     DEFAULT_MAX_BATCH,
 };
-use crate::audit::{Ack, AuditError, AuditLog, Decided};
+use crate::audit::{Ack, AuditError, AuditLog, Decided, Entry};
 use crate::engine;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -274,18 +274,32 @@ async fn batch_is_authorized(
         }
         .into());
     }
-    // Decide (and queue the records of) the whole batch, then wait for the log once.
-    let decided: Vec<_> = batch
+    // Decide the whole batch, queue its records as one group, then wait for them.
+    let mut decided: Vec<_> = batch
         .requests
         .into_iter()
         .map(|item| {
-            AuthzRequest::from_value(item).and_then(|request| decide(state, &snapshot, &request))
+            AuthzRequest::from_value(item)
+                .and_then(|request| decide_unlogged(state, &snapshot, &request))
         })
         .collect();
+    let entries = decided
+        .iter_mut()
+        .filter_map(|item| item.as_mut().ok().and_then(|(_, entry)| entry.take()))
+        .collect();
+    let mut acks = state
+        .audit
+        .as_ref()
+        .map(|log| log.submit_all(entries))
+        .unwrap_or_default()
+        .into_iter();
     let mut results = Vec::with_capacity(decided.len());
     for item in decided {
         results.push(match item {
-            Ok(pending) => BatchItem::Decided(pending.answer(state).await),
+            Ok((response, _)) => {
+                let logged = state.audit.as_ref().and(acks.next());
+                BatchItem::Decided(Pending { response, logged }.answer(state).await)
+            }
             Err(error) => {
                 state.metrics.record_error(error.code());
                 BatchItem::Failed {
@@ -332,6 +346,21 @@ fn decide(
     snapshot: &Snapshot,
     request: &AuthzRequest,
 ) -> Result<Pending, RequestError> {
+    let (response, entry) = decide_unlogged(state, snapshot, request)?;
+    let logged = state
+        .audit
+        .as_ref()
+        .zip(entry)
+        .map(|(log, e)| log.submit(e));
+    Ok(Pending { response, logged })
+}
+
+/// Decides and counts one request; with a log, also returns its record.
+fn decide_unlogged(
+    state: &AppState,
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+) -> Result<(AuthzResponse, Option<Entry>), RequestError> {
     let started = Instant::now();
     let now = Utc::now();
     let decision = engine::decide(snapshot, request, now)?;
@@ -342,7 +371,7 @@ fn decide(
         latency,
     );
     let response = decision.into_response(&snapshot.version);
-    let logged = state.audit.as_ref().map(|log| {
+    let entry = state.audit.as_ref().map(|log| {
         let decided = Decided {
             request,
             response: &response,
@@ -350,9 +379,9 @@ fn decide(
             time: now,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
-        log.submit(decided.entry(log.context_fields()))
+        decided.entry(log.context_fields())
     });
-    Ok(Pending { response, logged })
+    Ok((response, entry))
 }
 
 /// `GET /v1/traces`: authorises the caller per partner with `read_traces`, then

@@ -100,19 +100,33 @@ impl AuditLog {
     /// Queues one entry (and writes the queue if no write is in progress); await
     /// the returned [`Ack`] before answering.
     pub fn submit(&self, entry: Entry) -> Ack {
-        let (ack, done) = oneshot::channel();
+        self.submit_all(vec![entry])
+            .pop()
+            .expect("one ack per entry")
+    }
+
+    /// Queues entries as one group, in order; one [`Ack`] per entry.
+    pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack> {
+        let mut acks = Vec::with_capacity(entries.len());
         let lead = {
             let mut queue = lock(&self.queue);
             if queue.closed {
-                return Ack(Err(AuditError::Closed));
+                return entries
+                    .iter()
+                    .map(|_| Ack(Err(AuditError::Closed)))
+                    .collect();
             }
-            queue.pending.push((entry, ack));
-            !std::mem::replace(&mut queue.leading, true)
+            for entry in entries {
+                let (ack, done) = oneshot::channel();
+                queue.pending.push((entry, ack));
+                acks.push(Ack(Ok(done)));
+            }
+            !acks.is_empty() && !std::mem::replace(&mut queue.leading, true)
         };
         if lead {
             self.lead();
         }
-        Ack(Ok(done))
+        acks
     }
 
     /// Writes batches until the queue is empty.
