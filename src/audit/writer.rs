@@ -131,6 +131,7 @@ impl AuditLog {
 
     /// Writes batches until the queue is empty.
     fn lead(&self) {
+        let _unstuck = Leading(&self.queue);
         loop {
             let batch = {
                 let mut queue = lock(&self.queue);
@@ -170,6 +171,20 @@ impl AuditLog {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Should a leader panic, lets the next entry elect a new one, and refuses (drops
+/// the acks of) what was queued, so no handler waits forever.
+struct Leading<'a>(&'a Mutex<Queue>);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = lock(self.0);
+            queue.leading = false;
+            queue.pending.clear();
+        }
     }
 }
 
