@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -438,13 +438,13 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
     );
 }
 
-#[test]
-fn kill_9_under_load_loses_no_answered_decision() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`, and
+/// returns the process (stderr still piped, so its writes never block) and address.
+fn spawn_serve(dir: &Path) -> (Child, BufReader<ChildStderr>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
         .current_dir(repo("."))
         .args(["serve", "--listen", "127.0.0.1:0", "--audit-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env("CDAP_AUTHZ_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -461,6 +461,46 @@ fn kill_9_under_load_loses_no_answered_decision() {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
+    (child, stderr, addr)
+}
+
+#[test]
+fn sigterm_closes_the_log_with_every_answered_decision_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _stderr, addr) = spawn_serve(dir.path());
+    let url = format!("http://{addr}/v1/is_authorized");
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            let reply = ureq::post(&url).send_json(allowed_consultation()).unwrap();
+            decision_id(&reply.into_json().unwrap())
+        })
+        .collect();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let logged: Vec<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    assert_eq!(logged, ids);
+    verified(dir.path());
+}
+
+#[test]
+fn kill_9_under_load_loses_no_answered_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _stderr, addr) = spawn_serve(dir.path());
     let url = format!("http://{addr}/v1/is_authorized");
     let killed = AtomicBool::new(false);
     let answered: Vec<String> = std::thread::scope(|scope| {
