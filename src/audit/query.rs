@@ -89,3 +89,132 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
         truncated,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{Entry, GENESIS};
+    use serde_json::Map;
+
+    fn record(principal: &str, partner: Option<&str>, decision: &str, time: &str) -> Record {
+        Entry {
+            time: time.into(),
+            decision_id: "id".into(),
+            principal: format!("User::\"{principal}\""),
+            action: "Action::\"consult_file\"".into(),
+            resource: "File::\"dossier-59-0001\"".into(),
+            partner: partner.map(Into::into),
+            caf: None,
+            context: Map::new(),
+            decision: decision.into(),
+            reason: vec![],
+            errors: vec![],
+            policy_version: "v".into(),
+            latency_us: 1,
+        }
+        .into_record(0, GENESIS.into())
+    }
+
+    fn at(text: &str) -> Option<DateTime<Utc>> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn filters_match_partner_principal_decision_and_half_open_time_range() {
+        let r = record(
+            "mau-t1",
+            Some("ville-maubeuge"),
+            "Deny",
+            "2026-11-23T10:00:00.000000Z",
+        );
+        let cases = [
+            (Filter::default(), true),
+            (
+                Filter {
+                    partners: vec!["ville-maubeuge".into()],
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    partners: vec!["mairie-bouscat".into()],
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    principal: Some("mau-t1".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    principal: Some("User::\"mau-t1\"".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    principal: Some("t1".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    resource: Some("dossier-59-0001".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    decision: Some("deny".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    decision: Some("Allow".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    since: at("2026-11-23T10:00:00Z"),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    until: at("2026-11-23T10:00:00Z"),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    since: at("2026-11-23T10:00:01Z"),
+                    ..Filter::default()
+                },
+                false,
+            ),
+        ];
+        for (filter, expected) in cases {
+            assert_eq!(filter.matches(&r), expected, "{filter:?}");
+        }
+        let no_partner = record("caf-nord-traces", None, "Allow", "2026-11-23T10:00:00Z");
+        let by_partner = Filter {
+            partners: vec!["ville-maubeuge".into()],
+            ..Filter::default()
+        };
+        assert!(!by_partner.matches(&no_partner));
+    }
+}
