@@ -8,7 +8,9 @@
 //! Followers never wait on a lock held during I/O: they push to the queue (a
 //! short lock, no I/O) and await a oneshot. At most one thread does log I/O at a
 //! time; when nobody else is deciding, a handler writes its own record inline,
-//! with no hand-off to another thread.
+//! with no hand-off to another thread. The leader's write (and, with
+//! `--audit-fsync`, its `fdatasync`) runs on the leader's runtime thread; the
+//! other threads keep deciding and queueing meanwhile.
 //!
 //! On a write error every entry of the batch is acknowledged with the error (the
 //! handler answers Deny; a part of the batch written before a failed rotation stays
