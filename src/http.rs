@@ -4,7 +4,11 @@
 //! Routes:
 //! - `POST /v1/is_authorized`, `POST /v1/batch_is_authorized`: decisions;
 //! - `GET /healthz` (the process answers), `GET /readyz` (a snapshot is loaded);
-//! - `GET /metrics` (Prometheus text), `GET /v1/policy-set` (what is loaded).
+//! - `GET /metrics` (Prometheus text), `GET /v1/policy-set` (what is loaded);
+//! - `GET /v1/traces`: the decision log, for those the policies let read it (T3).
+//!
+//! With a decision log, every decision is in the log before its response is sent;
+//! a decision that cannot be logged is answered Deny.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,10 +33,12 @@ use crate::api::{
     AuthzRequest, AuthzResponse, BatchItem, BatchRequest, BatchResponse, ErrorBody, RequestError,
     DEFAULT_MAX_BATCH,
 };
+use crate::audit::{Ack, AuditError, AuditLog, Decided, Entry};
 use crate::engine;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::store::{ReloadFailure, Store};
+use crate::traces::{read_requests, TraceQuery, TraceQueryError, CALLER_HEADER};
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -59,6 +65,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// The decision log; `None` when serving with `--no-audit`.
+    pub audit: Option<AuditLog>,
 }
 
 impl AppState {
@@ -67,7 +75,14 @@ impl AppState {
             store: Store::new(),
             metrics: Metrics::new(),
             limits,
+            audit: None,
         }
+    }
+
+    /// Logs every decision to `audit` before answering it.
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Installs a snapshot and publishes its version.
@@ -92,12 +107,25 @@ enum HttpError {
     NotFound(String),
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: Method, path: String },
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
+    #[error("the decision log is off (--no-audit)")]
+    AuditOff,
+    #[error(transparent)]
+    TraceQuery(#[from] TraceQueryError),
+    #[error("{caller} may not read these traces{why}")]
+    Forbidden { caller: String, why: String },
 }
 
 impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
-            HttpError::Request(_) | HttpError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            HttpError::Request(_) | HttpError::BodyRead(_) | HttpError::TraceQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            HttpError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::AuditOff => StatusCode::NOT_FOUND,
+            HttpError::Forbidden { .. } => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -113,6 +141,10 @@ impl HttpError {
             HttpError::NotReady => "not_ready",
             HttpError::NotFound(_) => "not_found",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
+            HttpError::AuditUnavailable(_) => "audit_unavailable",
+            HttpError::AuditOff => "audit_off",
+            HttpError::TraceQuery(_) => "invalid_trace_query",
+            HttpError::Forbidden { .. } => "forbidden",
         }
     }
 }
@@ -181,21 +213,25 @@ async fn route(
     match (&method, path.as_str()) {
         (&Method::POST, "/v1/is_authorized") => {
             let body = read_body(request, state.limits.max_body).await?;
-            is_authorized(state, &body)
+            is_authorized(state, &body).await
         }
         (&Method::POST, "/v1/batch_is_authorized") => {
             let body = read_body(request, state.limits.max_body).await?;
-            batch_is_authorized(state, &body)
+            batch_is_authorized(state, &body).await
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => {
             let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+            if let Some(failure) = state.audit.as_ref().and_then(AuditLog::failure) {
+                return Err(HttpError::AuditUnavailable(failure));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"status": "ready", "policy_version": snapshot.version}),
             ))
         }
         (&Method::GET, "/metrics") => Ok(text_response(state.metrics.render())),
+        (&Method::GET, "/v1/traces") => traces(state, &request).await,
         (&Method::GET, "/v1/policy-set") => {
             let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
             let last_error = state.store.last_error();
@@ -211,20 +247,24 @@ async fn route(
             | "/healthz"
             | "/readyz"
             | "/metrics"
-            | "/v1/policy-set",
+            | "/v1/policy-set"
+            | "/v1/traces",
         ) => Err(HttpError::MethodNotAllowed { method, path }),
         _ => Err(HttpError::NotFound(path)),
     }
 }
 
-fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
+async fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let request = AuthzRequest::from_slice(body)?;
-    let response = decide(state, &snapshot, &request)?;
+    let response = decide(state, &snapshot, &request)?.answer(state).await;
     Ok(json_response(StatusCode::OK, &response))
 }
 
-fn batch_is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
+async fn batch_is_authorized(
+    state: &AppState,
+    body: &[u8],
+) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let batch = BatchRequest::from_slice(body)?;
     if batch.requests.len() > state.limits.max_batch {
@@ -234,40 +274,164 @@ fn batch_is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<By
         }
         .into());
     }
-    let results = batch
+    // Decide the whole batch, queue its records as one group, then wait for them.
+    let mut decided: Vec<_> = batch
         .requests
         .into_iter()
         .map(|item| {
-            let decided = AuthzRequest::from_value(item)
-                .and_then(|request| decide(state, &snapshot, &request));
-            match decided {
-                Ok(response) => BatchItem::Decided(response),
-                Err(error) => {
-                    state.metrics.record_error(error.code());
-                    BatchItem::Failed {
-                        error: error.body(),
-                    }
-                }
-            }
+            AuthzRequest::from_value(item)
+                .and_then(|request| decide_unlogged(state, &snapshot, &request))
         })
         .collect();
+    let entries = decided
+        .iter_mut()
+        .filter_map(|item| item.as_mut().ok().and_then(|(_, entry)| entry.take()))
+        .collect();
+    let mut acks = state
+        .audit
+        .as_ref()
+        .map(|log| log.submit_all(entries))
+        .unwrap_or_default()
+        .into_iter();
+    let mut results = Vec::with_capacity(decided.len());
+    for item in decided {
+        results.push(match item {
+            Ok((response, _)) => {
+                let logged = state.audit.as_ref().and(acks.next());
+                BatchItem::Decided(Pending { response, logged }.answer(state).await)
+            }
+            Err(error) => {
+                state.metrics.record_error(error.code());
+                BatchItem::Failed {
+                    error: error.body(),
+                }
+            }
+        });
+    }
     Ok(json_response(StatusCode::OK, &BatchResponse { results }))
 }
 
-/// Decides one request on one snapshot, and counts it.
+/// A decision whose record may still be on its way to the log.
+struct Pending {
+    response: AuthzResponse,
+    logged: Option<Ack>,
+}
+
+impl Pending {
+    /// The reply, once the record is in the log; Deny if it could not be written.
+    async fn answer(self, state: &AppState) -> AuthzResponse {
+        let Some(logged) = self.logged else {
+            return self.response;
+        };
+        match logged.wait().await {
+            Ok(()) => self.response,
+            Err(error) => {
+                state.metrics.record_audit_failure();
+                deny_unlogged(self.response, &error)
+            }
+        }
+    }
+}
+
+fn deny_unlogged(mut response: AuthzResponse, error: &AuditError) -> AuthzResponse {
+    response.decision = crate::api::Outcome::Deny;
+    response.diagnostics.reason.clear();
+    response.diagnostics.errors = vec![format!("audit log unavailable: {error}")];
+    response
+}
+
+/// Decides one request on one snapshot, counts it and queues its record.
 fn decide(
     state: &AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
-) -> Result<AuthzResponse, RequestError> {
+) -> Result<Pending, RequestError> {
+    let (response, entry) = decide_unlogged(state, snapshot, request)?;
+    let logged = state
+        .audit
+        .as_ref()
+        .zip(entry)
+        .map(|(log, e)| log.submit(e));
+    Ok(Pending { response, logged })
+}
+
+/// Decides and counts one request; with a log, also returns its record.
+fn decide_unlogged(
+    state: &AppState,
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+) -> Result<(AuthzResponse, Option<Entry>), RequestError> {
     let started = Instant::now();
-    let decision = engine::decide(snapshot, request, Utc::now())?;
+    let now = Utc::now();
+    let decision = engine::decide(snapshot, request, now)?;
+    let latency = started.elapsed();
     state.metrics.record_decision(
         decision.action.id().unescaped(),
         decision.outcome.as_str(),
-        started.elapsed(),
+        latency,
     );
-    Ok(decision.into_response(&snapshot.version))
+    let response = decision.into_response(&snapshot.version);
+    let entry = state.audit.as_ref().map(|log| {
+        let decided = Decided {
+            request,
+            response: &response,
+            entities: &snapshot.entities,
+            time: now,
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        };
+        decided.entry(log.context_fields())
+    });
+    Ok((response, entry))
+}
+
+/// `GET /v1/traces`: authorises the caller per partner with `read_traces`, then
+/// queries the log for the partners allowed.
+async fn traces(
+    state: &AppState,
+    request: &Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, HttpError> {
+    let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+    let log = state.audit.as_ref().ok_or(HttpError::AuditOff)?;
+    let caller = request
+        .headers()
+        .get(CALLER_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let query = TraceQuery::parse(caller, request.uri().query())?;
+    let mut allowed = Vec::new();
+    let mut refusals = Vec::new();
+    for (partner, read) in read_requests(&snapshot, &query) {
+        let answer = decide(state, &snapshot, &read)?.answer(state).await;
+        if answer.decision == crate::api::Outcome::Allow {
+            allowed.push(partner);
+        } else {
+            refusals.extend(answer.diagnostics.reason);
+            refusals.extend(answer.diagnostics.errors);
+        }
+    }
+    if allowed.is_empty() {
+        let why = if refusals.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", refusals.join("; "))
+        };
+        return Err(HttpError::Forbidden {
+            caller: query.caller.to_string(),
+            why,
+        });
+    }
+    let mut filter = query.filter;
+    filter.partners.clone_from(&allowed);
+    let dir = log.dir().to_owned();
+    let limit = query.limit;
+    let found =
+        tokio::task::spawn_blocking(move || crate::audit::query::query(&dir, &filter, limit))
+            .await
+            .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?
+            .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"partners": allowed, "records": found.records, "truncated": found.truncated}),
+    ))
 }
 
 fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_json::Value {

@@ -22,12 +22,16 @@
 //! - [`suite`]: policy test suites (Cedar `run-tests` JSON): run, judge, coverage.
 //! - [`explain`]: why a decision: determining policies and their clauses, closest permits.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`audit`]: the hash-chained decision log: group-commit writer, rotation,
+//!   retention, query and verification.
+//! - [`traces`]: who may read which partner's traces (`GET /v1/traces`, T3).
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
 //! - [`diff`]: policy diff for security officers: structural, proven semantic
 //!   (cvc5), and replayed decisions.
 //! - [`cli`]: the `cdap-authz` command line.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod context;
 pub mod derive;
@@ -44,3 +48,4 @@ pub mod slice;
 pub mod snapshot;
 pub mod store;
 pub mod suite;
+pub mod traces;

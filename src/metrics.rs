@@ -1,5 +1,6 @@
 //! Prometheus metrics of the sidecar: decisions by action and outcome, decision
-//! latency, request errors by code, and the loaded policy version.
+//! latency, request errors by code, the loaded policy version, and decision-log
+//! write failures.
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub struct Metrics {
     policy_version: Family<VersionLabels, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     last_reload_success: Gauge,
+    audit_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -88,8 +90,15 @@ impl Metrics {
             "Unix time of the last snapshot swapped in",
             last_reload_success.clone(),
         );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Decisions answered Deny because the decision log could not be written",
+            audit_failures.clone(),
+        );
         Self {
             registry,
+            audit_failures,
             reloads,
             last_reload_success,
             decisions,
@@ -107,6 +116,11 @@ impl Metrics {
             })
             .inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// A decision answered Deny because its record could not be written.
+    pub fn record_audit_failure(&self) {
+        self.audit_failures.inc();
     }
 
     pub fn record_error(&self, code: &'static str) {

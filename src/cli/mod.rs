@@ -1,7 +1,8 @@
 //! The `cdap-authz` command line, one file per subcommand: `serve` runs the sidecar,
-//! `authorize` decides one request offline, `explain` says why, `validate` checks a model, `fmt` formats
-//! policy files, `test` runs policy test suites. All read the model through the same
-//! loader as the server.
+//! `authorize` decides one request offline, `explain` says why, `validate` checks a
+//! model, `fmt` formats policy files, `test` runs policy test suites, `diff` compares
+//! two policy versions, `audit` verifies and queries the decision log. All read the
+//! model through the same loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
 //! 1 any other failure; 4 when a `diff --fail-on` gate is triggered.
@@ -20,6 +21,7 @@ use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
 
+mod audit;
 mod authorize;
 mod diff;
 mod explain;
@@ -58,6 +60,8 @@ enum Command {
     /// allowed or denied (proven with cvc5), replayed decisions that flip. Exit 0,
     /// or 4 when the `--fail-on` gate is triggered.
     Diff(diff::DiffArgs),
+    /// Verify (`audit verify [DIR]`) or query (`audit query`) the decision log.
+    Audit(audit::AuditArgs),
 }
 
 /// Where the policies and schema are read from.
@@ -144,6 +148,7 @@ pub fn main() -> ExitCode {
         Command::Fmt(args) => fmt::run(args),
         Command::Test(args) => test::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Audit(args) => audit::run(args),
     };
     outcome.unwrap_or_else(|error| {
         if let Some(invalid) = error.downcast_ref::<LoadError>() {

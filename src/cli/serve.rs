@@ -1,6 +1,7 @@
 //! `cdap-authz serve`: the HTTP sidecar, with hot reload and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,6 +10,10 @@ use clap::Args;
 
 use super::ModelArgs;
 use crate::api::DEFAULT_MAX_BATCH;
+use crate::audit::{
+    AuditConfig, AuditLog, DEFAULT_CONTEXT_FIELDS, DEFAULT_DIR, DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_RETENTION_DAYS,
+};
 use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY};
 use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 
@@ -25,6 +30,56 @@ pub struct ServeArgs {
     /// Most requests in one batch.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    #[command(flatten)]
+    pub audit: AuditArgs,
+}
+
+/// The decision log.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Directory of the decision log (every decision, before its answer).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
+    pub audit_dir: PathBuf,
+    /// Serve without a decision log; decisions then leave no trace (contract T1).
+    #[arg(long, conflicts_with = "audit_fsync")]
+    pub no_audit: bool,
+    /// fdatasync each group commit, so an acknowledged record survives power loss.
+    #[arg(long)]
+    pub audit_fsync: bool,
+    /// Size at which a log file is rotated.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    pub audit_max_file_bytes: u64,
+    /// Days log files are kept; older files are deleted (T2: six months).
+    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_RETENTION_DAYS)]
+    pub audit_retention_days: u32,
+    /// Context fields recorded (comma separated); no other context is written.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', default_values = DEFAULT_CONTEXT_FIELDS)]
+    pub audit_context_fields: Vec<String>,
+}
+
+impl AuditArgs {
+    /// Starts the log, or says loudly that there is none.
+    fn start(&self) -> anyhow::Result<Option<AuditLog>> {
+        if self.no_audit {
+            tracing::warn!("--no-audit: the decision log is OFF; decisions leave no trace (contract T1 not met)");
+            return Ok(None);
+        }
+        let config = AuditConfig {
+            fsync: self.audit_fsync,
+            max_file_bytes: self.audit_max_file_bytes,
+            retention_days: self.audit_retention_days,
+            context_fields: self.audit_context_fields.clone(),
+            ..AuditConfig::new(&self.audit_dir)
+        };
+        let log = AuditLog::start(config).with_context(|| {
+            format!(
+                "cannot open the decision log in {}",
+                self.audit_dir.display()
+            )
+        })?;
+        tracing::info!(dir = %self.audit_dir.display(), fsync = self.audit_fsync, "decision log");
+        Ok(Some(log))
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -36,10 +91,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let state = Arc::new(AppState::new(Limits {
+        let mut state = AppState::new(Limits {
             max_body: args.max_body,
             max_batch: args.max_batch,
-        }));
+        });
+        state.audit = args.audit.start()?;
+        let state = Arc::new(state);
         let reloader = Arc::new(Reloader::new(
             args.model.sources(),
             args.model.time_attribute(),
@@ -57,7 +114,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.version.clone())
             .unwrap_or_default();
         tracing::info!(listen = %listener.local_addr()?, policy_version = %version, "serving");
-        http::serve(listener, state, shutdown_signal()).await?;
+        http::serve(listener, state.clone(), shutdown_signal()).await?;
+        if let Some(log) = &state.audit {
+            log.close();
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

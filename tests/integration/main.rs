@@ -1,6 +1,7 @@
 //! Integration tests: the bundled Cdap model served over real HTTP on 127.0.0.1,
 //! and the `cdap-authz` binary run as a process.
 
+mod audit;
 mod bad_input;
 mod cli;
 mod diff;

@@ -1,0 +1,161 @@
+//! The decision log (traceability, DOMAIN.md T1–T3): every decision is appended as
+//! one hash-chained JSON line before its response is sent.
+//!
+//! - [`record`]: the record, its canonical line and chained hash.
+//! - [`writer`]: the handle handlers share, and its leader/follower group commit.
+//! - [`rotate`]: file names, daily and size rotation, retention.
+//! - [`query`]: filters shared by `cdap-authz audit query` and `GET /v1/traces`.
+//! - [`verify`]: checks the chain and finds the first broken record.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cedar_policy::{Entities, EntityUid, EvalResult};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::api::{parse_entity_ref, AuthzRequest, AuthzResponse};
+
+pub mod query;
+pub mod record;
+pub mod rotate;
+pub mod verify;
+pub mod writer;
+
+pub use record::{Entry, Record};
+pub use writer::{Ack, AuditLog};
+
+/// Default directory of the log.
+pub const DEFAULT_DIR: &str = "./audit";
+/// Default size at which a file is rotated.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+/// Default retention: six months (T2).
+pub const DEFAULT_RETENTION_DAYS: u32 = 183;
+/// Context fields recorded by default: the purpose and the data categories.
+pub const DEFAULT_CONTEXT_FIELDS: &[&str] = &["mission", "categories"];
+
+/// The current time, injectable for tests of rotation and retention.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// How the log is kept.
+#[derive(Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    /// `fdatasync` after each group commit (power-loss durability).
+    pub fsync: bool,
+    pub max_file_bytes: u64,
+    pub retention_days: u32,
+    pub context_fields: Vec<String>,
+    pub clock: Clock,
+}
+
+impl AuditConfig {
+    /// The defaults, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            fsync: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            retention_days: DEFAULT_RETENTION_DAYS,
+            context_fields: DEFAULT_CONTEXT_FIELDS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{0}: no whole record found at the end of the file")]
+    NoTail(PathBuf),
+    #[error("the audit log is closed")]
+    Closed,
+}
+
+impl AuditError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        AuditError::Io {
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// What one decision leaves in the log: who, what, which file, for what purpose,
+/// the outcome and why.
+pub struct Decided<'a> {
+    pub request: &'a AuthzRequest,
+    pub response: &'a AuthzResponse,
+    pub entities: &'a Entities,
+    pub time: DateTime<Utc>,
+    pub latency_us: u64,
+}
+
+impl Decided<'_> {
+    pub fn entry(&self, context_fields: &[String]) -> Entry {
+        let principal = parse_entity_ref("principal", &self.request.principal).ok();
+        let resource = parse_entity_ref("resource", &self.request.resource).ok();
+        let attr = |uid: &Option<EntityUid>, name: &str| {
+            uid.as_ref()
+                .and_then(|u| entity_attr(self.entities, u, name))
+        };
+        let partner = attr(&principal, "partner").or_else(|| attr(&resource, "partner"));
+        let caf = attr(&resource, "caf")
+            .or_else(|| partner.as_ref().and_then(|p| caf_of(self.entities, p)))
+            .or_else(|| attr(&principal, "caf"));
+        let context = self.request.context.as_ref().map_or_else(Map::new, |c| {
+            context_fields
+                .iter()
+                .filter_map(|f| c.get(f).map(|v| (f.clone(), v.clone())))
+                .collect()
+        });
+        Entry {
+            time: self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
+            decision_id: self.response.decision_id.clone(),
+            principal: describe(principal.as_ref(), &self.request.principal),
+            action: describe(
+                parse_entity_ref("action", &self.request.action)
+                    .ok()
+                    .as_ref(),
+                &self.request.action,
+            ),
+            resource: describe(resource.as_ref(), &self.request.resource),
+            partner: partner.map(|p| p.id().unescaped().to_owned()),
+            caf: caf.map(|c| c.id().unescaped().to_owned()),
+            context,
+            decision: self.response.decision.as_str().to_owned(),
+            reason: self.response.diagnostics.reason.clone(),
+            errors: self.response.diagnostics.errors.clone(),
+            policy_version: self.response.policy_version.clone(),
+            latency_us: self.latency_us,
+        }
+    }
+}
+
+fn describe(uid: Option<&EntityUid>, raw: &Value) -> String {
+    uid.map_or_else(|| raw.to_string(), ToString::to_string)
+}
+
+/// A stored entity's attribute that is itself an entity.
+fn entity_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EntityUid> {
+    match entities.get(uid)?.attr(name)? {
+        Ok(EvalResult::EntityUid(target)) => Some(target),
+        _ => None,
+    }
+}
+
+/// The `Caf` a partner belongs to.
+fn caf_of(entities: &Entities, partner: &EntityUid) -> Option<EntityUid> {
+    entities
+        .ancestors(partner)?
+        .find(|a| a.type_name().basename() == "Caf")
+        .cloned()
+}

@@ -1,0 +1,394 @@
+//! The group-commit writer: request handlers queue their record and wait for an
+//! acknowledgement before they answer; whoever finds no write in progress becomes
+//! the leader and writes for everyone queued (leader/follower group commit).
+//!
+//! The leader takes everything queued, chains the records in order, writes them
+//! with one `write_all` (split only where a rotation falls), optionally
+//! `fdatasync`s once, acknowledges them all, and repeats until the queue is empty.
+//! Followers never wait on a lock held during I/O: they push to the queue (a
+//! short lock, no I/O) and await a oneshot. At most one thread does log I/O at a
+//! time; when nobody else is deciding, a handler writes its own record inline,
+//! with no hand-off to another thread. The leader's write (and, with
+//! `--audit-fsync`, its `fdatasync`) runs on the leader's runtime thread; the
+//! other threads keep deciding and queueing meanwhile.
+//!
+//! On a write error every entry of the batch is acknowledged with the error (the
+//! handler answers Deny; a part of the batch written before a failed rotation stays
+//! in the log), the file is cut back to its last whole record, the chain resumes
+//! from the last record written, and the log is marked unhealthy. The next batch
+//! reopens the file and tries again; the log is healthy again after a successful
+//! write.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use super::record::{parse_line, Entry, GENESIS};
+use super::rotate::{apply_retention, segments, Segment};
+use super::{AuditConfig, AuditError};
+
+/// How much of the newest file is read at startup to find the last record.
+const TAIL_BYTES: u64 = 1 << 20;
+
+type AckSender = oneshot::Sender<Result<(), AuditError>>;
+
+/// Whether the last write succeeded, and why not.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<Option<String>>);
+
+impl Health {
+    /// The reason the log is unavailable, if it is.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+
+    fn set(&self, failure: Option<String>) {
+        *lock(&self.0) = failure;
+    }
+}
+
+/// Records waiting for a leader, and whether one is at work.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<(Entry, AckSender)>,
+    leading: bool,
+    closed: bool,
+}
+
+/// The handle request handlers share.
+pub struct AuditLog {
+    queue: Mutex<Queue>,
+    /// Locked only by the leader (and by `close`).
+    writer: Mutex<Writer>,
+    health: Health,
+    context_fields: Vec<String>,
+    dir: PathBuf,
+}
+
+/// An acknowledgement to wait for.
+pub struct Ack(Result<oneshot::Receiver<Result<(), AuditError>>, AuditError>);
+
+impl Ack {
+    /// Completes once the record is in the file (or could not be written).
+    pub async fn wait(self) -> Result<(), AuditError> {
+        self.0?.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere; the data is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AuditLog {
+    /// Opens (or continues) the log in `config.dir` and deletes expired files.
+    pub fn start(config: AuditConfig) -> Result<Self, AuditError> {
+        let context_fields = config.context_fields.clone();
+        let dir = config.dir.clone();
+        Ok(Self {
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Writer::open(config)?),
+            health: Health::default(),
+            context_fields,
+            dir,
+        })
+    }
+
+    /// Queues one entry (and writes the queue if no write is in progress); await
+    /// the returned [`Ack`] before answering.
+    pub fn submit(&self, entry: Entry) -> Ack {
+        self.submit_all(vec![entry])
+            .pop()
+            .expect("one ack per entry")
+    }
+
+    /// Queues entries as one group, in order; one [`Ack`] per entry.
+    pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack> {
+        let mut acks = Vec::with_capacity(entries.len());
+        let lead = {
+            let mut queue = lock(&self.queue);
+            if queue.closed {
+                return entries
+                    .iter()
+                    .map(|_| Ack(Err(AuditError::Closed)))
+                    .collect();
+            }
+            for entry in entries {
+                let (ack, done) = oneshot::channel();
+                queue.pending.push((entry, ack));
+                acks.push(Ack(Ok(done)));
+            }
+            !acks.is_empty() && !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        acks
+    }
+
+    /// Writes batches until the queue is empty.
+    fn lead(&self) {
+        let _unstuck = Leading(&self.queue);
+        loop {
+            let batch = {
+                let mut queue = lock(&self.queue);
+                if queue.pending.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            lock(&self.writer).commit(batch, &self.health);
+        }
+    }
+
+    /// The reason the log cannot be written, if the last write failed.
+    pub fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    /// The context fields recorded.
+    pub fn context_fields(&self) -> &[String] {
+        &self.context_fields
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Refuses new entries, waits for the batch being written, syncs and closes
+    /// the file. Later entries get [`AuditError::Closed`].
+    pub fn close(&self) {
+        lock(&self.queue).closed = true;
+        lock(&self.writer).close();
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Should a leader panic, lets the next entry elect a new one, and refuses (drops
+/// the acks of) what was queued, so no handler waits forever.
+struct Leading<'a>(&'a Mutex<Queue>);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = lock(self.0);
+            queue.leading = false;
+            queue.pending.clear();
+        }
+    }
+}
+
+/// The leader's state: the open file and the end of the chain.
+struct Writer {
+    config: AuditConfig,
+    closed: bool,
+    segment: Segment,
+    file: Option<File>,
+    /// Bytes of `segment` known to hold whole records.
+    size: u64,
+    seq: u64,
+    last_hash: String,
+    /// `seq` and `last_hash` as of the last record written to a file.
+    written: (u64, String),
+}
+
+/// The end of the chain found in existing files.
+struct Tail {
+    seq: u64,
+    last_hash: String,
+    /// The newest file can be appended to (it ends with a whole line).
+    clean: bool,
+}
+
+impl Writer {
+    fn open(config: AuditConfig) -> Result<Self, AuditError> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|source| AuditError::io(config.dir.clone(), source))?;
+        let today = (config.clock)().date_naive();
+        apply_retention(&config.dir, today, config.retention_days)?;
+        let existing = segments(&config.dir)?;
+        let tail = find_tail(&existing)?;
+        let segment = match existing.last() {
+            Some(newest) if tail.clean && newest.day == today => newest.clone(),
+            Some(newest) => newest.next(&config.dir, today),
+            None => Segment::new(&config.dir, today, 0),
+        };
+        let mut writer = Self {
+            config,
+            closed: false,
+            segment,
+            file: None,
+            size: 0,
+            seq: tail.seq,
+            last_hash: tail.last_hash.clone(),
+            written: (tail.seq, tail.last_hash),
+        };
+        writer.reopen()?;
+        Ok(writer)
+    }
+
+    /// Writes one batch and acknowledges every entry of it.
+    fn commit(&mut self, batch: Vec<(Entry, AckSender)>, health: &Health) {
+        let (entries, acks): (Vec<Entry>, Vec<AckSender>) = batch.into_iter().unzip();
+        let result = self.write(entries);
+        if let Err(error) = &result {
+            tracing::error!(%error, "audit log unavailable");
+            health.set(Some(error.to_string()));
+        } else {
+            health.set(None);
+        }
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+
+    fn write(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        let result = self.write_chained(entries);
+        if result.is_err() {
+            (self.seq, self.last_hash) = self.written.clone();
+            if let Some(file) = self.file.take() {
+                let _ = file.set_len(self.size);
+            }
+        }
+        result
+    }
+
+    fn write_chained(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+        if self.closed {
+            return Err(AuditError::Closed);
+        }
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        let mut buffer = String::new();
+        for entry in entries {
+            let record = entry.into_record(self.seq, self.last_hash.clone());
+            let (line, hash) = record.to_line();
+            if self.needs_rotation(buffer.len() as u64, line.len() as u64 + 1) {
+                self.flush(&buffer)?;
+                buffer.clear();
+                self.rotate()?;
+            }
+            buffer.push_str(&line);
+            buffer.push('\n');
+            self.seq += 1;
+            self.last_hash = hash;
+        }
+        self.flush(&buffer)
+    }
+
+    /// A new file is due on a new day, or when the line would take the file over
+    /// its size limit (a file always takes at least one line).
+    fn needs_rotation(&self, buffered: u64, line: u64) -> bool {
+        let today = (self.config.clock)().date_naive();
+        let used = self.size + buffered;
+        today != self.segment.day || (used > 0 && used + line > self.config.max_file_bytes)
+    }
+
+    /// Writes whole lines and, with `--audit-fsync`, syncs them.
+    fn flush(&mut self, buffer: &str) -> Result<(), AuditError> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let path = self.segment.path.clone();
+        let io = |source| AuditError::io(path.clone(), source);
+        let file = self.file.as_mut().ok_or(AuditError::Closed)?;
+        file.write_all(buffer.as_bytes()).map_err(io)?;
+        if self.config.fsync {
+            file.sync_data().map_err(io)?;
+        }
+        self.size += buffer.len() as u64;
+        self.written = (self.seq, self.last_hash.clone());
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), AuditError> {
+        let today = (self.config.clock)().date_naive();
+        self.segment = self.segment.next(&self.config.dir, today);
+        self.reopen()?;
+        match apply_retention(&self.config.dir, today, self.config.retention_days) {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(count = deleted.len(), "expired audit files deleted");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "audit retention failed"),
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self) -> Result<(), AuditError> {
+        let path = &self.segment.path;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| AuditError::io(path.clone(), source))?;
+        self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        if let Some(file) = self.file.take() {
+            if let Err(error) = file.sync_all() {
+                tracing::warn!(%error, "cannot sync the audit log on close");
+            }
+        }
+    }
+}
+
+/// The end of the chain: the last whole record of the newest non-empty file.
+fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
+    let mut clean = true;
+    for (n, segment) in existing.iter().enumerate().rev() {
+        let (text, length) = read_end(&segment.path)?;
+        if n + 1 == existing.len() {
+            clean = text.is_empty() || text.ends_with('\n');
+        }
+        if length == 0 {
+            continue;
+        }
+        let parsed = text
+            .lines()
+            .rev()
+            .find_map(|line| parse_line(line).ok())
+            .ok_or_else(|| AuditError::NoTail(segment.path.clone()))?;
+        return Ok(Tail {
+            seq: parsed.record.seq + 1,
+            last_hash: parsed.claimed_hash,
+            clean,
+        });
+    }
+    Ok(Tail {
+        seq: 0,
+        last_hash: GENESIS.to_owned(),
+        clean,
+    })
+}
+
+/// The last [`TAIL_BYTES`] of a file, and its length.
+fn read_end(path: &Path) -> Result<(String, u64), AuditError> {
+    let io = |source| AuditError::io(path.to_owned(), source);
+    let mut file = File::open(path).map_err(io)?;
+    let length = file.metadata().map_err(io)?.len();
+    let start = length.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(length - start)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), length))
+}

@@ -1,0 +1,127 @@
+//! Reading the decision log over HTTP (`GET /v1/traces`, DOMAIN.md T3): the query
+//! parameters, and the `read_traces` requests that decide which partners' traces
+//! the caller may see. The caller is named by the `X-Cdap-Principal` header (the
+//! Cdap backend vouches for the authenticated user), e.g. `User::"mau-admin"`.
+
+use cedar_policy::{EntityUid, EvalResult};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::api::{parse_entity_ref, AuthzRequest, RequestError};
+use crate::audit::query::Filter;
+use crate::snapshot::Snapshot;
+
+/// The header naming the caller.
+pub const CALLER_HEADER: &str = "x-cdap-principal";
+/// Records returned when the request sets no `limit`.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most records one request may ask for.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A parsed `GET /v1/traces` request.
+#[derive(Debug, Clone)]
+pub struct TraceQuery {
+    pub caller: EntityUid,
+    /// The partner whose traces are asked for; `None`: all the caller may read.
+    pub partner: Option<String>,
+    pub filter: Filter,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraceQueryError {
+    #[error("missing the {CALLER_HEADER} header naming the caller")]
+    NoCaller,
+    #[error(transparent)]
+    Caller(#[from] RequestError),
+    #[error("query parameter `{name}`: {reason}")]
+    Param { name: String, reason: String },
+}
+
+impl TraceQuery {
+    /// Parses the caller header and the query string.
+    pub fn parse(caller: Option<&str>, query: Option<&str>) -> Result<Self, TraceQueryError> {
+        let caller = caller.ok_or(TraceQueryError::NoCaller)?;
+        let caller = parse_entity_ref("principal", &Value::String(caller.to_owned()))?;
+        let mut parsed = Self {
+            caller,
+            partner: None,
+            filter: Filter::default(),
+            limit: DEFAULT_LIMIT,
+        };
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            parsed.set(&name, value.into_owned())?;
+        }
+        Ok(parsed)
+    }
+
+    fn set(&mut self, name: &str, value: String) -> Result<(), TraceQueryError> {
+        let bad = |reason: String| TraceQueryError::Param {
+            name: name.to_owned(),
+            reason,
+        };
+        let time = |v: &str| {
+            v.parse::<DateTime<Utc>>()
+                .map_err(|e| bad(format!("`{v}` is not an RFC 3339 time: {e}")))
+        };
+        match name {
+            "partner" => self.partner = Some(value),
+            "principal" => self.filter.principal = Some(value),
+            "resource" => self.filter.resource = Some(value),
+            "decision" => self.filter.decision = Some(value),
+            "since" => self.filter.since = Some(time(&value)?),
+            "until" => self.filter.until = Some(time(&value)?),
+            "limit" => {
+                self.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| bad(format!("expected 1 to {MAX_LIMIT}, got `{value}`")))?;
+            }
+            _ => return Err(bad("unknown parameter".into())),
+        }
+        Ok(())
+    }
+}
+
+/// One `read_traces` request per partner whose traces are asked for: the one
+/// named, else the caller's own partner, else every partner with traces.
+pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, AuthzRequest)> {
+    let own = snapshot
+        .entities
+        .get(&query.caller)
+        .and_then(|e| e.attr("partner"))
+        .and_then(|a| match a {
+            Ok(EvalResult::EntityUid(p)) => Some(p.id().unescaped().to_owned()),
+            _ => None,
+        });
+    let wanted = query.partner.clone().or(own);
+    snapshot
+        .entities
+        .iter()
+        .filter(|e| e.uid().type_name().basename() == "Trace")
+        .filter_map(|trace| {
+            let partner = match trace.attr("partner")? {
+                Ok(EvalResult::EntityUid(p)) => p.id().unescaped().to_owned(),
+                _ => return None,
+            };
+            let asked = wanted.as_ref().is_none_or(|w| *w == partner);
+            asked.then(|| (partner, read_request(&query.caller, &trace.uid())))
+        })
+        .collect()
+}
+
+fn read_request(caller: &EntityUid, trace: &EntityUid) -> AuthzRequest {
+    AuthzRequest {
+        principal: Value::String(caller.to_string()),
+        action: json!("Action::\"read_traces\""),
+        resource: Value::String(trace.to_string()),
+        context: Some(
+            json!({"authentication": "password"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        entities: None,
+    }
+}

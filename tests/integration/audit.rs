@@ -1,0 +1,552 @@
+//! The decision log: one record per answered decision, Deny when it cannot be
+//! written, a hash chain that `verify` checks, rotation and retention, and trace
+//! reading by role (DOMAIN.md T1–T3).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdap_authz::audit::query::{query, Filter};
+use cdap_authz::audit::rotate::segments;
+use cdap_authz::audit::verify::{verify, Break, Verified};
+use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Record};
+use cdap_authz::http::{AppState, Limits};
+use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use chrono::{DateTime, Duration as Days, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::util::{allowed_consultation, bundled_sources, consult, repo, Server};
+
+/// A sidecar serving the bundled model with a decision log.
+fn audited(config: AuditConfig) -> Server {
+    let snapshot =
+        Snapshot::load(&bundled_sources(), DEFAULT_TIME_ATTRIBUTE).expect("bundled model loads");
+    let state = AppState::new(Limits::default()).with_audit(AuditLog::start(config).unwrap());
+    state.install(Arc::new(snapshot));
+    Server::serve(Arc::new(state))
+}
+
+fn records(dir: &Path) -> Vec<Record> {
+    query(dir, &Filter::default(), usize::MAX).unwrap().records
+}
+
+#[track_caller]
+fn verified(dir: &Path) -> Verified {
+    match verify(dir).unwrap() {
+        Ok(verified) => verified,
+        Err((path, line, why)) => panic!("{}:{line}: {why}", path.display()),
+    }
+}
+
+fn decision_id(body: &Value) -> String {
+    body["decision_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn concurrent_decisions_each_leave_one_record_with_their_decision_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let answered: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|worker| {
+                let server = &server;
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|n| {
+                            let mut request = allowed_consultation();
+                            if (worker + n) % 3 == 0 {
+                                request["resource"] =
+                                    json!({"type": "File", "id": "dossier-33-0001"});
+                            }
+                            let (status, body) = server.post("/v1/is_authorized", &request);
+                            assert_eq!(status, 200, "{body}");
+                            decision_id(&body)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let batch = json!({"requests": vec![allowed_consultation(); 10]});
+    let (status, body) = server.post("/v1/batch_is_authorized", &batch);
+    assert_eq!(status, 200, "{body}");
+    let batch_ids: Vec<String> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(decision_id)
+        .collect();
+    let expected: HashSet<String> = answered.into_iter().chain(batch_ids).collect();
+    assert_eq!(expected.len(), 110);
+    let logged = records(dir.path());
+    assert_eq!(logged.len(), 110, "one record per decision");
+    let logged_ids: HashSet<String> = logged.iter().map(|r| r.decision_id.clone()).collect();
+    assert_eq!(logged_ids, expected);
+    assert_eq!(verified(dir.path()).records, 110);
+}
+
+#[test]
+fn a_record_says_who_what_which_file_why_and_keeps_only_the_chosen_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let (_, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    let line = std::fs::read_to_string(&segments(dir.path()).unwrap()[0].path).unwrap();
+    let record = &records(dir.path())[0];
+    assert_eq!(record.decision_id, decision_id(&body));
+    assert_eq!(record.principal, r#"User::"mau-t2""#);
+    assert_eq!(record.action, r#"Action::"consult_file""#);
+    assert_eq!(record.resource, r#"File::"dossier-59-0004""#);
+    assert_eq!(record.partner.as_deref(), Some("ville-maubeuge"));
+    assert_eq!(record.caf.as_deref(), Some("caf-nord"));
+    assert_eq!(record.decision, "Allow");
+    assert_eq!(record.reason, vec!["P3-T2-prestataire-service-social"]);
+    assert_eq!(record.policy_version, body["policy_version"]);
+    let keys: Vec<&str> = record.context.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["mission", "categories"]);
+    assert_eq!(record.context["categories"], json!(["quotient_familial"]));
+    for secret in ["authentication", "habilitation", "mau-t2-01"] {
+        assert!(!line.contains(secret), "{secret} written: {line}");
+    }
+}
+
+#[test]
+fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().format("%Y-%m-%d");
+    let file = dir.path().join(format!("decisions-{today}.000.jsonl"));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let (status, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    assert_eq!(status, 200);
+    assert_eq!(body["decision"], "Deny", "{body}");
+    let error = body["diagnostics"]["errors"][0].as_str().unwrap();
+    assert!(error.starts_with("audit log unavailable: "), "{error}");
+    let batch = json!({"requests": [allowed_consultation()]});
+    let (_, body) = server.post("/v1/batch_is_authorized", &batch);
+    assert_eq!(body["results"][0]["decision"], "Deny", "{body}");
+    let (status, ready) = server.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("audit_unavailable"), "{ready}");
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("cdap_authz_audit_write_failures_total 2"),
+        "{metrics}"
+    );
+    // Space again: the next write succeeds and the log is healthy again.
+    std::fs::remove_file(&file).unwrap();
+    let (_, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    assert_eq!(body["decision"], "Allow", "{body}");
+    assert_eq!(server.get("/readyz").0, 200);
+    assert_eq!(records(dir.path())[0].decision_id, decision_id(&body));
+    verified(dir.path());
+}
+
+fn entry(n: usize) -> Entry {
+    Entry {
+        time: format!("2026-11-23T00:00:{n:02}.000000Z"),
+        decision_id: format!("id-{n}"),
+        principal: r#"User::"mau-t1""#.into(),
+        action: r#"Action::"consult_file""#.into(),
+        resource: r#"File::"dossier-59-0001""#.into(),
+        partner: Some("ville-maubeuge".into()),
+        caf: Some("caf-nord".into()),
+        context: Map::new(),
+        decision: "Allow".into(),
+        reason: vec!["P2-T1-action-sociale".into()],
+        errors: vec![],
+        policy_version: "sha256:test".into(),
+        latency_us: 10,
+    }
+}
+
+/// Appends entries as one group commit (split where a rotation falls), and waits.
+fn write_entries(log: &AuditLog, range: std::ops::Range<usize>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let acks = log.submit_all(range.map(entry).collect());
+    for ack in acks {
+        runtime.block_on(ack.wait()).unwrap();
+    }
+}
+
+/// A log of five records in one file, and that file's lines.
+fn five_records() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    write_entries(&log, 0..5);
+    log.close();
+    let path = segments(dir.path()).unwrap()[0].path.clone();
+    let lines = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (dir, path, lines)
+}
+
+#[track_caller]
+fn broken_at(path: &Path, lines: &[String]) -> (usize, Break) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    match verify(path.parent().unwrap()).unwrap() {
+        Ok(verified) => panic!("tampering not detected: {verified:?}"),
+        Err((_, line, why)) => (line, why),
+    }
+}
+
+#[test]
+fn editing_deleting_or_swapping_a_line_fails_verify_at_that_line() {
+    let (dir, path, lines) = five_records();
+    assert_eq!(verified(dir.path()).records, 5);
+
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace("\"Allow\"", "\"Deny\"");
+    assert_eq!(broken_at(&path, &edited), (3, Break::Altered));
+
+    let mut deleted = lines.clone();
+    deleted.remove(2);
+    assert!(matches!(
+        broken_at(&path, &deleted),
+        (
+            3,
+            Break::OutOfChain {
+                expected_seq: 2,
+                found_seq: 3
+            }
+        )
+    ));
+
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    assert!(matches!(
+        broken_at(&path, &swapped),
+        (
+            2,
+            Break::OutOfChain {
+                expected_seq: 1,
+                found_seq: 2
+            }
+        )
+    ));
+
+    let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .args(["audit", "verify"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(".jsonl:2: record removed or reordered"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn size_rotation_and_restarts_keep_one_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuditConfig {
+        max_file_bytes: 1200,
+        ..AuditConfig::new(dir.path())
+    };
+    let log = AuditLog::start(config.clone()).unwrap();
+    write_entries(&log, 0..10);
+    drop(log);
+    let log = AuditLog::start(config).unwrap();
+    write_entries(&log, 10..14);
+    drop(log);
+    let files = segments(dir.path()).unwrap();
+    assert!(files.len() >= 5, "{files:?}");
+    let verified = verified(dir.path());
+    assert_eq!(verified.records, 14);
+    let seqs: Vec<u64> = records(dir.path()).iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (0..14).collect::<Vec<u64>>());
+    // Removing a whole file in the middle breaks the chain at the next file.
+    std::fs::remove_file(&files[2].path).unwrap();
+    let (path, line, _) = verify(dir.path()).unwrap().unwrap_err();
+    assert_eq!((path, line), (files[3].path.clone(), 1));
+}
+
+fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) {
+    let now = Arc::new(AtomicI64::new(start.timestamp()));
+    let read = now.clone();
+    let clock = Arc::new(move || DateTime::from_timestamp(read.load(Ordering::SeqCst), 0).unwrap());
+    (now, clock)
+}
+
+#[test]
+fn a_new_day_starts_a_new_file_and_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let start: DateTime<Utc> = "2026-11-23T23:59:00Z".parse().unwrap();
+    let (now, clock) = clock_at(start);
+    let log = AuditLog::start(AuditConfig {
+        clock,
+        ..AuditConfig::new(dir.path())
+    })
+    .unwrap();
+    write_entries(&log, 0..3);
+    now.fetch_add(120, Ordering::SeqCst);
+    write_entries(&log, 3..6);
+    drop(log);
+    let names: Vec<String> = segments(dir.path())
+        .unwrap()
+        .iter()
+        .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "decisions-2026-11-23.000.jsonl",
+            "decisions-2026-11-24.000.jsonl"
+        ]
+    );
+    assert_eq!(verified(dir.path()).records, 6);
+}
+
+#[test]
+fn retention_deletes_only_expired_log_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let today: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+    let day = |back: i64| (today - Days::days(back)).format("%Y-%m-%d").to_string();
+    let name = |back: i64| format!("decisions-{}.000.jsonl", day(back));
+    for file in [
+        name(200),
+        name(184),
+        name(183),
+        name(10),
+        "notes-2020-01-01.txt".into(),
+    ] {
+        std::fs::write(dir.path().join(file), "").unwrap();
+    }
+    let (_, clock) = clock_at(today);
+    let log = AuditLog::start(AuditConfig {
+        clock,
+        ..AuditConfig::new(dir.path())
+    })
+    .unwrap();
+    write_entries(&log, 0..1);
+    drop(log);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut expected = vec![
+        name(183),
+        name(10),
+        name(0),
+        "notes-2020-01-01.txt".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
+fn traces_as(server: &Server, caller: Option<&str>, query: &str) -> (u16, Value) {
+    let mut request = ureq::get(&server.url(&format!("/v1/traces{query}")));
+    if let Some(caller) = caller {
+        request = request.set("x-cdap-principal", &format!("User::\"{caller}\""));
+    }
+    match request.call() {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+fn partners_seen(body: &Value) -> HashSet<String> {
+    body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["partner"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let maubeuge = decision_id(&server.post("/v1/is_authorized", &allowed_consultation()).1);
+    let bouscat = consult(
+        "bou-t2a",
+        "bou-t2-01",
+        "bouscat-restauration-qf",
+        &["quotient_familial"],
+        "dossier-33-0001",
+    );
+    server.post("/v1/is_authorized", &bouscat);
+    let departement = consult(
+        "dep-t18",
+        "dep-t18-01",
+        "departement-rsa-contentieux",
+        &["rsa"],
+        "dossier-59-0002",
+    );
+    server.post("/v1/is_authorized", &departement);
+
+    for manager in ["mau-admin", "mau-deputy"] {
+        let (status, body) = traces_as(&server, Some(manager), "");
+        assert_eq!(status, 200, "{manager}: {body}");
+        assert_eq!(
+            partners_seen(&body),
+            HashSet::from(["ville-maubeuge".to_owned()])
+        );
+        assert!(body.to_string().contains(&maubeuge), "{body}");
+    }
+    let (status, body) = traces_as(&server, Some("caf-nord-traces"), "?limit=1000");
+    assert_eq!(status, 200, "{body}");
+    let seen = partners_seen(&body);
+    assert!(
+        seen.contains("ville-maubeuge") && seen.contains("departement-nord"),
+        "{seen:?}"
+    );
+    assert!(!seen.contains("mairie-bouscat"), "{seen:?}");
+    let (status, body) = traces_as(
+        &server,
+        Some("caf-nord-traces"),
+        "?partner=departement-nord&decision=allow",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        partners_seen(&body),
+        HashSet::from(["departement-nord".to_owned()])
+    );
+
+    for (caller, query) in [
+        ("mau-t1", ""),
+        ("mau-manager", ""),
+        ("caf-nord-agent", ""),
+        ("caf-nord-traces", "?partner=mairie-bouscat"),
+        ("bou-admin", "?partner=ville-maubeuge"),
+    ] {
+        let (status, body) = traces_as(&server, Some(caller), query);
+        assert_eq!(status, 403, "{caller}{query}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    assert_eq!(traces_as(&server, None, "").0, 400);
+    assert_eq!(
+        traces_as(&server, Some("mau-admin"), "?since=yesterday").0,
+        400
+    );
+}
+
+/// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`, and
+/// returns the process (stderr still piped, so its writes never block) and address.
+fn spawn_serve(dir: &Path) -> (Child, BufReader<ChildStderr>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .current_dir(repo("."))
+        .args(["serve", "--listen", "127.0.0.1:0", "--audit-dir"])
+        .arg(dir)
+        .env("CDAP_AUTHZ_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before serving"
+        );
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (child, stderr, addr)
+}
+
+#[test]
+fn sigterm_closes_the_log_with_every_answered_decision_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _stderr, addr) = spawn_serve(dir.path());
+    let url = format!("http://{addr}/v1/is_authorized");
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            let reply = ureq::post(&url).send_json(allowed_consultation()).unwrap();
+            decision_id(&reply.into_json().unwrap())
+        })
+        .collect();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let logged: Vec<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    assert_eq!(logged, ids);
+    verified(dir.path());
+}
+
+#[test]
+fn kill_9_under_load_loses_no_answered_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _stderr, addr) = spawn_serve(dir.path());
+    let url = format!("http://{addr}/v1/is_authorized");
+    let killed = AtomicBool::new(false);
+    let answered: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                let (url, killed) = (&url, &killed);
+                scope.spawn(move || {
+                    let mut ids = Vec::new();
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while !killed.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        let reply = ureq::post(url)
+                            .timeout(Duration::from_secs(2))
+                            .send_json(allowed_consultation());
+                        match reply {
+                            Ok(r) => ids.push(decision_id(&r.into_json().unwrap())),
+                            Err(_) => break,
+                        }
+                    }
+                    ids
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(1500));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        killed.store(true, Ordering::SeqCst);
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    assert!(
+        answered.len() > 10,
+        "too few answers under load: {}",
+        answered.len()
+    );
+    let logged: HashSet<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    let lost: Vec<&String> = answered.iter().filter(|id| !logged.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered decisions not in the log: {lost:?}",
+        lost.len(),
+        answered.len()
+    );
+    verified(dir.path());
+}
