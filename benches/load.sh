@@ -40,7 +40,7 @@ expect_decision() { # url body expected-substring
 
 load() { # name url body [rate] → one line: name req/s p50 p99 (ms), all 2xx
   local name=$1 url=$2 body=$3 rate=${4:-}
-  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate"} --no-tui \
+  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} --no-tui \
     --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
   python3 - "$OUT/$name.json" "$name" <<'PY'
 import json, sys
@@ -68,7 +68,7 @@ expect_decision http://127.0.0.1:8180/v1/is_authorized "$REQUEST" '"decision":"A
 load constant-endpoint http://127.0.0.1:8181/v1/is_authorized "$REQUEST"
 load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
 HALF=$(( $(rps cdap-authz) / 2 ))
-load "cdap-authz@${HALF}req/s" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF"
+load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF"
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 kill "${PIDS[@]}"; PIDS=()
 

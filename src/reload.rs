@@ -187,6 +187,9 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
     let events = triggers.clone();
     let watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reading a file (as every reload does) is not a change: without this,
+            // each reload's own reads would schedule the next one.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
             Ok(event) => {
                 let _ = events.send(Trigger::Changed(event.paths));
             }

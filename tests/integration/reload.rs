@@ -290,3 +290,24 @@ fn fifty_reloads_under_load_lose_no_request() {
     assert!(seen.is_subset(&installed), "{seen:?} vs {installed:?}");
     assert_eq!(seen.len(), 2, "requests saw {seen:?}");
 }
+
+#[test]
+fn a_reload_does_not_trigger_the_next_one() {
+    // A reload reads every model file; those reads must not count as changes.
+    let live = Live::copy_of_bundled_model(true);
+    let watch = live._watch.as_ref().unwrap();
+    watch.force_reload();
+    let unchanged = |live: &Live| {
+        let metrics = live.server.get("/metrics").1;
+        metrics
+            .lines()
+            .find(|l| l.starts_with(r#"cdap_authz_reloads_total{outcome="unchanged"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    within(Duration::from_secs(2), "the forced reload", || {
+        unchanged(&live) == 1
+    });
+    std::thread::sleep(DEBOUNCE * 10);
+    assert_eq!(unchanged(&live), 1, "reloads went on with no file change");
+}
