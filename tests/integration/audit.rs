@@ -3,9 +3,9 @@
 //! reading by role (DOMAIN.md T1–T3).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{Child, ChildStderr, Command};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use chrono::{DateTime, Duration as Days, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::util::{allowed_consultation, bundled_sources, consult, repo, Server};
+use crate::util::{allowed_consultation, bundled_sources, consult, Server};
 
 /// A sidecar serving the bundled model with a decision log.
 fn audited(config: AuditConfig) -> Server {
@@ -438,30 +438,9 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
     );
 }
 
-/// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`, and
-/// returns the process (stderr still piped, so its writes never block) and address.
+/// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`.
 fn spawn_serve(dir: &Path) -> (Child, BufReader<ChildStderr>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
-        .current_dir(repo("."))
-        .args(["serve", "--listen", "127.0.0.1:0", "--audit-dir"])
-        .arg(dir)
-        .env("CDAP_AUTHZ_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before serving"
-        );
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (child, stderr, addr)
+    crate::util::spawn_serve(&[Path::new("--audit-dir").as_os_str(), dir.as_os_str()])
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! The binary: `authorize` exit codes, model errors, and `serve` with SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::repo;
+use crate::util::{repo, spawn_serve};
 
 fn cdap_authz() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdap-authz"));
@@ -72,24 +72,9 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
 
 #[test]
 fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
-    let mut child = cdap_authz()
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("CDAP_AUTHZ_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited before serving"
-        );
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let log = tempfile::tempdir().unwrap();
+    let (mut child, _stderr, addr) =
+        spawn_serve(&[Path::new("--audit-dir").as_os_str(), log.path().as_os_str()]);
     let ready = ureq::get(&format!("http://{addr}/readyz")).call().unwrap();
     assert_eq!(ready.status(), 200);
     // SIGHUP forces a reload; the files are unchanged, so the same version stays.

@@ -1,7 +1,9 @@
 //! A sidecar on a port-0 listener, with a small blocking HTTP client.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -225,4 +227,33 @@ pub fn act(principal: &str, action: &str, resource: Value) -> Value {
 
 pub fn entity(type_name: &str, id: &str) -> Value {
     json!({"type": type_name, "id": id})
+}
+
+/// Runs `cdap-authz serve --listen 127.0.0.1:0 ARGS…` from the repository root and
+/// returns the process, its stderr (still piped, so its writes never block) and the
+/// address it listens on.
+pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (Child, BufReader<ChildStderr>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .current_dir(repo("."))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("CDAP_AUTHZ_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited before serving"
+        );
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (child, stderr, addr)
 }
