@@ -137,11 +137,18 @@ fn chain_hash(prev: &str, canonical: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
     hasher.update(canonical.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+/// Lower-case hex, without a formatting call per byte (this runs once per record).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    text
 }
 
 #[cfg(test)]
