@@ -11,6 +11,9 @@ use super::semantic::{Direction, Example, SemanticDiff, Verdict};
 use super::structural::{Change, PolicyChange, StructuralDiff};
 use super::Report;
 
+/// Undecided replayed requests listed by name (all are in the JSON report).
+const MAX_UNDECIDED_SHOWN: usize = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
@@ -239,12 +242,25 @@ impl Writer {
     fn replay(&mut self, diff: &ReplayDiff) {
         self.heading(1, "Replay");
         self.line(&format!(
-            "{} requests replayed, {} flipped ({} newly allowed, {} newly denied)",
+            "{} requests replayed, {} flipped ({} newly allowed, {} newly denied), {} undecided on both sides",
             diff.replayed,
             diff.flips.len(),
             diff.newly_allowed(),
-            diff.newly_denied()
+            diff.newly_denied(),
+            diff.undecided.len()
         ));
+        for undecided in diff.undecided.iter().take(MAX_UNDECIDED_SHOWN) {
+            self.bullet(&format!(
+                "{}: undecided on both sides: {}",
+                undecided.origin, undecided.error
+            ));
+        }
+        if diff.undecided.len() > MAX_UNDECIDED_SHOWN {
+            self.bullet(&format!(
+                "… and {} more undecided",
+                diff.undecided.len() - MAX_UNDECIDED_SHOWN
+            ));
+        }
         for flip in &diff.flips {
             self.bullet(&format!(
                 "{}: {} {} {}: {} → {} (OLD: [{}], NEW: [{}])",

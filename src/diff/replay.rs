@@ -58,10 +58,21 @@ pub struct Flip {
     pub new_reasons: Vec<String>,
 }
 
+/// A recorded request neither side could decide (the same error on both), e.g. a
+/// decision-log line whose context lacks attributes the log did not record.
+#[derive(Debug, Serialize)]
+pub struct Undecided {
+    /// `file:line`.
+    pub origin: String,
+    pub error: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ReplayDiff {
     pub replayed: usize,
     pub flips: Vec<Flip>,
+    /// Requests that compare nothing: both sides refused them with the same error.
+    pub undecided: Vec<Undecided>,
 }
 
 impl ReplayDiff {
@@ -80,6 +91,7 @@ pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayD
     let now = Utc::now();
     let mut replayed = 0;
     let mut flips = Vec::new();
+    let mut undecided = Vec::new();
     for file in files {
         for (origin, request) in read_requests(file)? {
             replayed += 1;
@@ -87,10 +99,19 @@ pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayD
             let new_decision = decision(&new, &request, now);
             if old_decision.0 != new_decision.0 {
                 flips.push(flip(origin, &request, old_decision, new_decision));
+            } else if let Some(error) = old_decision.0.strip_prefix("error: ") {
+                undecided.push(Undecided {
+                    origin,
+                    error: error.to_owned(),
+                });
             }
         }
     }
-    Ok(ReplayDiff { replayed, flips })
+    Ok(ReplayDiff {
+        replayed,
+        flips,
+        undecided,
+    })
 }
 
 fn snapshot(side: &'static str, sources: &Sources) -> Result<Snapshot, ReplayError> {

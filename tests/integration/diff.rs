@@ -299,11 +299,15 @@ fn replay_lists_the_recorded_decisions_that_flip() {
         &["quotient_familial"],
         "dossier-59-0004",
     );
-    // A decision-log-like record, then a bare request.
+    // A decision-log-like record, a bare request, and a log record that kept only
+    // some context fields (it cannot be decided again).
+    let mut partial = crate::util::allowed_consultation();
+    partial["context"] = json!({"categories": ["quotient_familial"]});
     let log = format!(
-        "{}\n{}\n",
+        "{}\n{}\n{}\n",
         json!({"decision": "Deny", "request": suspended}),
-        crate::util::allowed_consultation()
+        crate::util::allowed_consultation(),
+        partial
     );
     let log_path = old.path().join("decisions.jsonl");
     std::fs::write(&log_path, log).unwrap();
@@ -319,7 +323,20 @@ fn replay_lists_the_recorded_decisions_that_flip() {
         ],
     );
     assert_eq!(code, 4, "a replayed Deny → Allow is a widening");
-    assert_eq!(report["replay"]["replayed"], 2);
+    assert_eq!(report["replay"]["replayed"], 3);
+    let undecided = report["replay"]["undecided"].as_array().unwrap();
+    assert_eq!(undecided.len(), 1, "{undecided:?}");
+    assert!(undecided[0]["origin"]
+        .as_str()
+        .unwrap()
+        .ends_with("decisions.jsonl:3"));
+    assert!(
+        undecided[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing required attribute"),
+        "{undecided:?}"
+    );
     let flips = report["replay"]["flips"].as_array().unwrap();
     assert_eq!(flips.len(), 1, "{flips:?}");
     assert_eq!(flips[0]["principal"], "User::\"mau-suspended\"");
