@@ -185,7 +185,7 @@ impl Drop for WatchHandle {
 pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<WatchHandle> {
     let (triggers, received) = mpsc::channel();
     let events = triggers.clone();
-    let watcher =
+    let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             // Reading a file (as every reload does) is not a change: without this,
             // each reload's own reads would schedule the next one.
@@ -195,9 +195,11 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
             }
             Err(error) => tracing::warn!(%error, "file watch error"),
         })?;
+    // Watches are in place before this returns: an edit made right after start is seen.
+    let watched = rewatch(&reloader, &mut watcher, Vec::new());
     let thread = std::thread::Builder::new()
         .name("cdap-authz-reload".into())
-        .spawn(move || run_watch_loop(reloader, watcher, received, debounce))
+        .spawn(move || run_watch_loop(reloader, watcher, watched, received, debounce))
         .map_err(notify::Error::io)?;
     Ok(WatchHandle {
         triggers,
@@ -208,10 +210,10 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
 fn run_watch_loop(
     reloader: Arc<Reloader>,
     mut watcher: RecommendedWatcher,
+    mut watched: Vec<PathBuf>,
     triggers: Receiver<Trigger>,
     debounce: Duration,
 ) {
-    let mut watched = rewatch(&reloader, &mut watcher, Vec::new());
     let mut retries_left = 0;
     loop {
         let trigger = if retries_left > 0 {
