@@ -13,6 +13,8 @@
 //!   work does not grow with the store.
 //! - [`policy_index`]: policy slicing: only the policies whose scope can match a request
 //!   are evaluated.
+//! - [`guard`]: the `path == "literal"` test a policy opens with, so that policies
+//!   guarded by another value than the request's are skipped.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`context`]: request contexts built by the schema's declared types (fast, precise errors).
@@ -39,6 +41,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod engine;
 pub mod explain;
+pub mod guard;
 pub mod http;
 pub mod load;
 pub mod metrics;

@@ -9,6 +9,12 @@
 //! ancestors, and likewise for the resource; so a decision looks up those few
 //! buckets and evaluates each, and never touches the rest.
 //!
+//! Within a bucket, the policies whose condition opens with a test of the same
+//! attribute path against a string (the profile permits: `context.habilitation.
+//! profile == "T2" && …`) are filed by that string (see [`crate::guard`]): a request
+//! evaluates the bucket's other policies and only those filed under the value the
+//! path has for it (all of them when the path cannot be evaluated safely).
+//!
 //! Combining bucket results is Cedar's own rule: Deny when a forbid is satisfied
 //! (the reason lists the satisfied forbids), else Allow when a permit is (the reason
 //! lists them), else Deny; errors from every bucket are kept. A property test checks
@@ -17,10 +23,11 @@
 use std::collections::HashMap;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint,
-    Request, ResourceConstraint, Response,
+    ActionConstraint, Authorizer, Entities, EntityUid, EvalResult, Policy, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint, Response,
 };
 
+use crate::guard::{AttrPath, Guard};
 use crate::slice::policy_literals;
 
 /// The entity a principal or resource scope names, if any.
@@ -28,8 +35,76 @@ type ScopeKey = Option<EntityUid>;
 
 /// The policies of one bucket, with the entity literals they mention.
 pub struct Bucket {
-    pub policies: PolicySet,
+    /// Policies evaluated for every request that reaches the bucket.
+    unguarded: PolicySet,
+    /// Policies guarded by the bucket's most common guard path, by literal.
+    guarded: Option<Guarded>,
     pub literals: Box<[EntityUid]>,
+}
+
+struct Guarded {
+    path: AttrPath,
+    by_literal: HashMap<String, PolicySet>,
+}
+
+impl Bucket {
+    /// Files `policies`, guarded by the path most of their guards test.
+    fn new(policies: PolicySet) -> Self {
+        let literals = policy_literals(&policies).into_boxed_slice();
+        let guards: Vec<(Policy, Option<Guard>)> = policies
+            .policies()
+            .map(|policy| (policy.clone(), Guard::of(policy)))
+            .collect();
+        let Some(path) = most_common_path(guards.iter().filter_map(|(_, g)| g.as_ref())) else {
+            return Self {
+                unguarded: policies,
+                guarded: None,
+                literals,
+            };
+        };
+        let mut unguarded = PolicySet::new();
+        let mut by_literal: HashMap<String, PolicySet> = HashMap::new();
+        for (policy, guard) in guards {
+            let set = match guard {
+                Some(guard) if guard.path == path => by_literal.entry(guard.literal).or_default(),
+                _ => &mut unguarded,
+            };
+            set.add(policy).expect("ids are unique in the source set");
+        }
+        Self {
+            unguarded,
+            guarded: Some(Guarded { path, by_literal }),
+            literals,
+        }
+    }
+
+    /// The policy sets of this bucket that can apply to `request`.
+    fn applicable<'a>(&'a self, request: &Request, entities: &Entities) -> Vec<&'a PolicySet> {
+        let mut sets: Vec<&PolicySet> = Vec::with_capacity(2);
+        if !self.unguarded.is_empty() {
+            sets.push(&self.unguarded);
+        }
+        if let Some(guarded) = &self.guarded {
+            match guarded.path.resolve(request, entities) {
+                Some(EvalResult::String(value)) => sets.extend(guarded.by_literal.get(&value)),
+                Some(_) => {}
+                None => sets.extend(guarded.by_literal.values()),
+            }
+        }
+        sets
+    }
+}
+
+/// The path the most guards test (the smallest such path on a tie).
+fn most_common_path<'a>(guards: impl Iterator<Item = &'a Guard>) -> Option<AttrPath> {
+    let mut counts: HashMap<&AttrPath, usize> = HashMap::new();
+    for guard in guards {
+        *counts.entry(&guard.path).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by(|(a, m), (b, n)| m.cmp(n).then_with(|| b.cmp(a)))
+        .map(|(path, _)| path.clone())
 }
 
 /// The buckets of one action.
@@ -118,10 +193,9 @@ fn action_buckets(sets: HashMap<(ScopeKey, ScopeKey), PolicySet>) -> ActionBucke
     for ((principal, resource), policies) in sets {
         buckets.principal_scoped |= principal.is_some();
         buckets.resource_scoped |= resource.is_some();
-        let literals = policy_literals(&policies).into_boxed_slice();
         buckets
             .by_scope
-            .insert((principal, resource), Bucket { policies, literals });
+            .insert((principal, resource), Bucket::new(policies));
     }
     buckets
 }
@@ -169,12 +243,14 @@ pub struct Combined {
     pub errors: Vec<String>,
 }
 
-/// Evaluates each bucket and combines the results as Cedar would on their union.
+/// Evaluates the policies of each bucket that can apply, and combines the results as
+/// Cedar would on the union of the buckets.
 pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
     let authorizer = Authorizer::new();
     let responses: Vec<Response> = buckets
         .iter()
-        .map(|bucket| authorizer.is_authorized(request, &bucket.policies, entities))
+        .flat_map(|bucket| bucket.applicable(request, entities))
+        .map(|policies| authorizer.is_authorized(request, policies, entities))
         .collect();
     let reasons = |decision: cedar_policy::Decision| -> Vec<String> {
         responses

@@ -1,7 +1,8 @@
 //! Policy slicing never changes a decision: random policy sets with every kind of
 //! scope (principal `==`/`in`/`is … in`, action `==`/`in [..]`/group/any, resource
 //! likewise) and random requests on the demo data are decided by the engine (only
-//! the buckets that can apply) and by Cedar on the whole set, and must agree on the
+//! the buckets that can apply, within them only the policies whose guard the
+//! request can satisfy) and by Cedar on the whole set, and must agree on the
 //! decision, the determining policies and the errors.
 
 use cdap_authz::api::AuthzRequest;
@@ -76,6 +77,15 @@ fn condition() -> impl Strategy<Value = &'static str> {
             "when { principal.role == \"administrator\" }",
             // Errors on resources without `department`: errors must be kept identical.
             "when { resource.department == \"59\" }",
+            // Guards (a leading `path == "literal"`): filed by literal, skipped when
+            // the path has another value; unresolvable on requests without them.
+            "when { context.habilitation.profile == \"T1\" }",
+            "when { context.habilitation.profile == \"T2\" && principal.suspended }",
+            "when { \"T2\" == context.habilitation.profile && resource.department == \"59\" }",
+            "when { context.habilitation.profile == \"T5\" }",
+            "when { context.habilitation.bulletin.service == \"cdap\" }",
+            "when { principal.partner.kind == \"commune\" && context.habilitation.suspended }",
+            "unless { context.habilitation.profile == \"T1\" }",
         ][..],
     )
 }
