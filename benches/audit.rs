@@ -7,8 +7,9 @@
 //! where group commit shares one write among the waiting decisions).
 //!
 //! On a shared machine the two criterion runs (off, then on) may see different
-//! loads, so the bench first prints an interleaved A/B: rounds alternating the
-//! same work with the log off and on, and the median of the per-round ratios.
+//! loads, so the bench first prints an interleaved A/B: after one warm-up pass,
+//! rounds timing the same work off-on-on-off or on-off-off-on (alternately), and
+//! the median of the per-round ratios.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,12 +66,12 @@ async fn decide(
     log: Option<&AuditLog>,
 ) -> AuthzResponse {
     let now = Utc::now();
-    let response = engine::decide(snapshot, request, now)
-        .unwrap()
-        .into_response(&snapshot.version);
+    let decision = engine::decide(snapshot, request, now).unwrap();
+    let response = decision.response(&snapshot.version);
     if let Some(log) = log {
         let decided = Decided {
             request,
+            decision: &decision,
             response: &response,
             entities: &snapshot.entities,
             time: now,
@@ -152,10 +153,23 @@ fn interleaved_ab() {
         started.elapsed()
     };
     for (shape, concurrent_shape) in [("sequential", false), ("16_concurrent", true)] {
+        time(&log, concurrent_shape);
+        time(&None, concurrent_shape);
+        // Each round times off-on-on-off or on-off-off-on, so that neither side
+        // always runs first.
         let mut ratios: Vec<f64> = (0..AB_ROUNDS)
-            .map(|_| {
-                time(&log, concurrent_shape).as_secs_f64()
-                    / time(&None, concurrent_shape).as_secs_f64()
+            .map(|round| {
+                let (mut on, mut off) = (Duration::ZERO, Duration::ZERO);
+                for log_first in [round % 2 == 0, round % 2 == 1] {
+                    if log_first {
+                        on += time(&log, concurrent_shape);
+                        off += time(&None, concurrent_shape);
+                    } else {
+                        off += time(&None, concurrent_shape);
+                        on += time(&log, concurrent_shape);
+                    }
+                }
+                on.as_secs_f64() / off.as_secs_f64()
             })
             .collect();
         ratios.sort_by(f64::total_cmp);

@@ -67,7 +67,7 @@ fn batch(c: &mut Criterion) {
                 let request = AuthzRequest::from_value(item).unwrap();
                 engine::decide(&snapshot, &request, now())
                     .unwrap()
-                    .into_response(&snapshot.version)
+                    .response(&snapshot.version)
             })
             .collect();
         let outcomes: Vec<Outcome> = responses.iter().map(|r| r.decision).collect();

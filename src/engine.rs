@@ -22,17 +22,19 @@ use crate::snapshot::Snapshot;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    pub principal: EntityUid,
     pub action: EntityUid,
+    pub resource: EntityUid,
     pub outcome: Outcome,
     pub diagnostics: Diagnostics,
 }
 
 impl Decision {
     /// The wire reply for this decision, under a fresh decision id.
-    pub fn into_response(self, policy_version: &str) -> AuthzResponse {
+    pub fn response(&self, policy_version: &str) -> AuthzResponse {
         AuthzResponse {
             decision: self.outcome,
-            diagnostics: self.diagnostics,
+            diagnostics: self.diagnostics.clone(),
             policy_version: policy_version.to_owned(),
             decision_id: uuid::Uuid::now_v7().to_string(),
         }
@@ -41,7 +43,9 @@ impl Decision {
 
 /// A wire request resolved against a snapshot: exactly what Cedar evaluates.
 pub struct Prepared<'s> {
+    pub principal: EntityUid,
     pub action: EntityUid,
+    pub resource: EntityUid,
     pub request: Request,
     /// The stored entities as they are when the request brings none; otherwise the
     /// stored entities it can reach plus its own (the store is never cloned).
@@ -102,9 +106,9 @@ pub fn prepare<'s>(
         roots.extend(buckets.iter().flat_map(|b| b.literals.iter().cloned()));
     }
     let cedar_request = Request::new(
-        principal,
+        principal.clone(),
         action.clone(),
-        resource,
+        resource.clone(),
         context,
         Some(&snapshot.schema),
     )
@@ -119,7 +123,9 @@ pub fn prepare<'s>(
         Cow::Owned(slice)
     };
     Ok(Prepared {
+        principal,
         action,
+        resource,
         request: cedar_request,
         entities,
         buckets,
@@ -193,7 +199,9 @@ pub fn evaluate(prepared: &Prepared) -> Decision {
         combined.reason
     };
     Decision {
+        principal: prepared.principal.clone(),
         action: prepared.action.clone(),
+        resource: prepared.resource.clone(),
         outcome: if allowed {
             Outcome::Allow
         } else {

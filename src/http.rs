@@ -370,10 +370,11 @@ fn decide_unlogged(
         decision.outcome.as_str(),
         latency,
     );
-    let response = decision.into_response(&snapshot.version);
+    let response = decision.response(&snapshot.version);
     let entry = state.audit.as_ref().map(|log| {
         let decided = Decided {
             request,
+            decision: &decision,
             response: &response,
             entities: &snapshot.entities,
             time: now,

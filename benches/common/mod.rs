@@ -116,6 +116,6 @@ pub fn full_path(snapshot: &Snapshot, bytes: &[u8]) -> (Outcome, Vec<u8>) {
     let request = AuthzRequest::from_slice(bytes).unwrap();
     let decision = engine::decide(snapshot, &request, now()).unwrap();
     let outcome = decision.outcome;
-    let response = decision.into_response(&snapshot.version);
+    let response = decision.response(&snapshot.version);
     (outcome, serde_json::to_vec(&response).unwrap())
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use cedar_policy::{Entities, EntityUid, EvalResult};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value};
 
-use crate::api::{parse_entity_ref, AuthzRequest, AuthzResponse};
+use crate::api::{AuthzRequest, AuthzResponse};
+use crate::engine::Decision;
 
 pub mod query;
 pub mod record;
@@ -22,7 +22,7 @@ pub mod rotate;
 pub mod verify;
 pub mod writer;
 
-pub use record::{Entry, Record};
+pub use record::{Entry, Fields, Record, RecordedContext};
 pub use writer::{Ack, AuditLog};
 
 /// Default directory of the log.
@@ -93,6 +93,7 @@ impl AuditError {
 /// the outcome and why.
 pub struct Decided<'a> {
     pub request: &'a AuthzRequest,
+    pub decision: &'a Decision,
     pub response: &'a AuthzResponse,
     pub entities: &'a Entities,
     pub time: DateTime<Utc>,
@@ -101,47 +102,37 @@ pub struct Decided<'a> {
 
 impl Decided<'_> {
     pub fn entry(&self, context_fields: &[String]) -> Entry {
-        let principal = parse_entity_ref("principal", &self.request.principal).ok();
-        let resource = parse_entity_ref("resource", &self.request.resource).ok();
-        let attr = |uid: &Option<EntityUid>, name: &str| {
-            uid.as_ref()
-                .and_then(|u| entity_attr(self.entities, u, name))
-        };
-        let partner = attr(&principal, "partner").or_else(|| attr(&resource, "partner"));
-        let caf = attr(&resource, "caf")
+        let Decision {
+            principal,
+            action,
+            resource,
+            ..
+        } = self.decision;
+        let partner = entity_attr(self.entities, principal, "partner")
+            .or_else(|| entity_attr(self.entities, resource, "partner"));
+        let caf = entity_attr(self.entities, resource, "caf")
             .or_else(|| partner.as_ref().and_then(|p| caf_of(self.entities, p)))
-            .or_else(|| attr(&principal, "caf"));
-        let context = self.request.context.as_ref().map_or_else(Map::new, |c| {
-            context_fields
-                .iter()
-                .filter_map(|f| c.get(f).map(|v| (f.clone(), v.clone())))
-                .collect()
-        });
-        Entry {
-            time: self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
-            decision_id: self.response.decision_id.clone(),
-            principal: describe(principal.as_ref(), &self.request.principal),
-            action: describe(
-                parse_entity_ref("action", &self.request.action)
-                    .ok()
-                    .as_ref(),
-                &self.request.action,
-            ),
-            resource: describe(resource.as_ref(), &self.request.resource),
-            partner: partner.map(|p| p.id().unescaped().to_owned()),
-            caf: caf.map(|c| c.id().unescaped().to_owned()),
-            context,
-            decision: self.response.decision.as_str().to_owned(),
-            reason: self.response.diagnostics.reason.clone(),
-            errors: self.response.diagnostics.errors.clone(),
-            policy_version: self.response.policy_version.clone(),
+            .or_else(|| entity_attr(self.entities, principal, "caf"));
+        let diagnostics = &self.response.diagnostics;
+        Entry::new(&Fields {
+            time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
+            decision_id: &self.response.decision_id,
+            principal: &principal.to_string(),
+            action: &action.to_string(),
+            resource: &resource.to_string(),
+            partner: partner.as_ref().map(|p| p.id().unescaped()),
+            caf: caf.as_ref().map(|c| c.id().unescaped()),
+            context: RecordedContext {
+                names: context_fields,
+                context: self.request.context.as_ref(),
+            },
+            decision: self.response.decision.as_str(),
+            reason: &diagnostics.reason,
+            errors: &diagnostics.errors,
+            policy_version: &self.response.policy_version,
             latency_us: self.latency_us,
-        }
+        })
     }
-}
-
-fn describe(uid: Option<&EntityUid>, raw: &Value) -> String {
-    uid.map_or_else(|| raw.to_string(), ToString::to_string)
 }
 
 /// A stored entity's attribute that is itself an entity.

@@ -93,11 +93,13 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::{Entry, GENESIS};
+    use crate::audit::record::GENESIS;
     use serde_json::Map;
 
     fn record(principal: &str, partner: Option<&str>, decision: &str, time: &str) -> Record {
-        Entry {
+        Record {
+            seq: 0,
+            prev: GENESIS.into(),
             time: time.into(),
             decision_id: "id".into(),
             principal: format!("User::\"{principal}\""),
@@ -112,7 +114,6 @@ mod tests {
             policy_version: "v".into(),
             latency_us: 1,
         }
-        .into_record(0, GENESIS.into())
     }
 
     fn at(text: &str) -> Option<DateTime<Utc>> {

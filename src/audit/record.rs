@@ -7,6 +7,8 @@
 //! is inside the hashed text, so the chain can be checked from any line on. The
 //! first record ever written has `prev` = [`GENESIS`].
 
+use std::fmt::Write;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -43,44 +45,70 @@ pub struct Record {
     pub latency_us: u64,
 }
 
-/// The fields of a record that the writer does not assign.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub time: String,
-    pub decision_id: String,
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
-    pub partner: Option<String>,
-    pub caf: Option<String>,
-    pub context: Map<String, Value>,
-    pub decision: String,
-    pub reason: Vec<String>,
-    pub errors: Vec<String>,
-    pub policy_version: String,
+/// The fields of a record that the writer does not assign, borrowed from the
+/// decision. Serialised in this order, after `seq` and `prev`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Fields<'a> {
+    pub time: &'a str,
+    pub decision_id: &'a str,
+    pub principal: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub partner: Option<&'a str>,
+    pub caf: Option<&'a str>,
+    pub context: RecordedContext<'a>,
+    pub decision: &'a str,
+    pub reason: &'a [String],
+    pub errors: &'a [String],
+    pub policy_version: &'a str,
     pub latency_us: u64,
 }
 
+/// The context fields a record keeps: those of `names` the request's context has.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordedContext<'a> {
+    pub names: &'a [String],
+    pub context: Option<&'a Map<String, Value>>,
+}
+
+impl Serialize for RecordedContext<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let context = self.context;
+        serializer.collect_map(
+            self.names
+                .iter()
+                .filter_map(|name| context.and_then(|c| c.get(name)).map(|value| (name, value))),
+        )
+    }
+}
+
+/// A record waiting for its place in the chain. Its fields are serialised by the
+/// request handler, so that the writer, which places records one after another,
+/// only prepends `seq` and `prev` and hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The JSON object of the fields, without its opening brace.
+    fields: String,
+}
+
 impl Entry {
-    /// Places the entry in the chain after `prev`.
-    pub fn into_record(self, seq: u64, prev: String) -> Record {
-        Record {
-            seq,
-            prev,
-            time: self.time,
-            decision_id: self.decision_id,
-            principal: self.principal,
-            action: self.action,
-            resource: self.resource,
-            partner: self.partner,
-            caf: self.caf,
-            context: self.context,
-            decision: self.decision,
-            reason: self.reason,
-            errors: self.errors,
-            policy_version: self.policy_version,
-            latency_us: self.latency_us,
-        }
+    pub fn new(fields: &Fields) -> Self {
+        let mut json = serde_json::to_string(fields).expect("fields always serialize");
+        json.remove(0);
+        Self { fields: json }
+    }
+
+    /// The entry's line (without newline) after `prev`, at `seq`, and its hash.
+    pub fn to_line(&self, seq: u64, prev: &str) -> (String, String) {
+        let mut line = String::with_capacity(self.fields.len() + 200);
+        write!(line, "{{\"seq\":{seq},\"prev\":\"{prev}\",").expect("writing to a String");
+        line.push_str(&self.fields);
+        let hash = chain_hash(prev, &line);
+        line.pop();
+        line.push_str(HASH_KEY);
+        line.push_str(&hash);
+        line.push_str("\"}");
+        (line, hash)
     }
 }
 
@@ -91,20 +119,6 @@ pub enum LineError {
     NoHash,
     #[error("not a record: {0}")]
     Json(String),
-}
-
-impl Record {
-    /// The record's line (without newline) and its hash.
-    pub fn to_line(&self) -> (String, String) {
-        let canonical = serde_json::to_string(self).expect("records always serialize");
-        let hash = chain_hash(&self.prev, &canonical);
-        let mut line = canonical;
-        line.pop();
-        line.push_str(HASH_KEY);
-        line.push_str(&hash);
-        line.push_str("\"}");
-        (line, hash)
-    }
 }
 
 /// A line split into its record, the hash it claims and the hash it has.
@@ -154,38 +168,70 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     pub fn entry(id: &str) -> Entry {
-        Entry {
-            time: "2026-11-23T00:00:00.000000Z".into(),
-            decision_id: id.into(),
-            principal: "User::\"mau-t1\"".into(),
-            action: "Action::\"consult_file\"".into(),
-            resource: "File::\"dossier-59-0001\"".into(),
-            partner: Some("ville-maubeuge".into()),
-            caf: Some("caf-nord".into()),
-            context: Map::new(),
-            decision: "Allow".into(),
-            reason: vec!["p".into()],
-            errors: vec![],
-            policy_version: "sha256:x".into(),
+        let context = json!({"mission": "m", "categories": ["rsa"], "secret": "s"});
+        let names = [
+            "categories".to_owned(),
+            "absent".to_owned(),
+            "mission".to_owned(),
+        ];
+        Entry::new(&Fields {
+            time: "2026-11-23T00:00:00.000000Z",
+            decision_id: id,
+            principal: "User::\"mau-t1\"",
+            action: "Action::\"consult_file\"",
+            resource: "File::\"dossier-59-0001\"",
+            partner: Some("ville-maubeuge"),
+            caf: None,
+            context: RecordedContext {
+                names: &names,
+                context: context.as_object(),
+            },
+            decision: "Allow",
+            reason: &["p".to_owned()],
+            errors: &[],
+            policy_version: "sha256:x",
             latency_us: 12,
-        }
+        })
     }
 
     #[test]
     fn a_line_parses_back_to_its_record_and_hash() {
-        let record = entry("a").into_record(0, GENESIS.into());
-        let (line, hash) = record.to_line();
+        let (line, hash) = entry("a").to_line(7, GENESIS);
         let parsed = parse_line(&line).unwrap();
-        assert_eq!(parsed.record, record);
+        let record = parsed.record;
+        assert_eq!((record.seq, record.prev.as_str()), (7, GENESIS));
+        assert_eq!(record.decision_id, "a");
+        assert_eq!(record.principal, "User::\"mau-t1\"");
+        assert_eq!(
+            (record.partner.as_deref(), record.caf),
+            (Some("ville-maubeuge"), None)
+        );
+        assert_eq!(record.reason, ["p"]);
+        assert_eq!(record.latency_us, 12);
         assert_eq!(parsed.claimed_hash, hash);
         assert_eq!(parsed.actual_hash, hash);
     }
 
     #[test]
+    fn only_the_named_context_fields_are_kept_in_their_order() {
+        let (line, _) = entry("a").to_line(0, GENESIS);
+        let context = parse_line(&line).unwrap().record.context;
+        let kept: Vec<(&String, &Value)> = context.iter().collect();
+        assert_eq!(
+            kept,
+            [
+                (&"categories".to_owned(), &json!(["rsa"])),
+                (&"mission".to_owned(), &json!("m"))
+            ]
+        );
+    }
+
+    #[test]
     fn an_edited_line_no_longer_matches_its_hash() {
-        let (line, _) = entry("a").into_record(0, GENESIS.into()).to_line();
+        let (line, _) = entry("a").to_line(0, GENESIS);
         let edited = line.replace("Allow", "Deny");
         let parsed = parse_line(&edited).unwrap();
         assert_ne!(parsed.claimed_hash, parsed.actual_hash);
@@ -193,8 +239,8 @@ mod tests {
 
     #[test]
     fn the_hash_depends_on_the_previous_hash() {
-        let (_, first) = entry("a").into_record(0, GENESIS.into()).to_line();
-        let (_, second) = entry("a").into_record(0, "ff".into()).to_line();
+        let (_, first) = entry("a").to_line(0, GENESIS);
+        let (_, second) = entry("a").to_line(0, "ff");
         assert_ne!(first, second);
     }
 }

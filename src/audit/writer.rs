@@ -274,8 +274,7 @@ impl Writer {
         }
         let mut buffer = String::new();
         for entry in entries {
-            let record = entry.into_record(self.seq, self.last_hash.clone());
-            let (line, hash) = record.to_line();
+            let (line, hash) = entry.to_line(self.seq, &self.last_hash);
             if self.needs_rotation(buffer.len() as u64, line.len() as u64 + 1) {
                 self.flush(&buffer)?;
                 buffer.clear();

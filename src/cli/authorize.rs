@@ -24,7 +24,7 @@ pub fn run(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let request = read_request(&args.request)?;
     let decision = engine::decide(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
-    let response = decision.into_response(&snapshot.version);
+    let response = decision.response(&snapshot.version);
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(match response.decision {
         Outcome::Allow => ExitCode::SUCCESS,

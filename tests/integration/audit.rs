@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use cdap_authz::audit::query::{query, Filter};
 use cdap_authz::audit::rotate::segments;
 use cdap_authz::audit::verify::{verify, Break, Verified};
-use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Record};
+use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Fields, Record, RecordedContext};
 use cdap_authz::http::{AppState, Limits};
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use chrono::{DateTime, Duration as Days, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::util::{allowed_consultation, bundled_sources, consult, Server};
 
@@ -150,21 +150,24 @@ fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() 
 }
 
 fn entry(n: usize) -> Entry {
-    Entry {
-        time: format!("2026-11-23T00:00:{n:02}.000000Z"),
-        decision_id: format!("id-{n}"),
-        principal: r#"User::"mau-t1""#.into(),
-        action: r#"Action::"consult_file""#.into(),
-        resource: r#"File::"dossier-59-0001""#.into(),
-        partner: Some("ville-maubeuge".into()),
-        caf: Some("caf-nord".into()),
-        context: Map::new(),
-        decision: "Allow".into(),
-        reason: vec!["P2-T1-action-sociale".into()],
-        errors: vec![],
-        policy_version: "sha256:test".into(),
+    Entry::new(&Fields {
+        time: &format!("2026-11-23T00:00:{n:02}.000000Z"),
+        decision_id: &format!("id-{n}"),
+        principal: r#"User::"mau-t1""#,
+        action: r#"Action::"consult_file""#,
+        resource: r#"File::"dossier-59-0001""#,
+        partner: Some("ville-maubeuge"),
+        caf: Some("caf-nord"),
+        context: RecordedContext {
+            names: &[],
+            context: None,
+        },
+        decision: "Allow",
+        reason: &["P2-T1-action-sociale".to_owned()],
+        errors: &[],
+        policy_version: "sha256:test",
         latency_us: 10,
-    }
+    })
 }
 
 /// Appends entries as one group commit (split where a rotation falls), and waits.
