@@ -20,7 +20,7 @@
 //! lists them), else Deny; errors from every bucket are kept. A property test checks
 //! that this equals Cedar on the whole set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Entities, EntityUid, EvalResult, Policy, PolicySet,
@@ -47,34 +47,45 @@ struct Guarded {
     by_literal: HashMap<String, PolicySet>,
 }
 
+/// A policy with what the index reads from it once: its guard and entity literals.
+struct Filed {
+    policy: Policy,
+    guard: Option<Guard>,
+    literals: HashSet<EntityUid>,
+}
+
+impl Filed {
+    fn new(policy: &Policy) -> Self {
+        let json = policy.to_json().ok();
+        Self {
+            policy: policy.clone(),
+            guard: json.as_ref().and_then(Guard::of),
+            literals: json.as_ref().map(policy_literals).unwrap_or_default(),
+        }
+    }
+}
+
 impl Bucket {
-    /// Files `policies`, guarded by the path most of their guards test.
-    fn new(policies: PolicySet) -> Self {
-        let literals = policy_literals(&policies).into_boxed_slice();
-        let guards: Vec<(Policy, Option<Guard>)> = policies
-            .policies()
-            .map(|policy| (policy.clone(), Guard::of(policy)))
-            .collect();
-        let Some(path) = most_common_path(guards.iter().filter_map(|(_, g)| g.as_ref())) else {
-            return Self {
-                unguarded: policies,
-                guarded: None,
-                literals,
-            };
-        };
+    /// Files `members`, guarded by the path most of their guards test.
+    fn new(members: &[&Filed]) -> Self {
+        let literals: HashSet<&EntityUid> = members.iter().flat_map(|m| &m.literals).collect();
+        let path = most_common_path(members.iter().filter_map(|m| m.guard.as_ref()));
         let mut unguarded = PolicySet::new();
         let mut by_literal: HashMap<String, PolicySet> = HashMap::new();
-        for (policy, guard) in guards {
-            let set = match guard {
-                Some(guard) if guard.path == path => by_literal.entry(guard.literal).or_default(),
+        for member in members {
+            let set = match (&member.guard, &path) {
+                (Some(guard), Some(path)) if guard.path == *path => {
+                    by_literal.entry(guard.literal.clone()).or_default()
+                }
                 _ => &mut unguarded,
             };
-            set.add(policy).expect("ids are unique in the source set");
+            set.add(member.policy.clone())
+                .expect("ids are unique in the source set");
         }
         Self {
             unguarded,
-            guarded: Some(Guarded { path, by_literal }),
-            literals,
+            guarded: path.map(|path| Guarded { path, by_literal }),
+            literals: literals.into_iter().cloned().collect(),
         }
     }
 
@@ -134,22 +145,27 @@ impl PolicyIndex {
         actions: &[EntityUid],
         entities: &Entities,
     ) -> Result<Self, IndexError> {
-        let mut sets: HashMap<EntityUid, HashMap<(ScopeKey, ScopeKey), PolicySet>> = HashMap::new();
+        let mut filed = Vec::new();
         for policy in policies.policies() {
             if !policy.is_static() {
                 return Err(IndexError::TemplateLinked(policy.id().to_string()));
             }
-            let key = (principal_key(policy), resource_key(policy));
-            for action in admitted_actions(policy, actions, entities) {
-                sets.entry(action)
+            filed.push(Filed::new(policy));
+        }
+        let mut members: HashMap<EntityUid, HashMap<(ScopeKey, ScopeKey), Vec<&Filed>>> =
+            HashMap::new();
+        for member in &filed {
+            let key = (principal_key(&member.policy), resource_key(&member.policy));
+            for action in admitted_actions(&member.policy, actions, entities) {
+                members
+                    .entry(action)
                     .or_default()
                     .entry(key.clone())
                     .or_default()
-                    .add(policy.clone())
-                    .expect("ids are unique in the source set");
+                    .push(member);
             }
         }
-        let by_action = sets
+        let by_action = members
             .into_iter()
             .map(|(action, buckets)| (action, action_buckets(buckets)))
             .collect();
@@ -188,14 +204,14 @@ impl PolicyIndex {
     }
 }
 
-fn action_buckets(sets: HashMap<(ScopeKey, ScopeKey), PolicySet>) -> ActionBuckets {
+fn action_buckets(members: HashMap<(ScopeKey, ScopeKey), Vec<&Filed>>) -> ActionBuckets {
     let mut buckets = ActionBuckets::default();
-    for ((principal, resource), policies) in sets {
+    for ((principal, resource), policies) in members {
         buckets.principal_scoped |= principal.is_some();
         buckets.resource_scoped |= resource.is_some();
         buckets
             .by_scope
-            .insert((principal, resource), Bucket::new(policies));
+            .insert((principal, resource), Bucket::new(&policies));
     }
     buckets
 }

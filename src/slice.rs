@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::entities_errors::EntitiesError;
-use cedar_policy::{Entities, Entity, EntityUid, EvalResult, PolicySet, Schema};
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
 
 /// Per-snapshot index for slicing: built once, read by every decision.
 pub struct SliceIndex {
@@ -109,15 +109,11 @@ pub fn collect_uids(value: &EvalResult, found: &mut Vec<EntityUid>) {
     }
 }
 
-/// Entity literals (`Type::"id"`) in the policies, found in their JSON form.
-pub fn policy_literals(policies: &PolicySet) -> Vec<EntityUid> {
+/// Entity literals (`Type::"id"`) in a policy, found in its JSON form.
+pub fn policy_literals(policy_json: &serde_json::Value) -> HashSet<EntityUid> {
     let mut found = HashSet::new();
-    for policy in policies.policies() {
-        if let Ok(json) = policy.to_json() {
-            collect_json_literals(&json, &mut found);
-        }
-    }
-    found.into_iter().collect()
+    collect_json_literals(policy_json, &mut found);
+    found
 }
 
 fn collect_json_literals(json: &serde_json::Value, found: &mut HashSet<EntityUid>) {
