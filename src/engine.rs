@@ -77,6 +77,7 @@ pub fn prepare<'s>(
         return Err(RequestError::UnknownAction(action.to_string()));
     }
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
+    check_applies_to(snapshot, &action, &principal, &resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
     for (field, uid) in [("principal", &principal), ("resource", &resource)] {
         let known = snapshot.entities.get(uid).is_some()
@@ -105,12 +106,17 @@ pub fn prepare<'s>(
         }
         roots.extend(buckets.iter().flat_map(|b| b.literals.iter().cloned()));
     }
+    // Cedar's own request validation is left to Cedar only for a context this module
+    // did not build by its declared type; the rest of it is done above (the action is
+    // declared and applies to the principal's and resource's types, which exist in
+    // the schema since the entities do).
+    let built_by_type = snapshot.context_types.get(&action).is_some();
     let cedar_request = Request::new(
         principal.clone(),
         action.clone(),
         resource.clone(),
         context,
-        Some(&snapshot.schema),
+        (!built_by_type).then_some(&snapshot.schema),
     )
     .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
     let entities = if request_entities.is_empty() {
@@ -212,6 +218,33 @@ pub fn evaluate(prepared: &Prepared) -> Decision {
             errors: combined.errors,
         },
     }
+}
+
+/// The action must apply to the principal's and the resource's types.
+fn check_applies_to(
+    snapshot: &Snapshot,
+    action: &EntityUid,
+    principal: &EntityUid,
+    resource: &EntityUid,
+) -> Result<(), RequestError> {
+    let types = snapshot
+        .scope_types(action)
+        .ok_or_else(|| RequestError::UnknownAction(action.to_string()))?;
+    for (field, uid, allowed) in [
+        ("principal", principal, &types.principals),
+        ("resource", resource, &types.resources),
+    ] {
+        if !allowed.contains(uid.type_name()) {
+            let mut expected: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            expected.sort();
+            return Err(RequestError::InvalidRequest(format!(
+                "{field} type `{}` is not valid for {action} (expected: {})",
+                uid.type_name(),
+                expected.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a principal or resource reference and checks its type is in the schema.

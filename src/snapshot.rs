@@ -2,7 +2,7 @@
 //! stored entities with their derived data) plus the indexes the decision path
 //! reads. Built off the request path; shared behind an `Arc`; never mutated.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
@@ -31,6 +31,14 @@ pub struct Snapshot {
     /// Each action's context type, to build request contexts without Cedar's JSON parser.
     pub context_types: ContextTypes,
     entity_types: HashSet<EntityTypeName>,
+    /// The principal and resource types each action applies to.
+    scope_types: HashMap<EntityUid, ScopeTypes>,
+}
+
+#[derive(Debug, Default)]
+pub struct ScopeTypes {
+    pub principals: HashSet<EntityTypeName>,
+    pub resources: HashSet<EntityTypeName>,
 }
 
 impl Snapshot {
@@ -59,6 +67,7 @@ impl Snapshot {
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
+        let scope_types = scope_types(&model.schema, &actions);
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -73,11 +82,17 @@ impl Snapshot {
             time_attribute: time_attribute.to_owned(),
             context_types,
             entity_types,
+            scope_types,
         })
     }
 
     pub fn knows_entity_type(&self, type_name: &EntityTypeName) -> bool {
         self.entity_types.contains(type_name)
+    }
+
+    /// The principal and resource types `action` applies to.
+    pub fn scope_types(&self, action: &EntityUid) -> Option<&ScopeTypes> {
+        self.scope_types.get(action)
     }
 
     /// Whether the sidecar fills the time attribute for this action.
@@ -86,6 +101,29 @@ impl Snapshot {
             .get(action)
             .is_some_and(|context| context.declares(&self.time_attribute, "datetime"))
     }
+}
+
+fn scope_types(schema: &Schema, actions: &[EntityUid]) -> HashMap<EntityUid, ScopeTypes> {
+    actions
+        .iter()
+        .map(|action| {
+            let types = ScopeTypes {
+                principals: schema
+                    .principals_for_action(action)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+                resources: schema
+                    .resources_for_action(action)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            };
+            (action.clone(), types)
+        })
+        .collect()
 }
 
 /// The stored entities plus the schema's action entities (with their groups as

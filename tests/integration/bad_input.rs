@@ -160,7 +160,7 @@ fn context_with_an_undeclared_attribute_is_refused() {
 }
 
 #[test]
-fn principal_of_the_wrong_type_for_the_action_is_refused() {
+fn resource_of_the_wrong_type_for_the_action_is_refused() {
     let request = act(
         "mau-admin",
         "read_traces",
@@ -173,6 +173,18 @@ fn principal_of_the_wrong_type_for_the_action_is_refused() {
         400,
         "invalid_request",
         "File",
+    );
+}
+
+#[test]
+fn a_stored_entity_of_the_wrong_type_as_principal_is_refused() {
+    let mut request = allowed_consultation();
+    request["principal"] = json!({"type": "File", "id": "dossier-59-0001"});
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_request",
+        "principal type `File` is not valid",
     );
 }
 
