@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # HTTP load runs on this machine, over loopback, in one go:
 #   1. a minimal hyper endpoint answering a constant body (examples/constant_server.rs),
-#   2. `cdap-authz serve` on the bundled model, at full speed, then at half its
-#      measured throughput (for the p99 under moderate load),
+#   2. `cdap-authz serve` on the bundled model (decision log on, in a temp dir), at
+#      full speed, then at half its measured throughput (for the p99 under moderate
+#      load); then `serve --no-audit` at full speed (the decision log's cost),
 #   3. cedar-agent and `cdap-authz serve` on a policy set both accept
 #      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
 # Every server is checked to answer the expected decision before it is loaded.
@@ -59,17 +60,22 @@ rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["sum
 echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}')"
 
 target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!)
-"$BIN" serve --listen 127.0.0.1:8180 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8180 --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8183 --no-audit 2>/dev/null & PIDS+=($!)
 wait_for 127.0.0.1:8181
 wait_for 127.0.0.1:8180
+wait_for 127.0.0.1:8183
 REQUEST=examples/requests/consult-allowed.json
 expect_decision http://127.0.0.1:8180/v1/is_authorized "$REQUEST" '"decision":"Allow"'
+expect_decision http://127.0.0.1:8183/v1/is_authorized "$REQUEST" '"decision":"Allow"'
 
 load constant-endpoint http://127.0.0.1:8181/v1/is_authorized "$REQUEST"
 load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
 HALF=$(( $(rps cdap-authz) / 2 ))
 load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF"
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
+load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST"
+echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
 kill "${PIDS[@]}"; PIDS=()
 
 if ! command -v cedar-agent >/dev/null; then
@@ -79,7 +85,7 @@ fi
 POLICIES="$OUT/policies"; mkdir -p "$POLICIES"
 cp benches/agent/policies.cedar "$POLICIES/"
 python3 benches/agent/to_agent.py "$POLICIES/policies.cedar" examples/entities.json "$OUT"
-"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" --audit-dir "$OUT/audit-agent-run" 2>/dev/null & PIDS+=($!)
 cedar-agent --addr 127.0.0.1 --port 8182 --log-level error \
   --policies "$OUT/agent-policies.json" --data "$OUT/agent-entities.json" >/dev/null 2>&1 & PIDS+=($!)
 wait_for 127.0.0.1:8180
