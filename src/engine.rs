@@ -106,10 +106,10 @@ pub fn prepare<'s>(
         }
         roots.extend(buckets.iter().flat_map(|b| b.literals.iter().cloned()));
     }
-    // Cedar's own request validation is left to Cedar only for a context this module
-    // did not build by its declared type; the rest of it is done above (the action is
-    // declared and applies to the principal's and resource's types, which exist in
-    // the schema since the entities do).
+    // Cedar validates the request only when its context came through Cedar's parser:
+    // a context built by its declared type has been validated by that build, and the
+    // rest of Cedar's checks are done above (the action is declared and applies to the
+    // principal's and resource's types, which the schema declares since they exist).
     let built_by_type = snapshot.context_types.get(&action).is_some();
     let cedar_request = Request::new(
         principal.clone(),
