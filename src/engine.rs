@@ -18,7 +18,7 @@ use crate::context::extension_value;
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
 use crate::slice::collect_uids;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ScopeTypes, Snapshot};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -73,11 +73,11 @@ pub fn prepare<'s>(
 ) -> Result<Prepared<'s>, RequestError> {
     let principal = entity_ref(snapshot, "principal", &request.principal)?;
     let action = parse_entity_ref("action", &request.action)?;
-    if !snapshot.slice_index.has_action(&action) {
-        return Err(RequestError::UnknownAction(action.to_string()));
-    }
+    let scope_types = snapshot
+        .scope_types(&action)
+        .ok_or_else(|| RequestError::UnknownAction(action.to_string()))?;
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
-    check_applies_to(snapshot, &action, &principal, &resource)?;
+    check_applies_to(scope_types, &action, &principal, &resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
     for (field, uid) in [("principal", &principal), ("resource", &resource)] {
         let known = snapshot.entities.get(uid).is_some()
@@ -222,14 +222,11 @@ pub fn evaluate(prepared: &Prepared) -> Decision {
 
 /// The action must apply to the principal's and the resource's types.
 fn check_applies_to(
-    snapshot: &Snapshot,
+    types: &ScopeTypes,
     action: &EntityUid,
     principal: &EntityUid,
     resource: &EntityUid,
 ) -> Result<(), RequestError> {
-    let types = snapshot
-        .scope_types(action)
-        .ok_or_else(|| RequestError::UnknownAction(action.to_string()))?;
     for (field, uid, allowed) in [
         ("principal", principal, &types.principals),
         ("resource", resource, &types.resources),
