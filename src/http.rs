@@ -7,6 +7,8 @@
 //! - `GET /metrics` (Prometheus text), `GET /v1/policy-set` (what is loaded);
 //! - `GET /v1/traces`: the decision log, for those the policies let read it (T3).
 //!
+//! It listens on TCP or on a Unix-domain socket ([`crate::listen`]).
+//!
 //! With a decision log, every decision is in the log before its response is sent;
 //! a decision that cannot be logged is answered Deny.
 
@@ -27,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::api::{
     AuthzRequest, AuthzResponse, BatchItem, BatchRequest, BatchResponse, ErrorBody, RequestError,
@@ -35,6 +37,7 @@ use crate::api::{
 };
 use crate::audit::{Ack, AuditError, AuditLog, Decided, Entry};
 use crate::engine;
+use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::store::{ReloadFailure, Store};
@@ -152,32 +155,19 @@ impl HttpError {
 /// Serves connections from `listener` until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish (up to a deadline).
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let listener = listener.into();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = service_fn(move |request| handle(state.clone(), request));
-                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                });
+            accepted = accept(&listener, &state, &graceful) => {
+                if let Err(error) = accepted {
+                    tracing::warn!(%error, "accept failed");
+                }
             }
             () = &mut shutdown => break,
         }
@@ -190,6 +180,40 @@ pub async fn serve(
         tracing::warn!(deadline = ?DRAIN_DEADLINE, "in-flight requests did not finish in time");
     }
     Ok(())
+}
+
+/// Accepts one connection and serves it on its own task.
+async fn accept(
+    listener: &Listener,
+    state: &Arc<AppState>,
+    graceful: &GracefulShutdown,
+) -> std::io::Result<()> {
+    match listener {
+        Listener::Tcp(tcp) => {
+            let (stream, _) = tcp.accept().await?;
+            let _ = stream.set_nodelay(true);
+            spawn_connection(stream, state.clone(), graceful);
+        }
+        Listener::Unix(unix, _) => {
+            let (stream, _) = unix.accept().await?;
+            spawn_connection(stream, state.clone(), graceful);
+        }
+    }
+    Ok(())
+}
+
+fn spawn_connection<S>(stream: S, state: Arc<AppState>, graceful: &GracefulShutdown)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(state.clone(), request));
+    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection ended with an error");
+        }
+    });
 }
 
 async fn handle(

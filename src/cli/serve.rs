@@ -1,6 +1,5 @@
 //! `cdap-authz serve`: the HTTP sidecar, with hot reload and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,13 +14,15 @@ use crate::audit::{
     DEFAULT_RETENTION_DAYS,
 };
 use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY};
+use crate::listen::{ListenAddr, Listener};
 use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on: `127.0.0.1:8180`, or `unix:PATH` for a Unix-domain
+    /// socket (mode 0660, replaced if stale, removed on shutdown).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8180")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     #[command(flatten)]
     pub model: ModelArgs,
     /// Largest request body accepted, in bytes (larger ones get 413).
@@ -88,9 +89,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = Listener::bind(&args.listen).await?;
         let mut state = AppState::new(Limits {
             max_body: args.max_body,
             max_batch: args.max_batch,

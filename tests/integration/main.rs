@@ -10,4 +10,5 @@ mod policy_slicing;
 mod reload;
 mod slice;
 mod suites;
+mod unix_socket;
 mod util;

@@ -235,9 +235,17 @@ pub fn entity(type_name: &str, id: &str) -> Value {
 pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
 ) -> (Child, BufReader<ChildStderr>, String) {
+    spawn_serve_on("127.0.0.1:0", args)
+}
+
+/// [`spawn_serve`] with another `--listen` value.
+pub fn spawn_serve_on<S: AsRef<std::ffi::OsStr>>(
+    listen: &str,
+    args: &[S],
+) -> (Child, BufReader<ChildStderr>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
         .current_dir(repo("."))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(args)
         .env("CDAP_AUTHZ_LOG", "info")
         .stderr(Stdio::piped())

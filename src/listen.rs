@@ -1,0 +1,158 @@
+//! Where the sidecar listens: a TCP address, or a Unix-domain socket for backends
+//! on the same host (no TCP stack on the round trip). Owns the socket file's
+//! lifecycle: a stale file left by a crashed sidecar is replaced, a live one is
+//! never stolen, the file is made group-accessible only, and it is removed on
+//! shutdown.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio::net::{TcpListener, UnixListener};
+
+/// The prefix that makes a `--listen` value a Unix-domain socket path.
+const UNIX_PREFIX: &str = "unix:";
+/// Mode of the socket file: the sidecar's user and group may connect, nobody else.
+const SOCKET_MODE: u32 = 0o660;
+
+/// A `--listen` value: `127.0.0.1:8180` or `unix:/run/cdap-authz.sock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = value.strip_prefix(UNIX_PREFIX) {
+            if path.is_empty() {
+                return Err("a Unix socket address needs a path: unix:/run/cdap-authz.sock".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        value.parse().map(Self::Tcp).map_err(|_| {
+            format!("`{value}` is neither an address like 127.0.0.1:8180 nor unix:PATH")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "{UNIX_PREFIX}{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: ListenAddr, source: io::Error },
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    #[error("another process already listens on {}", .0.display())]
+    InUse(PathBuf),
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    /// The listener and its socket file, removed when this is dropped.
+    Unix(UnixListener, SocketFile),
+}
+
+impl Listener {
+    /// Binds `addr`; for a Unix socket, replaces a stale socket file first.
+    pub async fn bind(addr: &ListenAddr) -> Result<Self, ListenError> {
+        let bind_error = |source| ListenError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        match addr {
+            ListenAddr::Tcp(socket) => TcpListener::bind(socket)
+                .await
+                .map(Self::Tcp)
+                .map_err(bind_error),
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                let listener = UnixListener::bind(path).map_err(bind_error)?;
+                let file = SocketFile(path.clone());
+                restrict_to_group(path).map_err(bind_error)?;
+                Ok(Self::Unix(listener, file))
+            }
+        }
+    }
+
+    /// The address actually bound (the port chosen, for port 0).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr().map(ListenAddr::Tcp),
+            Self::Unix(_, file) => Ok(ListenAddr::Unix(file.0.clone())),
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Tcp(listener)
+    }
+}
+
+/// A socket file this process created; deleted on drop.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Removes a socket file nobody listens on (left by a crash); refuses to touch a
+/// live socket or anything that is not a socket.
+fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.file_type().is_socket() {
+        return Err(ListenError::NotASocket(path.to_owned()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ListenError::InUse(path.to_owned()));
+    }
+    std::fs::remove_file(path).map_err(|source| ListenError::Bind {
+        addr: ListenAddr::Unix(path.to_owned()),
+        source,
+    })
+}
+
+fn restrict_to_group(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_values_parse_as_tcp_or_unix() {
+        assert_eq!(
+            "127.0.0.1:8180".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:8180".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/run/cdap.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/run/cdap.sock".into()))
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+}
