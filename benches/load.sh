@@ -4,12 +4,14 @@
 #   2. `cdap-authz serve` on the bundled model (decision log on, in a temp dir), at
 #      full speed, then at half its measured throughput (for the p99 under moderate
 #      load); then `serve --no-audit` at full speed (the decision log's cost),
-#   3. cedar-agent and `cdap-authz serve` on a policy set both accept
+#   3. the round trip on one connection over TCP and over a Unix-domain socket
+#      (`serve --listen unix:PATH`), and the socket's throughput,
+#   4. cedar-agent and `cdap-authz serve` on a policy set both accept
 #      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
 # Every server is checked to answer the expected decision before it is loaded.
 #
 # Needs oha (`cargo install oha`) and, for part 3, cedar-agent (`cargo install
-# cedar-agent`); part 3 is skipped, saying so, without it.
+# cedar-agent`); part 4 is skipped, saying so, without it.
 # Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,24 +26,26 @@ command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit
 cargo build --release --quiet --bin cdap-authz --example constant_server
 BIN=target/release/cdap-authz
 
-wait_for() { # until something listens on $1
+wait_for() { # until something listens on $1 (host:port, or a socket path)
+  local via=(); [[ $1 == /* ]] && via=(--unix-socket "$1")
   for _ in $(seq 200); do
-    curl -s -o /dev/null "http://$1/" && return 0
+    curl -s -o /dev/null "${via[@]}" "http://${via:+localhost}${via:-$1}/" && return 0
     sleep 0.05
   done
   echo "nothing listens on $1" >&2
   exit 1
 }
 
-expect_decision() { # url body expected-substring
-  local reply
-  reply=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$2" "$1")
+expect_decision() { # url body expected-substring [socket]
+  local reply via=(); [[ -n ${4:-} ]] && via=(--unix-socket "$4")
+  reply=$(curl -s "${via[@]}" -X POST -H 'content-type: application/json' --data-binary "@$2" "$1")
   grep -q "$3" <<<"$reply" || { echo "$1 answered $reply, expected $3" >&2; exit 1; }
 }
 
-load() { # name url body [rate] → one line: name req/s p50 p99 (ms), all 2xx
-  local name=$1 url=$2 body=$3 rate=${4:-}
-  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} --no-tui \
+load() { # name url body [rate] [socket] → one line: name req/s p50 p99 (ms), all 2xx
+  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-}
+  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} \
+    ${socket:+--unix-socket "$socket"} --no-tui \
     --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
   python3 - "$OUT/$name.json" "$name" <<'PY'
 import json, sys
@@ -76,6 +80,15 @@ load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
+
+SOCKET="$OUT/authz.sock"
+"$BIN" serve --listen "unix:$SOCKET" --audit-dir "$OUT/audit-unix" 2>/dev/null & PIDS+=($!)
+wait_for "$SOCKET"
+expect_decision http://localhost/v1/is_authorized "$REQUEST" '"decision":"Allow"' "$SOCKET"
+CONCURRENCY=1 load tcp-one-connection http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
+CONCURRENCY=1 load unix-one-connection http://localhost/v1/is_authorized "$REQUEST" "" "$SOCKET"
+load unix-socket http://localhost/v1/is_authorized "$REQUEST" "" "$SOCKET"
+echo "one-connection round trips per second, Unix socket / TCP: $(python3 -c "print(f'{$(rps unix-one-connection)/$(rps tcp-one-connection):.2f}')")"
 kill "${PIDS[@]}"; PIDS=()
 
 if ! command -v cedar-agent >/dev/null; then
