@@ -2,8 +2,8 @@
 //! consultation, build its wire reply and, with the log, build its record, hand it
 //! to the group-commit writer (a temp dir, no fsync) and wait for the ack.
 //!
-//! Two shapes: one decision at a time (each pays the hand-off to the writer
-//! thread), and 16 concurrent decisions on a 2-worker runtime (the server's case,
+//! Two shapes: one decision at a time (each writes its own record with one
+//! `write`), and 16 concurrent decisions on a 2-worker runtime (the server's case,
 //! where group commit shares one write among the waiting decisions).
 //!
 //! On a shared machine the two criterion runs (off, then on) may see different
