@@ -117,9 +117,9 @@ impl Decided<'_> {
         Entry::new(&Fields {
             time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
             decision_id: &self.response.decision_id,
-            principal: &principal.to_string(),
-            action: &action.to_string(),
-            resource: &resource.to_string(),
+            principal: &uid_text(principal),
+            action: &uid_text(action),
+            resource: &uid_text(resource),
             partner: partner.as_ref().map(|p| p.id().unescaped()),
             caf: caf.as_ref().map(|c| c.id().unescaped()),
             context: RecordedContext {
@@ -132,6 +132,20 @@ impl Decided<'_> {
             policy_version: &self.response.policy_version,
             latency_us: self.latency_us,
         })
+    }
+}
+
+/// A uid as Cedar displays it (`Type::"id"`); when the id has nothing to escape (the
+/// usual case), without Cedar's escaping pass, which cost ≈0.2 µs a uid.
+fn uid_text(uid: &EntityUid) -> String {
+    let id = uid.id().unescaped();
+    if id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        format!("{}::\"{id}\"", uid.type_name())
+    } else {
+        uid.to_string()
     }
 }
 
@@ -149,4 +163,28 @@ fn caf_of(entities: &Entities, partner: &EntityUid) -> Option<EntityUid> {
         .ancestors(partner)?
         .find(|a| a.type_name().basename() == "Caf")
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_written_as_cedar_displays_them() {
+        for (type_name, id) in [
+            ("User", "dep-t18"),
+            ("Action", "consult_file"),
+            ("Cdap::File", "dossier-59.0002"),
+            ("User", "quote\"and\\slash"),
+            ("User", "tab\tnewline\n"),
+            ("User", "accentué"),
+            ("User", ""),
+        ] {
+            let uid = EntityUid::from_type_name_and_id(
+                type_name.parse().unwrap(),
+                cedar_policy::EntityId::new(id),
+            );
+            assert_eq!(uid_text(&uid), uid.to_string(), "{type_name} {id:?}");
+        }
+    }
 }
