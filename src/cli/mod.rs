@@ -160,6 +160,7 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// Logs to stderr; a log line that cannot be written is dropped.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CDAP_AUTHZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -167,5 +168,8 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not stop the sidecar: tracing-subscriber would report
+        // the failed write with `eprint!`, which panics when stderr is gone.
+        .log_internal_errors(false)
         .init();
 }

@@ -457,19 +457,7 @@ fn sigterm_closes_the_log_with_every_answered_decision_in_it() {
             decision_id(&reply.into_json().unwrap())
         })
         .collect();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = crate::util::terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
     let logged: Vec<String> = records(dir.path())
         .into_iter()

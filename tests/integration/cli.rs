@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{repo, spawn_serve};
+use crate::util::{allowed_consultation, repo, spawn_serve, terminate};
 
 fn cdap_authz() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdap-authz"));
@@ -99,22 +99,7 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "serve did not stop within 10 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
     assert!(
         ureq::get(&format!("http://{addr}/healthz")).call().is_err(),
@@ -270,4 +255,16 @@ fn explain_of_a_forbid_shows_the_forbid_and_no_closest_permits() {
     assert_eq!(output.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("forbid S1-user-suspended"), "{stdout}");
     assert!(!stdout.contains("closest permits"), "{stdout}");
+}
+
+#[test]
+fn serve_keeps_serving_and_stops_cleanly_when_its_stderr_is_closed() {
+    let (mut child, stderr, addr) = spawn_serve(&["--no-audit"]);
+    drop(stderr); // every later log line now fails to write
+    let reply = ureq::post(&format!("http://{addr}/v1/is_authorized"))
+        .send_json(allowed_consultation())
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let exit = terminate(&mut child); // shutdown logs a line
+    assert!(exit.success(), "{exit:?}");
 }

@@ -2,16 +2,16 @@
 //! socket file's lifecycle (mode, stale file replaced, live socket and other files
 //! left alone, removed on SIGTERM).
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{allowed_consultation, repo, spawn_serve_on};
+use crate::util::{allowed_consultation, repo, spawn_serve_on, terminate};
 
 /// One HTTP/1.1 POST over the socket; the status code and the JSON body.
 fn post(socket: &Path, path: &str, body: &str) -> (u16, Value) {
@@ -33,31 +33,24 @@ fn post(socket: &Path, path: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(body).unwrap())
 }
 
-fn serve_on(socket: &Path) -> Child {
-    let (child, _stderr, addr) =
+/// Serves on `socket`; the process and its stderr (kept open while the test runs).
+fn serve_on(socket: &Path) -> (Child, BufReader<ChildStderr>) {
+    let (child, stderr, addr) =
         spawn_serve_on(&format!("unix:{}", socket.display()), &["--no-audit"]);
     assert_eq!(addr, format!("unix:{}", socket.display()));
-    child
+    (child, stderr)
 }
 
 fn stop(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[test]
 fn decisions_are_served_over_a_unix_socket_and_the_file_is_removed_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("authz.sock");
-    let child = serve_on(&socket);
+    let (child, _stderr) = serve_on(&socket);
 
     let metadata = std::fs::metadata(&socket).unwrap();
     assert!(metadata.file_type().is_socket());
@@ -82,7 +75,7 @@ fn a_stale_socket_file_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("authz.sock");
     drop(UnixListener::bind(&socket).unwrap()); // leaves the file, nobody listening
-    let child = serve_on(&socket);
+    let (child, _stderr) = serve_on(&socket);
     let (status, reply) = post(
         &socket,
         "/v1/is_authorized",
