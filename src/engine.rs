@@ -184,8 +184,11 @@ fn context(
             "`{name}`: missing required attribute"
         )));
     }
+    // To the second: the policies compare it with dates, and requests within the
+    // same second then share one datetime value (`extension_value`), where each new
+    // value costs Cedar ≈5 µs to build.
     let filled = fill_time.then(|| {
-        let now = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
         (time.clone(), extension_value("datetime", &now))
     });
     context_type
