@@ -274,7 +274,8 @@ thread_local! {
 
 /// `datetime("…")` and the like. Cedar's constructors re-parse the extension's name
 /// on every call (about 4 µs), and consecutive requests mostly carry the same
-/// value (the current time, to the millisecond), so the last one is kept per thread.
+/// value (the current time, filled in to the second), so the last one is kept per
+/// thread.
 pub fn extension_value(name: &str, arg: &str) -> RestrictedExpression {
     LAST_EXTENSION.with_borrow_mut(|last| {
         if let Some((last_name, last_arg, value)) = last.as_ref() {
