@@ -1,6 +1,11 @@
 //! The decision path, timed: Cedar alone (the floor E), the sidecar's full
 //! in-process path (request bytes → decision → response bytes), and a batch of 30.
 //!
+//! The `full_path` cases leave `now` to the sidecar, whose clock stands still there;
+//! `time_varies` times the T2 case when the time differs from one request to the
+//! next: filled in by a clock that advances 1 ms a request, and pinned by the caller
+//! to a new millisecond each time (Cedar then builds a new datetime value each time).
+//!
 //! Every benchmark first checks that its request gets the decision its policy suite
 //! expects, so a fast wrong answer cannot pass for a result. Requests are cases of
 //! `tests/policies/` (several profiles, allowed and denied). `benches/run.sh` runs
@@ -14,7 +19,7 @@ use cedar_policy::Authorizer;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::Value;
 
-use common::{bundled_model, cases, full_path, now, snapshot};
+use common::{bundled_model, cases, full_path, full_path_at, now, snapshot};
 
 /// E: Cedar's `is_authorized` alone, on prebuilt requests and the whole store.
 fn floor(c: &mut Criterion) {
@@ -50,6 +55,48 @@ fn full(c: &mut Criterion) {
     group.finish();
 }
 
+/// Distinct times, one millisecond apart.
+const TIMES: usize = 1000;
+
+fn time_varies(c: &mut Criterion) {
+    let snapshot = snapshot(bundled_model());
+    let case = cases().into_iter().find(|c| c.label == "t2_allow").unwrap();
+    let mut request: Value = serde_json::from_slice(&case.bytes).unwrap();
+    assert!(
+        request["context"].get("now").is_none(),
+        "the case leaves now out"
+    );
+    let clock: Vec<_> = (0..TIMES)
+        .map(|i| now() + chrono::Duration::milliseconds(i as i64))
+        .collect();
+    let pinned: Vec<Vec<u8>> = clock
+        .iter()
+        .map(|time| {
+            request["context"]["now"] = time.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().into();
+            serde_json::to_vec(&request).unwrap()
+        })
+        .collect();
+    for (time, body) in clock.iter().zip(&pinned) {
+        assert_eq!(full_path_at(&snapshot, &case.bytes, *time).0, case.expected);
+        assert_eq!(full_path(&snapshot, body).0, case.expected);
+    }
+    let mut group = c.benchmark_group("time_varies");
+    let mut i = 0;
+    group.bench_function("t2_allow_filled_clock_1ms", |b| {
+        b.iter(|| {
+            i = (i + 1) % TIMES;
+            black_box(full_path_at(&snapshot, black_box(&case.bytes), clock[i]))
+        })
+    });
+    group.bench_function("t2_allow_pinned_new_ms", |b| {
+        b.iter(|| {
+            i = (i + 1) % TIMES;
+            black_box(full_path(&snapshot, black_box(&pinned[i])))
+        })
+    });
+    group.finish();
+}
+
 /// Thirty requests in one batch (five rounds of the timed cases), bytes to bytes.
 fn batch(c: &mut Criterion) {
     let snapshot = snapshot(bundled_model());
@@ -80,5 +127,5 @@ fn batch(c: &mut Criterion) {
     c.bench_function("batch/30", |b| b.iter(|| black_box(run(black_box(&body)))));
 }
 
-criterion_group!(benches, floor, full, batch);
+criterion_group!(benches, floor, full, time_varies, batch);
 criterion_main!(benches);

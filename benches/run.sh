@@ -20,6 +20,10 @@ print(f"{'case':<18}{'E (µs)':>10}{'full (µs)':>12}{'full/E':>9}")
 for case in cases:
     e, full = median("floor", case), median("full_path", case)
     print(f"{case:<18}{e:>10.1f}{full:>12.1f}{full / e:>9.2f}   target ≤ 1.5")
+base = median("full_path", "t2_allow")
+for name in sorted(p.name for p in (root / "time_varies").iterdir() if p.name != "report"):
+    t = median("time_varies", name)
+    print(f"time varies, {name}: {t:.1f} µs, ×{t / base:.2f} the clock standing still")
 def scaled(group, label, kind):
     d = root / group / f"{label}_{kind}"
     return sorted((int(p.name), median(group, d.name, p.name)) for p in d.iterdir() if p.name.isdigit())

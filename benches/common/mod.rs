@@ -113,8 +113,13 @@ pub fn snapshot(model: Model) -> Snapshot {
 
 /// The full in-process path: bytes in, bytes out.
 pub fn full_path(snapshot: &Snapshot, bytes: &[u8]) -> (Outcome, Vec<u8>) {
+    full_path_at(snapshot, bytes, now())
+}
+
+/// [`full_path`] with the sidecar's clock at `now`.
+pub fn full_path_at(snapshot: &Snapshot, bytes: &[u8], now: DateTime<Utc>) -> (Outcome, Vec<u8>) {
     let request = AuthzRequest::from_slice(bytes).unwrap();
-    let decision = engine::decide(snapshot, &request, now()).unwrap();
+    let decision = engine::decide(snapshot, &request, now).unwrap();
     let outcome = decision.outcome;
     let response = decision.response(&snapshot.version);
     (outcome, serde_json::to_vec(&response).unwrap())
