@@ -186,7 +186,7 @@ fn context(
     }
     // To the second: the policies compare it with dates, and requests within the
     // same second then share one datetime value (`extension_value`), where each new
-    // value costs Cedar ≈5 µs to build.
+    // value costs Cedar a few µs to build (BENCHMARKS.md, `time_varies`).
     let filled = fill_time.then(|| {
         let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
         (time.clone(), extension_value("datetime", &now))
