@@ -12,6 +12,8 @@
 use cedar_policy::{Entities, EvalResult, Request};
 use serde_json::Value;
 
+use crate::slice::stored_attr;
+
 /// The request variable a path starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Root {
@@ -86,27 +88,19 @@ impl AttrPath {
     pub fn resolve(&self, request: &Request, entities: &Entities) -> Option<EvalResult> {
         let (first, rest) = self.attrs.split_first()?;
         let mut value = match self.root {
-            Root::Principal => entity_attr(entities, request.principal()?, first)?,
-            Root::Resource => entity_attr(entities, request.resource()?, first)?,
+            Root::Principal => stored_attr(entities, request.principal()?, first)?,
+            Root::Resource => stored_attr(entities, request.resource()?, first)?,
             Root::Context => request.context()?.get(first)?,
         };
         for attr in rest {
             value = match value {
                 EvalResult::Record(record) => record.get(attr)?.clone(),
-                EvalResult::EntityUid(uid) => entity_attr(entities, &uid, attr)?,
+                EvalResult::EntityUid(uid) => stored_attr(entities, &uid, attr)?,
                 _ => return None,
             };
         }
         Some(value)
     }
-}
-
-fn entity_attr(
-    entities: &Entities,
-    uid: &cedar_policy::EntityUid,
-    attr: &str,
-) -> Option<EvalResult> {
-    entities.get(uid)?.attr(attr)?.ok()
 }
 
 impl std::fmt::Display for AttrPath {

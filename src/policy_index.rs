@@ -89,9 +89,13 @@ impl Bucket {
         }
     }
 
-    /// The policy sets of this bucket that can apply to `request`.
-    fn applicable<'a>(&'a self, request: &Request, entities: &Entities) -> Vec<&'a PolicySet> {
-        let mut sets: Vec<&PolicySet> = Vec::with_capacity(2);
+    /// Adds to `sets` the policy sets of this bucket that can apply to `request`.
+    fn add_applicable<'a>(
+        &'a self,
+        request: &Request,
+        entities: &Entities,
+        sets: &mut Vec<&'a PolicySet>,
+    ) {
         if !self.unguarded.is_empty() {
             sets.push(&self.unguarded);
         }
@@ -102,7 +106,6 @@ impl Bucket {
                 None => sets.extend(guarded.by_literal.values()),
             }
         }
-        sets
     }
 }
 
@@ -262,10 +265,13 @@ pub struct Combined {
 /// Evaluates the policies of each bucket that can apply, and combines the results as
 /// Cedar would on the union of the buckets.
 pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
+    let mut sets = Vec::with_capacity(2 * buckets.len());
+    for bucket in buckets {
+        bucket.add_applicable(request, entities, &mut sets);
+    }
     let authorizer = Authorizer::new();
-    let responses: Vec<Response> = buckets
-        .iter()
-        .flat_map(|bucket| bucket.applicable(request, entities))
+    let responses: Vec<Response> = sets
+        .into_iter()
         .map(|policies| authorizer.is_authorized(request, policies, entities))
         .collect();
     let reasons = |decision: cedar_policy::Decision| -> Vec<String> {

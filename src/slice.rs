@@ -96,6 +96,20 @@ pub fn references_of(entity: &Entity) -> Vec<EntityUid> {
     found
 }
 
+/// A stored entity's attribute, if the entity and the attribute exist and the value
+/// is whole (not partial).
+pub fn stored_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EvalResult> {
+    entities.get(uid)?.attr(name)?.ok()
+}
+
+/// A stored entity's attribute that is itself an entity.
+pub fn stored_entity_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EntityUid> {
+    match stored_attr(entities, uid, name)? {
+        EvalResult::EntityUid(target) => Some(target),
+        _ => None,
+    }
+}
+
 /// Entity references anywhere inside a value.
 pub fn collect_uids(value: &EvalResult, found: &mut Vec<EntityUid>) {
     match value {

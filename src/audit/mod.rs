@@ -10,11 +10,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cedar_policy::{Entities, EntityUid, EvalResult};
+use cedar_policy::{Entities, EntityUid};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::api::{AuthzRequest, AuthzResponse};
 use crate::engine::Decision;
+use crate::slice::stored_entity_attr;
 
 pub mod query;
 pub mod record;
@@ -108,11 +109,11 @@ impl Decided<'_> {
             resource,
             ..
         } = self.decision;
-        let partner = entity_attr(self.entities, principal, "partner")
-            .or_else(|| entity_attr(self.entities, resource, "partner"));
-        let caf = entity_attr(self.entities, resource, "caf")
+        let partner = stored_entity_attr(self.entities, principal, "partner")
+            .or_else(|| stored_entity_attr(self.entities, resource, "partner"));
+        let caf = stored_entity_attr(self.entities, resource, "caf")
             .or_else(|| partner.as_ref().and_then(|p| caf_of(self.entities, p)))
-            .or_else(|| entity_attr(self.entities, principal, "caf"));
+            .or_else(|| stored_entity_attr(self.entities, principal, "caf"));
         let diagnostics = &self.response.diagnostics;
         Entry::new(&Fields {
             time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -146,14 +147,6 @@ fn uid_text(uid: &EntityUid) -> String {
         format!("{}::\"{id}\"", uid.type_name())
     } else {
         uid.to_string()
-    }
-}
-
-/// A stored entity's attribute that is itself an entity.
-fn entity_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EntityUid> {
-    match entities.get(uid)?.attr(name)? {
-        Ok(EvalResult::EntityUid(target)) => Some(target),
-        _ => None,
     }
 }
 
