@@ -15,17 +15,26 @@
 //! evaluates the bucket's other policies and only those filed under the value the
 //! path has for it (all of them when the path cannot be evaluated safely).
 //!
-//! Combining bucket results is Cedar's own rule: Deny when a forbid is satisfied
-//! (the reason lists the satisfied forbids), else Allow when a permit is (the reason
-//! lists them), else Deny; errors from every bucket are kept. A property test checks
-//! that this equals Cedar on the whole set.
+//! Each policy is compiled once, at load, into the expression Cedar itself evaluates
+//! for it (its scope constraints, its `when` clauses and its negated `unless`
+//! clauses: Cedar's `condition()`), and a decision evaluates those expressions with
+//! Cedar's evaluator (`eval_expression`). Cedar's `Authorizer` would rebuild each
+//! policy's condition and gather a response of hash sets on every call: about a
+//! quarter of a decision's time (BENCHMARKS.md).
+//!
+//! Combining the results is Cedar's own rule: Deny when a forbid is satisfied (the
+//! reason lists the satisfied forbids), else Allow when a permit is (the reason lists
+//! them), else Deny; every evaluation error is kept, worded as Cedar words it. A
+//! property test checks that this equals Cedar's `Authorizer` on the whole set:
+//! decision, determining policies and error messages.
 
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Entities, EntityUid, EvalResult, Policy, PolicySet,
-    PrincipalConstraint, Request, ResourceConstraint, Response,
+    eval_expression, ActionConstraint, Effect, Entities, EntityUid, EvalResult, Expression, Policy,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint,
 };
+use serde_json::Value;
 
 use crate::guard::{AttrPath, Guard};
 use crate::slice::policy_literals;
@@ -36,7 +45,7 @@ type ScopeKey = Option<EntityUid>;
 /// The policies of one bucket, with the entity literals they mention.
 pub struct Bucket {
     /// Policies evaluated for every request that reaches the bucket.
-    unguarded: PolicySet,
+    unguarded: Vec<Rule>,
     /// Policies guarded by the bucket's most common guard path, by literal.
     guarded: Option<Guarded>,
     pub literals: Box<[EntityUid]>,
@@ -44,24 +53,78 @@ pub struct Bucket {
 
 struct Guarded {
     path: AttrPath,
-    by_literal: HashMap<String, PolicySet>,
+    by_literal: HashMap<String, Vec<Rule>>,
 }
 
-/// A policy with what the index reads from it once: its guard and entity literals.
+/// A policy compiled for evaluation.
+#[derive(Clone)]
+struct Rule {
+    id: String,
+    forbid: bool,
+    /// What Cedar evaluates for the policy: scope constraints, `when` clauses and
+    /// negated `unless` clauses, in Cedar's order.
+    condition: Expression,
+}
+
+impl Rule {
+    fn compile(policy: &Policy, json: &Value) -> Result<Self, IndexError> {
+        let cannot = |reason: String| IndexError::Compile {
+            id: policy.id().to_string(),
+            reason,
+        };
+        let est: cedar_policy_core::est::Policy =
+            serde_json::from_value(json.clone()).map_err(|e| cannot(e.to_string()))?;
+        let template = est
+            .try_into_ast_policy_or_template(None)
+            .map_err(|e| cannot(e.to_string()))?;
+        Ok(Self {
+            id: policy.id().to_string(),
+            forbid: policy.effect() == Effect::Forbid,
+            condition: Expression::from(template.condition()),
+        })
+    }
+
+    /// Whether the policy is satisfied by `request`, or Cedar's error for it.
+    fn satisfied(&self, request: &Request, entities: &Entities) -> Result<bool, String> {
+        match eval_expression(request, entities, &self.condition) {
+            Ok(EvalResult::Bool(satisfied)) => Ok(satisfied),
+            Ok(other) => Err(format!(
+                "error while evaluating policy `{}`: condition evaluated to {other}, not a boolean",
+                self.id
+            )),
+            Err(error) => {
+                // Cedar's wording (`AuthorizationError::PolicyEvaluationError`).
+                let mut text = format!("error while evaluating policy `{}`: {error}", self.id);
+                if let Some(help) = miette::Diagnostic::help(&error) {
+                    text.push_str(&format!(" ({help})"));
+                }
+                Err(text)
+            }
+        }
+    }
+}
+
+/// A policy with what the index reads from it once: its compiled form, its guard
+/// and its entity literals.
 struct Filed {
+    rule: Rule,
     policy: Policy,
     guard: Option<Guard>,
     literals: HashSet<EntityUid>,
 }
 
 impl Filed {
-    fn new(policy: &Policy) -> Self {
-        let json = policy.to_json().ok();
-        Self {
+    fn new(policy: &Policy) -> Result<Self, IndexError> {
+        let json = policy.to_json().map_err(|e| IndexError::Compile {
+            id: policy.id().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            rule: Rule::compile(policy, &json)?,
             policy: policy.clone(),
-            guard: json.as_ref().and_then(Guard::of),
-            literals: json.as_ref().map(policy_literals).unwrap_or_default(),
-        }
+            guard: Guard::of(&json),
+            literals: policy_literals(&json),
+        })
     }
 }
 
@@ -70,17 +133,16 @@ impl Bucket {
     fn new(members: &[&Filed]) -> Self {
         let literals: HashSet<&EntityUid> = members.iter().flat_map(|m| &m.literals).collect();
         let path = most_common_path(members.iter().filter_map(|m| m.guard.as_ref()));
-        let mut unguarded = PolicySet::new();
-        let mut by_literal: HashMap<String, PolicySet> = HashMap::new();
+        let mut unguarded = Vec::new();
+        let mut by_literal: HashMap<String, Vec<Rule>> = HashMap::new();
         for member in members {
-            let set = match (&member.guard, &path) {
+            let rules = match (&member.guard, &path) {
                 (Some(guard), Some(path)) if guard.path == *path => {
                     by_literal.entry(guard.literal.clone()).or_default()
                 }
                 _ => &mut unguarded,
             };
-            set.add(member.policy.clone())
-                .expect("ids are unique in the source set");
+            rules.push(member.rule.clone());
         }
         Self {
             unguarded,
@@ -89,23 +151,26 @@ impl Bucket {
         }
     }
 
-    /// Adds to `sets` the policy sets of this bucket that can apply to `request`.
-    fn add_applicable<'a>(
+    /// The policies of this bucket that can apply to `request`.
+    fn applicable<'a>(
         &'a self,
         request: &Request,
         entities: &Entities,
-        sets: &mut Vec<&'a PolicySet>,
-    ) {
-        if !self.unguarded.is_empty() {
-            sets.push(&self.unguarded);
-        }
-        if let Some(guarded) = &self.guarded {
-            match guarded.path.resolve(request, entities) {
-                Some(EvalResult::String(value)) => sets.extend(guarded.by_literal.get(&value)),
-                Some(_) => {}
-                None => sets.extend(guarded.by_literal.values()),
-            }
-        }
+    ) -> impl Iterator<Item = &'a Rule> {
+        let guarded: Vec<&[Rule]> = match &self.guarded {
+            None => Vec::new(),
+            Some(guarded) => match guarded.path.resolve(request, entities) {
+                Some(EvalResult::String(value)) => guarded
+                    .by_literal
+                    .get(&value)
+                    .map(Vec::as_slice)
+                    .into_iter()
+                    .collect(),
+                Some(_) => Vec::new(),
+                None => guarded.by_literal.values().map(Vec::as_slice).collect(),
+            },
+        };
+        self.unguarded.iter().chain(guarded.into_iter().flatten())
     }
 }
 
@@ -134,6 +199,8 @@ struct ActionBuckets {
 pub enum IndexError {
     #[error("policy `{0}` is template-linked; policy slicing supports static policies only")]
     TemplateLinked(String),
+    #[error("policy `{id}` cannot be compiled for evaluation: {reason}")]
+    Compile { id: String, reason: String },
 }
 
 pub struct PolicyIndex {
@@ -153,7 +220,7 @@ impl PolicyIndex {
             if !policy.is_static() {
                 return Err(IndexError::TemplateLinked(policy.id().to_string()));
             }
-            filed.push(Filed::new(policy));
+            filed.push(Filed::new(policy)?);
         }
         let mut members: HashMap<EntityUid, HashMap<(ScopeKey, ScopeKey), Vec<&Filed>>> =
             HashMap::new();
@@ -265,32 +332,20 @@ pub struct Combined {
 /// Evaluates the policies of each bucket that can apply, and combines the results as
 /// Cedar would on the union of the buckets.
 pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
-    let mut sets = Vec::with_capacity(2 * buckets.len());
-    for bucket in buckets {
-        bucket.add_applicable(request, entities, &mut sets);
-    }
-    let authorizer = Authorizer::new();
-    let responses: Vec<Response> = sets
-        .into_iter()
-        .map(|policies| authorizer.is_authorized(request, policies, entities))
-        .collect();
-    let reasons = |decision: cedar_policy::Decision| -> Vec<String> {
-        responses
-            .iter()
-            .filter(|r| r.decision() == decision)
-            .flat_map(|r| r.diagnostics().reason().map(|id| id.to_string()))
-            .collect()
-    };
-    let forbids = reasons(cedar_policy::Decision::Deny);
-    let permits = reasons(cedar_policy::Decision::Allow);
-    let errors = responses
+    let mut forbids = Vec::new();
+    let mut permits = Vec::new();
+    let mut errors = Vec::new();
+    for rule in buckets
         .iter()
-        .flat_map(|r| {
-            r.diagnostics()
-                .errors()
-                .map(|e| crate::diagnostic::describe(e))
-        })
-        .collect();
+        .flat_map(|bucket| bucket.applicable(request, entities))
+    {
+        match rule.satisfied(request, entities) {
+            Ok(true) if rule.forbid => forbids.push(rule.id.clone()),
+            Ok(true) => permits.push(rule.id.clone()),
+            Ok(false) => {}
+            Err(error) => errors.push(error),
+        }
+    }
     if !forbids.is_empty() {
         Combined {
             allowed: false,

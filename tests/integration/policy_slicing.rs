@@ -2,10 +2,12 @@
 //! scope (principal `==`/`in`/`is … in`, action `==`/`in [..]`/group/any, resource
 //! likewise) and random requests on the demo data are decided by the engine (only
 //! the buckets that can apply, within them only the policies whose guard the
-//! request can satisfy) and by Cedar on the whole set, and must agree on the
-//! decision, the determining policies and the errors.
+//! request can satisfy, evaluated as compiled conditions) and by Cedar's
+//! `Authorizer` on the whole set, and must agree on the decision, the determining
+//! policies and the error messages, word for word.
 
 use cdap_authz::api::AuthzRequest;
+use cdap_authz::diagnostic::describe;
 use cdap_authz::engine;
 use cdap_authz::load;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -148,11 +150,11 @@ proptest! {
                 let whole = Authorizer::new().is_authorized(&prepared.request, &set, &prepared.entities);
                 let cedar_allows = whole.decision() == cedar_policy::Decision::Allow;
                 let mut expected_errors: Vec<String> =
-                    whole.diagnostics().errors().map(|e| e.to_string()).collect();
+                    whole.diagnostics().errors().map(|e| describe(e)).collect();
                 let mut errors: Vec<String> = sliced.diagnostics.errors.clone();
                 expected_errors.sort();
                 errors.sort();
-                prop_assert_eq!(errors.len(), expected_errors.len(), "{:?}", request);
+                prop_assert_eq!(&errors, &expected_errors, "{:?}", request);
                 let expected_allow = cedar_allows && expected_errors.is_empty();
                 prop_assert_eq!(sliced.outcome == cdap_authz::api::Outcome::Allow, expected_allow, "{:?}", request);
                 let mut reason = sliced.diagnostics.reason.clone();
