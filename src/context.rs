@@ -18,10 +18,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cedar_policy::{Context, EntityUid, RestrictedExpression};
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use serde_json::{Map, Value};
 
-use crate::api::parse_entity_ref;
+use crate::api::{parse_entity_ref, plain_ref};
 
 /// A context attribute's type, as the schema declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +29,12 @@ pub enum AttrType {
     String,
     Long,
     Bool,
-    /// An entity type's name, and its eids when the schema enumerates them.
-    Entity(String, Option<Vec<String>>),
+    /// An entity type, and its eids when the schema enumerates them.
+    Entity {
+        name: String,
+        type_name: EntityTypeName,
+        eids: Option<Vec<String>>,
+    },
     Extension(String),
     Set(Box<AttrType>),
     Record(RecordType),
@@ -135,7 +139,11 @@ fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
         "Boolean" | "Bool" => AttrType::Bool,
         "Entity" => {
             let name = ty.get("name")?.as_str()?;
-            AttrType::Entity(name.to_owned(), declared.enums.get(name).cloned())
+            AttrType::Entity {
+                name: name.to_owned(),
+                type_name: name.parse().ok()?,
+                eids: declared.enums.get(name).cloned(),
+            }
         }
         "Extension" => AttrType::Extension(extension_name(ty.get("name")?.as_str()?)),
         "datetime" | "duration" | "decimal" | "ipaddr" | "__cedar::datetime"
@@ -214,15 +222,27 @@ fn convert(value: &Value, ty: &AttrType, path: &str) -> Result<RestrictedExpress
             RestrictedExpression::new_long(n.as_i64().ok_or_else(mismatch)?)
         }
         (AttrType::Bool, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
-        (AttrType::Entity(type_name, eids), _) => {
-            let uid = parse_entity_ref("context", value).map_err(|_| mismatch())?;
-            if uid.type_name().to_string() != *type_name {
+        (
+            AttrType::Entity {
+                name,
+                type_name,
+                eids,
+            },
+            _,
+        ) => {
+            let uid = match plain_ref(value) {
+                Some((ty, id)) if ty == name => {
+                    EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id))
+                }
+                _ => parse_entity_ref("context", value).map_err(|_| mismatch())?,
+            };
+            if uid.type_name() != type_name {
                 return Err(mismatch());
             }
             if let Some(eids) = eids {
                 if !eids.iter().any(|eid| eid == uid.id().unescaped()) {
                     return Err(format!(
-                        "`{path}`: {uid} is not one of the {type_name} entities the schema enumerates ({})",
+                        "`{path}`: {uid} is not one of the {name} entities the schema enumerates ({})",
                         eids.join(", ")
                     ));
                 }
@@ -299,7 +319,7 @@ fn describe(ty: &AttrType) -> String {
         AttrType::String => "a string".into(),
         AttrType::Long => "a whole number".into(),
         AttrType::Bool => "a boolean".into(),
-        AttrType::Entity(name, _) => format!("a {name} entity reference"),
+        AttrType::Entity { name, .. } => format!("a {name} entity reference"),
         AttrType::Extension(name) => format!("a {name} string"),
         AttrType::Set(element) => format!("an array, each item {}", describe(element)),
         AttrType::Record(_) => "an object".into(),

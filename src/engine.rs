@@ -11,9 +11,7 @@ use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::api::{
-    parse_entity_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError,
-};
+use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError};
 use crate::context::extension_value;
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
@@ -72,7 +70,7 @@ pub fn prepare<'s>(
     now: DateTime<Utc>,
 ) -> Result<Prepared<'s>, RequestError> {
     let principal = entity_ref(snapshot, "principal", &request.principal)?;
-    let action = parse_entity_ref("action", &request.action)?;
+    let action = snapshot.type_names.parse("action", &request.action)?;
     let scope_types = snapshot
         .scope_types(&action)
         .ok_or_else(|| RequestError::UnknownAction(action.to_string()))?;
@@ -253,7 +251,7 @@ fn entity_ref(
     field: &'static str,
     value: &Value,
 ) -> Result<EntityUid, RequestError> {
-    let uid = parse_entity_ref(field, value)?;
+    let uid = snapshot.type_names.parse(field, value)?;
     if !snapshot.knows_entity_type(uid.type_name()) {
         return Err(RequestError::UnknownEntityType {
             field,

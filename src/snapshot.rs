@@ -8,6 +8,7 @@ use std::path::Path;
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
 use chrono::{DateTime, Utc};
 
+use crate::api::TypeNames;
 use crate::context::ContextTypes;
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
@@ -31,6 +32,8 @@ pub struct Snapshot {
     /// Each action's context type, to build request contexts without Cedar's JSON parser.
     pub context_types: ContextTypes,
     entity_types: HashSet<EntityTypeName>,
+    /// The schema's entity and action types, to read references without a parser.
+    pub type_names: TypeNames,
     /// The principal and resource types each action applies to.
     scope_types: HashMap<EntityUid, ScopeTypes>,
 }
@@ -63,10 +66,16 @@ impl Snapshot {
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let context_types = ContextTypes::from_schema_text(&model.schema_text)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
-        let entity_types = model.schema.entity_types().cloned().collect();
+        let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
+        let type_names = TypeNames::new(
+            entity_types
+                .iter()
+                .chain(actions.iter().map(EntityUid::type_name))
+                .cloned(),
+        );
         let scope_types = scope_types(&model.schema, &actions);
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
@@ -82,6 +91,7 @@ impl Snapshot {
             time_attribute: time_attribute.to_owned(),
             context_types,
             entity_types,
+            type_names,
             scope_types,
         })
     }
