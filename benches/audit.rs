@@ -7,40 +7,32 @@
 //! where group commit shares one write among the waiting decisions).
 //!
 //! On a shared machine the two criterion runs (off, then on) may see different
-//! loads, so the bench first prints an interleaved A/B: after one warm-up pass,
-//! rounds timing the same work off-on-on-off or on-off-off-on (alternately), and
-//! the median of the per-round ratios.
+//! loads, so the bench first prints an interleaved A/B
+//! ([`common::interleaved_ratio`]): after one warm-up pass, rounds timing the same
+//! work off-on-on-off or on-off-off-on (alternately), and the median of the
+//! per-round ratios.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use cdap_authz::api::{AuthzRequest, AuthzResponse, Outcome};
 use cdap_authz::audit::{AuditConfig, AuditLog, Decided};
 use cdap_authz::engine;
-use cdap_authz::load::Sources;
-use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use cdap_authz::snapshot::Snapshot;
 use chrono::Utc;
 use criterion::{criterion_group, Criterion};
 use serde_json::json;
+
+use common::{bundled_model, interleaved_ratio, snapshot};
 
 const CONCURRENT: usize = 16;
 /// Interleaved A/B rounds, and iterations per shape and round.
 const AB_ROUNDS: usize = 15;
 const AB_ITERATIONS: usize = 40;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn snapshot() -> Arc<Snapshot> {
-    let sources = Sources {
-        policies: repo("policies"),
-        schema: repo("schema/cdap.cedarschema"),
-        entities: Some(repo("examples/entities.json")),
-        derived: Some(repo("schema/derived.json")),
-    };
-    Arc::new(Snapshot::load(&sources, DEFAULT_TIME_ATTRIBUTE).unwrap())
+fn shared_snapshot() -> Arc<Snapshot> {
+    Arc::new(snapshot(bundled_model()))
 }
 
 fn consultation() -> AuthzRequest {
@@ -102,7 +94,7 @@ async fn concurrent(
 }
 
 fn bench(c: &mut Criterion) {
-    let snapshot = snapshot();
+    let snapshot = shared_snapshot();
     let request = Arc::new(consultation());
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(AuditLog::start(AuditConfig::new(dir.path())).unwrap());
@@ -128,9 +120,9 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// Median over rounds of (time with the log) / (time without), per shape.
-fn interleaved_ab() {
-    let snapshot = snapshot();
+/// Log on / log off for each shape, from interleaved rounds of both.
+fn interleaved() {
+    let snapshot = shared_snapshot();
     let request = Arc::new(consultation());
     let dir = tempfile::tempdir().unwrap();
     let log = Some(Arc::new(
@@ -141,43 +133,22 @@ fn interleaved_ab() {
         .enable_all()
         .build()
         .unwrap();
-    let time = |log: &Option<Arc<AuditLog>>, concurrent_shape: bool| -> Duration {
-        let started = Instant::now();
-        for _ in 0..AB_ITERATIONS {
-            if concurrent_shape {
-                runtime.block_on(concurrent(&snapshot, &request, log));
-            } else {
-                runtime.block_on(decide(&snapshot, &request, log.as_deref()));
-            }
+    let run = |log: &Option<Arc<AuditLog>>, concurrent_shape: bool| {
+        if concurrent_shape {
+            runtime.block_on(concurrent(&snapshot, &request, log));
+        } else {
+            runtime.block_on(decide(&snapshot, &request, log.as_deref()));
         }
-        started.elapsed()
     };
     for (shape, concurrent_shape) in [("sequential", false), ("16_concurrent", true)] {
-        time(&log, concurrent_shape);
-        time(&None, concurrent_shape);
-        // Each round times off-on-on-off or on-off-off-on, so that neither side
-        // always runs first.
-        let mut ratios: Vec<f64> = (0..AB_ROUNDS)
-            .map(|round| {
-                let (mut on, mut off) = (Duration::ZERO, Duration::ZERO);
-                for log_first in [round % 2 == 0, round % 2 == 1] {
-                    if log_first {
-                        on += time(&log, concurrent_shape);
-                        off += time(&None, concurrent_shape);
-                    } else {
-                        off += time(&None, concurrent_shape);
-                        on += time(&log, concurrent_shape);
-                    }
-                }
-                on.as_secs_f64() / off.as_secs_f64()
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
+        let (median, min, max) = interleaved_ratio(
+            AB_ROUNDS,
+            AB_ITERATIONS,
+            || run(&None, concurrent_shape),
+            || run(&log, concurrent_shape),
+        );
         println!(
-            "interleaved A/B {shape}: log on / log off, median of {AB_ROUNDS} rounds = {:.2} (min {:.2}, max {:.2})",
-            ratios[AB_ROUNDS / 2],
-            ratios[0],
-            ratios[AB_ROUNDS - 1]
+            "interleaved A/B {shape}: log on / log off, median of {AB_ROUNDS} rounds = {median:.2} (min {min:.2}, max {max:.2})"
         );
     }
 }
@@ -185,7 +156,7 @@ fn interleaved_ab() {
 criterion_group!(benches, bench);
 
 fn main() {
-    interleaved_ab();
+    interleaved();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -16,10 +16,10 @@ mod common;
 use cdap_authz::api::{AuthzRequest, BatchRequest, Outcome};
 use cdap_authz::engine;
 use cedar_policy::Authorizer;
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, Criterion};
 use serde_json::Value;
 
-use common::{bundled_model, cases, full_path, full_path_at, now, snapshot};
+use common::{bundled_model, cases, full_path, full_path_at, interleaved_ratio, now, snapshot};
 
 /// E: Cedar's `is_authorized` alone, on prebuilt requests and the whole store.
 fn floor(c: &mut Criterion) {
@@ -127,5 +127,43 @@ fn batch(c: &mut Criterion) {
     c.bench_function("batch/30", |b| b.iter(|| black_box(run(black_box(&body)))));
 }
 
+/// Full path / E for each case, from interleaved rounds of both (the target ratio,
+/// robust to the shared machine's drift between criterion runs).
+fn interleaved() {
+    let snapshot = snapshot(bundled_model());
+    let authorizer = Authorizer::new();
+    for case in cases() {
+        let request = AuthzRequest::from_slice(&case.bytes).unwrap();
+        let prepared = engine::prepare(&snapshot, &request, now()).unwrap();
+        let (median, min, max) = interleaved_ratio(
+            AB_ROUNDS,
+            AB_ITERATIONS,
+            || {
+                black_box(authorizer.is_authorized(
+                    &prepared.request,
+                    &snapshot.policies,
+                    &snapshot.entities,
+                ));
+            },
+            || {
+                black_box(full_path(&snapshot, black_box(&case.bytes)));
+            },
+        );
+        println!(
+            "interleaved {}: full path / E, median of {AB_ROUNDS} rounds = {median:.2} (min {min:.2}, max {max:.2})",
+            case.label
+        );
+    }
+}
+
+/// Interleaved rounds, and decisions per side and round.
+const AB_ROUNDS: usize = 21;
+const AB_ITERATIONS: usize = 2_000;
+
 criterion_group!(benches, floor, full, time_varies, batch);
-criterion_main!(benches);
+
+fn main() {
+    interleaved();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

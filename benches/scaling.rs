@@ -1,6 +1,11 @@
 //! How the full decision path scales: with the number of stored entities (100, 100k
 //! and 1M users) and with the number of policies (the bundled set plus 1k and 10k
 //! per-partner rules). Per-request work should depend on neither.
+//!
+//! Ratios between separate criterion runs move with the shared machine's load (by
+//! ±25% within minutes), so the bench first prints the ratios the targets are stated
+//! in (1M users / 100 users; 10k extra policies / the bundled set) from interleaved
+//! rounds of both sides ([`common::interleaved_ratio`]).
 
 mod common;
 
@@ -9,9 +14,13 @@ use std::str::FromStr;
 
 use cdap_authz::load::{self, Model};
 use cedar_policy::{Entity, EntityUid, Policy, PolicyId, RestrictedExpression};
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
 
-use common::{bundled_model, cases, full_path, snapshot};
+use common::{bundled_model, cases, full_path, interleaved_ratio, snapshot};
+
+/// Interleaved rounds, and decisions per side and round.
+const AB_ROUNDS: usize = 21;
+const AB_ITERATIONS: usize = 2_000;
 
 /// `count` stored users of the Ville de Maubeuge, added to the demo data.
 fn with_users(mut model: Model, count: usize) -> Model {
@@ -103,5 +112,47 @@ fn policy_count(c: &mut Criterion) {
     group.finish();
 }
 
+/// The target ratios, each side timed in interleaved rounds.
+fn interleaved() {
+    let case = cases().remove(0);
+    let pairs = [
+        (
+            "1,000,000 stored users / 100",
+            with_users(bundled_model(), 100),
+            with_users(bundled_model(), 1_000_000),
+        ),
+        (
+            "10,033 policies / the bundled 33",
+            bundled_model(),
+            with_partner_policies(bundled_model(), 10_000),
+        ),
+    ];
+    for (label, small, large) in pairs {
+        let (small, large) = (snapshot(small), snapshot(large));
+        for snapshot in [&small, &large] {
+            assert_eq!(full_path(snapshot, &case.bytes).0, case.expected);
+        }
+        let (median, min, max) = interleaved_ratio(
+            AB_ROUNDS,
+            AB_ITERATIONS,
+            || {
+                black_box(full_path(&small, black_box(&case.bytes)));
+            },
+            || {
+                black_box(full_path(&large, black_box(&case.bytes)));
+            },
+        );
+        println!(
+            "interleaved {}: {label}, median of {AB_ROUNDS} rounds = {median:.2} (min {min:.2}, max {max:.2})",
+            case.label
+        );
+    }
+}
+
 criterion_group!(benches, store_size, policy_count);
-criterion_main!(benches);
+
+fn main() {
+    interleaved();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,7 +1,12 @@
 //! What the decision benches share: the timed cases (from `tests/policies/`), the
-//! bundled model, and the full in-process path.
+//! bundled model, the full in-process path, and the interleaved A/B timing of two
+//! paths.
+
+// Each bench compiles this module and uses its own part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use cdap_authz::api::{AuthzRequest, Outcome};
 use cdap_authz::engine;
@@ -123,4 +128,42 @@ pub fn full_path_at(snapshot: &Snapshot, bytes: &[u8], now: DateTime<Utc>) -> (O
     let outcome = decision.outcome;
     let response = decision.response(&snapshot.version);
     (outcome, serde_json::to_vec(&response).unwrap())
+}
+
+/// The ratio of `b`'s time to `a`'s, robust to the load shifts of a shared machine:
+/// after a warm-up pass of each, `rounds` rounds each time `iterations` runs of both
+/// in the order a-b-b-a or b-a-a-b (alternately, so neither always runs first).
+/// Returns the median of the per-round ratios, and their min and max.
+pub fn interleaved_ratio(
+    rounds: usize,
+    iterations: usize,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+) -> (f64, f64, f64) {
+    let time = |f: &mut dyn FnMut()| -> Duration {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        started.elapsed()
+    };
+    time(&mut a);
+    time(&mut b);
+    let mut ratios: Vec<f64> = (0..rounds)
+        .map(|round| {
+            let (mut time_a, mut time_b) = (Duration::ZERO, Duration::ZERO);
+            for a_first in [round % 2 == 0, round % 2 == 1] {
+                if a_first {
+                    time_a += time(&mut a);
+                    time_b += time(&mut b);
+                } else {
+                    time_b += time(&mut b);
+                    time_a += time(&mut a);
+                }
+            }
+            time_b.as_secs_f64() / time_a.as_secs_f64()
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (ratios[rounds / 2], ratios[0], ratios[rounds - 1])
 }
