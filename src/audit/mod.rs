@@ -137,17 +137,27 @@ impl Decided<'_> {
 }
 
 /// A uid as Cedar displays it (`Type::"id"`); when the id has nothing to escape (the
-/// usual case), without Cedar's escaping pass, which cost ≈0.2 µs a uid.
+/// usual case), put together from its parts, without Cedar's escaping pass and
+/// formatter (≈0.2 µs a uid).
 fn uid_text(uid: &EntityUid) -> String {
     let id = uid.id().unescaped();
-    if id
+    if !id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        format!("{}::\"{id}\"", uid.type_name())
-    } else {
-        uid.to_string()
+        return uid.to_string();
     }
+    let type_name = uid.type_name();
+    let mut text = String::with_capacity(48);
+    for part in type_name.namespace_components() {
+        text.push_str(part);
+        text.push_str("::");
+    }
+    text.push_str(type_name.basename());
+    text.push_str("::\"");
+    text.push_str(id);
+    text.push('"');
+    text
 }
 
 /// The `Caf` a partner belongs to.
