@@ -1,9 +1,12 @@
 //! Request contexts built from wire JSON by the types the schema declares.
 //!
-//! Cedar's JSON context parser is general and costs 6–18 µs a request; building the
-//! context from typed values costs about 1 µs. So each action's context type is read
-//! once per snapshot from the schema, and a request's context is converted value by
-//! value against it, with an error that names the attribute. The conversion is the
+//! Cedar's JSON context parser is general and costs 6–18 µs a request, and even
+//! `Context::from_pairs` evaluates its restricted expressions again (≈4.5 µs for a
+//! Cdap consultation). So each action's context type is read once per snapshot from
+//! the schema, and a request's context is converted value by value against it, with
+//! an error that names the attribute, straight into the values Cedar evaluates
+//! (`cedar_policy_core::ast::Value`, the same constructors Cedar's own evaluation of
+//! those expressions calls; a test holds the result equal to Cedar's parse). The conversion is the
 //! context's schema validation: undeclared attributes, missing required ones, wrong
 //! types (in sets and nested records too), entity references of another type or
 //! outside an enumerated type's eids, and malformed extension values are refused,
@@ -17,8 +20,11 @@
 //! `{"__extn": {"fn", "arg"}}`; sets as arrays; records as objects.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
 
 use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use cedar_policy_core::ast;
 use serde_json::{Map, Value};
 
 use crate::api::{parse_entity_ref, plain_ref};
@@ -183,24 +189,26 @@ impl RecordType {
     pub fn build(
         &self,
         json: &Map<String, Value>,
-        extra: Vec<(String, RestrictedExpression)>,
+        extra: Vec<(String, ast::Value)>,
     ) -> Result<Context, String> {
-        let pairs = self.fields(json, "")?.into_iter().chain(extra);
-        Context::from_pairs(pairs).map_err(|e| e.to_string())
+        let mut fields = self.fields(json, "")?;
+        fields.extend(extra.into_iter().map(|(name, value)| (name.into(), value)));
+        Ok(Context::from(ast::Context::Value(Arc::new(fields))))
     }
 
     fn fields(
         &self,
         json: &Map<String, Value>,
-        path: &str,
-    ) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        prefix: &str,
+    ) -> Result<BTreeMap<smol_str::SmolStr, ast::Value>, String> {
         if let Some(name) = json.keys().find(|k| !self.attributes.contains_key(*k)) {
-            return Err(format!("`{path}{name}` is not declared by the schema"));
+            return Err(format!("`{prefix}{name}` is not declared by the schema"));
         }
-        let mut fields = Vec::with_capacity(json.len());
+        let mut fields = BTreeMap::new();
         for (name, value) in json {
             let (ty, _) = &self.attributes[name];
-            fields.push((name.clone(), convert(value, ty, &format!("{path}{name}"))?));
+            let path = Path { prefix, name };
+            fields.insert(name.as_str().into(), convert(value, ty, &path)?);
         }
         Ok(fields)
     }
@@ -214,14 +222,24 @@ impl RecordType {
     }
 }
 
-fn convert(value: &Value, ty: &AttrType, path: &str) -> Result<RestrictedExpression, String> {
+/// An attribute's path in the context, written out only for an error message.
+struct Path<'a> {
+    prefix: &'a str,
+    name: &'a str,
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.prefix, self.name)
+    }
+}
+
+fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, String> {
     let mismatch = || format!("`{path}`: expected {}, found {value}", describe(ty));
     Ok(match (ty, value) {
-        (AttrType::String, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
-        (AttrType::Long, Value::Number(n)) => {
-            RestrictedExpression::new_long(n.as_i64().ok_or_else(mismatch)?)
-        }
-        (AttrType::Bool, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+        (AttrType::String, Value::String(s)) => ast::Value::from(s.as_str()),
+        (AttrType::Long, Value::Number(n)) => ast::Value::from(n.as_i64().ok_or_else(mismatch)?),
+        (AttrType::Bool, Value::Bool(b)) => ast::Value::from(*b),
         (
             AttrType::Entity {
                 name,
@@ -247,71 +265,83 @@ fn convert(value: &Value, ty: &AttrType, path: &str) -> Result<RestrictedExpress
                     ));
                 }
             }
-            RestrictedExpression::new_entity_uid(uid)
+            ast::Value::from(AsRef::<ast::EntityUID>::as_ref(&uid).clone())
         }
-        (AttrType::Extension(name), _) => extension(name, value).ok_or_else(mismatch)?,
-        (AttrType::Set(element), Value::Array(items)) => RestrictedExpression::new_set(
+        (AttrType::Extension(name), _) => {
+            let arg = extension_arg(name, value).ok_or_else(mismatch)?;
+            extension_value(name, arg).map_err(|e| format!("`{path}`: {e}"))?
+        }
+        (AttrType::Set(element), Value::Array(items)) => ast::Value::set(
             items
                 .iter()
                 .map(|item| convert(item, element, path))
                 .collect::<Result<Vec<_>, _>>()?,
+            None,
         ),
         (AttrType::Record(record), Value::Object(map)) => {
             if let Some(name) = record.missing(map).next() {
                 return Err(format!("`{path}.{name}`: missing required attribute"));
             }
             let fields = record.fields(map, &format!("{path}."))?;
-            RestrictedExpression::new_record(fields).map_err(|e| format!("`{path}`: {e}"))?
+            ast::Value::record_arc(Arc::new(fields), None)
         }
         _ => return Err(mismatch()),
     })
 }
 
-/// An extension value from its string, or from Cedar's `__extn` escape.
-fn extension(name: &str, value: &Value) -> Option<RestrictedExpression> {
-    let arg = match value {
-        Value::String(arg) => arg.as_str(),
+/// An extension value's argument, from its string or from Cedar's `__extn` escape.
+fn extension_arg<'a>(name: &str, value: &'a Value) -> Option<&'a str> {
+    match value {
+        Value::String(arg) => Some(arg.as_str()),
         Value::Object(map) => {
             let extn = map.get("__extn")?;
             if extn.get("fn")?.as_str()? != name {
                 return None;
             }
-            extn.get("arg")?.as_str()?
+            extn.get("arg")?.as_str()
         }
-        _ => return None,
-    };
-    if !matches!(name, "datetime" | "duration" | "decimal" | "ipaddr") {
-        return None;
+        _ => None,
     }
-    Some(extension_value(name, arg))
 }
 
 thread_local! {
     /// The last extension value built on this thread, by (extension, argument).
-    static LAST_EXTENSION: std::cell::RefCell<Option<(String, String, RestrictedExpression)>> =
+    static LAST_EXTENSION: std::cell::RefCell<Option<(String, String, ast::Value)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// `datetime("…")` and the like. Cedar's constructors re-parse the extension's name
-/// on every call (about 4 µs), and consecutive requests mostly carry the same
-/// value (the current time, filled in to the second), so the last one is kept per
-/// thread.
-pub fn extension_value(name: &str, arg: &str) -> RestrictedExpression {
+/// `datetime("…")` and the like, as Cedar evaluates them. Cedar's constructors parse
+/// the extension's name and then the argument (a regex for a datetime) on every
+/// call, a few µs, and consecutive requests mostly carry the same value (the current
+/// time, filled in to the second), so the last one is kept per thread.
+pub fn extension_value(name: &str, arg: &str) -> Result<ast::Value, String> {
     LAST_EXTENSION.with_borrow_mut(|last| {
         if let Some((last_name, last_arg, value)) = last.as_ref() {
             if last_name == name && last_arg == arg {
-                return value.clone();
+                return Ok(value.clone());
             }
         }
-        let value = match name {
-            "datetime" => RestrictedExpression::new_datetime(arg),
-            "duration" => RestrictedExpression::new_duration(arg),
-            "decimal" => RestrictedExpression::new_decimal(arg),
-            _ => RestrictedExpression::new_ip(arg),
-        };
+        let value = evaluate_extension(name, arg)?;
         *last = Some((name.to_owned(), arg.to_owned(), value.clone()));
-        value
+        Ok(value)
     })
+}
+
+/// Cedar's own evaluation of an extension constructor call.
+fn evaluate_extension(name: &str, arg: &str) -> Result<ast::Value, String> {
+    let expression = match name {
+        "datetime" => RestrictedExpression::new_datetime(arg),
+        "duration" => RestrictedExpression::new_duration(arg),
+        "decimal" => RestrictedExpression::new_decimal(arg),
+        "ipaddr" => RestrictedExpression::new_ip(arg),
+        other => return Err(format!("unknown extension type `{other}`")),
+    };
+    let context = Context::from_pairs([(String::new(), expression)]).map_err(|e| e.to_string())?;
+    match context.as_ref() {
+        ast::Context::Value(fields) => fields.get("").cloned(),
+        ast::Context::RestrictedResidual(_) => None,
+    }
+    .ok_or_else(|| format!("{name}(\"{arg}\") did not evaluate to a value"))
 }
 
 fn describe(ty: &AttrType) -> String {
@@ -421,6 +451,64 @@ mod tests {
             json[key] = value;
             let error = build(json).unwrap_err();
             assert!(error.contains(message), "{key}: {error}");
+        }
+    }
+
+    /// Cedar's own reading of a context, by its schema-based JSON parser.
+    fn cedar_reading(json: &serde_json::Value) -> Context {
+        let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
+        let action = "Action::\"consult\"".parse().unwrap();
+        Context::from_json_value(json.clone(), Some((&schema, &action))).unwrap()
+    }
+
+    fn assert_same_as_cedar(json: serde_json::Value) {
+        let built = build(json.clone()).unwrap();
+        let cedar = cedar_reading(&json);
+        assert_eq!(built.as_ref(), cedar.as_ref(), "{json}");
+    }
+
+    #[test]
+    fn contexts_equal_cedars_reading() {
+        assert_same_as_cedar(json!({
+            "now": {"__extn": {"fn": "datetime", "arg": "2026-11-22T10:00:00.123Z"}},
+            "mission": {"__entity": {"type": "Mission", "id": "m \" q"}},
+            "categories": ["rsa", "quotient_familial", "rsa", ""],
+            "count": -7,
+            "channel": {"__entity": {"type": "Channel", "id": "web"}},
+            "place": {"city": "Maubeuge", "zip": "59600"}
+        }));
+        assert_same_as_cedar(json!({
+            "now": {"__extn": {"fn": "datetime", "arg": "2026-11-22"}},
+            "mission": {"__entity": {"type": "Mission", "id": ""}},
+            "categories": [],
+            "place": {"city": "é"}
+        }));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_context_equals_cedars_reading(
+            categories in proptest::collection::vec("[a-z_\"\\\\é]{0,6}", 0..5),
+            count in proptest::option::of(proptest::num::i64::ANY),
+            mission in "[a-z\"\\\\ :]{0,6}",
+            city in "[A-Za-z é]{0,6}",
+            zip in proptest::option::of("[0-9]{5}"),
+            seconds in 0u32..86_400,
+        ) {
+            let mut json = json!({
+                "now": {"__extn": {"fn": "datetime", "arg": format!(
+                    "2026-11-22T{:02}:{:02}:{:02}Z", seconds / 3600, seconds / 60 % 60, seconds % 60)}},
+                "mission": {"__entity": {"type": "Mission", "id": mission}},
+                "categories": categories,
+                "place": {"city": city},
+            });
+            if let Some(count) = count {
+                json["count"] = json!(count);
+            }
+            if let Some(zip) = zip {
+                json["place"]["zip"] = json!(zip);
+            }
+            assert_same_as_cedar(json);
         }
     }
 

@@ -185,12 +185,14 @@ fn context(
     // To the second: the policies compare it with dates, and requests within the
     // same second then share one datetime value (`extension_value`), where each new
     // value costs Cedar a few µs to build (BENCHMARKS.md, `time_varies`).
-    let filled = fill_time.then(|| {
+    let mut filled = Vec::new();
+    if fill_time {
         let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
-        (time.clone(), extension_value("datetime", &now))
-    });
+        let value = extension_value("datetime", &now).map_err(RequestError::InvalidContext)?;
+        filled.push((time.clone(), value));
+    }
     context_type
-        .build(json, filled.into_iter().collect())
+        .build(json, filled)
         .map_err(RequestError::InvalidContext)
 }
 
