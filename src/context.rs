@@ -21,10 +21,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
-use cedar_policy_core::ast;
+use cedar_policy::{Context, EntityId, EntityTypeName, EntityUid};
+use cedar_policy_core::ast::{self, ExtensionFunction};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
 
 use crate::api::{parse_entity_ref, plain_ref};
@@ -310,10 +311,10 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `datetime("…")` and the like, as Cedar evaluates them. Cedar's constructors parse
-/// the extension's name and then the argument (a regex for a datetime) on every
-/// call, a few µs, and consecutive requests mostly carry the same value (the current
-/// time, filled in to the second), so the last one is kept per thread.
+/// `datetime("…")` and the like, as Cedar evaluates them. Parsing the argument costs
+/// about a µs (a regex for a datetime), and consecutive requests mostly carry the
+/// same value (the current time, filled in to the second), so the last one is kept
+/// per thread.
 pub fn extension_value(name: &str, arg: &str) -> Result<ast::Value, String> {
     LAST_EXTENSION.with_borrow_mut(|last| {
         if let Some((last_name, last_arg, value)) = last.as_ref() {
@@ -327,21 +328,39 @@ pub fn extension_value(name: &str, arg: &str) -> Result<ast::Value, String> {
     })
 }
 
+/// Cedar's constructor of each extension type, looked up once (Cedar's
+/// `RestrictedExpression::new_datetime` and the like parse the function's name with
+/// the policy parser on every call, ≈4 µs).
+static CONSTRUCTORS: LazyLock<HashMap<&'static str, &'static ExtensionFunction>> =
+    LazyLock::new(|| {
+        [
+            ("datetime", "datetime"),
+            ("duration", "duration"),
+            ("decimal", "decimal"),
+            ("ipaddr", "ip"),
+        ]
+        .into_iter()
+        .filter_map(|(extension, function)| {
+            let function = Extensions::all_available()
+                .func(&function.parse().ok()?)
+                .ok()?;
+            Some((extension, function))
+        })
+        .collect()
+    });
+
 /// Cedar's own evaluation of an extension constructor call.
 fn evaluate_extension(name: &str, arg: &str) -> Result<ast::Value, String> {
-    let expression = match name {
-        "datetime" => RestrictedExpression::new_datetime(arg),
-        "duration" => RestrictedExpression::new_duration(arg),
-        "decimal" => RestrictedExpression::new_decimal(arg),
-        "ipaddr" => RestrictedExpression::new_ip(arg),
-        other => return Err(format!("unknown extension type `{other}`")),
-    };
-    let context = Context::from_pairs([(String::new(), expression)]).map_err(|e| e.to_string())?;
-    match context.as_ref() {
-        ast::Context::Value(fields) => fields.get("").cloned(),
-        ast::Context::RestrictedResidual(_) => None,
+    let constructor = CONSTRUCTORS
+        .get(name)
+        .ok_or_else(|| format!("unknown extension type `{name}`"))?;
+    match constructor.call(&[ast::Value::from(arg)]) {
+        Ok(ast::PartialValue::Value(value)) => Ok(value),
+        Ok(ast::PartialValue::Residual(_)) => {
+            Err(format!("{name}(\"{arg}\") did not evaluate to a value"))
+        }
+        Err(error) => Err(error.to_string()),
     }
-    .ok_or_else(|| format!("{name}(\"{arg}\") did not evaluate to a value"))
 }
 
 fn describe(ty: &AttrType) -> String {
@@ -483,6 +502,45 @@ mod tests {
             "categories": [],
             "place": {"city": "é"}
         }));
+    }
+
+    #[test]
+    fn extension_values_equal_cedars_constructors() {
+        use cedar_policy::RestrictedExpression;
+        for (name, arg, expression) in [
+            (
+                "datetime",
+                "2026-11-22T10:00:00+0100",
+                RestrictedExpression::new_datetime("2026-11-22T10:00:00+0100"),
+            ),
+            (
+                "duration",
+                "-1d2h3m4s5ms",
+                RestrictedExpression::new_duration("-1d2h3m4s5ms"),
+            ),
+            (
+                "decimal",
+                "12.3456",
+                RestrictedExpression::new_decimal("12.3456"),
+            ),
+            (
+                "ipaddr",
+                "10.0.0.0/8",
+                RestrictedExpression::new_ip("10.0.0.0/8"),
+            ),
+        ] {
+            let cedar = Context::from_pairs([("v".to_owned(), expression)]).unwrap();
+            let ast::Context::Value(fields) = cedar.as_ref() else {
+                panic!("{name}: not a value")
+            };
+            assert_eq!(
+                evaluate_extension(name, arg).unwrap(),
+                fields["v"],
+                "{name}"
+            );
+        }
+        assert!(evaluate_extension("decimal", "1.23456").is_err());
+        assert!(evaluate_extension("ipaddr", "10.0.0.256").is_err());
     }
 
     proptest::proptest! {
