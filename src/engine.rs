@@ -184,7 +184,7 @@ fn context(
     }
     // To the second: the policies compare it with dates, and requests within the
     // same second then share one datetime value (`extension_value`), where each new
-    // value costs Cedar a few µs to build (BENCHMARKS.md, `time_varies`).
+    // value costs about a µs to parse (BENCHMARKS.md, `time_varies`).
     let mut filled = Vec::new();
     if fill_time {
         let now = now.to_rfc3339_opts(SecondsFormat::Secs, true);
