@@ -506,29 +506,16 @@ mod tests {
 
     #[test]
     fn extension_values_equal_cedars_constructors() {
-        use cedar_policy::RestrictedExpression;
-        for (name, arg, expression) in [
-            (
-                "datetime",
-                "2026-11-22T10:00:00+0100",
-                RestrictedExpression::new_datetime("2026-11-22T10:00:00+0100"),
-            ),
-            (
-                "duration",
-                "-1d2h3m4s5ms",
-                RestrictedExpression::new_duration("-1d2h3m4s5ms"),
-            ),
-            (
-                "decimal",
-                "12.3456",
-                RestrictedExpression::new_decimal("12.3456"),
-            ),
-            (
-                "ipaddr",
-                "10.0.0.0/8",
-                RestrictedExpression::new_ip("10.0.0.0/8"),
-            ),
-        ] {
+        use cedar_policy::RestrictedExpression as Expr;
+        type Constructor = fn(String) -> Expr;
+        let cases: [(&str, &str, Constructor); 4] = [
+            ("datetime", "2026-11-22T10:00:00+0100", Expr::new_datetime),
+            ("duration", "-1d2h3m4s5ms", Expr::new_duration),
+            ("decimal", "12.3456", Expr::new_decimal),
+            ("ipaddr", "10.0.0.0/8", Expr::new_ip),
+        ];
+        for (name, arg, constructor) in cases {
+            let expression = constructor(arg.to_owned());
             let cedar = Context::from_pairs([("v".to_owned(), expression)]).unwrap();
             let ast::Context::Value(fields) = cedar.as_ref() else {
                 panic!("{name}: not a value")
