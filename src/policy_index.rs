@@ -17,10 +17,12 @@
 //!
 //! Each policy is compiled once, at load, into the expression Cedar itself evaluates
 //! for it (its scope constraints, its `when` clauses and its negated `unless`
-//! clauses: Cedar's `condition()`), and a decision evaluates those expressions with
-//! Cedar's evaluator (`eval_expression`). Cedar's `Authorizer` would rebuild each
-//! policy's condition and gather a response of hash sets on every call: about a
-//! quarter of a decision's time (BENCHMARKS.md).
+//! clauses: Cedar's `condition()`), less the scope tests its bucket guarantees, and a
+//! decision evaluates those expressions with Cedar's evaluator (`eval_expression`).
+//! Cedar's `Authorizer` would rebuild each policy's condition and gather a response
+//! of hash sets on every call (about a quarter of a decision's time), and testing the
+//! action and unconstrained scopes of every policy again cost another quarter of
+//! what was left (BENCHMARKS.md).
 //!
 //! Combining the results is Cedar's own rule: Deny when a forbid is satisfied (the
 //! reason lists the satisfied forbids), else Allow when a permit is (the reason lists
@@ -34,6 +36,7 @@ use cedar_policy::{
     eval_expression, ActionConstraint, Effect, Entities, EntityUid, EvalResult, Expression, Policy,
     PolicySet, PrincipalConstraint, Request, ResourceConstraint,
 };
+use cedar_policy_core::ast::{self, PrincipalOrResourceConstraint as Scope};
 use serde_json::Value;
 
 use crate::guard::{AttrPath, Guard};
@@ -80,7 +83,7 @@ impl Rule {
         Ok(Self {
             id: policy.id().to_string(),
             forbid: policy.effect() == Effect::Forbid,
-            condition: Expression::from(template.condition()),
+            condition: Expression::from(bucket_condition(&template)),
         })
     }
 
@@ -102,6 +105,34 @@ impl Rule {
             }
         }
     }
+}
+
+/// Cedar's condition for a policy, less the scope tests that reaching the policy
+/// through its bucket already passed: the action (a bucket holds one action's
+/// policies), `principal in X` and `resource in X` (the bucket is keyed by X, which
+/// the request's entity is or descends from), and unconstrained scopes. Each is a
+/// `true` at the head of Cedar's `&&` chain, and a scope test never errors, so the
+/// rest evaluates as it would in Cedar (the slicing property test checks it).
+/// `==`, `is` and `is … in` tests stay.
+fn bucket_condition(template: &ast::Template) -> ast::Expr {
+    let kept = |scope: &Scope, test: ast::Expr| match scope {
+        Scope::Any | Scope::In(_) => None,
+        Scope::Eq(_) | Scope::Is(_) | Scope::IsIn(..) => Some(test),
+    };
+    let principal = template.principal_constraint();
+    let resource = template.resource_constraint();
+    let body = template
+        .non_scope_constraints()
+        .cloned()
+        .unwrap_or_else(|| ast::Expr::val(true));
+    [
+        kept(principal.as_inner(), principal.as_expr()),
+        kept(resource.as_inner(), resource.as_expr()),
+    ]
+    .into_iter()
+    .flatten()
+    .rev()
+    .fold(body, |rest, test| ast::Expr::and(test, rest))
 }
 
 /// A policy with what the index reads from it once: its compiled form, its guard
