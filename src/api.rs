@@ -176,13 +176,17 @@ impl TypeNames {
 }
 
 /// The type name and id of a reference that needs no parser: the object form, or
-/// the text form `Type::"id"` whose id has no quote or escape.
+/// the text form `Type::"id"` whose id is printable ASCII with no quote, apostrophe
+/// or backslash (Cedar accepts ids only in the form `escape_debug` leaves alone;
+/// anything else goes to Cedar's parser).
 pub fn plain_ref(value: &Value) -> Option<(&str, &str)> {
     match value {
         Value::String(text) => {
             let (type_name, quoted) = text.split_once("::\"")?;
             let id = quoted.strip_suffix('"')?;
-            (!id.contains(['"', '\\'])).then_some((type_name, id))
+            id.bytes()
+                .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\'' | b'\\'))
+                .then_some((type_name, id))
         }
         Value::Object(map) => {
             let map = match map.get("__entity") {
@@ -279,6 +283,10 @@ mod tests {
             json!("User::\"al\\\"ice\""),
             json!("User::\"tab\\tbed\""),
             json!("User::\"uni\\u{e9}\""),
+            json!("User::\"it's\""),
+            json!("User::\"tab\tin\""),
+            json!("User::\"\u{301}accent first\""),
+            json!("User::\"nbsp\u{a0}\""),
             json!("User :: \"spaced\""),
             json!("User::\"unterminated"),
             json!("User::\"two\" \"ids\""),
@@ -293,7 +301,10 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_text_reference_parses_as_cedar_does(id in "[a-z\"\\\\ :{}u0-9é]{0,8}", ty in "(User|Ns::Doc|Other|User )") {
+        fn any_text_reference_parses_as_cedar_does(
+            id in "[a-z\"'\\\\ :{}u0-9é*\n\t\r\u{0}\u{a0}\u{200b}\u{301}]{0,8}",
+            ty in "(User|Ns::Doc|Other|User )",
+        ) {
             let names = TypeNames::new(["User", "Ns::Doc"].map(|n| n.parse().unwrap()));
             assert_same_as_cedar(&names, &Value::String(format!("{ty}::\"{id}\"")));
             assert_same_as_cedar(&names, &json!({"type": ty, "id": id}));

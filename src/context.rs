@@ -60,15 +60,21 @@ pub struct ContextTypes {
 }
 
 impl ContextTypes {
-    /// Reads the context types from the schema text (Cedar syntax or JSON).
+    /// Reads the context types from the schema text (Cedar syntax or JSON), with every
+    /// type name resolved to its qualified name (a JSON schema goes through its Cedar
+    /// text for that).
     pub fn from_schema_text(schema_text: &str) -> Result<Self, String> {
-        let json = if schema_text.trim_start().starts_with('{') {
-            serde_json::from_str(schema_text).map_err(|e| e.to_string())?
-        } else {
-            cedar_policy::schema_str_to_json_with_resolved_types(schema_text)
+        let cedar_text = if schema_text.trim_start().starts_with('{') {
+            cedar_policy::SchemaFragment::from_json_str(schema_text)
                 .map_err(|e| e.to_string())?
-                .0
+                .to_cedarschema()
+                .map_err(|e| e.to_string())?
+        } else {
+            schema_text.to_owned()
         };
+        let json = cedar_policy::schema_str_to_json_with_resolved_types(&cedar_text)
+            .map_err(|e| e.to_string())?
+            .0;
         let enums = enumerated_entity_types(&json);
         let mut by_action = HashMap::new();
         for (namespace, body) in json.as_object().into_iter().flatten() {
@@ -290,16 +296,18 @@ fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, Stri
     })
 }
 
-/// An extension value's argument, from its string or from Cedar's `__extn` escape.
+/// An extension value's argument: its string, or Cedar's escape naming the
+/// extension's constructor (`{"__extn": {"fn": "datetime", "arg": "…"}}`, with or
+/// without `__extn`; the constructor of `ipaddr` is `ip`).
 fn extension_arg<'a>(name: &str, value: &'a Value) -> Option<&'a str> {
     match value {
         Value::String(arg) => Some(arg.as_str()),
         Value::Object(map) => {
-            let extn = map.get("__extn")?;
-            if extn.get("fn")?.as_str()? != name {
+            let escape = map.get("__extn").unwrap_or(value);
+            if escape.get("fn")?.as_str()? != constructor_name(name)? {
                 return None;
             }
-            extn.get("arg")?.as_str()
+            escape.get("arg")?.as_str()
         }
         _ => None,
     }
@@ -328,25 +336,35 @@ pub fn extension_value(name: &str, arg: &str) -> Result<ast::Value, String> {
     })
 }
 
+/// Each extension type, and the name of its constructor function in Cedar.
+const EXTENSIONS: [(&str, &str); 4] = [
+    ("datetime", "datetime"),
+    ("duration", "duration"),
+    ("decimal", "decimal"),
+    ("ipaddr", "ip"),
+];
+
+fn constructor_name(extension: &str) -> Option<&'static str> {
+    EXTENSIONS
+        .iter()
+        .find(|(name, _)| *name == extension)
+        .map(|(_, constructor)| *constructor)
+}
+
 /// Cedar's constructor of each extension type, looked up once (Cedar's
 /// `RestrictedExpression::new_datetime` and the like parse the function's name with
 /// the policy parser on every call, ≈4 µs).
 static CONSTRUCTORS: LazyLock<HashMap<&'static str, &'static ExtensionFunction>> =
     LazyLock::new(|| {
-        [
-            ("datetime", "datetime"),
-            ("duration", "duration"),
-            ("decimal", "decimal"),
-            ("ipaddr", "ip"),
-        ]
-        .into_iter()
-        .filter_map(|(extension, function)| {
-            let function = Extensions::all_available()
-                .func(&function.parse().ok()?)
-                .ok()?;
-            Some((extension, function))
-        })
-        .collect()
+        EXTENSIONS
+            .into_iter()
+            .filter_map(|(extension, function)| {
+                let function = Extensions::all_available()
+                    .func(&function.parse().ok()?)
+                    .ok()?;
+                Some((extension, function))
+            })
+            .collect()
     });
 
 /// Cedar's own evaluation of an extension constructor call.
@@ -385,7 +403,7 @@ mod tests {
         type Session = { authentication: String, now: datetime };
         action consult appliesTo { principal: User, resource: User, context: {
             now: datetime, mission: Mission, categories: Set<String>, count?: Long,
-            channel?: Channel,
+            channel?: Channel, addr?: ipaddr,
             place: { city: String, zip?: String } } };
         action session appliesTo { principal: User, resource: User, context: Session };
     "#;
@@ -502,6 +520,33 @@ mod tests {
             "categories": [],
             "place": {"city": "é"}
         }));
+    }
+
+    #[test]
+    fn extension_escapes_are_read_as_cedar_reads_them() {
+        let mut escaped = valid();
+        escaped["addr"] = json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}});
+        escaped["now"] = json!({"fn": "datetime", "arg": "2026-11-22"});
+        assert_same_as_cedar(escaped);
+        let mut misnamed = valid();
+        misnamed["addr"] = json!({"__extn": {"fn": "ipaddr", "arg": "10.0.0.1"}});
+        assert!(build(misnamed).is_err());
+    }
+
+    #[test]
+    fn names_in_a_json_schema_namespace_are_qualified() {
+        let schema = json!({"Ns": {
+            "entityTypes": {"Mission": {}},
+            "actions": {"go": {"appliesTo": {
+                "principalTypes": ["Mission"], "resourceTypes": ["Mission"],
+                "context": {"type": "Record", "attributes": {
+                    "m": {"type": "Entity", "name": "Mission"}}}}}}}});
+        let types = ContextTypes::from_schema_text(&schema.to_string()).unwrap();
+        let record = types.get(&"Ns::Action::\"go\"".parse().unwrap()).unwrap();
+        let build =
+            |m: serde_json::Value| record.build(json!({ "m": m }).as_object().unwrap(), Vec::new());
+        assert!(build(json!({"type": "Ns::Mission", "id": "x"})).is_ok());
+        assert!(build(json!({"type": "Mission", "id": "x"})).is_err());
     }
 
     #[test]

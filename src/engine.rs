@@ -136,21 +136,31 @@ pub fn prepare<'s>(
     })
 }
 
-/// The ancestors of a stored entity, or of one the request brings (its parents and
-/// theirs, stored or brought).
+/// The ancestors of an entity as Cedar sees them in the stored entities plus the
+/// request's own, each once: a stored entity's ancestors (already transitively
+/// closed), a brought entity's parents, and the parents of every brought entity
+/// among those in turn (a stored entity's parent may be one the request brings).
 fn ancestors(uid: &EntityUid, stored: &Entities, added: &[Entity]) -> Vec<EntityUid> {
+    let stored_ancestors = |uid: &EntityUid| -> Vec<EntityUid> {
+        stored
+            .ancestors(uid)
+            .map(|found| found.cloned().collect())
+            .unwrap_or_default()
+    };
+    if added.is_empty() {
+        return stored_ancestors(uid);
+    }
     let mut found: Vec<EntityUid> = Vec::new();
     let mut pending = vec![uid.clone()];
     while let Some(next) = pending.pop() {
-        if let Some(stored_ancestors) = stored.ancestors(&next) {
-            found.extend(stored_ancestors.cloned());
-        } else if let Some(entity) = added.iter().find(|e| e.uid() == next) {
-            let (_, _, parents) = entity.clone().into_inner();
-            for parent in parents {
-                if !found.contains(&parent) {
-                    found.push(parent.clone());
-                    pending.push(parent);
-                }
+        let parents = match added.iter().find(|e| e.uid() == next) {
+            Some(entity) => entity.clone().into_inner().2.into_iter().collect(),
+            None => stored_ancestors(&next),
+        };
+        for parent in parents {
+            if !found.contains(&parent) {
+                found.push(parent.clone());
+                pending.push(parent);
             }
         }
     }

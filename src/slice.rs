@@ -10,7 +10,9 @@
 //! on the store.
 //!
 //! Ancestors need no data: `e in X` reads only `e`'s ancestor set, which the stored
-//! entity carries already transitively closed.
+//! entity carries already transitively closed. The exception is an entity the
+//! request brings: its parents are in the slice too, since a stored parent carries
+//! the rest of its ancestry.
 
 use std::collections::{HashMap, HashSet};
 
@@ -67,6 +69,10 @@ impl SliceIndex {
         seen.insert(action.clone());
         for entity in &request_entities {
             pending.extend(references_of(entity));
+            // A stored parent carries the rest of the entity's ancestry: without it
+            // in the slice, Cedar's transitive closure would stop at the parent.
+            let (_, _, parents) = entity.clone().into_inner();
+            pending.extend(parents);
         }
         let mut slice = request_entities;
         slice.extend(self.actions.get(action).cloned());

@@ -11,7 +11,7 @@ use cdap_authz::diagnostic::describe;
 use cdap_authz::engine;
 use cdap_authz::load;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
-use cedar_policy::{Authorizer, Policy, PolicyId, PolicySet};
+use cedar_policy::{Authorizer, Entities, Policy, PolicyId, PolicySet};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -169,4 +169,135 @@ proptest! {
             }
         }
     }
+}
+
+/// A snapshot of the demo data (plus `extra` stored entities) under `policies`.
+fn snapshot_with(policies: &[&str], extra: Vec<serde_json::Value>) -> (Snapshot, PolicySet) {
+    let mut model = load::load(&bundled_sources()).unwrap();
+    let mut set = PolicySet::new();
+    for (i, text) in policies.iter().enumerate() {
+        let id = PolicyId::new(format!("p{i}"));
+        set.add(Policy::parse(Some(id), *text).unwrap()).unwrap();
+    }
+    model.policies = set.clone();
+    if !extra.is_empty() {
+        let path = bundled_sources().entities.unwrap();
+        let mut entities: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        entities.as_array_mut().unwrap().extend(extra);
+        model.set_entities(entities).unwrap();
+    }
+    let snapshot =
+        Snapshot::from_model(model, &bundled_sources().schema, DEFAULT_TIME_ATTRIBUTE).unwrap();
+    (snapshot, set)
+}
+
+/// The engine decides as Cedar does on the whole set, over the stored entities plus
+/// the request's own (what a request's entities mean); returns the engine's reason.
+fn assert_decides_as_cedar(
+    snapshot: &Snapshot,
+    set: &PolicySet,
+    request: serde_json::Value,
+) -> Vec<String> {
+    let request = AuthzRequest::from_value(request).unwrap();
+    let prepared = engine::prepare(snapshot, &request, chrono::Utc::now()).unwrap();
+    let decided = engine::evaluate(&prepared);
+    let brought = Entities::from_json_value(
+        serde_json::Value::Array(request.entities.clone().unwrap_or_default()),
+        Some(&snapshot.schema),
+    )
+    .unwrap();
+    let merged = snapshot
+        .entities
+        .clone()
+        .add_entities(brought, None)
+        .unwrap();
+    let cedar = Authorizer::new().is_authorized(&prepared.request, set, &merged);
+    let mut expected: Vec<String> = cedar
+        .diagnostics()
+        .reason()
+        .map(|id| id.to_string())
+        .collect();
+    expected.sort();
+    let errors: Vec<String> = cedar.diagnostics().errors().map(|e| describe(e)).collect();
+    assert_eq!(decided.diagnostics.errors, errors);
+    let allowed = cedar.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+    assert_eq!(decided.outcome == cdap_authz::api::Outcome::Allow, allowed);
+    let mut reason = decided.diagnostics.reason.clone();
+    reason.sort();
+    assert_eq!(reason, expected, "each determining policy once");
+    decided.diagnostics.reason
+}
+
+fn new_user(id: &str, parents: serde_json::Value, partner: &str) -> serde_json::Value {
+    json!({"uid": {"type": "User", "id": id}, "parents": parents,
+        "attrs": {"role": "user", "suspended": false, "must_change_password": false,
+            "trace_reader": false, "habilitation_admin": false,
+            "partner": {"type": "Partner", "id": partner}}})
+}
+
+fn manage_user(principal: &str, entities: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"principal": {"type": "User", "id": principal}, "action": "Action::\"manage_user\"",
+        "resource": "User::\"mau-admin\"",
+        "context": {"authentication": "password", "now": NOW}, "entities": entities})
+}
+
+#[test]
+fn a_shared_ancestor_selects_its_policies_once() {
+    let (snapshot, set) = snapshot_with(
+        &[
+            r#"permit (principal in Partner::"ville-maubeuge", action == Action::"manage_user", resource);"#,
+        ],
+        Vec::new(),
+    );
+    // Both parents lead to the partner.
+    let parents =
+        json!([{"type": "Group", "id": "mau-ccas"}, {"type": "Partner", "id": "ville-maubeuge"}]);
+    let request = manage_user(
+        "newbie",
+        vec![new_user("newbie", parents, "ville-maubeuge")],
+    );
+    assert_eq!(assert_decides_as_cedar(&snapshot, &set, request), ["p0"]);
+}
+
+#[test]
+fn a_brought_entity_has_the_ancestry_of_its_stored_parents() {
+    for policy in [
+        r#"permit (principal in Partner::"ville-maubeuge", action == Action::"manage_user", resource);"#,
+        r#"permit (principal, action == Action::"manage_user", resource) when { principal in Partner::"ville-maubeuge" };"#,
+    ] {
+        let (snapshot, set) = snapshot_with(&[policy], Vec::new());
+        // The stored group belongs to the partner; the user only names the group.
+        let parents = json!([{"type": "Group", "id": "mau-ccas"}]);
+        let request = manage_user(
+            "newbie",
+            vec![new_user("newbie", parents, "mairie-bouscat")],
+        );
+        assert_eq!(
+            assert_decides_as_cedar(&snapshot, &set, request),
+            ["p0"],
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_entitys_parent_brought_by_the_request_counts_for_forbids() {
+    let stored = new_user(
+        "future-member",
+        json!([{"type": "Group", "id": "future-team"}]),
+        "departement-nord",
+    );
+    let (snapshot, set) = snapshot_with(
+        &[
+            r#"permit (principal, action == Action::"manage_user", resource);"#,
+            r#"forbid (principal in Partner::"departement-nord", action == Action::"manage_user", resource);"#,
+        ],
+        vec![stored],
+    );
+    let team = json!({"uid": {"type": "Group", "id": "future-team"},
+        "parents": [{"type": "Partner", "id": "departement-nord"}],
+        "attrs": {"name": "future team", "partner": {"type": "Partner", "id": "departement-nord"}}});
+    let request = manage_user("future-member", vec![team]);
+    assert_eq!(assert_decides_as_cedar(&snapshot, &set, request), ["p1"]);
 }
