@@ -16,8 +16,10 @@
 //!
 //! Accepted forms: strings, numbers and booleans as such; an entity as
 //! `{"type", "id"}`, `{"__entity": {…}}` or `"Type::\"id\""`; an extension value
-//! (`datetime`, `duration`, `decimal`, `ipaddr`) as its string or as
-//! `{"__extn": {"fn", "arg"}}`; sets as arrays; records as objects.
+//! (`datetime`, `duration`, `decimal`, `ipaddr`) as its string or as Cedar's escape
+//! `{"__extn": {"fn", "arg"}}` (or without `__extn`) naming the type's constructor
+//! (`ip` for `ipaddr`); sets as arrays; records as objects. Escapes with several
+//! arguments (`offset(…)`) are refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
