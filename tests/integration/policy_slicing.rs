@@ -4,7 +4,10 @@
 //! the buckets that can apply, within them only the policies whose guard the
 //! request can satisfy, evaluated as compiled conditions) and by Cedar's
 //! `Authorizer` on the whole set, and must agree on the decision, the determining
-//! policies and the error messages, word for word.
+//! policies and the error messages, word for word. A second property test has the
+//! requests bring entities (a new user with random parents, and a group that a
+//! stored user names as its parent) and compares with Cedar on the stored entities
+//! plus the request's.
 
 use cdap_authz::api::AuthzRequest;
 use cdap_authz::diagnostic::describe;
@@ -300,4 +303,46 @@ fn a_stored_entitys_parent_brought_by_the_request_counts_for_forbids() {
         "attrs": {"name": "future team", "partner": {"type": "Partner", "id": "departement-nord"}}});
     let request = manage_user("future-member", vec![team]);
     assert_eq!(assert_decides_as_cedar(&snapshot, &set, request), ["p1"]);
+}
+
+/// Parents a brought user may name: stored groups and partners, and a group that only
+/// the request brings (whose parent the case picks), which a stored user also names.
+const BROUGHT_PARENTS: &[(&str, &str)] = &[
+    ("Group", "mau-ccas"),
+    ("Partner", "ville-maubeuge"),
+    ("Partner", "mairie-bouscat"),
+    ("Group", "future-team"),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn slicing_agrees_with_cedar_when_requests_bring_entities(
+        policies in prop::collection::vec(policy_text(), 1..30),
+        parents in prop::collection::vec(prop::sample::select(BROUGHT_PARENTS), 0..3),
+        team_partner in prop::sample::select(PARTNERS),
+        pick in 0usize..4,
+    ) {
+        let texts: Vec<&str> = policies.iter().map(String::as_str).collect();
+        let stored = new_user("future-member", json!([{"type": "Group", "id": "future-team"}]), "departement-nord");
+        let (snapshot, set) = snapshot_with(&texts, vec![stored]);
+        let parents: Vec<_> = parents.iter().map(|(ty, id)| json!({"type": ty, "id": id})).collect();
+        let team = json!({"uid": {"type": "Group", "id": "future-team"},
+            "parents": [{"type": "Partner", "id": team_partner}],
+            "attrs": {"name": "future team", "partner": {"type": "Partner", "id": team_partner}}});
+        let brought = vec![new_user("newbie", json!(parents), "ville-maubeuge"), team];
+        let principal = if pick % 2 == 0 { "newbie" } else { "future-member" };
+        let request = if pick < 2 {
+            manage_user(principal, brought)
+        } else {
+            json!({"principal": {"type": "User", "id": principal}, "action": "Action::\"consult_file\"",
+                "resource": {"type": "File", "id": "dossier-59-0001"},
+                "context": {"authentication": "password", "now": NOW, "categories": ["rsa"],
+                    "habilitation": {"type": "Habilitation", "id": "mau-t2-01"},
+                    "mission": {"type": "Mission", "id": "departement-rsa-suivi"}},
+                "entities": brought})
+        };
+        assert_decides_as_cedar(&snapshot, &set, request);
+    }
 }
