@@ -161,6 +161,11 @@ fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
             }
         }
         "Extension" => AttrType::Extension(extension_name(ty.get("name")?.as_str()?)),
+        // A common type may take an extension's name (`type ipaddr = String;`), and
+        // then Cedar reads the bare name as the common type.
+        name if common.and_then(|c| c.get(name)).is_some() => {
+            attr_type(common?.get(name)?, declared)?
+        }
         "datetime" | "duration" | "decimal" | "ipaddr" | "__cedar::datetime"
         | "__cedar::duration" | "__cedar::decimal" | "__cedar::ipaddr" => {
             AttrType::Extension(extension_name(kind))
@@ -180,7 +185,7 @@ fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
         "EntityOrCommon" | "CommonType" => {
             attr_type(common?.get(ty.get("name")?.as_str()?)?, declared)?
         }
-        name => attr_type(common?.get(name)?, declared)?,
+        _ => return None,
     })
 }
 
@@ -189,9 +194,9 @@ fn extension_name(name: &str) -> String {
 }
 
 impl RecordType {
-    /// Whether attribute `name` is declared with extension type `extension`.
-    pub fn declares(&self, name: &str, extension: &str) -> bool {
-        matches!(self.attributes.get(name), Some((AttrType::Extension(e), _)) if e == extension)
+    /// Whether attribute `name` is declared required, with extension type `extension`.
+    pub fn requires(&self, name: &str, extension: &str) -> bool {
+        matches!(self.attributes.get(name), Some((AttrType::Extension(e), true)) if e == extension)
     }
 
     /// Builds a context from `json`, plus the `extra` attributes already built.
@@ -408,6 +413,7 @@ mod tests {
             channel?: Channel, addr?: ipaddr,
             place: { city: String, zip?: String } } };
         action session appliesTo { principal: User, resource: User, context: Session };
+        action later appliesTo { principal: User, resource: User, context: { now?: datetime } };
     "#;
 
     fn consult() -> RecordType {
@@ -435,8 +441,10 @@ mod tests {
     fn common_types_and_time_attributes_are_read() {
         let types = ContextTypes::from_schema_text(SCHEMA).unwrap();
         let session = types.get(&"Action::\"session\"".parse().unwrap()).unwrap();
-        assert!(session.declares("now", "datetime"));
-        assert!(!session.declares("authentication", "datetime"));
+        assert!(session.requires("now", "datetime"));
+        assert!(!session.requires("authentication", "datetime"));
+        let later = types.get(&"Action::\"later\"".parse().unwrap()).unwrap();
+        assert!(!later.requires("now", "datetime"), "optional");
     }
 
     #[test]
@@ -533,6 +541,23 @@ mod tests {
         let mut misnamed = valid();
         misnamed["addr"] = json!({"__extn": {"fn": "ipaddr", "arg": "10.0.0.1"}});
         assert!(build(misnamed).is_err());
+    }
+
+    #[test]
+    fn a_common_type_named_like_an_extension_is_the_common_type() {
+        let schema = r#"
+            type ipaddr = String;
+            entity User;
+            action view appliesTo { principal: User, resource: User, context: { source: ipaddr } };
+        "#;
+        let types = ContextTypes::from_schema_text(schema).unwrap();
+        let action = "Action::\"view\"".parse().unwrap();
+        let record = types.get(&action).unwrap();
+        let json = json!({"source": "10.6.6.6"});
+        let built = record.build(json.as_object().unwrap(), Vec::new()).unwrap();
+        let (schema, _) = cedar_policy::Schema::from_cedarschema_str(schema).unwrap();
+        let cedar = Context::from_json_value(json, Some((&schema, &action))).unwrap();
+        assert_eq!(built.as_ref(), cedar.as_ref());
     }
 
     #[test]

@@ -105,11 +105,13 @@ impl Snapshot {
         self.scope_types.get(action)
     }
 
-    /// Whether the sidecar fills the time attribute for this action.
+    /// Whether the sidecar fills the time attribute for this action: its context
+    /// requires it, as a datetime. An optional one left out stays out, as Cedar would
+    /// see it (a policy may test `context has now`).
     pub fn fills_time(&self, action: &EntityUid) -> bool {
         self.context_types
             .get(action)
-            .is_some_and(|context| context.declares(&self.time_attribute, "datetime"))
+            .is_some_and(|context| context.requires(&self.time_attribute, "datetime"))
     }
 }
 

@@ -222,10 +222,18 @@ fn assert_decides_as_cedar(
         .map(|id| id.to_string())
         .collect();
     expected.sort();
-    let errors: Vec<String> = cedar.diagnostics().errors().map(|e| describe(e)).collect();
-    assert_eq!(decided.diagnostics.errors, errors);
-    let allowed = cedar.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+    let mut errors: Vec<String> = cedar.diagnostics().errors().map(|e| describe(e)).collect();
+    errors.sort();
+    let mut decided_errors = decided.diagnostics.errors.clone();
+    decided_errors.sort();
+    assert_eq!(decided_errors, errors);
+    let cedar_allows = cedar.decision() == cedar_policy::Decision::Allow;
+    let allowed = cedar_allows && errors.is_empty();
     assert_eq!(decided.outcome == cdap_authz::api::Outcome::Allow, allowed);
+    if cedar_allows && !allowed {
+        // Fail closed: an error overrides Cedar's Allow, and its permits decided nothing.
+        expected.clear();
+    }
     let mut reason = decided.diagnostics.reason.clone();
     reason.sort();
     assert_eq!(reason, expected, "each determining policy once");
