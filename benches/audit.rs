@@ -1,6 +1,8 @@
-//! The decision path with the decision log on and off: decide one bundled
-//! consultation, build its wire reply and, with the log, build its record, hand it
-//! to the group-commit writer (a temp dir, no fsync) and wait for the ack.
+//! The decision path with the decision log on and off. The path is the one the
+//! decision bench times (`full_path`: request bytes → decision → response bytes),
+//! for one bundled consultation; with the log, the record is built, handed to the
+//! group-commit writer (a temp dir, no fsync) and acknowledged before the response
+//! is serialised, as the HTTP handler does. `record/*` times the log's parts alone.
 //!
 //! Two shapes: one decision at a time (each writes its own record with one
 //! `write`), and 16 concurrent decisions on a 2-worker runtime (the server's case,
@@ -16,12 +18,13 @@ mod common;
 
 use std::sync::Arc;
 
-use cdap_authz::api::{AuthzRequest, AuthzResponse, Outcome};
+use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::audit::record::GENESIS;
 use cdap_authz::audit::{AuditConfig, AuditLog, Decided};
 use cdap_authz::engine;
 use cdap_authz::snapshot::Snapshot;
 use chrono::Utc;
-use criterion::{criterion_group, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use serde_json::json;
 
 use common::{bundled_model, interleaved_ratio, snapshot};
@@ -35,8 +38,8 @@ fn shared_snapshot() -> Arc<Snapshot> {
     Arc::new(snapshot(bundled_model()))
 }
 
-fn consultation() -> AuthzRequest {
-    AuthzRequest::from_value(json!({
+fn consultation() -> Vec<u8> {
+    serde_json::to_vec(&json!({
         "principal": {"type": "User", "id": "mau-t2"},
         "action": "Action::\"consult_file\"",
         "resource": {"type": "File", "id": "dossier-59-0004"},
@@ -51,12 +54,9 @@ fn consultation() -> AuthzRequest {
     .unwrap()
 }
 
-/// What the HTTP handler does for one decision, minus the HTTP.
-async fn decide(
-    snapshot: &Snapshot,
-    request: &AuthzRequest,
-    log: Option<&AuditLog>,
-) -> AuthzResponse {
+/// What the HTTP handler does for one request body, minus hyper.
+async fn decide(snapshot: &Snapshot, body: &[u8], log: Option<&AuditLog>) -> (Outcome, Vec<u8>) {
+    let request = &AuthzRequest::from_slice(body).unwrap();
     let now = Utc::now();
     let decision = engine::decide(snapshot, request, now).unwrap();
     let response = decision.response(&snapshot.version);
@@ -74,22 +74,18 @@ async fn decide(
             .await
             .unwrap();
     }
-    response
+    (response.decision, serde_json::to_vec(&response).unwrap())
 }
 
-async fn concurrent(
-    snapshot: &Arc<Snapshot>,
-    request: &Arc<AuthzRequest>,
-    log: &Option<Arc<AuditLog>>,
-) {
+async fn concurrent(snapshot: &Arc<Snapshot>, body: &Arc<Vec<u8>>, log: &Option<Arc<AuditLog>>) {
     let tasks: Vec<_> = (0..CONCURRENT)
         .map(|_| {
-            let (snapshot, request, log) = (snapshot.clone(), request.clone(), log.clone());
-            tokio::spawn(async move { decide(&snapshot, &request, log.as_deref()).await })
+            let (snapshot, body, log) = (snapshot.clone(), body.clone(), log.clone());
+            tokio::spawn(async move { decide(&snapshot, &body, log.as_deref()).await })
         })
         .collect();
     for task in tasks {
-        assert_eq!(task.await.unwrap().decision, Outcome::Allow);
+        assert_eq!(task.await.unwrap().0, Outcome::Allow);
     }
 }
 
@@ -104,9 +100,9 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     for (name, log) in [("off", None), ("on", Some(log))] {
-        let response = runtime.block_on(decide(&snapshot, &request, log.as_deref()));
+        let (outcome, _) = runtime.block_on(decide(&snapshot, &request, log.as_deref()));
         assert_eq!(
-            response.decision,
+            outcome,
             Outcome::Allow,
             "the bench decides an allowed consultation"
         );
@@ -153,7 +149,43 @@ fn interleaved() {
     }
 }
 
-criterion_group!(benches, bench);
+/// The parts of what the log adds to a decision, one at a time: building the record
+/// from the decision, placing it in the chain (its line and hash), and the whole
+/// hand-off (line, hash, one `write`, ack) for a record built beforehand.
+fn record_parts(c: &mut Criterion) {
+    let snapshot = shared_snapshot();
+    let request = AuthzRequest::from_slice(&consultation()).unwrap();
+    let now = Utc::now();
+    let decision = engine::decide(&snapshot, &request, now).unwrap();
+    let response = decision.response(&snapshot.version);
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    let decided = Decided {
+        request: &request,
+        decision: &decision,
+        response: &response,
+        entities: &snapshot.entities,
+        time: now,
+        latency_us: 12,
+    };
+    let entry = decided.entry(log.context_fields());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("record");
+    group.bench_function("build", |b| b.iter(|| decided.entry(log.context_fields())));
+    group.bench_function("line_and_hash", |b| b.iter(|| entry.to_line(41, GENESIS)));
+    group.bench_function("submit_write_ack", |b| {
+        b.iter_batched(
+            || entry.clone(),
+            |entry| runtime.block_on(log.submit(entry).wait()).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, record_parts);
 
 fn main() {
     interleaved();

@@ -87,27 +87,40 @@ impl Serialize for RecordedContext<'_> {
 /// only prepends `seq` and `prev` and hashes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The JSON object of the fields, without its opening brace.
-    fields: String,
+    /// The JSON object of the fields (its opening brace is left out of the line).
+    json: String,
 }
+
+/// Room for a typical record's fields, so serialising them allocates once.
+const TYPICAL_FIELDS_BYTES: usize = 512;
 
 impl Entry {
     pub fn new(fields: &Fields) -> Self {
-        let mut json = serde_json::to_string(fields).expect("fields always serialize");
-        json.remove(0);
-        Self { fields: json }
+        let mut json = Vec::with_capacity(TYPICAL_FIELDS_BYTES);
+        serde_json::to_writer(&mut json, fields).expect("fields always serialize");
+        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+        Self { json }
+    }
+
+    /// Appends the entry's line after `prev`, at `seq`, and its newline to `out`;
+    /// returns the line's hash.
+    pub fn append_line(&self, seq: u64, prev: &str, out: &mut String) -> String {
+        let start = out.len();
+        write!(out, "{{\"seq\":{seq},\"prev\":\"{prev}\",").expect("writing to a String");
+        out.push_str(&self.json[1..]);
+        let hash = chain_hash(prev, &out[start..]);
+        out.pop();
+        out.push_str(HASH_KEY);
+        out.push_str(&hash);
+        out.push_str("\"}\n");
+        hash
     }
 
     /// The entry's line (without newline) after `prev`, at `seq`, and its hash.
     pub fn to_line(&self, seq: u64, prev: &str) -> (String, String) {
-        let mut line = String::with_capacity(self.fields.len() + 200);
-        write!(line, "{{\"seq\":{seq},\"prev\":\"{prev}\",").expect("writing to a String");
-        line.push_str(&self.fields);
-        let hash = chain_hash(prev, &line);
+        let mut line = String::with_capacity(self.json.len() + 200);
+        let hash = self.append_line(seq, prev, &mut line);
         line.pop();
-        line.push_str(HASH_KEY);
-        line.push_str(&hash);
-        line.push_str("\"}");
         (line, hash)
     }
 }

@@ -50,10 +50,12 @@ impl Health {
     }
 }
 
-/// Records waiting for a leader, and whether one is at work.
+/// Records waiting for a leader (with their acknowledgements, in the same order),
+/// and whether one is at work.
 #[derive(Default)]
 struct Queue {
-    pending: Vec<(Entry, AckSender)>,
+    entries: Vec<Entry>,
+    acks: Vec<AckSender>,
     leading: bool,
     closed: bool,
 }
@@ -69,12 +71,22 @@ pub struct AuditLog {
 }
 
 /// An acknowledgement to wait for.
-pub struct Ack(Result<oneshot::Receiver<Result<(), AuditError>>, AuditError>);
+pub struct Ack(AckState);
+
+enum AckState {
+    /// The submitter wrote the record itself (or it was refused): the outcome is known.
+    Done(Result<(), AuditError>),
+    /// Another handler's batch will take the record.
+    Queued(oneshot::Receiver<Result<(), AuditError>>),
+}
 
 impl Ack {
     /// Completes once the record is in the file (or could not be written).
     pub async fn wait(self) -> Result<(), AuditError> {
-        self.0?.await.map_err(|_| AuditError::Closed)?
+        match self.0 {
+            AckState::Done(result) => result,
+            AckState::Queued(done) => done.await.map_err(|_| AuditError::Closed)?,
+        }
     }
 }
 
@@ -107,43 +119,61 @@ impl AuditLog {
             .expect("one ack per entry")
     }
 
-    /// Queues entries as one group, in order; one [`Ack`] per entry.
+    /// Queues entries as one group, in order; one [`Ack`] per entry. When no write
+    /// is in progress, the caller leads: it writes its own entries (no hand-off),
+    /// then whatever others queued meanwhile.
     pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack> {
-        let mut acks = Vec::with_capacity(entries.len());
-        let lead = {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        {
             let mut queue = lock(&self.queue);
             if queue.closed {
                 return entries
                     .iter()
-                    .map(|_| Ack(Err(AuditError::Closed)))
+                    .map(|_| Ack(AckState::Done(Err(AuditError::Closed))))
                     .collect();
             }
-            for entry in entries {
-                let (ack, done) = oneshot::channel();
-                queue.pending.push((entry, ack));
-                acks.push(Ack(Ok(done)));
+            if queue.leading {
+                return entries
+                    .into_iter()
+                    .map(|entry| {
+                        let (ack, done) = oneshot::channel();
+                        queue.entries.push(entry);
+                        queue.acks.push(ack);
+                        Ack(AckState::Queued(done))
+                    })
+                    .collect();
             }
-            !acks.is_empty() && !std::mem::replace(&mut queue.leading, true)
-        };
-        if lead {
-            self.lead();
+            queue.leading = true;
         }
-        acks
+        let _unstuck = Leading(&self.queue);
+        let count = entries.len();
+        let written = lock(&self.writer).commit(&entries, &self.health);
+        self.lead();
+        (0..count)
+            .map(|_| Ack(AckState::Done(written.clone())))
+            .collect()
     }
 
-    /// Writes batches until the queue is empty.
+    /// Writes the batches queued while leading, until the queue is empty.
     fn lead(&self) {
-        let _unstuck = Leading(&self.queue);
         loop {
-            let batch = {
+            let (entries, acks) = {
                 let mut queue = lock(&self.queue);
-                if queue.pending.is_empty() {
+                if queue.entries.is_empty() {
                     queue.leading = false;
                     return;
                 }
-                std::mem::take(&mut queue.pending)
+                (
+                    std::mem::take(&mut queue.entries),
+                    std::mem::take(&mut queue.acks),
+                )
             };
-            lock(&self.writer).commit(batch, &self.health);
+            let written = lock(&self.writer).commit(&entries, &self.health);
+            for ack in acks {
+                let _ = ack.send(written.clone());
+            }
         }
     }
 
@@ -185,7 +215,8 @@ impl Drop for Leading<'_> {
         if std::thread::panicking() {
             let mut queue = lock(self.0);
             queue.leading = false;
-            queue.pending.clear();
+            queue.entries.clear();
+            queue.acks.clear();
         }
     }
 }
@@ -202,6 +233,10 @@ struct Writer {
     last_hash: String,
     /// `seq` and `last_hash` as of the last record written to a file.
     written: (u64, String),
+    /// Whether the last batch failed (the health then says why).
+    unhealthy: bool,
+    /// The lines of the batch being written (kept for its capacity).
+    buffer: String,
 }
 
 /// The end of the chain found in existing files.
@@ -234,27 +269,29 @@ impl Writer {
             seq: tail.seq,
             last_hash: tail.last_hash.clone(),
             written: (tail.seq, tail.last_hash),
+            unhealthy: false,
+            buffer: String::new(),
         };
         writer.reopen()?;
         Ok(writer)
     }
 
-    /// Writes one batch and acknowledges every entry of it.
-    fn commit(&mut self, batch: Vec<(Entry, AckSender)>, health: &Health) {
-        let (entries, acks): (Vec<Entry>, Vec<AckSender>) = batch.into_iter().unzip();
+    /// Writes one batch and records the log's health.
+    fn commit(&mut self, entries: &[Entry], health: &Health) -> Result<(), AuditError> {
         let result = self.write(entries);
-        if let Err(error) = &result {
-            tracing::error!(%error, "audit log unavailable");
-            health.set(Some(error.to_string()));
-        } else {
-            health.set(None);
+        match &result {
+            Err(error) => {
+                tracing::error!(%error, "audit log unavailable");
+                health.set(Some(error.to_string()));
+            }
+            Ok(()) if self.unhealthy => health.set(None),
+            Ok(()) => {}
         }
-        for ack in acks {
-            let _ = ack.send(result.clone());
-        }
+        self.unhealthy = result.is_err();
+        result
     }
 
-    fn write(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+    fn write(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
         let result = self.write_chained(entries);
         if result.is_err() {
             (self.seq, self.last_hash) = self.written.clone();
@@ -265,27 +302,35 @@ impl Writer {
         result
     }
 
-    fn write_chained(&mut self, entries: Vec<Entry>) -> Result<(), AuditError> {
+    fn write_chained(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
         if self.closed {
             return Err(AuditError::Closed);
         }
         if self.file.is_none() {
             self.reopen()?;
         }
-        let mut buffer = String::new();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.clear();
+        let result = self.chain_into(entries, &mut buffer);
+        self.buffer = buffer;
+        result
+    }
+
+    /// Chains `entries` into `buffer` and writes them, rotating where one is due.
+    fn chain_into(&mut self, entries: &[Entry], buffer: &mut String) -> Result<(), AuditError> {
         for entry in entries {
-            let (line, hash) = entry.to_line(self.seq, &self.last_hash);
-            if self.needs_rotation(buffer.len() as u64, line.len() as u64 + 1) {
-                self.flush(&buffer)?;
-                buffer.clear();
+            let start = buffer.len();
+            let hash = entry.append_line(self.seq, &self.last_hash, buffer);
+            let line = (buffer.len() - start) as u64;
+            if self.needs_rotation(start as u64, line) {
+                self.flush(&buffer[..start])?;
+                buffer.drain(..start);
                 self.rotate()?;
             }
-            buffer.push_str(&line);
-            buffer.push('\n');
             self.seq += 1;
             self.last_hash = hash;
         }
-        self.flush(&buffer)
+        self.flush(buffer)
     }
 
     /// A new file is due on a new day, or when the line would take the file over
