@@ -41,7 +41,9 @@ use crate::listen::Listener;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::store::{ReloadFailure, Store};
-use crate::traces::{read_requests, TraceQuery, TraceQueryError, CALLER_HEADER};
+use crate::traces::{
+    read_requests, TraceQuery, TraceQueryError, AUTHENTICATION_HEADER, CALLER_HEADER,
+};
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -417,11 +419,12 @@ async fn traces(
 ) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let log = state.audit.as_ref().ok_or(HttpError::AuditOff)?;
-    let caller = request
-        .headers()
-        .get(CALLER_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let query = TraceQuery::parse(caller, request.uri().query())?;
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+    let query = TraceQuery::parse(
+        header(CALLER_HEADER),
+        header(AUTHENTICATION_HEADER),
+        request.uri().query(),
+    )?;
     let mut allowed = Vec::new();
     let mut refusals = Vec::new();
     for (partner, read) in read_requests(&snapshot, &query) {

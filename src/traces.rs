@@ -1,7 +1,10 @@
 //! Reading the decision log over HTTP (`GET /v1/traces`, DOMAIN.md T3): the query
 //! parameters, and the `read_traces` requests that decide which partners' traces
-//! the caller may see. The caller is named by the `X-Cdap-Principal` header (the
-//! Cdap backend vouches for the authenticated user), e.g. `User::"mau-admin"`.
+//! the caller may see. The Cdap backend vouches for the caller with two headers:
+//! `X-Cdap-Principal` names the authenticated user (e.g. `User::"mau-admin"`) and
+//! `X-Cdap-Authentication` says how they authenticated (the context's
+//! `authentication`, e.g. `password`), so that the policies on authentication (H6)
+//! apply to trace reads as to every other action. Either one missing is a 400.
 
 use cedar_policy::{EntityUid, EvalResult};
 use chrono::{DateTime, Utc};
@@ -14,6 +17,8 @@ use crate::snapshot::Snapshot;
 
 /// The header naming the caller.
 pub const CALLER_HEADER: &str = "x-cdap-principal";
+/// The header saying how the caller authenticated.
+pub const AUTHENTICATION_HEADER: &str = "x-cdap-authentication";
 /// Records returned when the request sets no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most records one request may ask for.
@@ -23,6 +28,8 @@ pub const MAX_LIMIT: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct TraceQuery {
     pub caller: EntityUid,
+    /// How the caller authenticated (`authentication` in the `read_traces` context).
+    pub authentication: String,
     /// The partner whose traces are asked for; `None`: all the caller may read.
     pub partner: Option<String>,
     pub filter: Filter,
@@ -33,6 +40,8 @@ pub struct TraceQuery {
 pub enum TraceQueryError {
     #[error("missing the {CALLER_HEADER} header naming the caller")]
     NoCaller,
+    #[error("missing the {AUTHENTICATION_HEADER} header saying how the caller authenticated")]
+    NoAuthentication,
     #[error(transparent)]
     Caller(#[from] RequestError),
     #[error("query parameter `{name}`: {reason}")]
@@ -40,12 +49,20 @@ pub enum TraceQueryError {
 }
 
 impl TraceQuery {
-    /// Parses the caller header and the query string.
-    pub fn parse(caller: Option<&str>, query: Option<&str>) -> Result<Self, TraceQueryError> {
+    /// Parses the caller's headers and the query string.
+    pub fn parse(
+        caller: Option<&str>,
+        authentication: Option<&str>,
+        query: Option<&str>,
+    ) -> Result<Self, TraceQueryError> {
         let caller = caller.ok_or(TraceQueryError::NoCaller)?;
         let caller = parse_entity_ref("principal", &Value::String(caller.to_owned()))?;
+        let authentication = authentication
+            .ok_or(TraceQueryError::NoAuthentication)?
+            .to_owned();
         let mut parsed = Self {
             caller,
+            authentication,
             partner: None,
             filter: Filter::default(),
             limit: DEFAULT_LIMIT,
@@ -101,22 +118,22 @@ pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, Au
                 _ => return None,
             };
             let asked = wanted.as_ref().is_none_or(|w| *w == partner);
-            asked.then(|| (partner, read_request(&query.caller, &trace.uid())))
+            asked.then(|| (partner, read_request(query, &trace.uid())))
         })
         .collect()
 }
 
-fn read_request(caller: &EntityUid, trace: &EntityUid) -> AuthzRequest {
+fn read_request(query: &TraceQuery, trace: &EntityUid) -> AuthzRequest {
+    let mut context = serde_json::Map::new();
+    context.insert(
+        "authentication".to_owned(),
+        Value::String(query.authentication.clone()),
+    );
     AuthzRequest {
-        principal: Value::String(caller.to_string()),
+        principal: Value::String(query.caller.to_string()),
         action: json!("Action::\"read_traces\""),
         resource: Value::String(trace.to_string()),
-        context: Some(
-            json!({"authentication": "password"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ),
+        context: Some(context),
         entities: None,
     }
 }

@@ -353,9 +353,22 @@ fn retention_deletes_only_expired_log_files() {
 }
 
 fn traces_as(server: &Server, caller: Option<&str>, query: &str) -> (u16, Value) {
+    traces_authenticated(server, caller, Some("password"), query)
+}
+
+/// `GET /v1/traces` with the backend's headers: the caller, and how they authenticated.
+fn traces_authenticated(
+    server: &Server,
+    caller: Option<&str>,
+    authentication: Option<&str>,
+    query: &str,
+) -> (u16, Value) {
     let mut request = ureq::get(&server.url(&format!("/v1/traces{query}")));
     if let Some(caller) = caller {
         request = request.set("x-cdap-principal", &format!("User::\"{caller}\""));
+    }
+    if let Some(authentication) = authentication {
+        request = request.set("x-cdap-authentication", authentication);
     }
     match request.call() {
         Ok(r) => (r.status(), r.into_json().unwrap()),
@@ -434,6 +447,17 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         assert_eq!(status, 403, "{caller}{query}: {body}");
         assert_eq!(body["error"]["code"], "forbidden");
     }
+    // H6 applies to trace reads: a manager on a shared account is refused.
+    let (status, body) =
+        traces_authenticated(&server, Some("mau-admin"), Some("shared_account"), "");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.to_string().contains("H6-authentication-not-personal"),
+        "{body}"
+    );
+    let (status, body) = traces_authenticated(&server, Some("mau-admin"), None, "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("x-cdap-authentication"), "{body}");
     assert_eq!(traces_as(&server, None, "").0, 400);
     assert_eq!(
         traces_as(&server, Some("mau-admin"), "?since=yesterday").0,
