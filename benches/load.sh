@@ -3,12 +3,17 @@
 #   1. a minimal hyper endpoint answering a constant body (examples/constant_server.rs),
 #   2. `cdap-authz serve` on the bundled model (decision log on, in a temp dir), at
 #      full speed, then at half its measured throughput (for the p99 under moderate
-#      load); then `serve --no-audit` at full speed (the decision log's cost),
+#      load), and the constant endpoint at that same rate (the p99 that oha's own
+#      pacing gives at that rate: the floor of that measure on this machine); then
+#      `serve --no-audit` at full speed (the decision log's cost),
 #   3. the round trip on one connection over TCP and over a Unix-domain socket
 #      (`serve --listen unix:PATH`), and the socket's throughput,
 #   4. cedar-agent and `cdap-authz serve` on a policy set both accept
 #      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
-# Every server is checked to answer the expected decision before it is loaded.
+# Every server is checked to answer the expected decision before it is loaded. Each
+# line also gives the server's CPU time per request (user + system, from
+# /proc/PID/stat): with oha on the same two cores, throughput ratios move with how
+# the cores are shared, the CPU a request costs the server much less.
 #
 # Needs oha (`cargo install oha`) and, for part 3, cedar-agent (`cargo install
 # cedar-agent`); part 4 is skipped, saying so, without it.
@@ -42,19 +47,26 @@ expect_decision() { # url body expected-substring [socket]
   grep -q "$3" <<<"$reply" || { echo "$1 answered $reply, expected $3" >&2; exit 1; }
 }
 
-load() { # name url body [rate] [socket] → one line: name req/s p50 p99 (ms), all 2xx
-  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+
+load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server-CPU/request
+  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0
+  [[ -n $pid ]] && before=$(cpu_ticks "$pid")
   oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} \
     ${socket:+--unix-socket "$socket"} --no-tui \
     --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
-  python3 - "$OUT/$name.json" "$name" <<'PY'
+  local ticks=""; [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before ))
+  python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 codes = r.get("statusCodeDistribution", {})
 bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 p = r["latencyPercentiles"]
-print(f'{sys.argv[2]:<28} {r["summary"]["requestsPerSec"]:>10.0f} req/s   '
-      f'p50 {p["p50"]*1000:7.3f} ms   p99 {p["p99"]*1000:7.3f} ms   '
+cpu = ""
+if sys.argv[3]:
+    cpu = f'   server {int(sys.argv[3]) / int(sys.argv[4]) / sum(codes.values()) * 1e6:5.1f} µs CPU/req'
+print(f'{sys.argv[2]:<32} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
+      f'p50 {p["p50"]*1000:6.3f} ms   p99 {p["p99"]*1000:6.3f} ms{cpu}   '
       f'{"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
 PY
 }
@@ -63,9 +75,9 @@ rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["sum
 
 echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}')"
 
-target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!)
-"$BIN" serve --listen 127.0.0.1:8180 --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!)
-"$BIN" serve --listen 127.0.0.1:8183 --no-audit 2>/dev/null & PIDS+=($!)
+target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!); CONSTANT=$!
+"$BIN" serve --listen 127.0.0.1:8180 --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!); SERVE=$!
+"$BIN" serve --listen 127.0.0.1:8183 --no-audit 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
 wait_for 127.0.0.1:8181
 wait_for 127.0.0.1:8180
 wait_for 127.0.0.1:8183
@@ -73,12 +85,13 @@ REQUEST=examples/requests/consult-allowed.json
 expect_decision http://127.0.0.1:8180/v1/is_authorized "$REQUEST" '"decision":"Allow"'
 expect_decision http://127.0.0.1:8183/v1/is_authorized "$REQUEST" '"decision":"Allow"'
 
-load constant-endpoint http://127.0.0.1:8181/v1/is_authorized "$REQUEST"
-load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
+load constant-endpoint http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "" "" "$CONSTANT"
+load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "" "" "$SERVE"
 HALF=$(( $(rps cdap-authz) / 2 ))
-load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF"
+load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE"
+load "constant-endpoint-at-that-rate" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
-load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST"
+load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
 
 SOCKET="$OUT/authz.sock"

@@ -18,7 +18,8 @@
 //! Each policy is compiled once, at load, into the expression Cedar itself evaluates
 //! for it (its scope constraints, its `when` clauses and its negated `unless`
 //! clauses: Cedar's `condition()`), less the scope tests its bucket guarantees, and a
-//! decision evaluates those expressions with Cedar's evaluator (`eval_expression`).
+//! decision evaluates those expressions with one Cedar evaluator (where
+//! `eval_expression` would set one up, cloning the request, for each policy).
 //! Cedar's `Authorizer` would rebuild each policy's condition and gather a response
 //! of hash sets on every call (about a quarter of a decision's time), and testing the
 //! action and unconstrained scopes of every policy again cost another quarter of
@@ -33,10 +34,12 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    eval_expression, ActionConstraint, Effect, Entities, EntityUid, EvalResult, Expression, Policy,
-    PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    ActionConstraint, Effect, Entities, EntityUid, EvalResult, Policy, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint,
 };
-use cedar_policy_core::ast::{self, PrincipalOrResourceConstraint as Scope};
+use cedar_policy_core::ast::{self, EntityUIDEntry, PrincipalOrResourceConstraint as Scope};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::guard::{AttrPath, Guard};
@@ -66,7 +69,7 @@ struct Rule {
     forbid: bool,
     /// What Cedar evaluates for the policy: scope constraints, `when` clauses and
     /// negated `unless` clauses, in Cedar's order.
-    condition: Expression,
+    condition: ast::Expr,
 }
 
 impl Rule {
@@ -83,13 +86,17 @@ impl Rule {
         Ok(Self {
             id: policy.id().to_string(),
             forbid: policy.effect() == Effect::Forbid,
-            condition: Expression::from(bucket_condition(&template)),
+            condition: bucket_condition(&template),
         })
     }
 
-    /// Whether the policy is satisfied by `request`, or Cedar's error for it.
-    fn satisfied(&self, request: &Request, entities: &Entities) -> Result<bool, String> {
-        match eval_expression(request, entities, &self.condition) {
+    /// Whether the policy is satisfied by the evaluator's request, or Cedar's error
+    /// for it.
+    fn satisfied(&self, evaluator: &Evaluator<'_>) -> Result<bool, String> {
+        match evaluator
+            .interpret(&self.condition, &ast::SlotEnv::new())
+            .map(EvalResult::from)
+        {
             Ok(EvalResult::Bool(satisfied)) => Ok(satisfied),
             Ok(other) => Err(format!(
                 "error while evaluating policy `{}`: condition evaluated to {other}, not a boolean",
@@ -352,6 +359,22 @@ fn admitted_actions(policy: &Policy, actions: &[EntityUid], entities: &Entities)
     }
 }
 
+/// The request as Cedar's evaluator takes it (what `eval_expression` clones from the
+/// request for each expression).
+fn evaluated_request(request: &Request) -> ast::Request {
+    let entry = |uid: Option<&EntityUid>| {
+        uid.map_or_else(EntityUIDEntry::unknown, |uid| {
+            EntityUIDEntry::known(uid.as_ref().clone(), None)
+        })
+    };
+    ast::Request::new_unchecked(
+        entry(request.principal()),
+        entry(request.action()),
+        entry(request.resource()),
+        request.context().map(|context| context.as_ref().clone()),
+    )
+}
+
 /// A decision over several buckets, by Cedar's rule.
 pub struct Combined {
     pub allowed: bool,
@@ -363,6 +386,11 @@ pub struct Combined {
 /// Evaluates the policies of each bucket that can apply, and combines the results as
 /// Cedar would on the union of the buckets.
 pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
+    let evaluator = Evaluator::new(
+        evaluated_request(request),
+        entities.as_ref(),
+        Extensions::all_available(),
+    );
     let mut forbids = Vec::new();
     let mut permits = Vec::new();
     let mut errors = Vec::new();
@@ -370,7 +398,7 @@ pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) ->
         .iter()
         .flat_map(|bucket| bucket.applicable(request, entities))
     {
-        match rule.satisfied(request, entities) {
+        match rule.satisfied(&evaluator) {
             Ok(true) if rule.forbid => forbids.push(rule.id.clone()),
             Ok(true) => permits.push(rule.id.clone()),
             Ok(false) => {}
