@@ -30,9 +30,11 @@ use serde_json::json;
 use common::{bundled_model, interleaved_ratio, snapshot};
 
 const CONCURRENT: usize = 16;
-/// Interleaved A/B rounds, and iterations per shape and round.
-const AB_ROUNDS: usize = 15;
-const AB_ITERATIONS: usize = 40;
+/// Interleaved A/B rounds, and iterations a side and round for each shape (about
+/// 15 ms a timing: shorter timings were swayed by single preemptions).
+const AB_ROUNDS: usize = 21;
+const AB_SEQUENTIAL_ITERATIONS: usize = 1_000;
+const AB_CONCURRENT_ITERATIONS: usize = 60;
 
 fn shared_snapshot() -> Arc<Snapshot> {
     Arc::new(snapshot(bundled_model()))
@@ -136,10 +138,13 @@ fn interleaved() {
             runtime.block_on(decide(&snapshot, &request, log.as_deref()));
         }
     };
-    for (shape, concurrent_shape) in [("sequential", false), ("16_concurrent", true)] {
+    for (shape, concurrent_shape, iterations) in [
+        ("sequential", false, AB_SEQUENTIAL_ITERATIONS),
+        ("16_concurrent", true, AB_CONCURRENT_ITERATIONS),
+    ] {
         let (median, min, max) = interleaved_ratio(
             AB_ROUNDS,
-            AB_ITERATIONS,
+            iterations,
             || run(&None, concurrent_shape),
             || run(&log, concurrent_shape),
         );
