@@ -419,10 +419,9 @@ async fn traces(
 ) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let log = state.audit.as_ref().ok_or(HttpError::AuditOff)?;
-    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
     let query = TraceQuery::parse(
-        header(CALLER_HEADER),
-        header(AUTHENTICATION_HEADER),
+        single_header(request, CALLER_HEADER)?,
+        single_header(request, AUTHENTICATION_HEADER)?,
         request.uri().query(),
     )?;
     let mut allowed = Vec::new();
@@ -460,6 +459,20 @@ async fn traces(
         StatusCode::OK,
         &json!({"partners": allowed, "records": found.records, "truncated": found.truncated}),
     ))
+}
+
+/// A header the caller's identity rests on: its one value, or none; sent twice, it is
+/// refused rather than read one way here and another way by a proxy.
+fn single_header<'r>(
+    request: &'r Request<Incoming>,
+    name: &'static str,
+) -> Result<Option<&'r str>, TraceQueryError> {
+    let mut values = request.headers().get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(TraceQueryError::RepeatedHeader(name));
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
 }
 
 fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_json::Value {

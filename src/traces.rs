@@ -4,7 +4,8 @@
 //! `X-Cdap-Principal` names the authenticated user (e.g. `User::"mau-admin"`) and
 //! `X-Cdap-Authentication` says how they authenticated (the context's
 //! `authentication`, e.g. `password`), so that the policies on authentication (H6)
-//! apply to trace reads as to every other action. Either one missing is a 400.
+//! apply to trace reads as to every other action. Either one missing, or sent more
+//! than once (which one would count?), is a 400.
 
 use cedar_policy::{EntityUid, EvalResult};
 use chrono::{DateTime, Utc};
@@ -42,6 +43,8 @@ pub enum TraceQueryError {
     NoCaller,
     #[error("missing the {AUTHENTICATION_HEADER} header saying how the caller authenticated")]
     NoAuthentication,
+    #[error("the {0} header is sent more than once")]
+    RepeatedHeader(&'static str),
     #[error(transparent)]
     Caller(#[from] RequestError),
     #[error("query parameter `{name}`: {reason}")]

@@ -377,6 +377,22 @@ fn traces_authenticated(
     }
 }
 
+/// A GET written by hand on a socket, for headers an HTTP client would merge; the
+/// whole response as text.
+fn raw_get(server: &Server, path: &str, headers: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", server.addr);
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn partners_seen(body: &Value) -> HashSet<String> {
     body["records"]
         .as_array()
@@ -459,6 +475,17 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("x-cdap-authentication"), "{body}");
     assert_eq!(traces_as(&server, None, "").0, 400);
+    let repeated = raw_get(
+        &server,
+        "/v1/traces",
+        &[
+            ("X-Cdap-Principal", "User::\"mau-admin\""),
+            ("X-Cdap-Authentication", "shared_account"),
+            ("X-Cdap-Authentication", "password"),
+        ],
+    );
+    assert!(repeated.starts_with("HTTP/1.1 400"), "{repeated}");
+    assert!(repeated.contains("sent more than once"), "{repeated}");
     assert_eq!(
         traces_as(&server, Some("mau-admin"), "?since=yesterday").0,
         400
