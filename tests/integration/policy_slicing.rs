@@ -137,38 +137,11 @@ proptest! {
 
     #[test]
     fn slicing_never_changes_a_decision(policies in prop::collection::vec(policy_text(), 1..40)) {
-        let mut model = load::load(&bundled_sources()).unwrap();
-        let mut set = PolicySet::new();
-        for (i, text) in policies.iter().enumerate() {
-            set.add(Policy::parse(Some(PolicyId::new(format!("p{i}"))), text).unwrap()).unwrap();
-        }
-        model.policies = set.clone();
-        let snapshot =
-            Snapshot::from_model(model, &bundled_sources().schema, DEFAULT_TIME_ATTRIBUTE).unwrap();
+        let texts: Vec<&str> = policies.iter().map(String::as_str).collect();
+        let (snapshot, set) = snapshot_with(&texts, Vec::new());
         for user in USERS {
             for pick in 0..9 {
-                let request = AuthzRequest::from_value(request(user, pick)).unwrap();
-                let prepared = engine::prepare(&snapshot, &request, chrono::Utc::now()).unwrap();
-                let sliced = engine::evaluate(&prepared);
-                let whole = Authorizer::new().is_authorized(&prepared.request, &set, &prepared.entities);
-                let cedar_allows = whole.decision() == cedar_policy::Decision::Allow;
-                let mut expected_errors: Vec<String> =
-                    whole.diagnostics().errors().map(|e| describe(e)).collect();
-                let mut errors: Vec<String> = sliced.diagnostics.errors.clone();
-                expected_errors.sort();
-                errors.sort();
-                prop_assert_eq!(&errors, &expected_errors, "{:?}", request);
-                let expected_allow = cedar_allows && expected_errors.is_empty();
-                prop_assert_eq!(sliced.outcome == cdap_authz::api::Outcome::Allow, expected_allow, "{:?}", request);
-                let mut reason = sliced.diagnostics.reason.clone();
-                let mut expected: Vec<String> = if cedar_allows && !expected_allow {
-                    Vec::new()
-                } else {
-                    whole.diagnostics().reason().map(|id| id.to_string()).collect()
-                };
-                reason.sort();
-                expected.sort();
-                prop_assert_eq!(reason, expected, "{:?}", request);
+                assert_decides_as_cedar(&snapshot, &set, request(user, pick));
             }
         }
     }
@@ -205,17 +178,24 @@ fn assert_decides_as_cedar(
     let request = AuthzRequest::from_value(request).unwrap();
     let prepared = engine::prepare(snapshot, &request, chrono::Utc::now()).unwrap();
     let decided = engine::evaluate(&prepared);
-    let brought = Entities::from_json_value(
-        serde_json::Value::Array(request.entities.clone().unwrap_or_default()),
-        Some(&snapshot.schema),
-    )
-    .unwrap();
-    let merged = snapshot
-        .entities
-        .clone()
-        .add_entities(brought, None)
-        .unwrap();
-    let cedar = Authorizer::new().is_authorized(&prepared.request, set, &merged);
+    let merged;
+    let entities = match &request.entities {
+        Some(brought) if !brought.is_empty() => {
+            let brought = Entities::from_json_value(
+                serde_json::Value::Array(brought.clone()),
+                Some(&snapshot.schema),
+            )
+            .unwrap();
+            merged = snapshot
+                .entities
+                .clone()
+                .add_entities(brought, None)
+                .unwrap();
+            &merged
+        }
+        _ => &snapshot.entities,
+    };
+    let cedar = Authorizer::new().is_authorized(&prepared.request, set, entities);
     let mut expected: Vec<String> = cedar
         .diagnostics()
         .reason()
@@ -226,17 +206,24 @@ fn assert_decides_as_cedar(
     errors.sort();
     let mut decided_errors = decided.diagnostics.errors.clone();
     decided_errors.sort();
-    assert_eq!(decided_errors, errors);
+    assert_eq!(decided_errors, errors, "{request:?}");
     let cedar_allows = cedar.decision() == cedar_policy::Decision::Allow;
     let allowed = cedar_allows && errors.is_empty();
-    assert_eq!(decided.outcome == cdap_authz::api::Outcome::Allow, allowed);
+    assert_eq!(
+        decided.outcome == cdap_authz::api::Outcome::Allow,
+        allowed,
+        "{request:?}"
+    );
     if cedar_allows && !allowed {
         // Fail closed: an error overrides Cedar's Allow, and its permits decided nothing.
         expected.clear();
     }
     let mut reason = decided.diagnostics.reason.clone();
     reason.sort();
-    assert_eq!(reason, expected, "each determining policy once");
+    assert_eq!(
+        reason, expected,
+        "each determining policy once: {request:?}"
+    );
     decided.diagnostics.reason
 }
 
