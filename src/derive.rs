@@ -8,7 +8,7 @@
 //! entity they reference and by a string attribute, and write the counts as tags of
 //! the referenced entity. The Cdap model uses it for habilitation ceilings (H4).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -89,13 +89,17 @@ fn count(
     list: &[Value],
 ) -> Result<HashMap<Uid, BTreeMap<String, i64>>, DeriveError> {
     let mut counts: HashMap<Uid, BTreeMap<String, i64>> = HashMap::new();
+    // Cedar keeps one entity of identical duplicates (and refuses differing ones):
+    // each uid counts once.
+    let mut counted: HashSet<Uid> = HashSet::new();
     for entity in list {
         let Some(uid) = entity.get("uid").and_then(entity_ref) else {
             continue;
         };
-        if uid.0 != rule.source {
+        if uid.0 != rule.source || counted.contains(&uid) {
             continue;
         }
+        counted.insert(uid.clone());
         let attrs = entity.get("attrs");
         let attr = |name: &str| attrs.and_then(|a| a.get(name));
         if !rule.filter.iter().all(|(k, v)| attr(k) == Some(v)) {
@@ -129,9 +133,10 @@ fn count(
 fn write_tags(
     rule: &CountRule,
     list: &mut [Value],
-    mut counts: HashMap<Uid, BTreeMap<String, i64>>,
+    counts: HashMap<Uid, BTreeMap<String, i64>>,
 ) -> Result<(), DeriveError> {
     let target_types: BTreeSet<String> = counts.keys().map(|(t, _)| t.clone()).collect();
+    let mut written: HashSet<Uid> = HashSet::new();
     for entity in list.iter_mut() {
         let Some(uid) = entity.get("uid").and_then(entity_ref) else {
             continue;
@@ -150,12 +155,17 @@ fn write_tags(
                 entity_type: uid.0,
             });
         }
-        if let (Some(tags), Some(object)) = (counts.remove(&uid), entity.as_object_mut()) {
-            let tags = tags.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+        // Every copy of a listed-twice target gets the same tags.
+        if let (Some(tags), Some(object)) = (counts.get(&uid), entity.as_object_mut()) {
+            let tags = tags
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(*v)))
+                .collect();
             object.insert("tags".into(), Value::Object(tags));
+            written.insert(uid);
         }
     }
-    match counts.into_keys().next() {
+    match counts.into_keys().find(|target| !written.contains(target)) {
         Some(target) => Err(DeriveError::UnknownTarget {
             rule: rule.id.clone(),
             target: display(&target),
@@ -205,6 +215,20 @@ mod tests {
         apply(&rules(), &mut entities).unwrap();
         assert_eq!(entities[0]["tags"], json!({"T1": 2, "T2": 1, "*": 3}));
         assert_eq!(entities[1].get("tags"), None);
+    }
+
+    #[test]
+    fn an_entity_listed_twice_counts_once_and_both_copies_get_the_tags() {
+        let the_box = json!({"uid": {"type": "Box", "id": "b"}, "attrs": {}, "parents": []});
+        let mut entities = json!([
+            the_box.clone(),
+            the_box,
+            hab("1", "T1", false),
+            hab("1", "T1", false)
+        ]);
+        apply(&rules(), &mut entities).unwrap();
+        assert_eq!(entities[0]["tags"], json!({"T1": 1, "*": 1}));
+        assert_eq!(entities[1]["tags"], entities[0]["tags"]);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! caused, the permits that came closest — their scope matched the request but a
 //! condition was false or failed — with the first condition that did not hold.
 //!
+//! A Deny caused by an evaluation error alone (the fail-closed rule) says so, with
+//! the permits that were satisfied and would have allowed the request.
+//!
 //! A permit's conditions are its `when`/`unless` clauses, with top-level `&&` split
 //! into separate conditions. They are checked in order, each with those before it
 //! (as Cedar evaluates `&&`), so a guard such as `context has x` protects the
@@ -17,6 +20,7 @@ use serde_json::{json, Value};
 use crate::api::{AuthzRequest, RequestError};
 use crate::engine::{self, Decision, Prepared};
 use crate::load::PolicyInfo;
+use crate::policy_index;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,8 @@ pub struct Explanation {
     pub decision: Decision,
     /// The policies in the decision's reason, with their clauses.
     pub determining: Vec<PolicyInfo>,
+    /// For a Deny the fail-closed rule caused: the satisfied permits it overrode.
+    pub overridden_permits: Vec<PolicyInfo>,
     /// For a Deny no forbid caused: the permits whose scope matched, closest first.
     pub near_misses: Vec<NearMiss>,
 }
@@ -65,8 +71,18 @@ pub fn explain(
         .filter_map(|id| info(id))
         .collect();
     let denied_by_forbid = determining.iter().any(|p| p.effect == "forbid");
+    let overridden_permits: Vec<PolicyInfo> = match denied_by_forbid {
+        true => Vec::new(),
+        false => overridden_permits(&prepared, &decision)
+            .iter()
+            .filter_map(|id| info(id))
+            .collect(),
+    };
     let mut near_misses = Vec::new();
-    if decision.outcome == crate::api::Outcome::Deny && !denied_by_forbid {
+    if decision.outcome == crate::api::Outcome::Deny
+        && !denied_by_forbid
+        && overridden_permits.is_empty()
+    {
         for policy in snapshot.policies.policies() {
             let id = policy.id().to_string();
             if policy.effect() != Effect::Permit || decision.diagnostics.reason.contains(&id) {
@@ -83,8 +99,22 @@ pub fn explain(
     Ok(Explanation {
         decision,
         determining,
+        overridden_permits,
         near_misses,
     })
+}
+
+/// The permits Cedar found satisfied when an evaluation error turned its Allow into
+/// the sidecar's Deny (none otherwise).
+fn overridden_permits(prepared: &Prepared, decision: &Decision) -> Vec<String> {
+    if decision.diagnostics.errors.is_empty() || decision.outcome == crate::api::Outcome::Allow {
+        return Vec::new();
+    }
+    let cedar = policy_index::authorize(&prepared.buckets, &prepared.request, &prepared.entities);
+    match cedar.allowed {
+        true => cedar.reason,
+        false => Vec::new(),
+    }
 }
 
 /// How far `permit` got on this request: `None` when its scope does not match.

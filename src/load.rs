@@ -77,7 +77,9 @@ pub struct Model {
     pub entities: Entities,
     /// The derivation rules the entities were completed with.
     pub rules: DerivationRules,
-    /// Digest of every input file (path and bytes): the model's version.
+    /// Digest of every input file (its role, or its path within the policy
+    /// directory, and its bytes): the model's version, the same wherever the files
+    /// are and however their paths are written.
     pub version: String,
 }
 
@@ -85,7 +87,7 @@ pub struct Model {
 pub fn load(sources: &Sources) -> Result<Model, LoadError> {
     let mut problems = Vec::new();
     let mut digest = Sha256::new();
-    let schema_text = read(&sources.schema, &mut digest, &mut problems);
+    let schema_text = read(&sources.schema, "schema", &mut digest, &mut problems);
     let schema = schema_text
         .as_deref()
         .and_then(|text| parse_schema(&sources.schema, text, &mut problems));
@@ -128,10 +130,16 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
     }
 }
 
-fn read(path: &Path, digest: &mut Sha256, problems: &mut Vec<Problem>) -> Option<String> {
+/// Reads a file into the digest under `label` (what the file is to the model).
+fn read(
+    path: &Path,
+    label: &str,
+    digest: &mut Sha256,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            digest.update(path.as_os_str().as_encoded_bytes());
+            digest.update(label.as_bytes());
             digest.update([0]);
             digest.update(text.as_bytes());
             digest.update([0]);
@@ -189,18 +197,21 @@ fn read_policies(
     let mut info = Vec::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for path in files {
-        let Some(text) = read(&path, digest, problems) else {
+        let relative = path.strip_prefix(dir).unwrap_or(&path).to_owned();
+        let label = format!("policies/{}", relative.display());
+        let Some(text) = read(&path, &label, digest, problems) else {
             continue;
         };
         let Some(parsed) = parse_policy_file(&path, &text, problems) else {
             continue;
         };
+        refuse_templates(&path, &parsed, problems);
         let mut file_set = PolicySet::new();
         for policy in parsed.policies() {
             let id = policy
                 .annotation("id")
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("{}#{}", path.display(), policy.id()));
+                .unwrap_or_else(|| format!("{}#{}", relative.display(), policy.id()));
             if let Some(first) = seen.insert(id.clone(), path.clone()) {
                 problems.push(Problem {
                     path: path.clone(),
@@ -264,6 +275,26 @@ fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
         .ok()
 }
 
+/// Templates (policies with `?principal` or `?resource` slots) apply only once
+/// linked, and the sidecar links none: one left in a file would silently never
+/// apply, so it is refused.
+fn refuse_templates(path: &Path, parsed: &PolicySet, problems: &mut Vec<Problem>) {
+    for template in parsed.templates() {
+        let id = template
+            .annotation("id")
+            .map_or_else(|| template.id().to_string(), str::to_owned);
+        problems.push(Problem {
+            path: path.to_owned(),
+            message: format!(
+                "{}: policy `{id}` is a template (it has a `?principal` or `?resource` \
+                 slot); the sidecar links no templates, so it would never apply: write it \
+                 as a static policy",
+                path.display()
+            ),
+        });
+    }
+}
+
 fn validate_file(
     path: &Path,
     text: &str,
@@ -287,7 +318,7 @@ fn read_entities(
     let Some(path) = &sources.entities else {
         return Some(Entities::empty());
     };
-    let text = read(path, digest, problems)?;
+    let text = read(path, "entities", digest, problems)?;
     let mut json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|err| {
             problems.push(Problem {
@@ -338,7 +369,7 @@ fn read_rules(
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
 ) -> Option<DerivationRules> {
-    let text = read(path, digest, problems)?;
+    let text = read(path, "derived", digest, problems)?;
     serde_json::from_str(&text)
         .map_err(|err| {
             problems.push(Problem {

@@ -54,7 +54,17 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
 fn text(explanation: &Explanation) -> String {
     let decision = &explanation.decision;
     let mut out = format!("decision: {}\n", decision.outcome.as_str());
-    if explanation.determining.is_empty() {
+    let failed = !decision.diagnostics.errors.is_empty();
+    if !explanation.overridden_permits.is_empty() {
+        out += "determined by: the fail-closed rule (a policy failed to evaluate), \
+                overriding the permits that allowed it:\n";
+        for policy in &explanation.overridden_permits {
+            out += &policy_line(policy);
+        }
+    } else if explanation.determining.is_empty() && failed {
+        out += "determined by: no permit applies (default deny); \
+                a policy also failed to evaluate (fail-closed)\n";
+    } else if explanation.determining.is_empty() {
         out += "determined by: no policy (no permit applies: default deny)\n";
     } else {
         out += "determined by:\n";
@@ -65,7 +75,10 @@ fn text(explanation: &Explanation) -> String {
     for error in &decision.diagnostics.errors {
         out += &format!("error (fails closed): {error}\n");
     }
-    if decision.outcome == Outcome::Deny && explanation.determining.is_empty() {
+    if decision.outcome == Outcome::Deny
+        && explanation.determining.is_empty()
+        && explanation.overridden_permits.is_empty()
+    {
         out += &near_misses_text(&explanation.near_misses);
     }
     out
@@ -105,6 +118,7 @@ fn as_json(explanation: &Explanation) -> serde_json::Value {
     json!({
         "decision": decision.outcome,
         "determining": explanation.determining,
+        "overridden_permits": explanation.overridden_permits,
         "errors": decision.diagnostics.errors,
         "closest_permits": explanation.near_misses,
     })

@@ -168,8 +168,12 @@ impl Writer {
             );
         }
         for skipped in &diff.skipped {
+            let unproven = match skipped.unproven {
+                true => " (UNPROVEN: counted as possibly widening and narrowing)",
+                false => "",
+            };
             self.bullet(&format!(
-                "{}: skipped: {}",
+                "{}: skipped{unproven}: {}",
                 skipped.signature, skipped.reason
             ));
         }

@@ -101,6 +101,10 @@ pub struct SignatureDiff {
 pub struct Skipped {
     pub signature: String,
     pub reason: String,
+    /// Nothing is proven for a signature both sides have (a side's policies do not
+    /// compile for it): the gates count it as a possible widening and narrowing,
+    /// like an unknown solver result. A signature NEW's schema removed is not.
+    pub unproven: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,22 +115,30 @@ pub struct SemanticDiff {
 }
 
 impl SemanticDiff {
+    /// Whether some request may be newly allowed (found, or not ruled out).
     pub fn widens(&self) -> bool {
-        self.signatures.iter().any(|s| {
-            matches!(
-                s.verdict,
-                Verdict::Widens | Verdict::WidensAndNarrows | Verdict::Unknown
-            )
-        })
+        self.any_unproven()
+            || self.signatures.iter().any(|s| {
+                matches!(
+                    s.verdict,
+                    Verdict::Widens | Verdict::WidensAndNarrows | Verdict::Unknown
+                )
+            })
     }
 
+    /// Whether some request may be newly denied (found, or not ruled out).
     pub fn narrows(&self) -> bool {
-        self.signatures.iter().any(|s| {
-            matches!(
-                s.verdict,
-                Verdict::Narrows | Verdict::WidensAndNarrows | Verdict::Unknown
-            )
-        })
+        self.any_unproven()
+            || self.signatures.iter().any(|s| {
+                matches!(
+                    s.verdict,
+                    Verdict::Narrows | Verdict::WidensAndNarrows | Verdict::Unknown
+                )
+            })
+    }
+
+    fn any_unproven(&self) -> bool {
+        self.skipped.iter().any(|s| s.unproven)
     }
 }
 
@@ -185,6 +197,7 @@ async fn compare_all(
             Err(reason) => skipped.push(Skipped {
                 signature: signature_name(&env),
                 reason,
+                unproven: true,
             }),
         }
     }
@@ -219,6 +232,7 @@ fn removed_signatures(old: &Schema, new: &Schema) -> Vec<Skipped> {
         .map(|signature| Skipped {
             signature: signature.clone(),
             reason: "not in NEW's schema: NEW has no such request".to_owned(),
+            unproven: false,
         })
         .collect()
 }

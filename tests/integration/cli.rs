@@ -120,6 +120,57 @@ fn validate_accepts_the_bundled_model() {
 }
 
 #[test]
+fn the_version_does_not_depend_on_how_the_paths_are_written() {
+    let absolute = repo(".");
+    let versions: Vec<String> = [
+        vec![],
+        vec![
+            "--policies",
+            "./policies",
+            "--schema",
+            "schema/../schema/cdap.cedarschema",
+        ],
+        vec![
+            "--policies",
+            absolute.join("policies").to_str().unwrap(),
+            "--entities",
+            absolute.join("examples/entities.json").to_str().unwrap(),
+        ],
+    ]
+    .into_iter()
+    .map(|args| {
+        let output = cdap_authz().arg("validate").args(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(output.status.code(), Some(0), "{stdout}");
+        stdout.rsplit_once("version ").unwrap().1.trim().to_owned()
+    })
+    .collect();
+    assert!(versions[0].starts_with("sha256:"), "{versions:?}");
+    assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+}
+
+#[test]
+fn validate_refuses_a_template_that_would_never_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
+    )
+    .unwrap();
+    let output = cdap_authz()
+        .args(["validate", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("policy `T-forbid` is a template"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn validate_reports_every_problem_at_once_and_exits_3() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -205,6 +256,71 @@ fn explain_names_the_determining_permit_and_its_clause() {
         stdout.contains("source: Bulletin d'adhésion Cdap art. 1, profil T18"),
         "{stdout}"
     );
+    assert!(!stdout.contains("closest permits"), "{stdout}");
+}
+
+#[test]
+fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
+    // A permit that applies, and a forbid whose condition overflows: Cedar alone
+    // would allow; the sidecar denies, and explain must say why.
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    file(
+        "schema.cedarschema",
+        "entity User; entity Doc;\n\
+         action read appliesTo { principal: User, resource: Doc, context: { k: Long } };\n",
+    );
+    file(
+        "policies/p.cedar",
+        "@id(\"read-all\")\n@source(\"test\")\n\
+         permit (principal, action == Action::\"read\", resource);\n\
+         @id(\"forbid-overflow\")\n\
+         forbid (principal, action, resource) when { context.k + 1 < 0 };\n",
+    );
+    file(
+        "entities.json",
+        r#"[{"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": []},
+            {"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": []}]"#,
+    );
+    file(
+        "request.json",
+        r#"{"principal": "User::\"u\"", "action": "Action::\"read\"",
+            "resource": "Doc::\"d\"", "context": {"k": 9223372036854775807}}"#,
+    );
+    let output = cdap_authz()
+        .current_dir(dir.path())
+        .args([
+            "explain",
+            "--request",
+            "request.json",
+            "--policies",
+            "policies",
+        ])
+        .args([
+            "--schema",
+            "schema.cedarschema",
+            "--entities",
+            "entities.json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("decision: Deny"), "{stdout}");
+    assert!(stdout.contains("the fail-closed rule"), "{stdout}");
+    assert!(stdout.contains("permit read-all"), "{stdout}");
+    assert!(stdout.contains("forbid-overflow"), "{stdout}");
+    assert!(!stdout.contains("no permit applies"), "{stdout}");
     assert!(!stdout.contains("closest permits"), "{stdout}");
 }
 
