@@ -1,11 +1,14 @@
 //! Hot reload: watch the model's files, rebuild a complete snapshot off the request
 //! path, and swap it in only when it is entirely valid (last-known-good).
 //!
-//! The watcher watches the *parent directories* of the schema, entities and
-//! derivation files, and the policy directory (recursively) and its parent, then
-//! filters events by path. That sees editors' rename-into-place, deletes and
-//! re-creates, and Kubernetes ConfigMap `..data` symlink swaps; watches are re-added
-//! after every reload so a swapped directory is followed. Bursts are debounced.
+//! The watcher watches the policy directory (recursively) and *every directory
+//! above* each source file and the policy directory (each alone), then filters
+//! events by path. That sees editors' rename-into-place, deletes and re-creates,
+//! Kubernetes ConfigMap `..data` symlink swaps, and a directory on a source's path
+//! being replaced or a release symlink flipped (`mv model.new model`, `ln -sfn v2
+//! current`): the event then names that directory, an ancestor of a source. Watches
+//! are re-added after every reload, before any old one is dropped, so a swapped
+//! directory is followed with no moment unwatched. Bursts are debounced.
 //! A refused reload keeps the current snapshot, logs the rendered error (file, line,
 //! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
 
@@ -106,40 +109,42 @@ impl Reloader {
         Ok(Reloaded::Swapped { version, took })
     }
 
-    /// Directories to watch, and how.
-    fn watch_targets(&self) -> BTreeMap<PathBuf, RecursiveMode> {
-        let mut targets = BTreeMap::new();
-        targets.insert(self.sources.policies.clone(), RecursiveMode::Recursive);
-        let files = [Some(&self.sources.policies), Some(&self.sources.schema)]
+    /// The sources: the policy directory, then the files.
+    fn sources(&self) -> impl Iterator<Item = &PathBuf> {
+        [Some(&self.sources.policies), Some(&self.sources.schema)]
             .into_iter()
             .chain([
                 self.sources.entities.as_ref(),
                 self.sources.derived.as_ref(),
-            ]);
-        for path in files.flatten() {
-            if let Some(parent) = path.parent() {
+            ])
+            .flatten()
+    }
+
+    /// Directories to watch, and how: the policy directory and its tree, and each
+    /// directory above a source, up to the root (a few watches, seldom an event).
+    fn watch_targets(&self) -> BTreeMap<PathBuf, RecursiveMode> {
+        let mut targets = BTreeMap::new();
+        targets.insert(self.sources.policies.clone(), RecursiveMode::Recursive);
+        for source in self.sources() {
+            for ancestor in source.ancestors().skip(1) {
                 targets
-                    .entry(parent.to_owned())
+                    .entry(ancestor.to_owned())
                     .or_insert(RecursiveMode::NonRecursive);
             }
         }
         targets
     }
 
-    /// Whether a changed path can affect the model.
+    /// Whether a changed path can affect the model: a source file, anything in
+    /// the policy directory, a directory on a source's path (replaced, renamed or a
+    /// symlink flipped), or a ConfigMap's `..` entry.
     fn is_relevant(&self, path: &Path) -> bool {
-        let is_source = [
-            Some(&self.sources.schema),
-            self.sources.entities.as_ref(),
-            self.sources.derived.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|source| source == path);
         let config_map_swap = path
             .file_name()
             .is_some_and(|name| name.to_string_lossy().starts_with(".."));
-        is_source || config_map_swap || path.starts_with(&self.sources.policies)
+        config_map_swap
+            || path.starts_with(&self.sources.policies)
+            || self.sources().any(|source| source.starts_with(path))
     }
 }
 
@@ -267,22 +272,23 @@ fn settle(reloader: &Reloader, triggers: &Receiver<Trigger>, debounce: Duration)
     }
 }
 
-/// Drops the previous watches and watches the targets again, following any
-/// directory that was swapped since.
+/// Watches the targets again, following any directory that was swapped since (a
+/// path watched again is watched where it now leads), then drops the watches of
+/// paths no longer watched; never a moment with a target unwatched.
 fn rewatch(
     reloader: &Reloader,
     watcher: &mut RecommendedWatcher,
     previous: Vec<PathBuf>,
 ) -> Vec<PathBuf> {
-    for path in previous {
-        let _ = watcher.unwatch(&path);
-    }
     let mut watched = Vec::new();
     for (path, mode) in reloader.watch_targets() {
         match watcher.watch(&path, mode) {
             Ok(()) => watched.push(path),
             Err(error) => tracing::warn!(path = %path.display(), %error, "cannot watch"),
         }
+    }
+    for path in previous.iter().filter(|p| !watched.contains(p)) {
+        let _ = watcher.unwatch(path);
     }
     watched
 }

@@ -240,6 +240,84 @@ fn config_map_symlink_swap_is_picked_up() {
     });
 }
 
+/// A copy of the bundled model with `User::"mau-t2"` suspended (or not).
+fn copy_model_with_suspension(to: &Path, suspended: bool) {
+    copy_model(to);
+    let path = to.join("entities.json");
+    let mut entities: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let user = entities
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["uid"] == serde_json::json!({"type": "User", "id": "mau-t2"}))
+        .unwrap();
+    user["attrs"]["suspended"] = Value::Bool(suspended);
+    std::fs::write(path, entities.to_string()).unwrap();
+}
+
+fn mau_t2_suspended(live: &Live) -> bool {
+    let request = consult(
+        "mau-t2",
+        "mau-t2-01",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    let decision: Decision = live.server.decide(&request);
+    decision.reason.iter().any(|r| r == "S1-user-suspended")
+}
+
+/// The directory holding every source is replaced by another (`mv model.new
+/// model`), then a file in the new one is edited: both are picked up (the watches
+/// follow the new directory).
+#[test]
+fn a_replaced_model_directory_is_picked_up_and_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    copy_model(&model);
+    let live = Live::start(root, &model, true);
+    assert!(!mau_t2_suspended(&live));
+
+    copy_model_with_suspension(&live.path("model.new"), true);
+    std::fs::rename(live.path("model"), live.path("model.old")).unwrap();
+    std::fs::rename(live.path("model.new"), live.path("model")).unwrap();
+    within_or_report(&live, "the replaced directory takes effect", || {
+        mau_t2_suspended(&live)
+    });
+
+    let unsuspended = live.path("unsuspended");
+    copy_model_with_suspension(&unsuspended, false);
+    write_atomically(
+        &live.path("model/entities.json"),
+        &std::fs::read_to_string(unsuspended.join("entities.json")).unwrap(),
+    );
+    within_or_report(
+        &live,
+        "an edit inside the new directory takes effect",
+        || !mau_t2_suspended(&live),
+    );
+}
+
+/// Releases side by side and a `current` symlink flipped from one to the next
+/// (`ln -sfn v2 current.tmp && mv -T current.tmp current`).
+#[test]
+fn a_flipped_release_symlink_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    copy_model(&root.path().join("v1"));
+    std::os::unix::fs::symlink("v1", root.path().join("current")).unwrap();
+    let model = root.path().join("current");
+    let live = Live::start(root, &model, true);
+    assert!(!mau_t2_suspended(&live));
+
+    copy_model_with_suspension(&live.path("v2"), true);
+    std::os::unix::fs::symlink("v2", live.path("current.tmp")).unwrap();
+    std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
+    within_or_report(&live, "the flipped release takes effect", || {
+        mau_t2_suspended(&live)
+    });
+}
+
 /// Requests fire continuously while the policies change 50 times: none fails, and
 /// each answer comes from one of the two versions.
 #[test]
