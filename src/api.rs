@@ -2,7 +2,9 @@
 //! the error body. Shared by the HTTP server and the offline CLI commands.
 //!
 //! An entity reference is either Cedar's text form `"Type::\"id\""` or the object
-//! `{"type": "Type", "id": "id"}` (as cedar-agent and Cedar's tools write it).
+//! `{"type": "Type", "id": "id"}` (as cedar-agent and Cedar's tools write it), or
+//! `{"__entity": {"type": …, "id": …}}`, with no other key. A key repeated in any
+//! object of a request is refused ([`crate::strict_json`]).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -11,6 +13,8 @@ use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::strict_json;
+
 /// Most requests one batch may carry.
 pub const DEFAULT_MAX_BATCH: usize = 100;
 
@@ -18,19 +22,23 @@ pub const DEFAULT_MAX_BATCH: usize = 100;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthzRequest {
+    #[serde(deserialize_with = "strict_json::value")]
     pub principal: Value,
+    #[serde(deserialize_with = "strict_json::value")]
     pub action: Value,
+    #[serde(deserialize_with = "strict_json::value")]
     pub resource: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_json::object")]
     pub context: Option<Map<String, Value>>,
     /// Entities added to the stored ones for this decision only.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_json::array")]
     pub entities: Option<Vec<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[serde(deserialize_with = "strict_json::required_array")]
     pub requests: Vec<Value>,
 }
 
@@ -189,14 +197,26 @@ pub fn plain_ref(value: &Value) -> Option<(&str, &str)> {
                 .then_some((type_name, id))
         }
         Value::Object(map) => {
-            let map = match map.get("__entity") {
-                Some(Value::Object(inner)) => inner,
-                _ => map,
-            };
-            Some((map.get("type")?.as_str()?, map.get("id")?.as_str()?))
+            let (type_name, id) = object_ref(map)?;
+            Some((type_name.as_str()?, id.as_str()?))
         }
         _ => None,
     }
+}
+
+/// The `type` and `id` of an object reference: exactly `{"type", "id"}`, or exactly
+/// `{"__entity": {"type", "id"}}` (any other key would leave readers disagreeing on
+/// which entity is meant).
+fn object_ref(map: &Map<String, Value>) -> Option<(&Value, &Value)> {
+    let map = match map.get("__entity") {
+        Some(Value::Object(inner)) if map.len() == 1 => inner,
+        Some(_) => return None,
+        None => map,
+    };
+    if map.len() != 2 {
+        return None;
+    }
+    Some((map.get("type")?, map.get("id")?))
 }
 
 /// Parses an entity reference in either accepted shape.
@@ -209,15 +229,11 @@ pub fn parse_entity_ref(field: &'static str, value: &Value) -> Result<EntityUid,
             ))
         }),
         Value::Object(map) => {
-            let map = match map.get("__entity") {
-                Some(Value::Object(inner)) => inner,
-                _ => map,
-            };
-            let (Some(Value::String(type_name)), Some(Value::String(id))) =
-                (map.get("type"), map.get("id"))
-            else {
+            let Some((Value::String(type_name), Value::String(id))) = object_ref(map) else {
                 return Err(invalid(
-                    "expected {\"type\": \"…\", \"id\": \"…\"} with two strings".into(),
+                    "expected {\"type\": \"…\", \"id\": \"…\"} (two strings, no other key) \
+                     or {\"__entity\": {\"type\": \"…\", \"id\": \"…\"}}"
+                        .into(),
                 ));
             };
             let type_name = EntityTypeName::from_str(type_name)
@@ -259,6 +275,9 @@ mod tests {
             json!({"type": "User"}),
             json!(42),
             json!({"type": "9x", "id": "a"}),
+            json!({"type": "User", "id": "a", "role": "x"}),
+            json!({"__entity": {"type": "User", "id": "a"}, "type": "Caf", "id": "x"}),
+            json!({"__entity": {"type": "User", "id": "a", "x": 1}}),
         ] {
             let err = parse_entity_ref("resource", &bad).unwrap_err();
             assert_eq!(err.code(), "invalid_entity_ref", "{bad}");
@@ -309,6 +328,31 @@ mod tests {
             assert_same_as_cedar(&names, &Value::String(format!("{ty}::\"{id}\"")));
             assert_same_as_cedar(&names, &json!({"type": ty, "id": id}));
         }
+    }
+
+    #[test]
+    fn a_key_repeated_anywhere_in_a_request_is_refused() {
+        let request = |inner: &str| {
+            format!(
+                r#"{{"principal":"User::\"a\"","action":"Action::\"x\"","resource":"File::\"f\"",{inner}}}"#
+            )
+        };
+        for body in [
+            request(r#""context":{"authentication":"shared_account","authentication":"password"}"#),
+            request(r#""context":{"m":{"type":"Mission","id":"a","id":"b"}}"#),
+            request(r#""entities":[{"uid":{"type":"File","id":"f"},"attrs":{"caf":1,"caf":2}}]"#),
+            r#"{"principal":{"type":"User","type":"Caf","id":"a"},"action":"Action::\"x\"","resource":"File::\"f\""}"#.to_owned(),
+        ] {
+            let err = AuthzRequest::from_slice(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "malformed_json", "{body}");
+            assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
+        }
+        let batch = format!(
+            r#"{{"requests":[{}]}}"#,
+            request(r#""context":{"a":1,"a":2}"#)
+        );
+        let err = BatchRequest::from_slice(batch.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("duplicate key"), "{err}");
     }
 
     #[test]

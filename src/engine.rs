@@ -244,6 +244,12 @@ fn check_applies_to(
         ("principal", principal, &types.principals),
         ("resource", resource, &types.resources),
     ] {
+        if allowed.is_empty() {
+            return Err(RequestError::InvalidRequest(format!(
+                "{action} applies to no {field} type (an action group?): ask about one of \
+                 the actions that apply to one"
+            )));
+        }
         if !allowed.contains(uid.type_name()) {
             let mut expected: Vec<String> = allowed.iter().map(ToString::to_string).collect();
             expected.sort();

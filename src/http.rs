@@ -1,5 +1,5 @@
-//! The HTTP server: routes, body limits, the mapping of errors to responses, and
-//! graceful shutdown. It only decodes, calls the library, and encodes.
+//! The HTTP server: routes, body limits and read timeouts, the mapping of errors to
+//! responses, and graceful shutdown. It only decodes, calls the library, and encodes.
 //!
 //! Routes:
 //! - `POST /v1/is_authorized`, `POST /v1/batch_is_authorized`: decisions;
@@ -25,7 +25,7 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde_json::json;
@@ -47,6 +47,10 @@ use crate::traces::{
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// Default time a request's headers, then its body, may each take to arrive; an
+/// idle keep-alive connection is closed after it too (hyper's header timer runs
+/// while a connection waits for its next request).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -54,6 +58,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 pub struct Limits {
     pub max_body: usize,
     pub max_batch: usize,
+    /// A client slower than this (headers, then body) is cut off: a slow or stalled
+    /// client cannot hold a connection and its task forever.
+    pub read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +68,7 @@ impl Default for Limits {
         Self {
             max_body: DEFAULT_MAX_BODY,
             max_batch: DEFAULT_MAX_BATCH,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -106,6 +114,8 @@ enum HttpError {
     BodyTooLarge { max: usize },
     #[error("cannot read the request body: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
     #[error("no policy snapshot is loaded yet")]
     NotReady,
     #[error("no route for {0}")]
@@ -132,6 +142,7 @@ impl HttpError {
             HttpError::AuditOff => StatusCode::NOT_FOUND,
             HttpError::Forbidden { .. } => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -143,6 +154,7 @@ impl HttpError {
             HttpError::Request(e) => e.code(),
             HttpError::BodyTooLarge { .. } => "body_too_large",
             HttpError::BodyRead(_) => "body_unreadable",
+            HttpError::BodyTimeout(_) => "body_timeout",
             HttpError::NotReady => "not_ready",
             HttpError::NotFound(_) => "not_found",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -208,8 +220,12 @@ fn spawn_connection<S>(stream: S, state: Arc<AppState>, graceful: &GracefulShutd
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let read_timeout = state.limits.read_timeout;
     let service = service_fn(move |request| handle(state.clone(), request));
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -238,11 +254,11 @@ async fn route(
     let method = request.method().clone();
     match (&method, path.as_str()) {
         (&Method::POST, "/v1/is_authorized") => {
-            let body = read_body(request, state.limits.max_body).await?;
+            let body = read_body(request, &state.limits).await?;
             is_authorized(state, &body).await
         }
         (&Method::POST, "/v1/batch_is_authorized") => {
-            let body = read_body(request, state.limits.max_body).await?;
+            let body = read_body(request, &state.limits).await?;
             batch_is_authorized(state, &body).await
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
@@ -389,7 +405,8 @@ fn decide_unlogged(
 ) -> Result<(AuthzResponse, Option<Entry>), RequestError> {
     let started = Instant::now();
     let now = Utc::now();
-    let decision = engine::decide(snapshot, request, now)?;
+    let prepared = engine::prepare(snapshot, request, now)?;
+    let decision = engine::evaluate(&prepared);
     let latency = started.elapsed();
     state.metrics.record_decision(
         decision.action.id().unescaped(),
@@ -402,7 +419,9 @@ fn decide_unlogged(
             request,
             decision: &decision,
             response: &response,
-            entities: &snapshot.entities,
+            // The entities the decision saw: a principal or file the request
+            // brings is recorded with its partner and Caf, as a stored one is.
+            entities: &prepared.entities,
             time: now,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
@@ -472,7 +491,13 @@ fn single_header<'r>(
     if values.next().is_some() {
         return Err(TraceQueryError::RepeatedHeader(name));
     }
-    Ok(first.and_then(|v| v.to_str().ok()))
+    first
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| TraceQueryError::UnreadableHeader(name))
+        })
+        .transpose()
 }
 
 fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_json::Value {
@@ -484,7 +509,8 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
     })
 }
 
-async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, HttpError> {
+async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes, HttpError> {
+    let max = limits.max_body;
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -493,7 +519,11 @@ async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Http
     if declared.is_some_and(|length| length > max) {
         return Err(HttpError::BodyTooLarge { max });
     }
-    match Limited::new(request.into_body(), max).collect().await {
+    let collect = Limited::new(request.into_body(), max).collect();
+    let collected = tokio::time::timeout(limits.read_timeout, collect)
+        .await
+        .map_err(|_| HttpError::BodyTimeout(limits.read_timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(HttpError::BodyTooLarge { max })

@@ -19,6 +19,7 @@
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`context`]: request contexts built by the schema's declared types (fast, precise errors).
 //! - [`api`]: the JSON wire contract (requests, responses, errors).
+//! - [`strict_json`]: JSON read with every object's keys checked unique.
 //! - [`diagnostic`]: Cedar's diagnostics as one line of text.
 //! - [`engine`]: one decision: wire request + snapshot → allow/deny and why. Fails closed.
 //! - [`suite`]: policy test suites (Cedar `run-tests` JSON): run, judge, coverage.
@@ -52,6 +53,7 @@ pub mod reload;
 pub mod slice;
 pub mod snapshot;
 pub mod store;
+pub mod strict_json;
 pub mod suite;
 pub mod traces;
 

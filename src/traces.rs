@@ -45,6 +45,8 @@ pub enum TraceQueryError {
     NoAuthentication,
     #[error("the {0} header is sent more than once")]
     RepeatedHeader(&'static str),
+    #[error("the {0} header is not visible ASCII text")]
+    UnreadableHeader(&'static str),
     #[error(transparent)]
     Caller(#[from] RequestError),
     #[error("query parameter `{name}`: {reason}")]

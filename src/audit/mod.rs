@@ -96,6 +96,7 @@ pub struct Decided<'a> {
     pub request: &'a AuthzRequest,
     pub decision: &'a Decision,
     pub response: &'a AuthzResponse,
+    /// The entities the decision was made on (stored, plus the request's own).
     pub entities: &'a Entities,
     pub time: DateTime<Utc>,
     pub latency_us: u64,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,7 +14,7 @@ use crate::audit::{
     AuditConfig, AuditLog, DEFAULT_CONTEXT_FIELDS, DEFAULT_DIR, DEFAULT_MAX_FILE_BYTES,
     DEFAULT_RETENTION_DAYS,
 };
-use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY};
+use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
 use crate::listen::{ListenAddr, Listener};
 use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 
@@ -31,6 +32,16 @@ pub struct ServeArgs {
     /// Most requests in one batch.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// Seconds a request's headers, then its body, may each take to arrive (a
+    /// slower client is cut off: the body gets 408); an idle keep-alive connection
+    /// is closed after it too.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub read_timeout_secs: u64,
     #[command(flatten)]
     pub audit: AuditArgs,
 }
@@ -93,6 +104,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut state = AppState::new(Limits {
             max_body: args.max_body,
             max_batch: args.max_batch,
+            read_timeout: Duration::from_secs(args.read_timeout_secs),
         });
         state.audit = args.audit.start()?;
         let state = Arc::new(state);

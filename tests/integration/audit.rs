@@ -117,6 +117,32 @@ fn a_record_says_who_what_which_file_why_and_keeps_only_the_chosen_context() {
     }
 }
 
+/// The claimant's file usually comes with the request: its record names the file's
+/// Caf (here another Caf than the partner's, which the decision denies under M3).
+#[test]
+fn a_record_reads_partner_and_caf_from_the_entities_the_request_brings() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let mut request = allowed_consultation();
+    request["resource"] = json!({"type": "File", "id": "dossier-33-new"});
+    request["entities"] = json!([{
+        "uid": {"type": "File", "id": "dossier-33-new"},
+        "attrs": {"caf": {"type": "Caf", "id": "caf-gironde"}, "department": "33",
+                  "rsa_now": false, "categories": ["quotient_familial"]},
+        "parents": []
+    }]);
+    let (status, body) = server.post("/v1/is_authorized", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["diagnostics"]["reason"],
+        json!(["M3-file-of-another-caf"])
+    );
+    let record = &records(dir.path())[0];
+    assert_eq!(record.resource, r#"File::"dossier-33-new""#);
+    assert_eq!(record.partner.as_deref(), Some("ville-maubeuge"));
+    assert_eq!(record.caf.as_deref(), Some("caf-gironde"));
+}
+
 #[test]
 fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -486,6 +512,16 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
     );
     assert!(repeated.starts_with("HTTP/1.1 400"), "{repeated}");
     assert!(repeated.contains("sent more than once"), "{repeated}");
+    let unreadable = raw_get(
+        &server,
+        "/v1/traces",
+        &[
+            ("X-Cdap-Principal", "User::\"mau-admin\""),
+            ("X-Cdap-Authentication", "passé"),
+        ],
+    );
+    assert!(unreadable.starts_with("HTTP/1.1 400"), "{unreadable}");
+    assert!(unreadable.contains("not visible ASCII"), "{unreadable}");
     assert_eq!(
         traces_as(&server, Some("mau-admin"), "?since=yesterday").0,
         400

@@ -2,6 +2,7 @@
 //! and never a decision; errors while evaluating give Deny, never Allow.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cdap_authz::http::{AppState, Limits};
 use serde_json::{json, Value};
@@ -177,6 +178,45 @@ fn resource_of_the_wrong_type_for_the_action_is_refused() {
 }
 
 #[test]
+fn asking_about_an_action_group_says_it_applies_to_nothing() {
+    assert_error(
+        Server::start().post(
+            "/v1/is_authorized",
+            &act(
+                "mau-admin",
+                "manage_habilitations",
+                entity("Habilitation", "mau-t2-01"),
+            ),
+        ),
+        400,
+        "invalid_request",
+        "applies to no principal type (an action group?)",
+    );
+}
+
+#[test]
+fn a_duplicate_key_in_a_batch_item_is_refused_as_in_a_single_request() {
+    let server = Server::start();
+    let item = r#"{"principal":"User::\"mau-suspended\"","principal":"User::\"mau-t2\"","action":"Action::\"consult_file\"","resource":"File::\"dossier-59-0004\""}"#;
+    let (status, body) = server.post_raw("/v1/is_authorized", item);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("malformed_json")),
+        "{body}"
+    );
+    let (status, body) = server.post_raw(
+        "/v1/batch_is_authorized",
+        &format!(r#"{{"requests":[{item}]}}"#),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("malformed_json")),
+        "{body}"
+    );
+    assert!(body.to_string().contains("duplicate"), "{body}");
+}
+
+#[test]
 fn a_stored_entity_of_the_wrong_type_as_principal_is_refused() {
     let mut request = allowed_consultation();
     request["principal"] = json!({"type": "File", "id": "dossier-59-0001"});
@@ -237,6 +277,43 @@ fn body_over_the_cap_gets_413() {
         "body_too_large",
         "512",
     );
+}
+
+/// A client that stalls mid-headers is cut off, and one that stalls mid-body gets
+/// 408: neither holds its connection past the read timeout.
+#[test]
+fn a_stalled_client_is_cut_off_after_the_read_timeout() {
+    use std::io::{Read, Write};
+    let server = Server::start_with(Limits {
+        read_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
+    let stalled = |sent: &str| {
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(sent.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        (answer, started.elapsed())
+    };
+    let (answer, took) = stalled("POST /v1/is_authorized HTTP/1.1\r\nHost: x\r\n");
+    assert!(
+        took < Duration::from_secs(5),
+        "headers: closed after {took:?}"
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    let (answer, took) = stalled(
+        "POST /v1/is_authorized HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"principal\"",
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "body: answered after {took:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
 }
 
 #[test]
