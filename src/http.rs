@@ -465,6 +465,9 @@ async fn traces(
             why,
         });
     }
+    // The query may read for a while: a reload need not wait for it to free the
+    // snapshot the authorisation used.
+    drop(snapshot);
     let mut filter = query.filter;
     filter.partners.clone_from(&allowed);
     let dir = log.dir().to_owned();

@@ -1,7 +1,7 @@
 //! Filters over the decision log, shared by `cdap-authz audit query` and
-//! `GET /v1/traces`. A query reads the files whose day can match, oldest first.
+//! `GET /v1/traces`. A query reads the files whose day can match, newest first,
+//! until it has its newest `limit` records.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -59,11 +59,13 @@ fn same_entity(wanted: Option<&str>, recorded: &str) -> bool {
     wanted.is_none_or(|w| recorded == w || recorded.ends_with(&format!("::\"{w}\"")))
 }
 
-/// Runs `filter` over the log in `dir`.
+/// Runs `filter` over the log in `dir`: reads the files whose day can match,
+/// newest first, one at a time, and stops at the `limit`-th match from the end (a
+/// query for the latest records does not read six months of log).
 pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditError> {
-    let mut kept = VecDeque::new();
+    let mut newest_first = Vec::new();
     let mut truncated = false;
-    for segment in segments(dir)? {
+    'files: for segment in segments(dir)?.into_iter().rev() {
         let too_old = filter.since.is_some_and(|s| segment.day < s.date_naive());
         let too_new = filter.until.is_some_and(|u| segment.day > u.date_naive());
         if too_old || too_new {
@@ -73,19 +75,21 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
             .map_err(|source| AuditError::io(segment.path.clone(), source))?;
         let matching = text
             .lines()
+            .rev()
             .filter_map(|line| parse_line(line).ok())
             .map(|parsed| parsed.record)
             .filter(|record| filter.matches(record));
         for record in matching {
-            kept.push_back(record);
-            if kept.len() > limit {
-                kept.pop_front();
+            if newest_first.len() == limit {
                 truncated = true;
+                break 'files;
             }
+            newest_first.push(record);
         }
     }
+    newest_first.reverse();
     Ok(Found {
-        records: kept.into(),
+        records: newest_first,
         truncated,
     })
 }

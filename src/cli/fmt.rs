@@ -1,7 +1,9 @@
 //! `cdap-authz fmt`: format `.cedar` files with Cedar's own formatter. With
 //! `--check`, change nothing, list the files that are not formatted and exit 1.
+//! A file is rewritten by renaming a complete new one over it.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -39,8 +41,7 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
         if args.check {
             println!("not formatted: {}", path.display());
         } else {
-            std::fs::write(&path, pretty)
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            replace(&path, &pretty).with_context(|| format!("cannot write {}", path.display()))?;
             println!("formatted: {}", path.display());
         }
     }
@@ -49,6 +50,23 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes `text` to a hidden temporary file beside `path` (with `path`'s
+/// permissions), then renames it over `path`: a sidecar reloading meanwhile reads
+/// the old file or the new one, never a half-written one (an empty or cut policy
+/// file is valid Cedar, and would drop its forbids).
+fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".fmt-")
+        .tempfile_in(dir.unwrap_or(Path::new(".")))?;
+    temporary.write_all(text.as_bytes())?;
+    temporary
+        .as_file()
+        .set_permissions(std::fs::metadata(path)?.permissions())?;
+    temporary.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Named files as given; directories searched for `.cedar` files.

@@ -312,6 +312,39 @@ fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) 
 }
 
 #[test]
+fn a_query_returns_the_newest_matches_in_log_order_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuditConfig {
+        max_file_bytes: 1200,
+        ..AuditConfig::new(dir.path())
+    };
+    let log = AuditLog::start(config).unwrap();
+    write_entries(&log, 0..14);
+    drop(log);
+    assert!(segments(dir.path()).unwrap().len() >= 5);
+    let ids = |found: &cdap_authz::audit::query::Found| -> Vec<String> {
+        found
+            .records
+            .iter()
+            .map(|r| r.decision_id.clone())
+            .collect()
+    };
+    let newest = query(dir.path(), &Filter::default(), 5).unwrap();
+    assert_eq!(ids(&newest), ["id-9", "id-10", "id-11", "id-12", "id-13"]);
+    assert!(newest.truncated);
+    let since = Filter {
+        since: Some("2026-11-23T00:00:11Z".parse().unwrap()),
+        ..Filter::default()
+    };
+    let all_since = query(dir.path(), &since, 5).unwrap();
+    assert_eq!(ids(&all_since), ["id-11", "id-12", "id-13"]);
+    assert!(!all_since.truncated);
+    let everything = query(dir.path(), &Filter::default(), 14).unwrap();
+    assert_eq!(everything.records.len(), 14);
+    assert!(!everything.truncated);
+}
+
+#[test]
 fn a_new_day_starts_a_new_file_and_loses_no_record() {
     let dir = tempfile::tempdir().unwrap();
     let start: DateTime<Utc> = "2026-11-23T23:59:00Z".parse().unwrap();

@@ -225,8 +225,14 @@ fn fmt_check_passes_on_the_bundled_policies_and_fails_on_unformatted_input() {
         "--check must not rewrite"
     );
 
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let format = cdap_authz().arg("fmt").arg(&file).output().unwrap();
     assert_eq!(format.status.code(), Some(0));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the rewritten file keeps its permissions");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
     let again = cdap_authz()
         .args(["fmt", "--check"])
         .arg(&file)
