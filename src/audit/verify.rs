@@ -1,5 +1,13 @@
 //! Checks the hash chain of a log directory, file after file, and reports the
 //! first record that was altered, removed or reordered.
+//!
+//! A file ending in an incomplete line (a write torn by a crash or a full disk) is
+//! noted, not a break: the next record must still chain to the last whole one, so
+//! nothing can be hidden there. What a chain alone cannot show is records cut off
+//! at either end; the first kept `seq` is reported (records before it were deleted
+//! by retention, or removed), and `expect_hash` checks the log still holds a record
+//! whose hash was noted elsewhere earlier (`serve` logs the chain head it leaves
+//! behind at every rotation and on shutdown).
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +20,10 @@ use super::AuditError;
 pub struct Verified {
     pub files: usize,
     pub records: u64,
+    /// `seq` of the first record kept (0 unless records before it are gone).
+    pub first_seq: u64,
+    /// Files ending in an incomplete line, with its line number.
+    pub torn: Vec<(PathBuf, usize)>,
     /// `prev` of the first record kept: [`GENESIS`] unless retention deleted
     /// older files.
     pub anchor: String,
@@ -27,6 +39,8 @@ pub enum Break {
     Altered,
     /// The line does not follow the line before it.
     OutOfChain { expected_seq: u64, found_seq: u64 },
+    /// No record has the hash expected to be in the log.
+    HashNotFound(String),
 }
 
 impl std::fmt::Display for Break {
@@ -41,23 +55,37 @@ impl std::fmt::Display for Break {
                 f,
                 "record removed or reordered (expected seq {expected_seq} chained to the previous record, found seq {found_seq})"
             ),
+            Break::HashNotFound(hash) => write!(
+                f,
+                "no record has hash {hash}: the log was cut back before it, or rewritten"
+            ),
         }
     }
 }
 
-/// The first broken record, or what the log holds.
-pub fn verify(dir: &Path) -> Result<Result<Verified, (PathBuf, usize, Break)>, AuditError> {
+/// The first broken record, or what the log holds. With `expect_hash`, a log in
+/// which no record has that hash is broken (at the end of its newest file).
+pub fn verify(
+    dir: &Path,
+    expect_hash: Option<&str>,
+) -> Result<Result<Verified, (PathBuf, usize, Break)>, AuditError> {
     let files = segments(dir)?;
     let mut state: Option<(u64, String)> = None;
     let mut anchor = GENESIS.to_owned();
+    let mut first_seq = 0;
     let mut records = 0;
+    let mut torn = Vec::new();
+    let mut expected_found = expect_hash.is_none();
+    let mut end = (dir.to_owned(), 0);
     for segment in &files {
         let text = std::fs::read_to_string(&segment.path)
             .map_err(|source| AuditError::io(segment.path.clone(), source))?;
         for (n, line) in text.split_inclusive('\n').enumerate() {
+            end = (segment.path.clone(), n + 1);
             let broken = |why| Ok(Err((segment.path.clone(), n + 1, why)));
             let Some(line) = line.strip_suffix('\n') else {
-                return broken(Break::Malformed("incomplete last line".into()));
+                torn.push((segment.path.clone(), n + 1));
+                continue;
             };
             let parsed = match parse_line(line) {
                 Ok(parsed) => parsed,
@@ -75,15 +103,26 @@ pub fn verify(dir: &Path) -> Result<Result<Verified, (PathBuf, usize, Break)>, A
                     });
                 }
                 Some(_) => {}
-                None => anchor.clone_from(&record.prev),
+                None => {
+                    anchor.clone_from(&record.prev);
+                    first_seq = record.seq;
+                }
             }
+            expected_found |= expect_hash == Some(parsed.claimed_hash.as_str());
             state = Some((record.seq + 1, parsed.claimed_hash));
             records += 1;
         }
     }
+    if !expected_found {
+        let (path, line) = end;
+        let hash = expect_hash.unwrap_or_default().to_owned();
+        return Ok(Err((path, line, Break::HashNotFound(hash))));
+    }
     Ok(Ok(Verified {
         files: files.len(),
         records,
+        first_seq,
+        torn,
         anchor,
         last_hash: state.map_or_else(|| GENESIS.to_owned(), |(_, hash)| hash),
     }))

@@ -255,6 +255,13 @@ impl Writer {
         apply_retention(&config.dir, today, config.retention_days)?;
         let existing = segments(&config.dir)?;
         let tail = find_tail(&existing)?;
+        if let (Some(newest), false) = (existing.last(), tail.clean) {
+            tracing::warn!(
+                file = %newest.path.display(),
+                "the decision log's newest file ends with an incomplete line (a torn \
+                 write); the chain continues from its last whole record in a new file"
+            );
+        }
         let segment = match existing.last() {
             Some(newest) if tail.clean && newest.day == today => newest.clone(),
             Some(newest) => newest.next(&config.dir, today),
@@ -359,6 +366,7 @@ impl Writer {
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {
+        self.log_chain_head("rotation");
         let today = (self.config.clock)().date_naive();
         self.segment = self.segment.next(&self.config.dir, today);
         self.reopen()?;
@@ -384,7 +392,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Logs the last record written, so that its hash is kept outside the log
+    /// (`audit verify --expect-hash` then catches records cut off after it).
+    fn log_chain_head(&self, at: &str) {
+        let (next_seq, hash) = &self.written;
+        if let Some(last_seq) = next_seq.checked_sub(1) {
+            tracing::info!(at, last_seq, last_hash = %hash, "decision log chain head");
+        }
+    }
+
     fn close(&mut self) {
+        self.log_chain_head("shutdown");
         self.closed = true;
         if let Some(file) = self.file.take() {
             if let Err(error) = file.sync_all() {

@@ -24,6 +24,11 @@ enum AuditCommand {
         /// Directory of the decision log.
         #[arg(value_name = "DIR", default_value = DEFAULT_DIR)]
         dir: PathBuf,
+        /// A record hash noted earlier outside the log (serve logs its chain head
+        /// at every rotation and on shutdown): fail unless a record has it, which
+        /// catches records cut off the end of the log.
+        #[arg(long, value_name = "HASH")]
+        expect_hash: Option<String>,
     },
     /// Print the matching records, one JSON line each, oldest first.
     Query(QueryArgs),
@@ -59,14 +64,28 @@ struct QueryArgs {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        AuditCommand::Verify { dir } => run_verify(&dir),
+        AuditCommand::Verify { dir, expect_hash } => run_verify(&dir, expect_hash.as_deref()),
         AuditCommand::Query(args) => run_query(args),
     }
 }
 
-fn run_verify(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match verify(dir)? {
+fn run_verify(dir: &std::path::Path, expect_hash: Option<&str>) -> anyhow::Result<ExitCode> {
+    match verify(dir, expect_hash)? {
         Ok(verified) => {
+            for (path, line) in &verified.torn {
+                println!(
+                    "note: {}:{line}: incomplete last line (a torn write); the chain \
+                     continues from the record before it",
+                    path.display()
+                );
+            }
+            if verified.first_seq > 0 {
+                println!(
+                    "note: the chain starts at seq {}: the {} records before it are not \
+                     here (deleted by retention, or removed)",
+                    verified.first_seq, verified.first_seq
+                );
+            }
             println!(
                 "ok: {} records in {} files, chain from {} to {}",
                 verified.records, verified.files, verified.anchor, verified.last_hash

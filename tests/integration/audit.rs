@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdap_authz::audit::query::{query, Filter};
+use cdap_authz::audit::record::parse_line;
 use cdap_authz::audit::rotate::segments;
 use cdap_authz::audit::verify::{verify, Break, Verified};
 use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Fields, Record, RecordedContext};
@@ -36,7 +37,7 @@ fn records(dir: &Path) -> Vec<Record> {
 
 #[track_caller]
 fn verified(dir: &Path) -> Verified {
-    match verify(dir).unwrap() {
+    match verify(dir, None).unwrap() {
         Ok(verified) => verified,
         Err((path, line, why)) => panic!("{}:{line}: {why}", path.display()),
     }
@@ -225,7 +226,7 @@ fn five_records() -> (tempfile::TempDir, PathBuf, Vec<String>) {
 #[track_caller]
 fn broken_at(path: &Path, lines: &[String]) -> (usize, Break) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-    match verify(path.parent().unwrap()).unwrap() {
+    match verify(path.parent().unwrap(), None).unwrap() {
         Ok(verified) => panic!("tampering not detected: {verified:?}"),
         Err((_, line, why)) => (line, why),
     }
@@ -279,6 +280,51 @@ fn editing_deleting_or_swapping_a_line_fails_verify_at_that_line() {
     );
 }
 
+/// A write torn by a crash leaves an incomplete last line; the log continues in a
+/// new file from the last whole record, and verify notes the torn line and checks
+/// on. A whole record cut into a torn line is still caught at the next file.
+#[test]
+fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
+    let (dir, path, lines) = five_records();
+    let torn = format!("{}\n{}", lines.join("\n"), &lines[4][..40]);
+    std::fs::write(&path, &torn).unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    write_entries(&log, 5..7);
+    log.close();
+    let verified = verified(dir.path());
+    assert_eq!(verified.records, 7);
+    assert_eq!(verified.torn, [(path.clone(), 6)]);
+
+    // The fifth record itself cut short: the next file no longer chains.
+    let cut = format!("{}\n{}", lines[..4].join("\n"), &lines[4][..40]);
+    std::fs::write(&path, cut).unwrap();
+    let (broken_file, line, why) = verify(dir.path(), None).unwrap().unwrap_err();
+    assert_ne!(broken_file, path);
+    assert_eq!(line, 1);
+    assert!(matches!(why, Break::OutOfChain { .. }), "{why}");
+}
+
+/// Records cut off either end leave a valid chain; the first kept seq shows a cut
+/// head, and a hash noted elsewhere shows a cut tail.
+#[test]
+fn cut_ends_show_in_the_first_seq_and_in_an_expected_hash() {
+    let (dir, path, lines) = five_records();
+    let hash_of = |line: &str| parse_line(line).unwrap().claimed_hash;
+    let last = hash_of(&lines[4]);
+    let found = verify(dir.path(), Some(&last)).unwrap().unwrap();
+    assert_eq!((found.first_seq, found.records), (0, 5));
+
+    std::fs::write(&path, lines[2..].join("\n") + "\n").unwrap();
+    assert_eq!(verified(dir.path()).first_seq, 2);
+
+    std::fs::write(&path, lines[..3].join("\n") + "\n").unwrap();
+    assert!(verify(dir.path(), Some(&hash_of(&lines[1])))
+        .unwrap()
+        .is_ok());
+    let (_, line, why) = verify(dir.path(), Some(&last)).unwrap().unwrap_err();
+    assert_eq!((line, why), (3, Break::HashNotFound(last)));
+}
+
 #[test]
 fn size_rotation_and_restarts_keep_one_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +346,7 @@ fn size_rotation_and_restarts_keep_one_chain_across_files() {
     assert_eq!(seqs, (0..14).collect::<Vec<u64>>());
     // Removing a whole file in the middle breaks the chain at the next file.
     std::fs::remove_file(&files[2].path).unwrap();
-    let (path, line, _) = verify(dir.path()).unwrap().unwrap_err();
+    let (path, line, _) = verify(dir.path(), None).unwrap().unwrap_err();
     assert_eq!((path, line), (files[3].path.clone(), 1));
 }
 
