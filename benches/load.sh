@@ -76,8 +76,10 @@ rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["sum
 echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}')"
 
 target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!); CONSTANT=$!
-"$BIN" serve --listen 127.0.0.1:8180 --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!); SERVE=$!
-"$BIN" serve --listen 127.0.0.1:8183 --no-audit 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
+# The request pins `now` (examples/requests/consult-allowed.json), which serve
+# accepts only with --trust-request-time.
+"$BIN" serve --listen 127.0.0.1:8180 --trust-request-time --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!); SERVE=$!
+"$BIN" serve --listen 127.0.0.1:8183 --trust-request-time --no-audit 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
 wait_for 127.0.0.1:8181
 wait_for 127.0.0.1:8180
 wait_for 127.0.0.1:8183
@@ -95,7 +97,7 @@ load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" ""
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
 
 SOCKET="$OUT/authz.sock"
-"$BIN" serve --listen "unix:$SOCKET" --audit-dir "$OUT/audit-unix" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" 2>/dev/null & PIDS+=($!)
 wait_for "$SOCKET"
 expect_decision http://localhost/v1/is_authorized "$REQUEST" '"decision":"Allow"' "$SOCKET"
 CONCURRENCY=1 load tcp-one-connection http://127.0.0.1:8180/v1/is_authorized "$REQUEST"

@@ -118,6 +118,10 @@ pub enum RequestError {
     InvalidRequest(String),
     #[error("batch of {count} requests is over the limit of {max}")]
     BatchTooLarge { count: usize, max: usize },
+    #[error("context: `{0}` is the sidecar's clock; a request may not set it (serve --trust-request-time lets tests and replays pin it)")]
+    TimeNotAccepted(String),
+    #[error("principal: {0} is not a stored entity; a request may not bring its own principal (serve --request-principals allows it)")]
+    PrincipalNotStored(String),
 }
 
 impl RequestError {
@@ -133,6 +137,8 @@ impl RequestError {
             RequestError::EntityConflict(_) => "entity_conflict",
             RequestError::InvalidRequest(_) => "invalid_request",
             RequestError::BatchTooLarge { .. } => "batch_too_large",
+            RequestError::TimeNotAccepted(_) => "time_not_accepted",
+            RequestError::PrincipalNotStored(_) => "principal_not_stored",
         }
     }
 

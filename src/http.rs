@@ -61,6 +61,15 @@ pub struct Limits {
     /// A client slower than this (headers, then body) is cut off: a slow or stalled
     /// client cannot hold a connection and its task forever.
     pub read_timeout: Duration,
+    /// A request may set the time attribute the sidecar fills (`now`). Off by
+    /// default: the sidecar's clock decides, so a caller cannot move a decision to
+    /// another day (before a suspension, inside an expired window); tests and
+    /// replays turn it on.
+    pub trust_request_time: bool,
+    /// A request may bring its own principal among its entities. Off by default:
+    /// who the principal is, and every group and habilitation it holds, come from
+    /// the stored entities, never from the caller.
+    pub request_principals: bool,
 }
 
 impl Default for Limits {
@@ -69,6 +78,8 @@ impl Default for Limits {
             max_body: DEFAULT_MAX_BODY,
             max_batch: DEFAULT_MAX_BATCH,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            trust_request_time: false,
+            request_principals: false,
         }
     }
 }
@@ -406,6 +417,7 @@ fn decide_unlogged(
     let started = Instant::now();
     let now = Utc::now();
     let prepared = engine::prepare(snapshot, request, now)?;
+    admit(&state.limits, snapshot, request, &prepared)?;
     let decision = engine::evaluate(&prepared);
     let latency = started.elapsed();
     state.metrics.record_decision(
@@ -428,6 +440,31 @@ fn decide_unlogged(
         decided.entry(log.context_fields())
     });
     Ok((response, entry))
+}
+
+/// What a caller over the network may not set unless the sidecar was told to
+/// trust it: the time the sidecar fills, and the principal's own entity.
+fn admit(
+    limits: &Limits,
+    snapshot: &Snapshot,
+    request: &AuthzRequest,
+    prepared: &engine::Prepared,
+) -> Result<(), RequestError> {
+    if !limits.request_principals && snapshot.entities.get(&prepared.principal).is_none() {
+        return Err(RequestError::PrincipalNotStored(
+            prepared.principal.to_string(),
+        ));
+    }
+    let pins_time = request
+        .context
+        .as_ref()
+        .is_some_and(|context| context.contains_key(&snapshot.time_attribute));
+    if !limits.trust_request_time && pins_time && snapshot.fills_time(&prepared.action) {
+        return Err(RequestError::TimeNotAccepted(
+            snapshot.time_attribute.clone(),
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /v1/traces`: authorises the caller per partner with `read_traces`, then

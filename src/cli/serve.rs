@@ -42,6 +42,14 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub read_timeout_secs: u64,
+    /// Let requests set the time the sidecar otherwise fills (`now`): for tests
+    /// and replays; in production the sidecar's clock decides.
+    #[arg(long)]
+    pub trust_request_time: bool,
+    /// Let a request bring its own principal among its entities; by default the
+    /// principal must be stored (who it is and what it holds come from the store).
+    #[arg(long)]
+    pub request_principals: bool,
     #[command(flatten)]
     pub audit: AuditArgs,
 }
@@ -105,6 +113,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_body: args.max_body,
             max_batch: args.max_batch,
             read_timeout: Duration::from_secs(args.read_timeout_secs),
+            trust_request_time: args.trust_request_time,
+            request_principals: args.request_principals,
         });
         state.audit = args.audit.start()?;
         let state = Arc::new(state);

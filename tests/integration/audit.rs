@@ -15,18 +15,18 @@ use cdap_authz::audit::record::parse_line;
 use cdap_authz::audit::rotate::segments;
 use cdap_authz::audit::verify::{verify, Break, Verified};
 use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Fields, Record, RecordedContext};
-use cdap_authz::http::{AppState, Limits};
+use cdap_authz::http::AppState;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use chrono::{DateTime, Duration as Days, Utc};
 use serde_json::{json, Value};
 
-use crate::util::{allowed_consultation, bundled_sources, consult, Server};
+use crate::util::{allowed_consultation, bundled_sources, consult, pinned_time, Server};
 
 /// A sidecar serving the bundled model with a decision log.
 fn audited(config: AuditConfig) -> Server {
     let snapshot =
         Snapshot::load(&bundled_sources(), DEFAULT_TIME_ATTRIBUTE).expect("bundled model loads");
-    let state = AppState::new(Limits::default()).with_audit(AuditLog::start(config).unwrap());
+    let state = AppState::new(pinned_time()).with_audit(AuditLog::start(config).unwrap());
     state.install(Arc::new(snapshot));
     Server::serve(Arc::new(state))
 }

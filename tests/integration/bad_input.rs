@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cdap_authz::http::{AppState, Limits};
 use serde_json::{json, Value};
 
-use crate::util::{act, allowed_consultation, consult, entity, Server};
+use crate::util::{act, allowed_consultation, consult, entity, pinned_time, Server};
 
 #[track_caller]
 fn assert_error(reply: (u16, Value), status: u16, code: &str, message_part: &str) {
@@ -177,6 +177,56 @@ fn resource_of_the_wrong_type_for_the_action_is_refused() {
     );
 }
 
+/// By default the sidecar's clock decides: a request may not move a decision to
+/// another day (here, back before this user's Rsa window closed).
+#[test]
+fn by_default_a_request_may_not_set_the_time() {
+    let server = Server::start_with(Limits::default());
+    assert_error(
+        server.post("/v1/is_authorized", &allowed_consultation()),
+        400,
+        "time_not_accepted",
+        "`now` is the sidecar's clock",
+    );
+    let mut unpinned = allowed_consultation();
+    unpinned["context"].as_object_mut().unwrap().remove("now");
+    let (status, body) = server.post("/v1/is_authorized", &unpinned);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// By default the principal comes from the store: a request cannot mint a user
+/// inside a habilitation it does not hold.
+#[test]
+fn by_default_a_request_may_not_bring_its_own_principal() {
+    let mut request = consult(
+        "minted",
+        "dep-t18-01",
+        "departement-rsa-contentieux",
+        &["rsa"],
+        "dossier-59-0002",
+    );
+    request["entities"] = json!([{"uid": entity("User", "minted"),
+        "parents": [entity("Partner", "departement-nord"), entity("Habilitation", "dep-t18-01")],
+        "attrs": {
+        "role": "user", "partner": entity("Partner", "departement-nord"), "department": "59",
+        "suspended": false, "must_change_password": false, "trace_reader": false,
+        "habilitation_admin": false}}]);
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "principal_not_stored",
+        "User::\"minted\" is not a stored entity",
+    );
+    // Why it is the default: let in, the minted user would be allowed.
+    let trusting = Server::start_with(Limits {
+        request_principals: true,
+        ..pinned_time()
+    });
+    trusting
+        .decide(&request)
+        .assert_allowed_by("P6-T18-contentieux-rsa");
+}
+
 #[test]
 fn asking_about_an_action_group_says_it_applies_to_nothing() {
     assert_error(
@@ -267,7 +317,7 @@ fn request_entities_cannot_replace_stored_ones() {
 fn body_over_the_cap_gets_413() {
     let server = Server::start_with(Limits {
         max_body: 512,
-        ..Limits::default()
+        ..pinned_time()
     });
     let mut request = allowed_consultation();
     request["padding"] = json!("x".repeat(1000));
@@ -286,7 +336,7 @@ fn a_stalled_client_is_cut_off_after_the_read_timeout() {
     use std::io::{Read, Write};
     let server = Server::start_with(Limits {
         read_timeout: Duration::from_millis(300),
-        ..Limits::default()
+        ..pinned_time()
     });
     let stalled = |sent: &str| {
         let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
@@ -320,7 +370,7 @@ fn a_stalled_client_is_cut_off_after_the_read_timeout() {
 fn batch_over_the_cap_is_refused() {
     let server = Server::start_with(Limits {
         max_batch: 3,
-        ..Limits::default()
+        ..pinned_time()
     });
     let batch = json!({"requests": vec![allowed_consultation(); 4]});
     assert_error(
@@ -369,7 +419,11 @@ fn an_erroring_forbid_makes_the_decision_deny() {
             "role": "user", "partner": entity("Partner", "ghost-partner"), "suspended": false,
             "must_change_password": false, "trace_reader": false, "habilitation_admin": false}}
     ]);
-    let decision = Server::start().decide(&request);
+    let server = Server::start_with(Limits {
+        request_principals: true,
+        ..pinned_time()
+    });
+    let decision = server.decide(&request);
     assert!(!decision.allowed, "{decision:?}");
     assert!(decision.reason.is_empty(), "{decision:?}");
     assert!(

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdap_authz::http::{AppState, Limits};
+use cdap_authz::http::AppState;
 use cdap_authz::load::Sources;
 use cdap_authz::reload::{self, Reloaded, Reloader, WatchHandle};
 use cdap_authz::snapshot::DEFAULT_TIME_ATTRIBUTE;
 use serde_json::Value;
 
-use crate::util::{act, consult, entity, repo, Decision, Server};
+use crate::util::{act, consult, entity, pinned_time, repo, Decision, Server};
 
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -29,7 +29,7 @@ impl Live {
     /// `model` is the directory holding `policies/`, `schema/` and `entities.json`
     /// as the sidecar sees it (it may be a symlink layout inside `root`).
     fn start(root: tempfile::TempDir, model: &Path, watching: bool) -> Self {
-        let state = Arc::new(AppState::new(Limits::default()));
+        let state = Arc::new(AppState::new(pinned_time()));
         let sources = Sources {
             policies: model.join("policies"),
             schema: model.join("schema/cdap.cedarschema"),

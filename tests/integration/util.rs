@@ -37,7 +37,7 @@ pub struct Server {
 impl Server {
     /// Serves the bundled model.
     pub fn start() -> Self {
-        Self::start_with(Limits::default())
+        Self::start_with(pinned_time())
     }
 
     pub fn start_with(limits: Limits) -> Self {
@@ -182,6 +182,16 @@ impl Decision {
     }
 }
 
+/// The limits the tests' servers run with: the defaults, except that requests may
+/// pin `now` (the demo data's dates are fixed, and the tests pin the time as a
+/// replay would). Tests of the defaults themselves use `Limits::default()`.
+pub fn pinned_time() -> Limits {
+    Limits {
+        trust_request_time: true,
+        ..Limits::default()
+    }
+}
+
 /// A Cdap consultation by `principal` under `habilitation`, for `mission`.
 pub fn consult(
     principal: &str,
@@ -245,7 +255,7 @@ pub fn spawn_serve_on<S: AsRef<std::ffi::OsStr>>(
 ) -> (Child, BufReader<ChildStderr>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
         .current_dir(repo("."))
-        .args(["serve", "--listen", listen])
+        .args(["serve", "--listen", listen, "--trust-request-time"])
         .args(args)
         .env("CDAP_AUTHZ_LOG", "info")
         .stderr(Stdio::piped())
