@@ -81,10 +81,8 @@ impl Listener {
                 .map_err(bind_error),
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
-                let listener = UnixListener::bind(path).map_err(bind_error)?;
-                let file = SocketFile(path.clone());
-                restrict_to_group(path).map_err(bind_error)?;
-                Ok(Self::Unix(listener, file))
+                let listener = bind_restricted(path).map_err(bind_error)?;
+                Ok(Self::Unix(listener, SocketFile(path.clone())))
             }
         }
     }
@@ -133,9 +131,23 @@ fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
     })
 }
 
-fn restrict_to_group(path: &Path) -> io::Result<()> {
+/// Binds the socket in a private directory (mode 0700) beside `path`, restricts it
+/// to the group, then renames it into place: there is no moment at which the socket
+/// is at `path` with the umask's looser mode, for another local user to connect.
+fn bind_restricted(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".cdap-authz-")
+        .tempdir_in(parent)?;
+    let staged = private.path().join("socket");
+    let listener = UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    std::fs::rename(&staged, path)?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -55,6 +55,15 @@ fn decisions_are_served_over_a_unix_socket_and_the_file_is_removed_on_shutdown()
     let metadata = std::fs::metadata(&socket).unwrap();
     assert!(metadata.file_type().is_socket());
     assert_eq!(metadata.permissions().mode() & 0o777, 0o660);
+    let beside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        beside,
+        ["authz.sock"],
+        "the private staging directory is gone"
+    );
 
     let (status, reply) = post(
         &socket,
