@@ -149,21 +149,29 @@ fn the_version_does_not_depend_on_how_the_paths_are_written() {
     assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
 }
 
-#[test]
-fn validate_refuses_a_template_that_would_never_apply() {
+/// Runs `validate --policies DIR` on a directory of these files; returns the exit
+/// code and stderr.
+fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("a.cedar"),
-        "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
-    )
-    .unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
     let output = cdap_authz()
         .args(["validate", "--policies"])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn validate_refuses_a_template_that_would_never_apply() {
+    let (code, stderr) = validate_policies(&[(
+        "a.cedar",
+        "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
+    )]);
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("policy `T-forbid` is a template"),
         "{stderr}"
@@ -172,24 +180,14 @@ fn validate_refuses_a_template_that_would_never_apply() {
 
 #[test]
 fn validate_reports_every_problem_at_once_and_exits_3() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("a.cedar"),
-        "permit (principal, action, resource)\nwhen { principal.nope };\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("b.cedar"),
-        "forbid (principal,\n  action resource);\n",
-    )
-    .unwrap();
-    let output = cdap_authz()
-        .args(["validate", "--policies"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = validate_policies(&[
+        (
+            "a.cedar",
+            "permit (principal, action, resource)\nwhen { principal.nope };\n",
+        ),
+        ("b.cedar", "forbid (principal,\n  action resource);\n"),
+    ]);
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.starts_with("2 problems in the model"), "{stderr}");
     assert!(stderr.contains("a.cedar:2:8"), "{stderr}");
     assert!(stderr.contains("b.cedar:2:10"), "{stderr}");

@@ -12,7 +12,7 @@ use cdap_authz::reload::{self, Reloaded, Reloader, WatchHandle};
 use cdap_authz::snapshot::DEFAULT_TIME_ATTRIBUTE;
 use serde_json::Value;
 
-use crate::util::{act, consult, entity, pinned_time, repo, Decision, Server};
+use crate::util::{act, allowed_consultation, entity, pinned_time, repo, Decision, Server};
 
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -176,34 +176,14 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
 #[test]
 fn entities_edit_changes_a_decision() {
     let live = Live::copy_of_bundled_model(true);
-    let request = consult(
-        "mau-t2",
-        "mau-t2-01",
-        "maubeuge-centre-loisirs-qf",
-        &["quotient_familial"],
-        "dossier-59-0004",
-    );
     live.server
-        .decide(&request)
+        .decide(&allowed_consultation())
         .assert_allowed_by("P3-T2-prestataire-service-social");
-    let path = live.path("entities.json");
-    let mut entities: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let user = entities
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|e| e["uid"] == serde_json::json!({"type": "User", "id": "mau-t2"}))
-        .unwrap();
-    user["attrs"]["suspended"] = Value::Bool(true);
-    write_atomically(&path, &entities.to_string());
+    set_mau_t2_suspended(&live.path("entities.json"), true);
     within(
         Duration::from_secs(2),
         "the suspension takes effect",
-        || {
-            let decision: Decision = live.server.decide(&request);
-            decision.reason.iter().any(|r| r == "S1-user-suspended")
-        },
+        || mau_t2_suspended(&live),
     );
 }
 
@@ -240,12 +220,11 @@ fn config_map_symlink_swap_is_picked_up() {
     });
 }
 
-/// A copy of the bundled model with `User::"mau-t2"` suspended (or not).
-fn copy_model_with_suspension(to: &Path, suspended: bool) {
-    copy_model(to);
-    let path = to.join("entities.json");
+/// Rewrites an entities file (as an editor does) with `User::"mau-t2"` suspended
+/// or not.
+fn set_mau_t2_suspended(path: &Path, suspended: bool) {
     let mut entities: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let user = entities
         .as_array_mut()
         .unwrap()
@@ -253,18 +232,12 @@ fn copy_model_with_suspension(to: &Path, suspended: bool) {
         .find(|e| e["uid"] == serde_json::json!({"type": "User", "id": "mau-t2"}))
         .unwrap();
     user["attrs"]["suspended"] = Value::Bool(suspended);
-    std::fs::write(path, entities.to_string()).unwrap();
+    write_atomically(path, &entities.to_string());
 }
 
+/// Whether the sidecar now denies mau-t2's consultation for the suspension.
 fn mau_t2_suspended(live: &Live) -> bool {
-    let request = consult(
-        "mau-t2",
-        "mau-t2-01",
-        "maubeuge-centre-loisirs-qf",
-        &["quotient_familial"],
-        "dossier-59-0004",
-    );
-    let decision: Decision = live.server.decide(&request);
+    let decision: Decision = live.server.decide(&allowed_consultation());
     decision.reason.iter().any(|r| r == "S1-user-suspended")
 }
 
@@ -279,19 +252,15 @@ fn a_replaced_model_directory_is_picked_up_and_followed() {
     let live = Live::start(root, &model, true);
     assert!(!mau_t2_suspended(&live));
 
-    copy_model_with_suspension(&live.path("model.new"), true);
+    copy_model(&live.path("model.new"));
+    set_mau_t2_suspended(&live.path("model.new/entities.json"), true);
     std::fs::rename(live.path("model"), live.path("model.old")).unwrap();
     std::fs::rename(live.path("model.new"), live.path("model")).unwrap();
     within_or_report(&live, "the replaced directory takes effect", || {
         mau_t2_suspended(&live)
     });
 
-    let unsuspended = live.path("unsuspended");
-    copy_model_with_suspension(&unsuspended, false);
-    write_atomically(
-        &live.path("model/entities.json"),
-        &std::fs::read_to_string(unsuspended.join("entities.json")).unwrap(),
-    );
+    set_mau_t2_suspended(&live.path("model/entities.json"), false);
     within_or_report(
         &live,
         "an edit inside the new directory takes effect",
@@ -310,7 +279,8 @@ fn a_flipped_release_symlink_is_picked_up() {
     let live = Live::start(root, &model, true);
     assert!(!mau_t2_suspended(&live));
 
-    copy_model_with_suspension(&live.path("v2"), true);
+    copy_model(&live.path("v2"));
+    set_mau_t2_suspended(&live.path("v2/entities.json"), true);
     std::os::unix::fs::symlink("v2", live.path("current.tmp")).unwrap();
     std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
     within_or_report(&live, "the flipped release takes effect", || {
