@@ -6,9 +6,10 @@
 //! events by path. That sees editors' rename-into-place, deletes and re-creates,
 //! Kubernetes ConfigMap `..data` symlink swaps, and a directory on a source's path
 //! being replaced or a release symlink flipped (`mv model.new model`, `ln -sfn v2
-//! current`): the event then names that directory, an ancestor of a source. Watches
-//! are re-added after every reload, before any old one is dropped, so a swapped
-//! directory is followed with no moment unwatched. Bursts are debounced.
+//! current`): the event then names that directory, an ancestor of a source. Before
+//! every reload the watches are added again (before any old one is dropped), then
+//! the files are read: a swapped-in directory is watched before it is read, so a
+//! change made to it during the load is seen. Bursts are debounced.
 //! A refused reload keeps the current snapshot, logs the rendered error (file, line,
 //! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
 
@@ -245,12 +246,15 @@ fn run_watch_loop(
         if !settle(&reloader, &triggers, debounce) {
             return;
         }
+        // Watch first, then read: a directory swapped in since is watched before
+        // its files are read, so a write into it during the load is an event (and
+        // notify itself drops the watches of a directory moved or deleted).
+        watched = rewatch(&reloader, &mut watcher, watched);
         retries_left = match reloader.reload() {
             Ok(_) => 0,
             Err(_) if retries_left == 0 => RETRIES,
             Err(_) => retries_left - 1,
         };
-        watched = rewatch(&reloader, &mut watcher, watched);
     }
 }
 

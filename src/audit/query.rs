@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::record::{parse_line, Record};
+use super::record::{parse_line, whole_lines, Record};
 use super::rotate::segments;
 use super::AuditError;
 
@@ -73,8 +73,7 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
         }
         let text = std::fs::read_to_string(&segment.path)
             .map_err(|source| AuditError::io(segment.path.clone(), source))?;
-        let matching = text
-            .lines()
+        let matching = whole_lines(&text)
             .rev()
             .filter_map(|line| parse_line(line).ok())
             .map(|parsed| parsed.record)

@@ -125,6 +125,14 @@ impl Entry {
     }
 }
 
+/// The complete lines of a log file's text. A last piece without its newline is a
+/// write torn by a crash, not a record, for the writer, `query` and `verify` alike
+/// (even when it happens to parse).
+pub fn whole_lines(text: &str) -> std::str::Lines<'_> {
+    let end = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..end].lines()
+}
+
 /// Why a line is not a well-formed record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LineError {

@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::record::{parse_line, Entry, GENESIS};
+use super::record::{parse_line, whole_lines, Entry, GENESIS};
 use super::rotate::{apply_retention, segments, Segment};
 use super::{AuditConfig, AuditError};
 
@@ -423,8 +423,7 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
         if length == 0 {
             continue;
         }
-        let parsed = text
-            .lines()
+        let parsed = whole_lines(&text)
             .rev()
             .find_map(|line| parse_line(line).ok())
             .ok_or_else(|| AuditError::NoTail(segment.path.clone()))?;

@@ -128,6 +128,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let watch = Arc::new(
             reload::watch(reloader, DEFAULT_DEBOUNCE).context("cannot watch the model's files")?,
         );
+        // A change made between the first load and the watches is picked up by one
+        // more load now (which finds the version unchanged when there was none).
+        watch.force_reload();
         tokio::spawn(reload_on_sighup(watch.clone()));
         let version = state
             .store

@@ -291,9 +291,9 @@ fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
     write_entries(&log, 5..7);
     log.close();
-    let verified = verified(dir.path());
-    assert_eq!(verified.records, 7);
-    assert_eq!(verified.torn, [(path.clone(), 6)]);
+    let found = verified(dir.path());
+    assert_eq!(found.records, 7);
+    assert_eq!(found.torn, [(path.clone(), 6)]);
 
     // The fifth record itself cut short: the next file no longer chains.
     let cut = format!("{}\n{}", lines[..4].join("\n"), &lines[4][..40]);
@@ -302,6 +302,21 @@ fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
     assert_ne!(broken_file, path);
     assert_eq!(line, 1);
     assert!(matches!(why, Break::OutOfChain { .. }), "{why}");
+
+    // A torn line that still parses (only its newline lost) is no record either:
+    // the writer continues from the one before it, and queries do not return it.
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    write_entries(&log, 5..7);
+    log.close();
+    assert_eq!(verified(dir.path()).records, 6);
+    let ids: Vec<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    assert_eq!(ids, ["id-0", "id-1", "id-2", "id-3", "id-5", "id-6"]);
 }
 
 /// Records cut off either end leave a valid chain; the first kept seq shows a cut

@@ -288,6 +288,32 @@ fn a_flipped_release_symlink_is_picked_up() {
     });
 }
 
+/// A release flipped in, then edited while the sidecar may still be loading it: the
+/// edit is seen whatever the delay (the new directory is watched before it is read).
+#[test]
+fn an_edit_right_after_a_release_flip_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    copy_model(&root.path().join("v0"));
+    std::os::unix::fs::symlink("v0", root.path().join("current")).unwrap();
+    let model = root.path().join("current");
+    let live = Live::start(root, &model, true);
+    for (n, delay_ms) in [0, 20, 40, 60, 80, 100, 150, 200].into_iter().enumerate() {
+        let release = format!("v{}", n + 1);
+        copy_model(&live.path(&release));
+        set_mau_t2_suspended(&live.path(&format!("{release}/entities.json")), n % 2 == 0);
+        std::os::unix::fs::symlink(&release, live.path("current.tmp")).unwrap();
+        std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let suspended = n % 2 == 1;
+        set_mau_t2_suspended(&live.path(&format!("{release}/entities.json")), suspended);
+        within_or_report(
+            &live,
+            &format!("the edit {delay_ms} ms after flipping to {release}"),
+            || mau_t2_suspended(&live) == suspended,
+        );
+    }
+}
+
 /// Requests fire continuously while the policies change 50 times: none fails, and
 /// each answer comes from one of the two versions.
 #[test]
