@@ -122,6 +122,8 @@ pub enum RequestError {
     TimeNotAccepted(String),
     #[error("principal: {0} is not a stored entity; a request may not bring its own principal (serve --request-principals allows it)")]
     PrincipalNotStored(String),
+    #[error("entities: {0} is named as a parent by stored entities but is not stored; a request may not define it (serve --request-principals allows it)")]
+    CompletesStoredMembership(String),
 }
 
 impl RequestError {
@@ -139,6 +141,7 @@ impl RequestError {
             RequestError::BatchTooLarge { .. } => "batch_too_large",
             RequestError::TimeNotAccepted(_) => "time_not_accepted",
             RequestError::PrincipalNotStored(_) => "principal_not_stored",
+            RequestError::CompletesStoredMembership(_) => "entity_conflict",
         }
     }
 

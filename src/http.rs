@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -450,10 +451,15 @@ fn admit(
     request: &AuthzRequest,
     prepared: &engine::Prepared,
 ) -> Result<(), RequestError> {
-    if !limits.request_principals && snapshot.entities.get(&prepared.principal).is_none() {
-        return Err(RequestError::PrincipalNotStored(
-            prepared.principal.to_string(),
-        ));
+    if !limits.request_principals {
+        if snapshot.entities.get(&prepared.principal).is_none() {
+            return Err(RequestError::PrincipalNotStored(
+                prepared.principal.to_string(),
+            ));
+        }
+        if let Some(uid) = brought_missing_ancestor(snapshot, request) {
+            return Err(RequestError::CompletesStoredMembership(uid.to_string()));
+        }
     }
     let pins_time = request
         .context
@@ -465,6 +471,19 @@ fn admit(
         ));
     }
     Ok(())
+}
+
+/// A brought entity that stored entities name as an ancestor without holding it.
+fn brought_missing_ancestor(snapshot: &Snapshot, request: &AuthzRequest) -> Option<EntityUid> {
+    if snapshot.missing_ancestors.is_empty() {
+        return None;
+    }
+    request
+        .entities
+        .iter()
+        .flatten()
+        .filter_map(|entity| snapshot.type_names.parse("entities", &entity["uid"]).ok())
+        .find(|uid| snapshot.missing_ancestors.contains(uid))
 }
 
 /// `GET /v1/traces`: authorises the caller per partner with `read_traces`, then

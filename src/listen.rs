@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, UnixListener};
 const UNIX_PREFIX: &str = "unix:";
 /// Mode of the socket file: the sidecar's user and group may connect, nobody else.
 const SOCKET_MODE: u32 = 0o660;
+/// The longest path a Unix-domain socket address holds (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// A `--listen` value: `127.0.0.1:8180` or `unix:/run/cdap-authz.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,8 +134,11 @@ fn remove_stale_socket(path: &Path) -> Result<(), ListenError> {
 }
 
 /// Binds the socket in a private directory (mode 0700) beside `path`, restricts it
-/// to the group, then renames it into place: there is no moment at which the socket
+/// to the group, then links it into place: there is no moment at which the socket
 /// is at `path` with the umask's looser mode, for another local user to connect.
+/// The link fails if anything appeared at `path` since it was checked: of two
+/// sidecars started together, the second fails to start, rather than replacing the
+/// first's socket and leaving it unreachable.
 fn bind_restricted(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let parent = path
@@ -141,12 +146,21 @@ fn bind_restricted(path: &Path) -> io::Result<UnixListener> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let private = tempfile::Builder::new()
-        .prefix(".cdap-authz-")
+        .prefix(".")
+        .rand_bytes(6)
         .tempdir_in(parent)?;
-    let staged = private.path().join("socket");
+    let staged = private.path().join("s");
+    let staged_length = staged.as_os_str().len();
+    if staged_length > MAX_SOCKET_PATH {
+        return Err(io::Error::other(format!(
+            "the socket is bound through {} ({staged_length} bytes, over the {MAX_SOCKET_PATH} \
+             a socket path may have): use a shorter path",
+            staged.display()
+        )));
+    }
     let listener = UnixListener::bind(&staged)?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(SOCKET_MODE))?;
-    std::fs::rename(&staged, path)?;
+    std::fs::hard_link(&staged, path)?;
     Ok(listener)
 }
 
@@ -166,5 +180,31 @@ mod tests {
         );
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+
+    /// What appears at the path between the stale-socket check and the bind (a
+    /// second sidecar's socket) is never replaced.
+    #[tokio::test]
+    async fn binding_never_replaces_what_appeared_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authz.sock");
+        std::fs::write(&path, "someone else's").unwrap();
+        let error = bind_restricted(&path).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists, "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the staging directory is removed: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_path_too_long_to_stage_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = 99usize.saturating_sub(dir.path().as_os_str().len() + 1);
+        let parent = dir.path().join("d".repeat(room));
+        std::fs::create_dir(&parent).unwrap();
+        let path = parent.join("s1");
+        assert!(path.as_os_str().len() <= MAX_SOCKET_PATH);
+        let error = bind_restricted(&path).unwrap_err().to_string();
+        assert!(error.contains("use a shorter path"), "{error}");
     }
 }

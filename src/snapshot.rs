@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub type_names: TypeNames,
     /// The principal and resource types each action applies to.
     scope_types: HashMap<EntityUid, ScopeTypes>,
+    /// Entities that stored entities name as ancestors but the store lacks: a
+    /// request that brought one would define what stored entities are members of.
+    pub missing_ancestors: HashSet<EntityUid>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +80,7 @@ impl Snapshot {
                 .cloned(),
         );
         let scope_types = scope_types(&model.schema, &actions);
+        let missing_ancestors = missing_ancestors(&entities);
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -93,6 +97,7 @@ impl Snapshot {
             entity_types,
             type_names,
             scope_types,
+            missing_ancestors,
         })
     }
 
@@ -113,6 +118,17 @@ impl Snapshot {
             .get(action)
             .is_some_and(|context| context.requires(&self.time_attribute, "datetime"))
     }
+}
+
+/// The ancestors stored entities name that are not stored themselves.
+fn missing_ancestors(entities: &Entities) -> HashSet<EntityUid> {
+    entities
+        .iter()
+        .filter_map(|entity| entities.ancestors(&entity.uid()))
+        .flatten()
+        .filter(|ancestor| entities.get(ancestor).is_none())
+        .cloned()
+        .collect()
 }
 
 fn scope_types(schema: &Schema, actions: &[EntityUid]) -> HashMap<EntityUid, ScopeTypes> {

@@ -57,6 +57,8 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
 /// the old file or the new one, never a half-written one (an empty or cut policy
 /// file is valid Cedar, and would drop its forbids).
 fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    // A symlinked policy file is formatted where it points, and stays a symlink.
+    let path = &std::fs::canonicalize(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let mut temporary = tempfile::Builder::new()
         .prefix(".fmt-")

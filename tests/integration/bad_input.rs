@@ -5,9 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdap_authz::http::{AppState, Limits};
+use cdap_authz::load::Sources;
+use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use serde_json::{json, Value};
 
-use crate::util::{act, allowed_consultation, consult, entity, pinned_time, Server};
+use crate::util::{
+    act, allowed_consultation, bundled_sources, consult, entity, pinned_time, repo, Server,
+};
 
 #[track_caller]
 fn assert_error(reply: (u16, Value), status: u16, code: &str, message_part: &str) {
@@ -225,6 +229,49 @@ fn by_default_a_request_may_not_bring_its_own_principal() {
     trusting
         .decide(&request)
         .assert_allowed_by("P6-T18-contentieux-rsa");
+}
+
+/// A stored user whose habilitation is missing from the store: a request may not
+/// supply that habilitation (it would define what a stored user holds).
+#[test]
+fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut entities: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap())
+            .unwrap();
+    let habilitation = json!({"type": "Habilitation", "id": "dep-t18-01"});
+    let position = entities
+        .iter()
+        .position(|e| e["uid"] == habilitation)
+        .unwrap();
+    let removed = entities.remove(position);
+    let path = dir.path().join("entities.json");
+    std::fs::write(&path, Value::Array(entities).to_string()).unwrap();
+    let snapshot = Snapshot::load(
+        &Sources {
+            entities: Some(path),
+            ..bundled_sources()
+        },
+        DEFAULT_TIME_ATTRIBUTE,
+    )
+    .unwrap();
+    let state = Arc::new(AppState::new(pinned_time()));
+    state.install(Arc::new(snapshot));
+    let server = Server::serve(state);
+    let mut request = consult(
+        "dep-t18",
+        "dep-t18-01",
+        "departement-rsa-contentieux",
+        &["rsa"],
+        "dossier-59-0002",
+    );
+    request["entities"] = json!([removed]);
+    assert_error(
+        server.post("/v1/is_authorized", &request),
+        400,
+        "entity_conflict",
+        "Habilitation::\"dep-t18-01\" is named as a parent by stored entities",
+    );
 }
 
 #[test]

@@ -231,6 +231,15 @@ fn fmt_check_passes_on_the_bundled_policies_and_fails_on_unformatted_input() {
     assert_eq!(mode, 0o640, "the rewritten file keeps its permissions");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
+
+    // Through a symlink, the target is formatted and the link stays a link.
+    std::fs::write(&file, messy).unwrap();
+    let link = dir.path().join("linked.cedar");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let format = cdap_authz().arg("fmt").arg(&link).output().unwrap();
+    assert_eq!(format.status.code(), Some(0));
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), messy);
     let again = cdap_authz()
         .args(["fmt", "--check"])
         .arg(&file)
