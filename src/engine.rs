@@ -50,6 +50,8 @@ pub struct Prepared<'s> {
     pub entities: Cow<'s, Entities>,
     /// The policies that can apply, by action and scope.
     pub buckets: Vec<&'s Bucket>,
+    /// The uids of the entities the request brought (empty when it brought none).
+    pub brought: Vec<EntityUid>,
 }
 
 /// Decides one request against one snapshot; `now` fills the time attribute when
@@ -117,6 +119,7 @@ pub fn prepare<'s>(
         (!built_by_type).then_some(&snapshot.schema),
     )
     .map_err(|e| RequestError::InvalidRequest(describe(&e)))?;
+    let brought = request_entities.iter().map(Entity::uid).collect();
     let entities = if request_entities.is_empty() {
         Cow::Borrowed(&snapshot.entities)
     } else {
@@ -133,6 +136,7 @@ pub fn prepare<'s>(
         request: cedar_request,
         entities,
         buckets,
+        brought,
     })
 }
 

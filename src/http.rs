@@ -457,7 +457,8 @@ fn admit(
                 prepared.principal.to_string(),
             ));
         }
-        if let Some(uid) = brought_missing_ancestor(snapshot, request) {
+        let completes_stored = |uid: &&EntityUid| snapshot.missing_ancestors.contains(*uid);
+        if let Some(uid) = prepared.brought.iter().find(completes_stored) {
             return Err(RequestError::CompletesStoredMembership(uid.to_string()));
         }
     }
@@ -471,19 +472,6 @@ fn admit(
         ));
     }
     Ok(())
-}
-
-/// A brought entity that stored entities name as an ancestor without holding it.
-fn brought_missing_ancestor(snapshot: &Snapshot, request: &AuthzRequest) -> Option<EntityUid> {
-    if snapshot.missing_ancestors.is_empty() {
-        return None;
-    }
-    request
-        .entities
-        .iter()
-        .flatten()
-        .filter_map(|entity| snapshot.type_names.parse("entities", &entity["uid"]).ok())
-        .find(|uid| snapshot.missing_ancestors.contains(uid))
 }
 
 /// `GET /v1/traces`: authorises the caller per partner with `read_traces`, then
