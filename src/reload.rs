@@ -7,8 +7,7 @@
 //! Kubernetes ConfigMap `..data` symlink swaps, and a directory on a source's path
 //! being replaced or a release symlink flipped (`mv model.new model`, `ln -sfn v2
 //! current`): the event then names that directory, an ancestor of a source. Before
-//! every reload the watches are added again (before any old one is dropped), then
-//! the files are read: a swapped-in directory is watched before it is read, so a
+//! every reload the watches are added again, then the files are read: a swapped-in directory is watched before it is read, so a
 //! change made to it during the load is seen. Bursts are debounced.
 //! A refused reload keeps the current snapshot, logs the rendered error (file, line,
 //! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
@@ -202,10 +201,10 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
             Err(error) => tracing::warn!(%error, "file watch error"),
         })?;
     // Watches are in place before this returns: an edit made right after start is seen.
-    let watched = rewatch(&reloader, &mut watcher, Vec::new());
+    rewatch(&reloader, &mut watcher);
     let thread = std::thread::Builder::new()
         .name("cdap-authz-reload".into())
-        .spawn(move || run_watch_loop(reloader, watcher, watched, received, debounce))
+        .spawn(move || run_watch_loop(reloader, watcher, received, debounce))
         .map_err(notify::Error::io)?;
     Ok(WatchHandle {
         triggers,
@@ -216,7 +215,6 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
 fn run_watch_loop(
     reloader: Arc<Reloader>,
     mut watcher: RecommendedWatcher,
-    mut watched: Vec<PathBuf>,
     triggers: Receiver<Trigger>,
     debounce: Duration,
 ) {
@@ -249,7 +247,7 @@ fn run_watch_loop(
         // Watch first, then read: a directory swapped in since is watched before
         // its files are read, so a write into it during the load is an event (and
         // notify itself drops the watches of a directory moved or deleted).
-        watched = rewatch(&reloader, &mut watcher, watched);
+        rewatch(&reloader, &mut watcher);
         retries_left = match reloader.reload() {
             Ok(_) => 0,
             Err(_) if retries_left == 0 => RETRIES,
@@ -276,23 +274,13 @@ fn settle(reloader: &Reloader, triggers: &Receiver<Trigger>, debounce: Duration)
     }
 }
 
-/// Watches the targets again, following any directory that was swapped since (a
-/// path watched again is watched where it now leads), then drops the watches of
-/// paths no longer watched; never a moment with a target unwatched.
-fn rewatch(
-    reloader: &Reloader,
-    watcher: &mut RecommendedWatcher,
-    previous: Vec<PathBuf>,
-) -> Vec<PathBuf> {
-    let mut watched = Vec::new();
+/// Watches the targets again, each where its path now leads (following a directory
+/// swapped in since). The targets never change, so no watch is ever dropped here;
+/// notify drops those of a directory moved or deleted, and this adds them back.
+fn rewatch(reloader: &Reloader, watcher: &mut RecommendedWatcher) {
     for (path, mode) in reloader.watch_targets() {
-        match watcher.watch(&path, mode) {
-            Ok(()) => watched.push(path),
-            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot watch"),
+        if let Err(error) = watcher.watch(&path, mode) {
+            tracing::warn!(path = %path.display(), %error, "cannot watch");
         }
     }
-    for path in previous.iter().filter(|p| !watched.contains(p)) {
-        let _ = watcher.unwatch(path);
-    }
-    watched
 }
