@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{parse_line, GENESIS};
+use super::record::{parse_line, whole_lines, GENESIS};
 use super::rotate::segments;
 use super::AuditError;
 
@@ -80,13 +80,10 @@ pub fn verify(
     for segment in &files {
         let text = std::fs::read_to_string(&segment.path)
             .map_err(|source| AuditError::io(segment.path.clone(), source))?;
-        for (n, line) in text.split_inclusive('\n').enumerate() {
-            end = (segment.path.clone(), n + 1);
+        let mut lines = 0;
+        for (n, line) in whole_lines(&text).enumerate() {
+            lines = n + 1;
             let broken = |why| Ok(Err((segment.path.clone(), n + 1, why)));
-            let Some(line) = line.strip_suffix('\n') else {
-                torn.push((segment.path.clone(), n + 1));
-                continue;
-            };
             let parsed = match parse_line(line) {
                 Ok(parsed) => parsed,
                 Err(error) => return broken(Break::Malformed(error.to_string())),
@@ -111,6 +108,13 @@ pub fn verify(
             expected_found |= expect_hash == Some(parsed.claimed_hash.as_str());
             state = Some((record.seq + 1, parsed.claimed_hash));
             records += 1;
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            lines += 1;
+            torn.push((segment.path.clone(), lines));
+        }
+        if lines > 0 {
+            end = (segment.path.clone(), lines);
         }
     }
     if !expected_found {
