@@ -96,10 +96,9 @@ fn count(
         let Some(uid) = entity.get("uid").and_then(entity_ref) else {
             continue;
         };
-        if uid.0 != rule.source || counted.contains(&uid) {
+        if uid.0 != rule.source || !counted.insert(uid.clone()) {
             continue;
         }
-        counted.insert(uid.clone());
         let attrs = entity.get("attrs");
         let attr = |name: &str| attrs.and_then(|a| a.get(name));
         if !rule.filter.iter().all(|(k, v)| attr(k) == Some(v)) {

@@ -59,10 +59,8 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
 fn replace(path: &Path, text: &str) -> std::io::Result<()> {
     // A symlinked policy file is formatted where it points, and stays a symlink.
     let path = &std::fs::canonicalize(path)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".fmt-")
-        .tempfile_in(dir.unwrap_or(Path::new(".")))?;
+    let dir = path.parent().expect("a canonical file path has a parent");
+    let mut temporary = tempfile::Builder::new().prefix(".fmt-").tempfile_in(dir)?;
     temporary.write_all(text.as_bytes())?;
     temporary
         .as_file()
