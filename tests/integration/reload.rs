@@ -268,21 +268,31 @@ fn a_replaced_model_directory_is_picked_up_and_followed() {
     );
 }
 
-/// Releases side by side and a `current` symlink flipped from one to the next
-/// (`ln -sfn v2 current.tmp && mv -T current.tmp current`).
+/// A sidecar watching `current`, a symlink to the release `first` (a copy of the
+/// bundled model), as deployments that keep releases side by side do.
+fn live_on_release(first: &str) -> Live {
+    let root = tempfile::tempdir().unwrap();
+    copy_model(&root.path().join(first));
+    std::os::unix::fs::symlink(first, root.path().join("current")).unwrap();
+    let model = root.path().join("current");
+    Live::start(root, &model, true)
+}
+
+/// `ln -sfn RELEASE current.tmp && mv -T current.tmp current`.
+fn flip_to(live: &Live, release: &str) {
+    std::os::unix::fs::symlink(release, live.path("current.tmp")).unwrap();
+    std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
+}
+
+/// Releases side by side and a `current` symlink flipped from one to the next.
 #[test]
 fn a_flipped_release_symlink_is_picked_up() {
-    let root = tempfile::tempdir().unwrap();
-    copy_model(&root.path().join("v1"));
-    std::os::unix::fs::symlink("v1", root.path().join("current")).unwrap();
-    let model = root.path().join("current");
-    let live = Live::start(root, &model, true);
+    let live = live_on_release("v1");
     assert!(!mau_t2_suspended(&live));
 
     copy_model(&live.path("v2"));
     set_mau_t2_suspended(&live.path("v2/entities.json"), true);
-    std::os::unix::fs::symlink("v2", live.path("current.tmp")).unwrap();
-    std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
+    flip_to(&live, "v2");
     within_or_report(&live, "the flipped release takes effect", || {
         mau_t2_suspended(&live)
     });
@@ -292,17 +302,12 @@ fn a_flipped_release_symlink_is_picked_up() {
 /// edit is seen whatever the delay (the new directory is watched before it is read).
 #[test]
 fn an_edit_right_after_a_release_flip_is_picked_up() {
-    let root = tempfile::tempdir().unwrap();
-    copy_model(&root.path().join("v0"));
-    std::os::unix::fs::symlink("v0", root.path().join("current")).unwrap();
-    let model = root.path().join("current");
-    let live = Live::start(root, &model, true);
+    let live = live_on_release("v0");
     for (n, delay_ms) in [0, 20, 40, 60, 80, 100, 150, 200].into_iter().enumerate() {
         let release = format!("v{}", n + 1);
         copy_model(&live.path(&release));
         set_mau_t2_suspended(&live.path(&format!("{release}/entities.json")), n % 2 == 0);
-        std::os::unix::fs::symlink(&release, live.path("current.tmp")).unwrap();
-        std::fs::rename(live.path("current.tmp"), live.path("current")).unwrap();
+        flip_to(&live, &release);
         std::thread::sleep(Duration::from_millis(delay_ms));
         let suspended = n % 2 == 1;
         set_mau_t2_suspended(&live.path(&format!("{release}/entities.json")), suspended);
