@@ -18,6 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
+use cedar_policy_core::ast::{self, Literal, PartialValue, ValueKind};
+use cedar_policy_core::entities::Dereference;
 
 /// Per-snapshot index for slicing: built once, read by every decision.
 pub struct SliceIndex {
@@ -106,6 +108,35 @@ pub fn references_of(entity: &Entity) -> Vec<EntityUid> {
 /// is whole (not partial).
 pub fn stored_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EvalResult> {
     entities.get(uid)?.attr(name)?.ok()
+}
+
+/// A stored entity, read in place from Cedar's core entities.
+pub fn stored_in_place<'e>(
+    entities: &'e Entities,
+    uid: &ast::EntityUID,
+) -> Option<&'e ast::Entity> {
+    let core: &cedar_policy_core::entities::Entities = entities.as_ref();
+    match core.entity(uid) {
+        Dereference::Data(entity) => Some(entity),
+        Dereference::NoSuchEntity | Dereference::Residual(_) => None,
+    }
+}
+
+/// A stored entity's attribute that is itself an entity, borrowed from the store:
+/// unlike [`stored_entity_attr`], nothing is cloned or converted (the decision log
+/// reads two or three of these for every record).
+pub fn stored_entity_ref<'e>(
+    entities: &'e Entities,
+    uid: &ast::EntityUID,
+    name: &str,
+) -> Option<&'e ast::EntityUID> {
+    match stored_in_place(entities, uid)?.get(name)? {
+        PartialValue::Value(ast::Value {
+            value: ValueKind::Lit(Literal::EntityUID(target)),
+            ..
+        }) => Some(target),
+        PartialValue::Value(_) | PartialValue::Residual(_) => None,
+    }
 }
 
 /// A stored entity's attribute that is itself an entity.

@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cedar_policy::{Entities, EntityUid};
+use cedar_policy_core::ast;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::api::{AuthzRequest, AuthzResponse};
 use crate::engine::Decision;
-use crate::slice::stored_entity_attr;
+use crate::slice::{stored_entity_ref, stored_in_place};
 
 pub mod query;
 pub mod record;
@@ -110,11 +111,11 @@ impl Decided<'_> {
             resource,
             ..
         } = self.decision;
-        let partner = stored_entity_attr(self.entities, principal, "partner")
-            .or_else(|| stored_entity_attr(self.entities, resource, "partner"));
-        let caf = stored_entity_attr(self.entities, resource, "caf")
-            .or_else(|| partner.as_ref().and_then(|p| caf_of(self.entities, p)))
-            .or_else(|| stored_entity_attr(self.entities, principal, "caf"));
+        let partner = stored_entity_ref(self.entities, principal.as_ref(), "partner")
+            .or_else(|| stored_entity_ref(self.entities, resource.as_ref(), "partner"));
+        let caf = stored_entity_ref(self.entities, resource.as_ref(), "caf")
+            .or_else(|| partner.and_then(|p| caf_of(self.entities, p)))
+            .or_else(|| stored_entity_ref(self.entities, principal.as_ref(), "caf"));
         let diagnostics = &self.response.diagnostics;
         Entry::new(&Fields {
             time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -122,8 +123,8 @@ impl Decided<'_> {
             principal: &uid_text(principal),
             action: &uid_text(action),
             resource: &uid_text(resource),
-            partner: partner.as_ref().map(|p| p.id().unescaped()),
-            caf: caf.as_ref().map(|c| c.id().unescaped()),
+            partner: partner.map(|p| p.eid().as_ref()),
+            caf: caf.map(|c| c.eid().as_ref()),
             context: RecordedContext {
                 names: context_fields,
                 context: self.request.context.as_ref(),
@@ -162,11 +163,10 @@ fn uid_text(uid: &EntityUid) -> String {
 }
 
 /// The `Caf` a partner belongs to.
-fn caf_of(entities: &Entities, partner: &EntityUid) -> Option<EntityUid> {
-    entities
-        .ancestors(partner)?
-        .find(|a| a.type_name().basename() == "Caf")
-        .cloned()
+fn caf_of<'e>(entities: &'e Entities, partner: &ast::EntityUID) -> Option<&'e ast::EntityUID> {
+    stored_in_place(entities, partner)?
+        .ancestors()
+        .find(|a| AsRef::<str>::as_ref(a.entity_type().name().basename_as_ref()) == "Caf")
 }
 
 #[cfg(test)]

@@ -46,8 +46,8 @@ pub struct Record {
 }
 
 /// The fields of a record that the writer does not assign, borrowed from the
-/// decision. Serialised in this order, after `seq` and `prev`.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// decision. Written in this order, after `seq` and `prev`.
+#[derive(Debug, Clone, Copy)]
 pub struct Fields<'a> {
     pub time: &'a str,
     pub decision_id: &'a str,
@@ -64,6 +64,41 @@ pub struct Fields<'a> {
     pub latency_us: u64,
 }
 
+impl Fields<'_> {
+    /// The fields as one compact JSON object, the text serde_json writes for them
+    /// (a test holds the two equal), with strings copied whole when they have
+    /// nothing to escape.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":");
+        push_json_string(out, self.time);
+        out.extend_from_slice(b",\"decision_id\":");
+        push_json_string(out, self.decision_id);
+        out.extend_from_slice(b",\"principal\":");
+        push_json_string(out, self.principal);
+        out.extend_from_slice(b",\"action\":");
+        push_json_string(out, self.action);
+        out.extend_from_slice(b",\"resource\":");
+        push_json_string(out, self.resource);
+        out.extend_from_slice(b",\"partner\":");
+        push_json_option(out, self.partner);
+        out.extend_from_slice(b",\"caf\":");
+        push_json_option(out, self.caf);
+        out.extend_from_slice(b",\"context\":");
+        self.context.write_json(out);
+        out.extend_from_slice(b",\"decision\":");
+        push_json_string(out, self.decision);
+        out.extend_from_slice(b",\"reason\":");
+        push_json_strings(out, self.reason);
+        out.extend_from_slice(b",\"errors\":");
+        push_json_strings(out, self.errors);
+        out.extend_from_slice(b",\"policy_version\":");
+        push_json_string(out, self.policy_version);
+        out.extend_from_slice(b",\"latency_us\":");
+        serde_json::to_writer(&mut *out, &self.latency_us).expect("a number always serializes");
+        out.push(b'}');
+    }
+}
+
 /// The context fields a record keeps: those of `names` the request's context has.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordedContext<'a> {
@@ -71,15 +106,57 @@ pub struct RecordedContext<'a> {
     pub context: Option<&'a Map<String, Value>>,
 }
 
-impl Serialize for RecordedContext<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let context = self.context;
-        serializer.collect_map(
-            self.names
-                .iter()
-                .filter_map(|name| context.and_then(|c| c.get(name)).map(|value| (name, value))),
-        )
+impl RecordedContext<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let kept = self.names.iter().filter_map(|name| {
+            let value = self.context?.get(name)?;
+            Some((name, value))
+        });
+        for (n, (name, value)) in kept.enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            push_json_string(out, name);
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value).expect("a JSON value always serializes");
+        }
+        out.push(b'}');
     }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it (quote, backslash and
+/// control characters; nothing else).
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Most strings (ids, times, policy names) have nothing to escape: copied whole.
+    let needs_escape = text.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if needs_escape {
+        serde_json::to_writer(out, text).expect("a string always serializes");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+fn push_json_option(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => push_json_string(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_json_strings(out: &mut Vec<u8>, texts: &[String]) {
+    out.push(b'[');
+    for (n, text) in texts.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_string(out, text);
+    }
+    out.push(b']');
 }
 
 /// A record waiting for its place in the chain. Its fields are serialised by the
@@ -97,8 +174,8 @@ const TYPICAL_FIELDS_BYTES: usize = 512;
 impl Entry {
     pub fn new(fields: &Fields) -> Self {
         let mut json = Vec::with_capacity(TYPICAL_FIELDS_BYTES);
-        serde_json::to_writer(&mut json, fields).expect("fields always serialize");
-        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+        fields.write_json(&mut json);
+        let json = String::from_utf8(json).expect("the fields are written from UTF-8 text");
         Self { json }
     }
 
@@ -216,6 +293,91 @@ mod tests {
             policy_version: "sha256:x",
             latency_us: 12,
         })
+    }
+
+    /// What serde_json wrote for the fields before `write_json` (the derived
+    /// serialisation of the same struct): the line format must not change.
+    #[derive(Serialize)]
+    struct SerdeFields<'a> {
+        time: &'a str,
+        decision_id: &'a str,
+        principal: &'a str,
+        action: &'a str,
+        resource: &'a str,
+        partner: Option<&'a str>,
+        caf: Option<&'a str>,
+        context: serde_json::Map<String, Value>,
+        decision: &'a str,
+        reason: &'a [String],
+        errors: &'a [String],
+        policy_version: &'a str,
+        latency_us: u64,
+    }
+
+    fn written_both_ways(text: &str, partner: Option<&str>, list: &[String]) -> (String, String) {
+        let context = json!({"mission": {"type": "Mission", "id": text}, "categories": list});
+        let names = ["mission".to_owned(), "categories".to_owned()];
+        let fields = Fields {
+            time: text,
+            decision_id: text,
+            principal: text,
+            action: "Action::\"consult_file\"",
+            resource: text,
+            partner,
+            caf: None,
+            context: RecordedContext {
+                names: &names,
+                context: context.as_object(),
+            },
+            decision: "Deny",
+            reason: list,
+            errors: list,
+            policy_version: text,
+            latency_us: u64::MAX,
+        };
+        let mut written = Vec::new();
+        fields.write_json(&mut written);
+        let written = String::from_utf8(written).unwrap();
+        let mut kept = serde_json::Map::new();
+        for name in &names {
+            kept.insert(name.clone(), context[name].clone());
+        }
+        let serde = serde_json::to_string(&SerdeFields {
+            time: text,
+            decision_id: text,
+            principal: text,
+            action: fields.action,
+            resource: text,
+            partner,
+            caf: None,
+            context: kept,
+            decision: "Deny",
+            reason: list,
+            errors: list,
+            policy_version: text,
+            latency_us: u64::MAX,
+        })
+        .unwrap();
+        (written, serde)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(text in "\\PC*|[\\x00-\\x7f]*") {
+            let mut written = Vec::new();
+            push_json_string(&mut written, &text);
+            proptest::prop_assert_eq!(written, serde_json::to_vec(&text).unwrap());
+        }
+
+        #[test]
+        fn fields_are_written_as_serde_json_wrote_them(
+            text in "[a-z\"\\\\\\x00-\\x1f\\x7fé€]{0,12}",
+            partner in proptest::option::of("[a-z\"]{0,4}"),
+            list in proptest::collection::vec("[a-z\"\\n]{0,4}", 0..3),
+        ) {
+            let (written, serde) = written_both_ways(&text, partner.as_deref(), &list);
+            proptest::prop_assert_eq!(written, serde);
+        }
     }
 
     #[test]
