@@ -6,17 +6,20 @@
 #      load), and the constant endpoint at that same rate (the p99 that oha's own
 #      pacing gives at that rate: the floor of that measure on this machine); then
 #      `serve --no-audit` at full speed (the decision log's cost),
-#   3. the round trip on one connection over TCP and over a Unix-domain socket
+#   3. the constant endpoint again, keeping the CPU busy 10, 15, 20 and 25 µs a
+#      request: the throughput a handler of a given cost reaches on this machine, to
+#      read the sidecar's against,
+#   4. the round trip on one connection over TCP and over a Unix-domain socket
 #      (`serve --listen unix:PATH`), and the socket's throughput,
-#   4. cedar-agent and `cdap-authz serve` on a policy set both accept
+#   5. cedar-agent and `cdap-authz serve` on a policy set both accept
 #      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
 # Every server is checked to answer the expected decision before it is loaded. Each
 # line also gives the server's CPU time per request (user + system, from
 # /proc/PID/stat): with oha on the same two cores, throughput ratios move with how
 # the cores are shared, the CPU a request costs the server much less.
 #
-# Needs oha (`cargo install oha`) and, for part 3, cedar-agent (`cargo install
-# cedar-agent`); part 4 is skipped, saying so, without it.
+# Needs oha (`cargo install oha`) and, for part 5, cedar-agent (`cargo install
+# cedar-agent`); part 5 is skipped, saying so, without it.
 # Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +98,13 @@ load "constant-endpoint-at-that-rate" http://127.0.0.1:8181/v1/is_authorized "$R
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
+
+for BUSY in 10 15 20 25; do
+  target/release/examples/constant_server "127.0.0.1:$((8190 + BUSY))" "$BUSY" 2>/dev/null & PIDS+=($!)
+  BUSY_PID=$!
+  wait_for "127.0.0.1:$((8190 + BUSY))"
+  load "constant-busy-${BUSY}us" "http://127.0.0.1:$((8190 + BUSY))/v1/is_authorized" "$REQUEST" "" "" "$BUSY_PID"
+done
 
 SOCKET="$OUT/authz.sock"
 "$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" 2>/dev/null & PIDS+=($!)

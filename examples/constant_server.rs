@@ -3,10 +3,15 @@
 //! and answers a constant decision. `benches/load.sh` compares the sidecar's
 //! throughput with this one's.
 //!
-//! `cargo run --release --example constant_server -- 127.0.0.1:8181`
+//! With a second argument, it also keeps the CPU busy for that many microseconds per
+//! request before answering: what a handler of a given cost can reach on the same
+//! machine and load, with nothing else of the sidecar's.
+//!
+//! `cargo run --release --example constant_server -- 127.0.0.1:8181 [BUSY_MICROSECONDS]`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,9 +24,16 @@ use hyper_util::rt::TokioIo;
 
 const BODY: &[u8] = br#"{"decision":"Allow","diagnostics":{"reason":["P6-T18-contentieux-rsa"],"errors":[]},"policy_version":"constant","decision_id":"constant"}"#;
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    busy: Duration,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     // Read the body as the sidecar does, so both do the same socket work.
     let _ = request.into_body().collect().await;
+    let started = Instant::now();
+    while started.elapsed() < busy {
+        std::hint::spin_loop();
+    }
     let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
     response
         .headers_mut()
@@ -36,6 +48,11 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8181".into())
         .parse()
         .expect("an address like 127.0.0.1:8181");
+    let busy = Duration::from_micros(
+        std::env::args()
+            .nth(2)
+            .map_or(0, |v| v.parse().expect("a whole number of microseconds")),
+    );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("listen={}", listener.local_addr()?);
     loop {
@@ -43,7 +60,10 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |request| answer(request, busy)),
+                )
                 .await;
         });
     }
