@@ -6,14 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
-use cedar_policy_core::entities::Dereference;
 use chrono::{DateTime, Utc};
 
 use crate::api::TypeNames;
 use crate::context::ContextTypes;
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
-use crate::slice::SliceIndex;
+use crate::slice::{stored_in_place, SliceIndex};
 
 /// Name of the context attribute the sidecar fills with the current time when an
 /// action's context declares it (as a `datetime`) and a request omits it.
@@ -128,7 +127,7 @@ pub fn missing_ancestors(entities: &Entities) -> HashSet<EntityUid> {
     let core: &cedar_policy_core::entities::Entities = entities.as_ref();
     core.iter()
         .flat_map(|entity| entity.parents())
-        .filter(|parent| !matches!(core.entity(parent), Dereference::Data(_)))
+        .filter(|parent| stored_in_place(entities, parent).is_none())
         .map(|parent| EntityUid::from(parent.clone()))
         .collect()
 }

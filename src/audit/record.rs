@@ -69,31 +69,33 @@ impl Fields<'_> {
     /// (a test holds the two equal), with strings copied whole when they have
     /// nothing to escape.
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"time\":");
-        push_json_string(out, self.time);
-        out.extend_from_slice(b",\"decision_id\":");
-        push_json_string(out, self.decision_id);
-        out.extend_from_slice(b",\"principal\":");
-        push_json_string(out, self.principal);
-        out.extend_from_slice(b",\"action\":");
-        push_json_string(out, self.action);
-        out.extend_from_slice(b",\"resource\":");
-        push_json_string(out, self.resource);
-        out.extend_from_slice(b",\"partner\":");
-        push_json_option(out, self.partner);
-        out.extend_from_slice(b",\"caf\":");
-        push_json_option(out, self.caf);
-        out.extend_from_slice(b",\"context\":");
+        out.push(b'{');
+        let texts = [
+            ("time", self.time),
+            ("decision_id", self.decision_id),
+            ("principal", self.principal),
+            ("action", self.action),
+            ("resource", self.resource),
+        ];
+        for (name, text) in texts {
+            push_key(out, name);
+            push_json_string(out, text);
+        }
+        for (name, text) in [("partner", self.partner), ("caf", self.caf)] {
+            push_key(out, name);
+            push_json_option(out, text);
+        }
+        push_key(out, "context");
         self.context.write_json(out);
-        out.extend_from_slice(b",\"decision\":");
+        push_key(out, "decision");
         push_json_string(out, self.decision);
-        out.extend_from_slice(b",\"reason\":");
-        push_json_strings(out, self.reason);
-        out.extend_from_slice(b",\"errors\":");
-        push_json_strings(out, self.errors);
-        out.extend_from_slice(b",\"policy_version\":");
+        for (name, texts) in [("reason", self.reason), ("errors", self.errors)] {
+            push_key(out, name);
+            push_json_strings(out, texts);
+        }
+        push_key(out, "policy_version");
         push_json_string(out, self.policy_version);
-        out.extend_from_slice(b",\"latency_us\":");
+        push_key(out, "latency_us");
         serde_json::to_writer(&mut *out, &self.latency_us).expect("a number always serializes");
         out.push(b'}');
     }
@@ -113,12 +115,8 @@ impl RecordedContext<'_> {
             let value = self.context?.get(name)?;
             Some((name, value))
         });
-        for (n, (name, value)) in kept.enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            push_json_string(out, name);
-            out.push(b':');
+        for (name, value) in kept {
+            push_key(out, name);
             serde_json::to_writer(&mut *out, value).expect("a JSON value always serializes");
         }
         out.push(b'}');
@@ -139,6 +137,15 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     }
+}
+
+/// `"name":`, after a comma unless it is the object's first key.
+fn push_key(out: &mut Vec<u8>, name: &str) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    push_json_string(out, name);
+    out.push(b':');
 }
 
 fn push_json_option(out: &mut Vec<u8>, text: Option<&str>) {
