@@ -115,8 +115,12 @@ impl RecordedContext<'_> {
             let value = self.context?.get(name)?;
             Some((name, value))
         });
-        for (name, value) in kept {
-            push_key(out, name);
+        for (n, (name, value)) in kept.enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            push_json_string(out, name);
+            out.push(b':');
             serde_json::to_writer(&mut *out, value).expect("a JSON value always serializes");
         }
         out.push(b'}');
@@ -139,13 +143,15 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-/// `"name":`, after a comma unless it is the object's first key.
-fn push_key(out: &mut Vec<u8>, name: &str) {
+/// `"name":` for one of the record's own field names (nothing to escape), after a
+/// comma unless it is the object's first key.
+fn push_key(out: &mut Vec<u8>, name: &'static str) {
     if out.last() != Some(&b'{') {
         out.push(b',');
     }
-    push_json_string(out, name);
-    out.push(b':');
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 fn push_json_option(out: &mut Vec<u8>, text: Option<&str>) {
