@@ -13,7 +13,8 @@
 #      (`serve --listen unix:PATH`), and the socket's throughput,
 #   5. cedar-agent and `cdap-authz serve` on a policy set both accept
 #      (benches/agent/: the T3 trace rules and the S1 suspension forbid).
-# Every server is checked to answer the expected decision before it is loaded. Each
+# Every cdap-authz and cedar-agent server is checked to answer the expected decision
+# before it is loaded (the constant endpoints answer one fixed body). Each
 # line also gives the server's CPU time per request (user + system, from
 # /proc/PID/stat): with oha on the same two cores, throughput ratios move with how
 # the cores are shared, the CPU a request costs the server much less.

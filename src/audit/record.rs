@@ -309,7 +309,8 @@ mod tests {
     }
 
     /// What serde_json wrote for the fields before `write_json` (the derived
-    /// serialisation of the same struct): the line format must not change.
+    /// serialisation of the same struct, and the context as a map of the kept names
+    /// in their order): the line format must not change.
     #[derive(Serialize)]
     struct SerdeFields<'a> {
         time: &'a str,
@@ -319,7 +320,7 @@ mod tests {
         resource: &'a str,
         partner: Option<&'a str>,
         caf: Option<&'a str>,
-        context: serde_json::Map<String, Value>,
+        context: SerdeContext<'a>,
         decision: &'a str,
         reason: &'a [String],
         errors: &'a [String],
@@ -327,52 +328,77 @@ mod tests {
         latency_us: u64,
     }
 
-    fn written_both_ways(text: &str, partner: Option<&str>, list: &[String]) -> (String, String) {
-        let context = json!({"mission": {"type": "Mission", "id": text}, "categories": list});
-        let names = ["mission".to_owned(), "categories".to_owned()];
+    struct SerdeContext<'a>(RecordedContext<'a>);
+
+    impl Serialize for SerdeContext<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let RecordedContext { names, context } = self.0;
+            serializer.collect_map(
+                names
+                    .iter()
+                    .filter_map(|name| context.and_then(|c| c.get(name)).map(|v| (name, v))),
+            )
+        }
+    }
+
+    /// One generated record: `text` fills most fields, `names` are the recorded
+    /// context names (some absent from the context, some needing escapes).
+    struct Case {
+        text: String,
+        partner: Option<String>,
+        caf: Option<String>,
+        list: Vec<String>,
+        names: Vec<String>,
+        has_context: bool,
+    }
+
+    fn written_both_ways(case: &Case) -> (String, String) {
+        let text = case.text.as_str();
+        let mut context =
+            json!({"mission": {"type": "Mission", "id": text}, "categories": case.list});
+        context[text] = json!({"nested": [text, null, -1.5, u64::MAX]});
+        let recorded = RecordedContext {
+            names: &case.names,
+            context: context.as_object().filter(|_| case.has_context),
+        };
         let fields = Fields {
             time: text,
             decision_id: text,
             principal: text,
             action: "Action::\"consult_file\"",
             resource: text,
-            partner,
-            caf: None,
-            context: RecordedContext {
-                names: &names,
-                context: context.as_object(),
-            },
+            partner: case.partner.as_deref(),
+            caf: case.caf.as_deref(),
+            context: recorded,
             decision: "Deny",
-            reason: list,
-            errors: list,
+            reason: &case.list,
+            errors: &case.list,
             policy_version: text,
             latency_us: u64::MAX,
         };
         let mut written = Vec::new();
         fields.write_json(&mut written);
         let written = String::from_utf8(written).unwrap();
-        let mut kept = serde_json::Map::new();
-        for name in &names {
-            kept.insert(name.clone(), context[name].clone());
-        }
         let serde = serde_json::to_string(&SerdeFields {
             time: text,
             decision_id: text,
             principal: text,
             action: fields.action,
             resource: text,
-            partner,
-            caf: None,
-            context: kept,
+            partner: fields.partner,
+            caf: fields.caf,
+            context: SerdeContext(recorded),
             decision: "Deny",
-            reason: list,
-            errors: list,
+            reason: &case.list,
+            errors: &case.list,
             policy_version: text,
             latency_us: u64::MAX,
         })
         .unwrap();
         (written, serde)
     }
+
+    const TRICKY: &str = "[a-z\"\\\\\\x00-\\x1f\\x7fé€\u{2028}]{0,12}";
 
     proptest::proptest! {
         #[test]
@@ -384,11 +410,23 @@ mod tests {
 
         #[test]
         fn fields_are_written_as_serde_json_wrote_them(
-            text in "[a-z\"\\\\\\x00-\\x1f\\x7fé€]{0,12}",
-            partner in proptest::option::of("[a-z\"]{0,4}"),
-            list in proptest::collection::vec("[a-z\"\\n]{0,4}", 0..3),
+            text in TRICKY,
+            partner in proptest::option::of(TRICKY),
+            caf in proptest::option::of(TRICKY),
+            list in proptest::collection::vec(TRICKY, 0..3),
+            names in proptest::collection::vec(
+                proptest::prop_oneof!["mission", "categories", "absent", TRICKY],
+                0..4,
+            ),
+            has_context in proptest::bool::ANY,
+            name_is_text in proptest::bool::ANY,
         ) {
-            let (written, serde) = written_both_ways(&text, partner.as_deref(), &list);
+            let mut names = names;
+            if name_is_text {
+                names.push(text.clone());
+            }
+            let case = Case { text, partner, caf, list, names, has_context };
+            let (written, serde) = written_both_ways(&case);
             proptest::prop_assert_eq!(written, serde);
         }
     }
