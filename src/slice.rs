@@ -123,8 +123,8 @@ pub fn stored_in_place<'e>(
 }
 
 /// A stored entity's attribute that is itself an entity, borrowed from the store:
-/// unlike [`stored_entity_attr`], nothing is cloned or converted (the decision log
-/// reads two or three of these for every record).
+/// nothing is cloned or converted (the decision log reads two or three of these
+/// for every record).
 pub fn stored_entity_ref<'e>(
     entities: &'e Entities,
     uid: &ast::EntityUID,
@@ -136,14 +136,6 @@ pub fn stored_entity_ref<'e>(
             ..
         }) => Some(target),
         PartialValue::Value(_) | PartialValue::Residual(_) => None,
-    }
-}
-
-/// A stored entity's attribute that is itself an entity.
-pub fn stored_entity_attr(entities: &Entities, uid: &EntityUid, name: &str) -> Option<EntityUid> {
-    match stored_attr(entities, uid, name)? {
-        EvalResult::EntityUid(target) => Some(target),
-        _ => None,
     }
 }
 

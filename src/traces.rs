@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::api::{parse_entity_ref, AuthzRequest, RequestError};
 use crate::audit::query::Filter;
-use crate::slice::stored_entity_attr;
+use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
 
 /// The header naming the caller.
@@ -110,8 +110,8 @@ impl TraceQuery {
 /// One `read_traces` request per partner whose traces are asked for: the one
 /// named, else the caller's own partner, else every partner with traces.
 pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, AuthzRequest)> {
-    let own = stored_entity_attr(&snapshot.entities, &query.caller, "partner")
-        .map(|p| p.id().unescaped().to_owned());
+    let own = stored_entity_ref(&snapshot.entities, query.caller.as_ref(), "partner")
+        .map(|p| AsRef::<str>::as_ref(p.eid()).to_owned());
     let wanted = query.partner.clone().or(own);
     snapshot
         .entities
