@@ -223,6 +223,11 @@ pub fn whole_lines(text: &str) -> std::str::Lines<'_> {
     text[..end].lines()
 }
 
+/// Whether the text ends with such a torn piece (what [`whole_lines`] leaves out).
+pub fn ends_torn(text: &str) -> bool {
+    !text.is_empty() && !text.ends_with('\n')
+}
+
 /// Why a line is not a well-formed record.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LineError {

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::record::{parse_line, whole_lines, GENESIS};
+use super::record::{ends_torn, parse_line, whole_lines, GENESIS};
 use super::rotate::segments;
 use super::AuditError;
 
@@ -109,7 +109,7 @@ pub fn verify(
             state = Some((record.seq + 1, parsed.claimed_hash));
             records += 1;
         }
-        if !text.is_empty() && !text.ends_with('\n') {
+        if ends_torn(&text) {
             lines += 1;
             torn.push((segment.path.clone(), lines));
         }

@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::record::{parse_line, whole_lines, Entry, GENESIS};
+use super::record::{ends_torn, parse_line, whole_lines, Entry, GENESIS};
 use super::rotate::{apply_retention, segments, Segment};
 use super::{AuditConfig, AuditError};
 
@@ -418,7 +418,7 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     for (n, segment) in existing.iter().enumerate().rev() {
         let (text, length) = read_end(&segment.path)?;
         if n + 1 == existing.len() {
-            clean = text.is_empty() || text.ends_with('\n');
+            clean = !ends_torn(&text);
         }
         if length == 0 {
             continue;
