@@ -7,8 +7,9 @@
 //! Kubernetes ConfigMap `..data` symlink swaps, and a directory on a source's path
 //! being replaced or a release symlink flipped (`mv model.new model`, `ln -sfn v2
 //! current`): the event then names that directory, an ancestor of a source. Before
-//! every reload the watches are added again, then the files are read: a swapped-in directory is watched before it is read, so a
-//! change made to it during the load is seen. Bursts are debounced.
+//! every reload the watches are added again, then the files are read: a swapped-in
+//! directory is watched before it is read, so a change made to it during the load
+//! is seen. Bursts are debounced.
 //! A refused reload keeps the current snapshot, logs the rendered error (file, line,
 //! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
 

@@ -340,13 +340,18 @@ fn cut_ends_show_in_the_first_seq_and_in_an_expected_hash() {
     assert_eq!((line, why), (3, Break::HashNotFound(last)));
 }
 
+/// A log rotated every few records (1,200 bytes a file).
+fn small_files(dir: &std::path::Path) -> AuditConfig {
+    AuditConfig {
+        max_file_bytes: 1200,
+        ..AuditConfig::new(dir)
+    }
+}
+
 #[test]
 fn size_rotation_and_restarts_keep_one_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AuditConfig {
-        max_file_bytes: 1200,
-        ..AuditConfig::new(dir.path())
-    };
+    let config = small_files(dir.path());
     let log = AuditLog::start(config.clone()).unwrap();
     write_entries(&log, 0..10);
     drop(log);
@@ -375,10 +380,7 @@ fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) 
 #[test]
 fn a_query_returns_the_newest_matches_in_log_order_across_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = AuditConfig {
-        max_file_bytes: 1200,
-        ..AuditConfig::new(dir.path())
-    };
+    let config = small_files(dir.path());
     let log = AuditLog::start(config).unwrap();
     write_entries(&log, 0..14);
     drop(log);
