@@ -13,6 +13,8 @@
 //!   work does not grow with the store.
 //! - [`policy_index`]: policy slicing: only the policies whose scope can match a request
 //!   are evaluated.
+//! - [`fast_eval`]: a borrowing evaluator for compiled conditions, tried before
+//!   Cedar's; it answers only where Cedar would answer the same without error.
 //! - [`guard`]: the `path == "literal"` test a policy opens with, so that policies
 //!   guarded by another value than the request's are skipped.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
@@ -43,6 +45,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod engine;
 pub mod explain;
+pub mod fast_eval;
 pub mod guard;
 pub mod http;
 pub mod listen;

@@ -31,7 +31,9 @@
 //! property test checks that this equals Cedar's `Authorizer` on the whole set:
 //! decision, determining policies and error messages.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityUid, EvalResult, Policy, PolicySet,
@@ -42,6 +44,7 @@ use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
+use crate::fast_eval;
 use crate::guard::{AttrPath, Guard};
 use crate::slice::policy_literals;
 
@@ -70,6 +73,8 @@ struct Rule {
     /// What Cedar evaluates for the policy: scope constraints, `when` clauses and
     /// negated `unless` clauses, in Cedar's order.
     condition: ast::Expr,
+    /// The same, for the borrowing evaluator (when it handles every part of it).
+    fast: Option<Arc<fast_eval::Condition>>,
 }
 
 impl Rule {
@@ -83,17 +88,28 @@ impl Rule {
         let template = est
             .try_into_ast_policy_or_template(None)
             .map_err(|e| cannot(e.to_string()))?;
+        let condition = bucket_condition(&template);
         Ok(Self {
             id: policy.id().to_string(),
             forbid: policy.effect() == Effect::Forbid,
-            condition: bucket_condition(&template),
+            fast: fast_eval::Condition::compile(&condition).map(Arc::new),
+            condition,
         })
     }
 
-    /// Whether the policy is satisfied by the evaluator's request, or Cedar's error
-    /// for it.
-    fn satisfied(&self, evaluator: &Evaluator<'_>) -> Result<bool, String> {
-        match evaluator
+    /// Whether the policy is satisfied by the request, or Cedar's error for it: the
+    /// borrowing evaluator's answer when it has one, else Cedar's evaluator's.
+    fn satisfied<'e>(
+        &self,
+        fast: Option<&fast_eval::Env<'_>>,
+        cedar: impl FnOnce() -> &'e Evaluator<'e>,
+    ) -> Result<bool, String> {
+        if let (Some(condition), Some(env)) = (&self.fast, fast) {
+            if let Some(satisfied) = condition.satisfied(env) {
+                return Ok(satisfied);
+            }
+        }
+        match cedar()
             .interpret(&self.condition, &ast::SlotEnv::new())
             .map(EvalResult::from)
         {
@@ -386,11 +402,19 @@ pub struct Combined {
 /// Evaluates the policies of each bucket that can apply, and combines the results as
 /// Cedar would on the union of the buckets.
 pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
-    let evaluator = Evaluator::new(
-        evaluated_request(request),
-        entities.as_ref(),
-        Extensions::all_available(),
-    );
+    let evaluated = evaluated_request(request);
+    let fast = fast_eval::Env::new(&evaluated, entities.as_ref());
+    // Cedar's evaluator is set up only for a policy the borrowing one leaves to it.
+    let evaluator = OnceCell::new();
+    let cedar = || {
+        evaluator.get_or_init(|| {
+            Evaluator::new(
+                evaluated.clone(),
+                entities.as_ref(),
+                Extensions::all_available(),
+            )
+        })
+    };
     let mut forbids = Vec::new();
     let mut permits = Vec::new();
     let mut errors = Vec::new();
@@ -398,7 +422,7 @@ pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) ->
         .iter()
         .flat_map(|bucket| bucket.applicable(request, entities))
     {
-        match rule.satisfied(&evaluator) {
+        match rule.satisfied(fast.as_ref(), cedar) {
             Ok(true) if rule.forbid => forbids.push(rule.id.clone()),
             Ok(true) => permits.push(rule.id.clone()),
             Ok(false) => {}

@@ -1,0 +1,651 @@
+//! A borrowing evaluator for compiled policy conditions, tried before Cedar's.
+//!
+//! Cedar's evaluator clones every value it reads (an entity's attribute, the
+//! context, each literal of the policy) and moves large `Result`s through each
+//! step: about 0.6 µs a policy for conditions such as `principal.suspended`
+//! (BENCHMARKS.md). This one reads entities and the context in place and builds
+//! the policy's constant parts (literals, literal sets, extension values such as
+//! `duration("730d")`) once, at load.
+//!
+//! **Contract.** [`Condition::satisfied`] answers `Some(b)` only where Cedar's
+//! evaluator answers `Ok(Bool(b))` for the same condition on the same request and
+//! entities. Wherever Cedar would raise an error (a missing attribute or entity, a
+//! type error, an overflow…), meet an unknown, or where an expression form is not
+//! handled here, it answers `None`, and the caller evaluates the policy with Cedar,
+//! whose answer and error message are then the ones reported. So this evaluator
+//! never words an error and never decides a case it is unsure of.
+//!
+//! Each operator is computed by the function Cedar's evaluator calls for it where
+//! Cedar makes that function public (`binary_relation`, `binary_arith`,
+//! `unary_app`, `Set::contains` / `is_subset` / `is_disjoint`, extension
+//! functions, `Pattern::wildcard_match`, `Entity::is_descendant_of`); variables,
+//! attribute access, `has`, `in`, tags and short-circuits follow Cedar's
+//! `Evaluator::partial_interpret_internal` case by case. A property test holds the
+//! two equal on random expressions over random entities (`tests` below), and the
+//! slicing property test compares whole decisions with Cedar's `Authorizer`.
+
+use std::borrow::Cow;
+
+use cedar_policy_core::ast::{
+    BinaryOp, Context, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind, ExtensionFunction,
+    Literal, PartialValue, Pattern, Request, UnaryOp, Value, ValueKind, Var,
+};
+use cedar_policy_core::entities::{Dereference, Entities};
+use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
+use cedar_policy_core::extensions::Extensions;
+use smol_str::SmolStr;
+
+/// Deeper conditions are left to Cedar (which checks its remaining stack as it
+/// recurses; this evaluator recurses without that check).
+const MAX_DEPTH: usize = 64;
+
+/// A policy condition prepared for this evaluator.
+pub struct Condition(Node);
+
+enum Node {
+    /// A literal, or a set or extension call whose parts are all constants.
+    Const(Value),
+    Var(Var),
+    If(Box<[Node; 3]>),
+    And(Box<[Node; 2]>),
+    Or(Box<[Node; 2]>),
+    Unary(UnaryOp, Box<Node>),
+    Binary(BinaryOp, Box<[Node; 2]>),
+    Call(&'static ExtensionFunction, Vec<Node>),
+    GetAttr(Box<Node>, SmolStr),
+    HasAttr(Box<Node>, SmolStr),
+    Like(Box<Node>, Pattern),
+    Is(Box<Node>, EntityType),
+    Set(Vec<Node>),
+}
+
+impl Condition {
+    /// The condition, if every part of it is a form this evaluator handles.
+    pub fn compile(expr: &Expr) -> Option<Self> {
+        compile(expr, MAX_DEPTH).map(Self)
+    }
+
+    /// Whether the condition holds, when Cedar would say so without error.
+    pub fn satisfied(&self, env: &Env<'_>) -> Option<bool> {
+        as_bool(&*self.0.eval(env)?)
+    }
+}
+
+/// One request's variables, and the entities it is decided on.
+pub struct Env<'e> {
+    principal: Value,
+    action: Value,
+    resource: Value,
+    context: Value,
+    entities: &'e Entities,
+}
+
+impl<'e> Env<'e> {
+    /// The request's variables as Cedar's evaluator sees them; `None` when one is
+    /// unknown or the context is missing or partial (Cedar then evaluates alone).
+    pub fn new(request: &Request, entities: &'e Entities) -> Option<Self> {
+        let uid = |entry: &EntityUIDEntry| match entry {
+            EntityUIDEntry::Known { euid, .. } => Some(Value::new(euid.clone(), None)),
+            EntityUIDEntry::Unknown { .. } => None,
+        };
+        let context = match request.context()? {
+            Context::Value(record) => Value::new(ValueKind::Record(record.clone()), None),
+            Context::RestrictedResidual(_) => return None,
+        };
+        Some(Self {
+            principal: uid(request.principal())?,
+            action: uid(request.action())?,
+            resource: uid(request.resource())?,
+            context,
+            entities,
+        })
+    }
+
+    fn var(&self, var: Var) -> &Value {
+        match var {
+            Var::Principal => &self.principal,
+            Var::Action => &self.action,
+            Var::Resource => &self.resource,
+            Var::Context => &self.context,
+        }
+    }
+
+    fn entity(&self, uid: &EntityUID) -> Lookup<'_> {
+        match self.entities.entity(uid) {
+            Dereference::Data(entity) => Lookup::Found(entity),
+            Dereference::NoSuchEntity => Lookup::Missing,
+            Dereference::Residual(_) => Lookup::Unknown,
+        }
+    }
+}
+
+enum Lookup<'e> {
+    Found(&'e cedar_policy_core::ast::Entity),
+    Missing,
+    Unknown,
+}
+
+fn compile(expr: &Expr, depth: usize) -> Option<Node> {
+    let depth = depth.checked_sub(1)?;
+    let sub = |e: &Expr| compile(e, depth);
+    let boxed = |e: &Expr| sub(e).map(Box::new);
+    let node = match expr.expr_kind() {
+        ExprKind::Lit(literal) => Node::Const(Value::from(literal.clone())),
+        ExprKind::Var(var) => Node::Var(*var),
+        ExprKind::If {
+            test_expr,
+            then_expr,
+            else_expr,
+        } => Node::If(Box::new([
+            sub(test_expr)?,
+            sub(then_expr)?,
+            sub(else_expr)?,
+        ])),
+        ExprKind::And { left, right } => Node::And(Box::new([sub(left)?, sub(right)?])),
+        ExprKind::Or { left, right } => Node::Or(Box::new([sub(left)?, sub(right)?])),
+        ExprKind::UnaryApp { op, arg } => Node::Unary(*op, boxed(arg)?),
+        ExprKind::BinaryApp { op, arg1, arg2 } => {
+            Node::Binary(*op, Box::new([sub(arg1)?, sub(arg2)?]))
+        }
+        ExprKind::ExtensionFunctionApp { fn_name, args } => Node::Call(
+            Extensions::all_available().func(fn_name).ok()?,
+            args.iter().map(sub).collect::<Option<_>>()?,
+        ),
+        ExprKind::GetAttr { expr, attr } => Node::GetAttr(boxed(expr)?, attr.clone()),
+        ExprKind::HasAttr { expr, attr } => Node::HasAttr(boxed(expr)?, attr.clone()),
+        ExprKind::Like { expr, pattern } => Node::Like(boxed(expr)?, pattern.clone()),
+        ExprKind::Is { expr, entity_type } => Node::Is(boxed(expr)?, entity_type.clone()),
+        ExprKind::Set(items) => Node::Set(items.iter().map(sub).collect::<Option<_>>()?),
+        ExprKind::Slot(_)
+        | ExprKind::Unknown(_)
+        | ExprKind::ExtHasAttr { .. }
+        | ExprKind::Record(_) => return None,
+    };
+    Some(fold_constant(node))
+}
+
+/// A set or extension call of constants, evaluated once (as Cedar would evaluate
+/// it on every request). A call that fails is kept, so that Cedar reports it.
+fn fold_constant(node: Node) -> Node {
+    let constants = |items: &[Node]| -> Option<Vec<Value>> {
+        items
+            .iter()
+            .map(|item| match item {
+                Node::Const(value) => Some(value.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    match &node {
+        Node::Set(items) => match constants(items) {
+            Some(values) => Node::Const(Value::set(values, None)),
+            None => node,
+        },
+        Node::Call(function, args) => match constants(args).map(|args| function.call(&args)) {
+            Some(Ok(PartialValue::Value(value))) => Node::Const(value),
+            _ => node,
+        },
+        _ => node,
+    }
+}
+
+impl Node {
+    fn eval<'a>(&'a self, env: &'a Env<'_>) -> Option<Cow<'a, Value>> {
+        let value = match self {
+            Node::Const(value) => Cow::Borrowed(value),
+            Node::Var(var) => Cow::Borrowed(env.var(*var)),
+            Node::If(parts) => {
+                let [test, then, otherwise] = &**parts;
+                return if test.boolean(env)? {
+                    then.eval(env)
+                } else {
+                    otherwise.eval(env)
+                };
+            }
+            // Cedar: the right side is evaluated (and must be a boolean) only when
+            // the left does not decide.
+            Node::And(parts) => boolean(parts[0].boolean(env)? && parts[1].boolean(env)?),
+            Node::Or(parts) => boolean(parts[0].boolean(env)? || parts[1].boolean(env)?),
+            Node::Unary(op, arg) => {
+                Cow::Owned(unary_app(*op, arg.eval(env)?.into_owned(), None).ok()?)
+            }
+            Node::Binary(op, args) => {
+                let left = args[0].eval(env)?;
+                let right = args[1].eval(env)?;
+                return binary(*op, &left, &right, env);
+            }
+            Node::Call(function, args) => {
+                let args: Vec<Value> = args
+                    .iter()
+                    .map(|arg| arg.eval(env).map(Cow::into_owned))
+                    .collect::<Option<_>>()?;
+                match function.call(&args).ok()? {
+                    PartialValue::Value(value) => Cow::Owned(value),
+                    PartialValue::Residual(_) => return None,
+                }
+            }
+            Node::GetAttr(expr, attr) => {
+                return match expr.eval(env)? {
+                    Cow::Borrowed(value) => attribute(value, attr, env).map(Cow::Borrowed),
+                    Cow::Owned(value) => attribute(&value, attr, env).cloned().map(Cow::Owned),
+                }
+            }
+            Node::HasAttr(expr, attr) => boolean(has_attribute(&*expr.eval(env)?, attr, env)?),
+            Node::Like(expr, pattern) => match &expr.eval(env)?.value {
+                ValueKind::Lit(Literal::String(text)) => boolean(pattern.wildcard_match(text)),
+                _ => return None,
+            },
+            Node::Is(expr, entity_type) => {
+                boolean(as_entity(&*expr.eval(env)?)?.entity_type() == entity_type)
+            }
+            Node::Set(items) => Cow::Owned(Value::set(
+                items
+                    .iter()
+                    .map(|item| item.eval(env).map(Cow::into_owned))
+                    .collect::<Option<Vec<_>>>()?,
+                None,
+            )),
+        };
+        Some(value)
+    }
+
+    fn boolean(&self, env: &Env<'_>) -> Option<bool> {
+        as_bool(&*self.eval(env)?)
+    }
+}
+
+fn boolean<'a>(value: bool) -> Cow<'a, Value> {
+    Cow::Owned(value.into())
+}
+
+fn as_bool(value: &Value) -> Option<bool> {
+    match value.value {
+        ValueKind::Lit(Literal::Bool(b)) => Some(b),
+        _ => None,
+    }
+}
+
+fn as_entity(value: &Value) -> Option<&EntityUID> {
+    match &value.value {
+        ValueKind::Lit(Literal::EntityUID(uid)) => Some(uid),
+        _ => None,
+    }
+}
+
+fn as_set(value: &Value) -> Option<&cedar_policy_core::ast::Set> {
+    match &value.value {
+        ValueKind::Set(set) => Some(set),
+        _ => None,
+    }
+}
+
+/// `value.attr` of a record or a stored entity (Cedar errors on anything else).
+fn attribute<'v>(value: &'v Value, attr: &str, env: &'v Env<'_>) -> Option<&'v Value> {
+    match &value.value {
+        ValueKind::Record(record) => record.get(attr),
+        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entity(uid) {
+            Lookup::Found(entity) => match entity.get(attr)? {
+                PartialValue::Value(value) => Some(value),
+                PartialValue::Residual(_) => None,
+            },
+            Lookup::Missing | Lookup::Unknown => None,
+        },
+        _ => None,
+    }
+}
+
+/// `value has attr`: an entity that does not exist has no attribute (Cedar's rule).
+fn has_attribute(value: &Value, attr: &str, env: &Env<'_>) -> Option<bool> {
+    match &value.value {
+        ValueKind::Record(record) => Some(record.contains_key(attr)),
+        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entity(uid) {
+            Lookup::Found(entity) => Some(entity.get(attr).is_some()),
+            Lookup::Missing => Some(false),
+            Lookup::Unknown => None,
+        },
+        _ => None,
+    }
+}
+
+fn binary<'a>(
+    op: BinaryOp,
+    left: &Value,
+    right: &Value,
+    env: &'a Env<'_>,
+) -> Option<Cow<'a, Value>> {
+    let value: Value = match op {
+        BinaryOp::Eq | BinaryOp::Less | BinaryOp::LessEq => {
+            binary_relation(op, left, right, Extensions::all_available()).ok()?
+        }
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul => {
+            binary_arith(op, left.clone(), right.clone(), None).ok()?
+        }
+        BinaryOp::In => hierarchy_in(left, right, env)?.into(),
+        BinaryOp::Contains => as_set(left)?.contains(right).into(),
+        BinaryOp::ContainsAll => as_set(right)?.is_subset(as_set(left)?).into(),
+        BinaryOp::ContainsAny => (!as_set(left)?.is_disjoint(as_set(right)?)).into(),
+        BinaryOp::GetTag => {
+            let (uid, tag) = (as_entity(left)?, as_string(right)?);
+            let Lookup::Found(entity) = env.entity(uid) else {
+                return None;
+            };
+            return match entity.get_tag(tag)? {
+                PartialValue::Value(value) => Some(Cow::Borrowed(value)),
+                PartialValue::Residual(_) => None,
+            };
+        }
+        BinaryOp::HasTag => {
+            let (uid, tag) = (as_entity(left)?, as_string(right)?);
+            match env.entity(uid) {
+                Lookup::Found(entity) => entity.get_tag(tag).is_some().into(),
+                Lookup::Missing => false.into(),
+                Lookup::Unknown => return None,
+            }
+        }
+    };
+    Some(Cow::Owned(value))
+}
+
+fn as_string(value: &Value) -> Option<&SmolStr> {
+    match &value.value {
+        ValueKind::Lit(Literal::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// `left in right`: `right` an entity or a set of entities (all of them entities,
+/// or Cedar errors); true when `left` is one of them or descends from one. An
+/// entity that does not exist is only `in` itself.
+fn hierarchy_in(left: &Value, right: &Value, env: &Env<'_>) -> Option<bool> {
+    let uid = as_entity(left)?;
+    let entity = match env.entity(uid) {
+        Lookup::Found(entity) => Some(entity),
+        Lookup::Missing => None,
+        Lookup::Unknown => return None,
+    };
+    let within = |ancestor: &EntityUID| {
+        uid == ancestor || entity.is_some_and(|e| e.is_descendant_of(ancestor))
+    };
+    match &right.value {
+        ValueKind::Lit(Literal::EntityUID(ancestor)) => Some(within(ancestor)),
+        ValueKind::Set(set) => {
+            let ancestors: Vec<&EntityUID> = set.iter().map(as_entity).collect::<Option<_>>()?;
+            Some(ancestors.into_iter().any(within))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::str::FromStr;
+
+    use cedar_policy_core::ast::SlotEnv;
+    use cedar_policy_core::evaluator::Evaluator;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Entities with attributes of every kind, tags, a hierarchy, and references
+    /// to an entity that does not exist.
+    fn entities() -> cedar_policy::Entities {
+        let datetime = |text: &str| json!({"__extn": {"fn": "datetime", "arg": text}});
+        cedar_policy::Entities::from_json_value(
+            json!([
+                {"uid": {"type": "E", "id": "a"}, "parents": [{"type": "E", "id": "b"}],
+                 "attrs": {"flag": true, "n": 7, "s": "xyz", "set": [1, 2, 3],
+                           "names": ["x", "T2"], "rec": {"x": 1, "e": {"__entity": {"type": "E", "id": "b"}}},
+                           "ent": {"__entity": {"type": "E", "id": "b"}},
+                           "gone": {"__entity": {"type": "E", "id": "missing"}},
+                           "dt": datetime("2024-05-01")},
+                 "tags": {"t": 3, "u": "T2"}},
+                {"uid": {"type": "E", "id": "b"}, "parents": [{"type": "G", "id": "g"}],
+                 "attrs": {"flag": false, "n": -2, "s": "T2", "set": [],
+                           "ents": [{"__entity": {"type": "G", "id": "g"}}]}},
+                {"uid": {"type": "G", "id": "g"}, "parents": [], "attrs": {}},
+                {"uid": {"type": "Action", "id": "act"}, "parents": [], "attrs": {}}
+            ]),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn request() -> Request {
+        let uid = |text: &str| EntityUIDEntry::known(EntityUID::from_str(text).unwrap(), None);
+        let context = cedar_policy::Context::from_json_value(
+            json!({"flag": false, "n": 9223372036854775807i64, "s": "x", "names": ["x", "y"],
+                   "who": {"__entity": {"type": "E", "id": "a"}},
+                   "dt": {"__extn": {"fn": "datetime", "arg": "2024-01-01"}},
+                   "rec": {"x": 2, "inner": {"flag": true}}}),
+            None,
+        )
+        .unwrap();
+        Request::new_unchecked(
+            uid(r#"E::"a""#),
+            uid(r#"Action::"act""#),
+            uid(r#"E::"b""#),
+            Some(context.as_ref().clone()),
+        )
+    }
+
+    fn leaf() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "principal",
+            "action",
+            "resource",
+            "context",
+            "true",
+            "false",
+            "0",
+            "1",
+            "-3",
+            "9223372036854775807",
+            "\"x\"",
+            "\"T2\"",
+            "\"\"",
+            r#"E::"a""#,
+            r#"E::"b""#,
+            r#"E::"missing""#,
+            r#"G::"g""#,
+            "[1, 2]",
+            "[\"x\"]",
+            "[]",
+            r#"[E::"b", G::"g"]"#,
+            "{x: 1}",
+            r#"datetime("2024-01-01")"#,
+            r#"duration("1d")"#,
+            r#"decimal("1.5")"#,
+            r#"ip("10.0.0.1")"#,
+            r#"datetime("not a date")"#,
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    const ATTRS: &[&str] = &[
+        "flag", "n", "s", "set", "names", "rec", "e", "x", "ent", "ents", "gone", "who", "dt",
+        "inner", "nope",
+    ];
+
+    /// Random expressions over every operator Cedar has, often ill-typed.
+    fn expression() -> impl Strategy<Value = String> {
+        leaf().prop_recursive(5, 48, 3, |inner| {
+            let attr = prop::sample::select(ATTRS);
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(({a}) && ({b}))")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("(({a}) || ({b}))")),
+                inner.clone().prop_map(|a| format!("(!({a}))")),
+                inner.clone().prop_map(|a| format!("(-({a}))")),
+                (
+                    inner.clone(),
+                    inner.clone(),
+                    prop::sample::select(vec![
+                        "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "in",
+                    ])
+                )
+                    .prop_map(|(a, b, op)| format!("(({a}) {op} ({b}))")),
+                (
+                    inner.clone(),
+                    inner.clone(),
+                    prop::sample::select(vec![
+                        "contains",
+                        "containsAll",
+                        "containsAny",
+                        "getTag",
+                        "hasTag",
+                        "offset",
+                        "durationSince",
+                        "lessThan",
+                        "isInRange",
+                    ])
+                )
+                    .prop_map(|(a, b, method)| format!("({a}).{method}({b})")),
+                (
+                    inner.clone(),
+                    prop::sample::select(vec!["isEmpty", "toDate", "isIpv4"])
+                )
+                    .prop_map(|(a, method)| format!("({a}).{method}()")),
+                (inner.clone(), attr.clone()).prop_map(|(a, attr)| format!("({a}).{attr}")),
+                (inner.clone(), attr).prop_map(|(a, attr)| format!("(({a}) has {attr})")),
+                inner.clone().prop_map(|a| format!("(({a}) like \"x*\")")),
+                inner.clone().prop_map(|a| format!("(({a}) is E)")),
+                (inner.clone(), inner.clone(), inner.clone())
+                    .prop_map(|(a, b, c)| format!("(if ({a}) then ({b}) else ({c}))")),
+                (inner.clone(), inner).prop_map(|(a, b)| format!("[{a}, {b}]")),
+            ]
+        })
+    }
+
+    /// Conditions shaped like policies': boolean tests of every kind (some of which
+    /// still error: a missing entity or attribute, an overflow) joined by `&&`,
+    /// `||`, `!`, `if` and `==`.
+    fn condition() -> impl Strategy<Value = String> {
+        let test = prop::sample::select(vec![
+            "principal.flag",
+            "context.flag",
+            "resource.flag",
+            "context.rec.inner.flag",
+            "principal has nope",
+            "principal.rec has e",
+            r#"principal in G::"g""#,
+            r#"resource in [G::"g", E::"a"]"#,
+            "principal.set.contains(2)",
+            "principal.names.containsAll(context.names)",
+            r#"context.names.containsAny(["y"])"#,
+            "principal.n < context.n",
+            "context.dt < principal.dt",
+            r#"principal.hasTag("t")"#,
+            r#"E::"missing".hasTag("t")"#,
+            r#"resource.hasTag("t")"#,
+            r#"principal.getTag("t") == 3"#,
+            r#"principal.getTag("u") == "T2""#,
+            r#"principal.s like "x*""#,
+            "principal.ent is E",
+            "principal in principal",
+            r#"principal in E::"a""#,
+            r#"E::"missing" in [E::"missing"]"#,
+            r#"E::"missing" in G::"g""#,
+            "principal.set.containsAll([1, 2])",
+            "[1, 2].containsAll(principal.set)",
+            "principal.set.containsAny([3, 4])",
+            "resource.set.isEmpty()",
+            "context.who == principal",
+            r#"principal.rec.e in G::"g""#,
+            r#"principal.gone in G::"g""#,
+            "principal.gone has n",
+            "principal.gone.n == 1",
+            r#"context.dt.durationSince(principal.dt) <= duration("1d")"#,
+            "principal.n + 1 == 8",
+            "context.n + 1 > 0",
+            "resource.ents.contains(G::\"g\")",
+            r#"decimal("1.5").lessThan(decimal("2.0"))"#,
+            r#"ip("10.0.0.1").isInRange(ip("10.0.0.0/8"))"#,
+            "action == Action::\"act\"",
+            r#"["password", "x"].contains(context.s)"#,
+            "principal.nope",
+            "context.s",
+        ])
+        .prop_map(str::to_owned);
+        test.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} && {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} || {b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} == {b})")),
+                inner.clone().prop_map(|a| format!("!({a})")),
+                (inner.clone(), inner.clone(), inner)
+                    .prop_map(|(a, b, c)| format!("(if {a} then {b} else {c})")),
+            ]
+        })
+    }
+
+    /// Whenever the borrowing evaluator answers, Cedar's evaluator answers the same
+    /// value without error; and it answers often enough for that to mean something.
+    #[test]
+    fn answers_only_as_cedar_answers() {
+        let entities = entities();
+        let request = request();
+        let env = Env::new(&request, entities.as_ref()).unwrap();
+        let cedar = Evaluator::new(
+            request.clone(),
+            entities.as_ref(),
+            Extensions::all_available(),
+        );
+        let (answered, cedar_ok) = (Cell::new(0u32), Cell::new(0u32));
+        let mut runner = TestRunner::new(Config::with_cases(4000));
+        runner
+            .run(&prop_oneof![expression(), condition()], |text| {
+                let Ok(expr) = Expr::from_str(&text) else {
+                    return Ok(());
+                };
+                let by_cedar = cedar.interpret(&expr, &SlotEnv::new());
+                cedar_ok.set(cedar_ok.get() + u32::from(by_cedar.is_ok()));
+                let Some(node) = compile(&expr, MAX_DEPTH) else {
+                    return Ok(());
+                };
+                if let Some(value) = node.eval(&env) {
+                    answered.set(answered.get() + 1);
+                    prop_assert_eq!(Some(&*value), by_cedar.as_ref().ok(), "{}", text);
+                }
+                Ok(())
+            })
+            .unwrap();
+        // Most random expressions are ill-typed (Cedar errors); of those Cedar
+        // evaluates, the borrowing evaluator must answer nearly all (it leaves only
+        // records and `has a.b` to Cedar).
+        assert!(
+            cedar_ok.get() > 1000,
+            "too few well-typed cases: {}",
+            cedar_ok.get()
+        );
+        assert!(
+            answered.get() * 10 >= cedar_ok.get() * 9,
+            "answered {} of the {} cases Cedar evaluated",
+            answered.get(),
+            cedar_ok.get()
+        );
+    }
+
+    /// The bundled policies are all in the forms the borrowing evaluator handles, so
+    /// Cedar's evaluator is only set up for a policy whose condition errors.
+    #[test]
+    fn every_bundled_policy_compiles() {
+        let text: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .unwrap()
+            .map(|file| std::fs::read_to_string(file.unwrap().path()).unwrap())
+            .collect();
+        let policies = cedar_policy_core::parser::parse_policyset(&text).unwrap();
+        let mut count = 0;
+        for policy in policies.policies() {
+            let condition = policy.condition();
+            assert!(
+                Condition::compile(&condition).is_some(),
+                "{}: {condition}",
+                policy.id()
+            );
+            count += 1;
+        }
+        assert!(count > 30, "{count} policies");
+    }
+}
