@@ -181,10 +181,13 @@ fn fold_constant(node: Node) -> Node {
             Some(values) => Node::Const(Value::set(values, None)),
             None => node,
         },
-        Node::Call(function, args) => match constants(args).map(|args| function.call(&args)) {
-            Some(Ok(PartialValue::Value(value))) => Node::Const(value),
-            _ => node,
-        },
+        Node::Call(function, args) => {
+            let folded = constants(args).and_then(|args| function.call(&args).ok());
+            match folded {
+                Some(PartialValue::Value(value)) => Node::Const(value),
+                _ => node,
+            }
+        }
         _ => node,
     }
 }
