@@ -35,12 +35,23 @@ use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
-/// Deeper conditions are left to Cedar (which checks its remaining stack as it
-/// recurses; this evaluator recurses without that check).
+/// Deeper conditions are left to Cedar.
 const MAX_DEPTH: usize = 64;
 
+/// Cedar's evaluator errors when less than this much stack remains at any level
+/// of its recursion (`REQUIRED_STACK_SPACE` in `cedar_policy_core::evaluator`).
+const CEDAR_REQUIRED_STACK: usize = 100 * 1024;
+
+/// More stack than Cedar's evaluator uses per level of nesting (≈4 KiB in a
+/// release build, ≈50 KiB in a debug one, measured on nested `!`).
+const STACK_PER_LEVEL: usize = 64 * 1024;
+
 /// A policy condition prepared for this evaluator.
-pub struct Condition(Node);
+pub struct Condition {
+    root: Node,
+    /// Levels of nesting, the root included.
+    depth: usize,
+}
 
 enum Node {
     /// A literal, or a set or extension call whose parts are all constants.
@@ -62,12 +73,23 @@ enum Node {
 impl Condition {
     /// The condition, if every part of it is a form this evaluator handles.
     pub fn compile(expr: &Expr) -> Option<Self> {
-        compile(expr, MAX_DEPTH).map(Self)
+        let root = compile(expr, MAX_DEPTH)?;
+        Some(Self {
+            depth: root.depth(),
+            root,
+        })
     }
 
-    /// Whether the condition holds, when Cedar would say so without error.
+    /// Whether the condition holds, when Cedar would say so without error. Left to
+    /// Cedar when the thread's stack might be too short for Cedar to evaluate it
+    /// (Cedar would then answer with an error, not a value).
     pub fn satisfied(&self, env: &Env<'_>) -> Option<bool> {
-        as_bool(&*self.0.eval(env)?)
+        let needed = CEDAR_REQUIRED_STACK + self.depth * STACK_PER_LEVEL;
+        // Like Cedar, assume enough stack when the remaining space is unknown.
+        if stacker::remaining_stack().is_some_and(|left| left < needed) {
+            return None;
+        }
+        as_bool(&*self.root.eval(env)?)
     }
 }
 
@@ -193,6 +215,21 @@ fn fold_constant(node: Node) -> Node {
 }
 
 impl Node {
+    fn depth(&self) -> usize {
+        let deepest = |nodes: &[Node]| nodes.iter().map(Node::depth).max().unwrap_or(0);
+        1 + match self {
+            Node::Const(_) | Node::Var(_) => 0,
+            Node::If(parts) => deepest(&parts[..]),
+            Node::And(parts) | Node::Or(parts) | Node::Binary(_, parts) => deepest(&parts[..]),
+            Node::Call(_, nodes) | Node::Set(nodes) => deepest(nodes),
+            Node::Unary(_, node)
+            | Node::GetAttr(node, _)
+            | Node::HasAttr(node, _)
+            | Node::Like(node, _)
+            | Node::Is(node, _) => node.depth(),
+        }
+    }
+
     fn eval<'a>(&'a self, env: &'a Env<'_>) -> Option<Cow<'a, Value>> {
         let value = match self {
             Node::Const(value) => Cow::Borrowed(value),
@@ -545,7 +582,18 @@ mod tests {
             r#"principal.getTag("t") == 3"#,
             r#"principal.getTag("u") == "T2""#,
             r#"principal.s like "x*""#,
+            r#"principal.s like "*z""#,
+            r#"context.s like "x""#,
             "principal.ent is E",
+            r#"principal in [E::"b", 1]"#,
+            r#"principal in [1, E::"b"]"#,
+            "context has nope",
+            "context has rec",
+            "context.rec has x",
+            "context.rec has nope",
+            "principal.rec has nope",
+            "context.rec.inner has flag",
+            "-(-9223372036854775807 - 1) > 0",
             "principal in principal",
             r#"principal in E::"a""#,
             r#"E::"missing" in [E::"missing"]"#,
@@ -630,8 +678,50 @@ mod tests {
         );
     }
 
-    /// The bundled policies are all in the forms the borrowing evaluator handles, so
-    /// Cedar's evaluator is only set up for a policy whose condition errors.
+    /// A condition is left to Cedar on a thread whose remaining stack Cedar's
+    /// evaluator might run short of (it would answer with an error).
+    #[test]
+    fn leaves_to_cedar_what_the_stack_might_not_hold() {
+        let text = format!("{}true{}", "!(".repeat(20), ")".repeat(20));
+        let condition = Condition::compile(&Expr::from_str(&text).unwrap()).unwrap();
+        let (entities, request) = (entities(), request());
+        let on_stack_of = |bytes: usize| {
+            std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .stack_size(bytes)
+                    .spawn_scoped(scope, || {
+                        condition.satisfied(&Env::new(&request, entities.as_ref()).unwrap())
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            })
+        };
+        assert_eq!(on_stack_of(8 << 20), Some(true));
+        assert_eq!(on_stack_of(1 << 20), None);
+    }
+
+    /// Requests with an unknown entity or without a context are Cedar's alone.
+    #[test]
+    fn partial_requests_are_left_to_cedar() {
+        let entities = entities();
+        let known = |text: &str| EntityUIDEntry::known(EntityUID::from_str(text).unwrap(), None);
+        let (principal, action) = (known(r#"E::"a""#), known(r#"Action::"act""#));
+        let without_context =
+            Request::new_unchecked(principal.clone(), action.clone(), known(r#"E::"b""#), None);
+        assert!(Env::new(&without_context, entities.as_ref()).is_none());
+        let unknown_resource = Request::new_unchecked(
+            principal,
+            action,
+            EntityUIDEntry::unknown(),
+            Some(Context::empty()),
+        );
+        assert!(Env::new(&unknown_resource, entities.as_ref()).is_none());
+    }
+
+    /// The bundled policies are all in the forms the borrowing evaluator handles, and
+    /// shallow enough for a server thread's stack, so Cedar's evaluator is only set
+    /// up for a policy whose condition errors.
     #[test]
     fn every_bundled_policy_compiles() {
         let text: String = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
@@ -642,8 +732,13 @@ mod tests {
         let mut count = 0;
         for policy in policies.policies() {
             let condition = policy.condition();
+            let compiled = Condition::compile(&condition);
+            // Shallow enough to be evaluated here on a 2 MiB thread (tokio's).
+            let needed = compiled
+                .as_ref()
+                .map(|c| CEDAR_REQUIRED_STACK + c.depth * STACK_PER_LEVEL);
             assert!(
-                Condition::compile(&condition).is_some(),
+                needed.is_some_and(|bytes| bytes < 1 << 20),
                 "{}: {condition}",
                 policy.id()
             );
