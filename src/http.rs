@@ -366,12 +366,12 @@ async fn batch_is_authorized(
 }
 
 /// A decision whose record may still be on its way to the log.
-struct Pending {
+struct Pending<'a> {
     response: AuthzResponse,
-    logged: Option<Ack>,
+    logged: Option<Ack<'a>>,
 }
 
-impl Pending {
+impl Pending<'_> {
     /// The reply, once the record is in the log; Deny if it could not be written.
     async fn answer(self, state: &AppState) -> AuthzResponse {
         let Some(logged) = self.logged else {
@@ -395,11 +395,11 @@ fn deny_unlogged(mut response: AuthzResponse, error: &AuditError) -> AuthzRespon
 }
 
 /// Decides one request on one snapshot, counts it and queues its record.
-fn decide(
-    state: &AppState,
+fn decide<'a>(
+    state: &'a AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
-) -> Result<Pending, RequestError> {
+) -> Result<Pending<'a>, RequestError> {
     let (response, entry) = decide_unlogged(state, snapshot, request)?;
     let logged = state
         .audit

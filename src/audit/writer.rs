@@ -6,9 +6,12 @@
 //! with one `write_all` (split only where a rotation falls), optionally
 //! `fdatasync`s once, acknowledges them all, and repeats until the queue is empty.
 //! Followers never wait on a lock held during I/O: they push to the queue (a
-//! short lock, no I/O) and await a oneshot. At most one thread does log I/O at a
-//! time; when nobody else is deciding, a handler writes its own record inline,
-//! with no hand-off to another thread. The leader's write (and, with
+//! short lock, no I/O) and await a oneshot. The handler that queues a record when
+//! no batch is being gathered or written leads: when it waits for its
+//! acknowledgement it first yields once, so that the handlers ready on its
+//! runtime thread decide and queue their records, then writes the queue itself,
+//! with no hand-off to another thread (one record when nobody else is deciding).
+//! At most one thread does log I/O at a time. The leader's write (and, with
 //! `--audit-fsync`, its `fdatasync`) runs on the leader's runtime thread; the
 //! other threads keep deciding and queueing meanwhile.
 //!
@@ -71,22 +74,50 @@ pub struct AuditLog {
 }
 
 /// An acknowledgement to wait for.
-pub struct Ack(AckState);
+pub struct Ack<'a>(AckState<'a>);
 
-enum AckState {
-    /// The submitter wrote the record itself (or it was refused): the outcome is known.
-    Done(Result<(), AuditError>),
+enum AckState<'a> {
+    /// Refused: the log is closed.
+    Refused,
     /// Another handler's batch will take the record.
     Queued(oneshot::Receiver<Result<(), AuditError>>),
+    /// This handler leads the batch that takes the record.
+    Leads(Lead<'a>, oneshot::Receiver<Result<(), AuditError>>),
 }
 
-impl Ack {
-    /// Completes once the record is in the file (or could not be written).
+impl Ack<'_> {
+    /// Completes once the record is in the file (or could not be written). A
+    /// leader first lets the other handlers ready on its thread decide and queue
+    /// their records, so that one `write` takes them all.
     pub async fn wait(self) -> Result<(), AuditError> {
-        match self.0 {
-            AckState::Done(result) => result,
-            AckState::Queued(done) => done.await.map_err(|_| AuditError::Closed)?,
+        let done = match self.0 {
+            AckState::Refused => return Err(AuditError::Closed),
+            AckState::Queued(done) => done,
+            AckState::Leads(mut lead, done) => {
+                tokio::task::yield_now().await;
+                lead.write();
+                done
+            }
+        };
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
+/// The duty to write the queue. Done on drop if its handler never waited (a
+/// cancelled request), so that no follower waits on a leader that is gone.
+struct Lead<'a>(Option<&'a AuditLog>);
+
+impl Lead<'_> {
+    fn write(&mut self) {
+        if let Some(log) = self.0.take() {
+            log.lead();
         }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.write();
     }
 }
 
@@ -111,53 +142,41 @@ impl AuditLog {
         })
     }
 
-    /// Queues one entry (and writes the queue if no write is in progress); await
-    /// the returned [`Ack`] before answering.
-    pub fn submit(&self, entry: Entry) -> Ack {
+    /// Queues one entry; await the returned [`Ack`] before answering.
+    pub fn submit(&self, entry: Entry) -> Ack<'_> {
         self.submit_all(vec![entry])
             .pop()
             .expect("one ack per entry")
     }
 
-    /// Queues entries as one group, in order; one [`Ack`] per entry. When no write
-    /// is in progress, the caller leads: it writes its own entries (no hand-off),
-    /// then whatever others queued meanwhile.
-    pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack> {
-        if entries.is_empty() {
-            return Vec::new();
+    /// Queues entries as one group, in order; one [`Ack`] per entry. When no
+    /// batch is being gathered or written, the first entry's [`Ack`] leads: its
+    /// handler writes the queue when it waits, taking every record queued by then.
+    pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack<'_>> {
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return entries.iter().map(|_| Ack(AckState::Refused)).collect();
         }
-        {
-            let mut queue = lock(&self.queue);
-            if queue.closed {
-                return entries
-                    .iter()
-                    .map(|_| Ack(AckState::Done(Err(AuditError::Closed))))
-                    .collect();
-            }
-            if queue.leading {
-                return entries
-                    .into_iter()
-                    .map(|entry| {
-                        let (ack, done) = oneshot::channel();
-                        queue.entries.push(entry);
-                        queue.acks.push(ack);
-                        Ack(AckState::Queued(done))
-                    })
-                    .collect();
-            }
-            queue.leading = true;
-        }
-        let _unstuck = Leading(&self.queue);
-        let count = entries.len();
-        let written = lock(&self.writer).commit(&entries, &self.health);
-        self.lead();
-        (0..count)
-            .map(|_| Ack(AckState::Done(written.clone())))
+        let mut leads = !queue.leading && !entries.is_empty();
+        queue.leading |= leads;
+        entries
+            .into_iter()
+            .map(|entry| {
+                let (ack, done) = oneshot::channel();
+                queue.entries.push(entry);
+                queue.acks.push(ack);
+                if std::mem::take(&mut leads) {
+                    Ack(AckState::Leads(Lead(Some(self)), done))
+                } else {
+                    Ack(AckState::Queued(done))
+                }
+            })
             .collect()
     }
 
-    /// Writes the batches queued while leading, until the queue is empty.
+    /// Writes the queue, batch after batch, until it is empty.
     fn lead(&self) {
+        let _unstuck = Leading(&self.queue);
         loop {
             let (entries, acks) = {
                 let mut queue = lock(&self.queue);

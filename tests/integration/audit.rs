@@ -208,6 +208,32 @@ fn write_entries(log: &AuditLog, range: std::ops::Range<usize>) {
     }
 }
 
+/// A request cancelled between queueing its record and waiting for it (its client
+/// gone) must not leave the records queued behind it unwritten: its acknowledgement
+/// writes the queue when dropped, and the next record gets a leader of its own.
+#[test]
+fn a_leader_dropped_before_it_waits_still_writes_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let leader = log.submit(entry(0));
+    let follower = log.submit(entry(1));
+    drop(leader);
+    let waited = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), follower.wait()).await });
+    waited.expect("the follower was acknowledged").unwrap();
+    write_entries(&log, 2..3);
+    log.close();
+    let ids: Vec<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    assert_eq!(ids, ["id-0", "id-1", "id-2"]);
+}
+
 /// A log of five records in one file, and that file's lines.
 fn five_records() -> (tempfile::TempDir, PathBuf, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
