@@ -6,6 +6,8 @@
 #      load), and the constant endpoint at that same rate (the p99 that oha's own
 #      pacing gives at that rate: the floor of that measure on this machine); then
 #      `serve --no-audit` at full speed (the decision log's cost),
+#      then the three again in alternating rounds (ROUNDS, default 4), each ratio
+#      taken within its round, since this VM's speed drifts between runs,
 #   3. the constant endpoint again, keeping the CPU busy 10, 15, 20 and 25 µs a
 #      request: the throughput a handler of a given cost reaches on this machine, to
 #      read the sidecar's against,
@@ -21,7 +23,7 @@
 #
 # Needs oha (`cargo install oha`) and, for part 5, cedar-agent (`cargo install
 # cedar-agent`); part 5 is skipped, saying so, without it.
-# Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16).
+# Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16); ROUNDS (default 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,6 +101,32 @@ load "constant-endpoint-at-that-rate" http://127.0.0.1:8181/v1/is_authorized "$R
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
+
+# The runs above follow one another, and this VM's speed drifts by tens of percent
+# within minutes; so the same three servers again, in ROUNDS alternating rounds
+# (the order reversed every other round), each ratio taken within its round.
+ROUNDS=${ROUNDS:-4}
+RATIOS=()
+for round in $(seq "$ROUNDS"); do
+  ORDER=(constant serve no-audit); (( round % 2 == 0 )) && ORDER=(no-audit serve constant)
+  for server in "${ORDER[@]}"; do
+    case $server in
+      constant) load "round-$round-constant" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "" "" "$CONSTANT" ;;
+      serve) load "round-$round-cdap-authz" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "" "" "$SERVE" ;;
+      no-audit) load "round-$round-no-audit" http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT" ;;
+    esac
+  done
+  RATIOS+=("$(rps "round-$round-cdap-authz") $(rps "round-$round-constant") $(rps "round-$round-no-audit")")
+done
+python3 - "${RATIOS[@]}" <<'PY'
+import statistics, sys
+rounds = [list(map(int, r.split())) for r in sys.argv[1:]]
+for name, pick in (("cdap-authz / constant endpoint", lambda s, c, n: s / c),
+                   ("without the decision log / with it", lambda s, c, n: n / s)):
+    ratios = [pick(*r) for r in rounds]
+    print(f"{name}, per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}")
+PY
 
 for BUSY in 10 15 20 25; do
   target/release/examples/constant_server "127.0.0.1:$((8190 + BUSY))" "$BUSY" 2>/dev/null & PIDS+=($!)
