@@ -341,14 +341,28 @@ impl Writer {
     }
 
     fn write(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
-        let result = self.write_chained(entries);
-        if result.is_err() {
-            (self.seq, self.last_hash) = self.written.clone();
-            if let Some(file) = self.file.take() {
-                let _ = file.set_len(self.size);
+        let attempt = std::panic::AssertUnwindSafe(|| self.write_chained(entries));
+        let result = match std::panic::catch_unwind(attempt) {
+            Ok(result) => result,
+            // A bug midway must not leave the chain ahead of the file either.
+            Err(panic) => {
+                self.rewind();
+                std::panic::resume_unwind(panic)
             }
+        };
+        if result.is_err() {
+            self.rewind();
         }
         result
+    }
+
+    /// Back to the last record written: the chain resumes from it, and the file is
+    /// cut back to its last whole record.
+    fn rewind(&mut self) {
+        (self.seq, self.last_hash) = self.written.clone();
+        if let Some(file) = self.file.take() {
+            let _ = file.set_len(self.size);
+        }
     }
 
     fn write_chained(&mut self, entries: &[Entry]) -> Result<(), AuditError> {

@@ -403,6 +403,42 @@ fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) 
     (now, clock)
 }
 
+/// A leader that panics halfway through a batch (a bug: here its clock) leaves the
+/// chain where the file ends, so the next records chain onto the last one written.
+#[test]
+fn a_leader_panicking_midway_leaves_the_chain_where_the_file_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let panic_on_call = Arc::new(AtomicI64::new(-1));
+    let countdown = panic_on_call.clone();
+    let clock: cdap_authz::audit::Clock = Arc::new(move || {
+        if countdown.fetch_sub(1, Ordering::SeqCst) == 0 {
+            panic!("the clock failed");
+        }
+        "2026-11-23T12:00:00Z".parse().unwrap()
+    });
+    let log = AuditLog::start(AuditConfig {
+        clock,
+        ..AuditConfig::new(dir.path())
+    })
+    .unwrap();
+    write_entries(&log, 0..2);
+    // The second record of the next batch is chained after the first, then the
+    // clock panics before the batch is written.
+    panic_on_call.store(1, Ordering::SeqCst);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_entries(&log, 2..4);
+    }));
+    assert!(panicked.is_err());
+    write_entries(&log, 4..6);
+    log.close();
+    let ids: Vec<String> = records(dir.path())
+        .into_iter()
+        .map(|r| r.decision_id)
+        .collect();
+    assert_eq!(ids, ["id-0", "id-1", "id-4", "id-5"]);
+    verified(dir.path());
+}
+
 #[test]
 fn a_query_returns_the_newest_matches_in_log_order_across_files() {
     let dir = tempfile::tempdir().unwrap();
