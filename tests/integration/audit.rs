@@ -35,6 +35,10 @@ fn records(dir: &Path) -> Vec<Record> {
     query(dir, &Filter::default(), usize::MAX).unwrap().records
 }
 
+fn decision_ids(dir: &Path) -> Vec<String> {
+    records(dir).into_iter().map(|r| r.decision_id).collect()
+}
+
 #[track_caller]
 fn verified(dir: &Path) -> Verified {
     match verify(dir, None).unwrap() {
@@ -227,10 +231,7 @@ fn a_leader_dropped_before_it_waits_still_writes_the_queue() {
     waited.expect("the follower was acknowledged").unwrap();
     write_entries(&log, 2..3);
     log.close();
-    let ids: Vec<String> = records(dir.path())
-        .into_iter()
-        .map(|r| r.decision_id)
-        .collect();
+    let ids = decision_ids(dir.path());
     assert_eq!(ids, ["id-0", "id-1", "id-2"]);
 }
 
@@ -338,10 +339,7 @@ fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
     write_entries(&log, 5..7);
     log.close();
     assert_eq!(verified(dir.path()).records, 6);
-    let ids: Vec<String> = records(dir.path())
-        .into_iter()
-        .map(|r| r.decision_id)
-        .collect();
+    let ids = decision_ids(dir.path());
     assert_eq!(ids, ["id-0", "id-1", "id-2", "id-3", "id-5", "id-6"]);
 }
 
@@ -396,6 +394,15 @@ fn size_rotation_and_restarts_keep_one_chain_across_files() {
     assert_eq!((path, line), (files[3].path.clone(), 1));
 }
 
+/// A log in `dir` with the default settings and `clock`.
+fn log_with_clock(dir: &Path, clock: cdap_authz::audit::Clock) -> AuditLog {
+    AuditLog::start(AuditConfig {
+        clock,
+        ..AuditConfig::new(dir)
+    })
+    .unwrap()
+}
+
 fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) {
     let now = Arc::new(AtomicI64::new(start.timestamp()));
     let read = now.clone();
@@ -416,11 +423,7 @@ fn a_leader_panicking_midway_leaves_the_chain_where_the_file_ends() {
         }
         "2026-11-23T12:00:00Z".parse().unwrap()
     });
-    let log = AuditLog::start(AuditConfig {
-        clock,
-        ..AuditConfig::new(dir.path())
-    })
-    .unwrap();
+    let log = log_with_clock(dir.path(), clock);
     write_entries(&log, 0..2);
     // The second record of the next batch is chained after the first, then the
     // clock panics before the batch is written.
@@ -431,10 +434,7 @@ fn a_leader_panicking_midway_leaves_the_chain_where_the_file_ends() {
     assert!(panicked.is_err());
     write_entries(&log, 4..6);
     log.close();
-    let ids: Vec<String> = records(dir.path())
-        .into_iter()
-        .map(|r| r.decision_id)
-        .collect();
+    let ids = decision_ids(dir.path());
     assert_eq!(ids, ["id-0", "id-1", "id-4", "id-5"]);
     verified(dir.path());
 }
@@ -474,11 +474,7 @@ fn a_new_day_starts_a_new_file_and_loses_no_record() {
     let dir = tempfile::tempdir().unwrap();
     let start: DateTime<Utc> = "2026-11-23T23:59:00Z".parse().unwrap();
     let (now, clock) = clock_at(start);
-    let log = AuditLog::start(AuditConfig {
-        clock,
-        ..AuditConfig::new(dir.path())
-    })
-    .unwrap();
+    let log = log_with_clock(dir.path(), clock);
     write_entries(&log, 0..3);
     now.fetch_add(120, Ordering::SeqCst);
     write_entries(&log, 3..6);
@@ -514,11 +510,7 @@ fn retention_deletes_only_expired_log_files() {
         std::fs::write(dir.path().join(file), "").unwrap();
     }
     let (_, clock) = clock_at(today);
-    let log = AuditLog::start(AuditConfig {
-        clock,
-        ..AuditConfig::new(dir.path())
-    })
-    .unwrap();
+    let log = log_with_clock(dir.path(), clock);
     write_entries(&log, 0..1);
     drop(log);
     let mut left: Vec<String> = std::fs::read_dir(dir.path())
