@@ -131,20 +131,6 @@ impl<'e> Env<'e> {
             Var::Context => &self.context,
         }
     }
-
-    fn entity(&self, uid: &EntityUID) -> Lookup<'_> {
-        match self.entities.entity(uid) {
-            Dereference::Data(entity) => Lookup::Found(entity),
-            Dereference::NoSuchEntity => Lookup::Missing,
-            Dereference::Residual(_) => Lookup::Unknown,
-        }
-    }
-}
-
-enum Lookup<'e> {
-    Found(&'e cedar_policy_core::ast::Entity),
-    Missing,
-    Unknown,
 }
 
 fn compile(expr: &Expr, depth: usize) -> Option<Node> {
@@ -323,12 +309,12 @@ fn as_set(value: &Value) -> Option<&cedar_policy_core::ast::Set> {
 fn attribute<'v>(value: &'v Value, attr: &str, env: &'v Env<'_>) -> Option<&'v Value> {
     match &value.value {
         ValueKind::Record(record) => record.get(attr),
-        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entity(uid) {
-            Lookup::Found(entity) => match entity.get(attr)? {
+        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entities.entity(uid) {
+            Dereference::Data(entity) => match entity.get(attr)? {
                 PartialValue::Value(value) => Some(value),
                 PartialValue::Residual(_) => None,
             },
-            Lookup::Missing | Lookup::Unknown => None,
+            Dereference::NoSuchEntity | Dereference::Residual(_) => None,
         },
         _ => None,
     }
@@ -338,10 +324,10 @@ fn attribute<'v>(value: &'v Value, attr: &str, env: &'v Env<'_>) -> Option<&'v V
 fn has_attribute(value: &Value, attr: &str, env: &Env<'_>) -> Option<bool> {
     match &value.value {
         ValueKind::Record(record) => Some(record.contains_key(attr)),
-        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entity(uid) {
-            Lookup::Found(entity) => Some(entity.get(attr).is_some()),
-            Lookup::Missing => Some(false),
-            Lookup::Unknown => None,
+        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entities.entity(uid) {
+            Dereference::Data(entity) => Some(entity.get(attr).is_some()),
+            Dereference::NoSuchEntity => Some(false),
+            Dereference::Residual(_) => None,
         },
         _ => None,
     }
@@ -366,7 +352,7 @@ fn binary<'a>(
         BinaryOp::ContainsAny => (!as_set(left)?.is_disjoint(as_set(right)?)).into(),
         BinaryOp::GetTag => {
             let (uid, tag) = (as_entity(left)?, as_string(right)?);
-            let Lookup::Found(entity) = env.entity(uid) else {
+            let Dereference::Data(entity) = env.entities.entity(uid) else {
                 return None;
             };
             return match entity.get_tag(tag)? {
@@ -376,10 +362,10 @@ fn binary<'a>(
         }
         BinaryOp::HasTag => {
             let (uid, tag) = (as_entity(left)?, as_string(right)?);
-            match env.entity(uid) {
-                Lookup::Found(entity) => entity.get_tag(tag).is_some().into(),
-                Lookup::Missing => false.into(),
-                Lookup::Unknown => return None,
+            match env.entities.entity(uid) {
+                Dereference::Data(entity) => entity.get_tag(tag).is_some().into(),
+                Dereference::NoSuchEntity => false.into(),
+                Dereference::Residual(_) => return None,
             }
         }
     };
@@ -398,10 +384,10 @@ fn as_string(value: &Value) -> Option<&SmolStr> {
 /// entity that does not exist is only `in` itself.
 fn hierarchy_in(left: &Value, right: &Value, env: &Env<'_>) -> Option<bool> {
     let uid = as_entity(left)?;
-    let entity = match env.entity(uid) {
-        Lookup::Found(entity) => Some(entity),
-        Lookup::Missing => None,
-        Lookup::Unknown => return None,
+    let entity = match env.entities.entity(uid) {
+        Dereference::Data(entity) => Some(entity),
+        Dereference::NoSuchEntity => None,
+        Dereference::Residual(_) => return None,
     };
     let within = |ancestor: &EntityUID| {
         uid == ancestor || entity.is_some_and(|e| e.is_descendant_of(ancestor))
