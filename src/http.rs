@@ -366,12 +366,12 @@ async fn batch_is_authorized(
 }
 
 /// A decision whose record may still be on its way to the log.
-struct Pending<'a> {
+struct Pending {
     response: AuthzResponse,
-    logged: Option<Ack<'a>>,
+    logged: Option<Ack>,
 }
 
-impl Pending<'_> {
+impl Pending {
     /// The reply, once the record is in the log; Deny if it could not be written.
     async fn answer(self, state: &AppState) -> AuthzResponse {
         let Some(logged) = self.logged else {
@@ -394,12 +394,12 @@ fn deny_unlogged(mut response: AuthzResponse, error: &AuditError) -> AuthzRespon
     response
 }
 
-/// Decides one request on one snapshot, counts it and queues its record.
-fn decide<'a>(
-    state: &'a AppState,
+/// Decides one request on one snapshot, counts it and appends its record.
+fn decide(
+    state: &AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
-) -> Result<Pending<'a>, RequestError> {
+) -> Result<Pending, RequestError> {
     let (response, entry) = decide_unlogged(state, snapshot, request)?;
     let logged = state
         .audit

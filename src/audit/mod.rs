@@ -2,7 +2,8 @@
 //! one hash-chained JSON line before its response is sent.
 //!
 //! - [`record`]: the record, its canonical line and chained hash.
-//! - [`writer`]: the handle handlers share, and its leader/follower group commit.
+//! - [`writer`]: the handle handlers share; it appends each record through a shared
+//!   memory mapping of the newest file, and syncs them in groups with `--audit-fsync`.
 //! - [`rotate`]: file names, daily and size rotation, retention.
 //! - [`query`]: filters shared by `cdap-authz audit query` and `GET /v1/traces`.
 //! - [`verify`]: checks the chain and finds the first broken record.
@@ -43,7 +44,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Clone)]
 pub struct AuditConfig {
     pub dir: PathBuf,
-    /// `fdatasync` after each group commit (power-loss durability).
+    /// Acknowledge a record once an `fdatasync` covers it (power-loss durability),
+    /// one sync for all the records appended meanwhile.
     pub fsync: bool,
     pub max_file_bytes: u64,
     pub retention_days: u32,

@@ -219,13 +219,21 @@ impl Entry {
 /// write torn by a crash, not a record, for the writer, `query` and `verify` alike
 /// (even when it happens to parse).
 pub fn whole_lines(text: &str) -> std::str::Lines<'_> {
+    let text = written(text);
     let end = text.rfind('\n').map_or(0, |i| i + 1);
     text[..end].lines()
 }
 
 /// Whether the text ends with such a torn piece (what [`whole_lines`] leaves out).
 pub fn ends_torn(text: &str) -> bool {
+    let text = written(text);
     !text.is_empty() && !text.ends_with('\n')
+}
+
+/// A file's text without the NUL bytes that end a live file (space the writer has
+/// reserved and not yet written) or a file left by a crash.
+fn written(text: &str) -> &str {
+    text.trim_end_matches('\0')
 }
 
 /// Why a line is not a well-formed record.

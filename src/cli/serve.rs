@@ -63,7 +63,8 @@ pub struct AuditArgs {
     /// Serve without a decision log; decisions then leave no trace (contract T1).
     #[arg(long, conflicts_with = "audit_fsync")]
     pub no_audit: bool,
-    /// fdatasync each group commit, so an acknowledged record survives power loss.
+    /// Acknowledge a record once an fdatasync covers it (one for all the records
+    /// appended meanwhile), so an acknowledged record survives power loss.
     #[arg(long)]
     pub audit_fsync: bool,
     /// Size at which a log file is rotated.
