@@ -1,12 +1,11 @@
 //! The decision path with the decision log on and off. The path is the one the
 //! decision bench times (`full_path`: request bytes → decision → response bytes),
-//! for one bundled consultation; with the log, the record is built, handed to the
-//! group-commit writer (a temp dir, no fsync) and acknowledged before the response
-//! is serialised, as the HTTP handler does. `record/*` times the log's parts alone.
+//! for one bundled consultation; with the log, the record is built, appended to
+//! the log (a temp dir, no fsync) and acknowledged before the response is
+//! serialised, as the HTTP handler does. `record/*` times the log's parts alone.
 //!
-//! Two shapes: one decision at a time (each writes its own record with one
-//! `write`), and 16 concurrent decisions on a 2-worker runtime (the server's case,
-//! where group commit shares one write among the waiting decisions).
+//! Two shapes: one decision at a time, and 16 concurrent decisions on a 2-worker
+//! runtime (the server's case, where appends meet on the writer's lock).
 //!
 //! On a shared machine the two criterion runs (off, then on) may see different
 //! loads, so the bench first prints an interleaved A/B

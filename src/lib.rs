@@ -27,7 +27,7 @@
 //! - [`suite`]: policy test suites (Cedar `run-tests` JSON): run, judge, coverage.
 //! - [`explain`]: why a decision: determining policies and their clauses, closest permits.
 //! - [`metrics`]: Prometheus counters and histograms.
-//! - [`audit`]: the hash-chained decision log: group-commit writer, rotation,
+//! - [`audit`]: the hash-chained decision log: memory-mapped writer, rotation,
 //!   retention, query and verification.
 //! - [`traces`]: who may read which partner's traces (`GET /v1/traces`, T3).
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
