@@ -71,8 +71,7 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
         if too_old || too_new {
             continue;
         }
-        let text = std::fs::read_to_string(&segment.path)
-            .map_err(|source| AuditError::io(segment.path.clone(), source))?;
+        let text = segment.read_text()?;
         let matching = whole_lines(&text)
             .rev()
             .filter_map(|line| parse_line(line).ok())

@@ -41,6 +41,15 @@ impl Segment {
         }
     }
 
+    /// The file's text. Bytes that are not UTF-8 read as U+FFFD: in a whole line
+    /// they fail its hash (an altered record), and at the end of the live file they
+    /// are a record still being copied (a torn piece), not an error.
+    pub fn read_text(&self) -> Result<String, AuditError> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|source| AuditError::io(self.path.clone(), source))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     fn parse(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_str()?;
         let stem = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;

@@ -78,8 +78,7 @@ pub fn verify(
     let mut expected_found = expect_hash.is_none();
     let mut end = (dir.to_owned(), 0);
     for segment in &files {
-        let text = std::fs::read_to_string(&segment.path)
-            .map_err(|source| AuditError::io(segment.path.clone(), source))?;
+        let text = segment.read_text()?;
         let mut lines = 0;
         for (n, line) in whole_lines(&text).enumerate() {
             lines = n + 1;

@@ -5,20 +5,24 @@
 //! cache once the copy ends, so it survives the process being killed (kill -9) as a
 //! `write` would, without the system call (about 1.2 µs, most of what a record cost
 //! when each batch was written with `write`). Appending holds one short lock while
-//! the record is chained (its sequence number and hash) and copied: memory work, no
-//! I/O. The file's space is reserved ahead with `posix_fallocate`, a step (1 MiB) at
-//! a time, so a full disk is an error when space is reserved (the handler answers
-//! Deny), never a fault in the copy.
+//! the record is chained (its sequence number and hash) and copied: memory work;
+//! the lock's rare I/O is a rotation, and reserving the next step of the file. The
+//! file's space is reserved ahead with `posix_fallocate`, a step (1 MiB) at a time,
+//! so on ext4 or XFS a full disk is an error when space is reserved (the handler
+//! answers Deny), not a fault in the copy. On a copy-on-write file system (btrfs,
+//! ZFS) a reservation does not guarantee the overwrite: a full disk there can fault
+//! the process, which then stops answering (nothing is allowed).
 //!
 //! A live file is therefore longer than its records: its reserved end reads as NUL
 //! bytes, which readers take for the end of the file
 //! ([`super::record::whole_lines`]). The file is cut back to its records when it is
-//! rotated or closed, and at the next start after a crash.
+//! rotated or closed, and, after a crash, when the next start continues it (a file
+//! left behind, torn or of an earlier day, keeps its NUL end).
 //!
 //! With `--audit-fsync`, a syncer thread `fdatasync`s the files once for everything
 //! appended since its last sync (group fsync), and a handler's acknowledgement
-//! completes when a sync that covers its record has; a failed sync fails the records
-//! it covered.
+//! completes when a sync that covers its record has. A failed sync fails the records
+//! it covered and every later one, until a restart.
 //!
 //! When a record cannot be appended (no space, the file cannot be opened), it and the
 //! rest of its batch are refused (the handler answers Deny; records of the batch
@@ -342,13 +346,16 @@ impl Writer {
         let Some(mapped) = self.file.take() else {
             return;
         };
-        match mapped.finish(sync) {
-            Ok(file) if self.config.fsync => self.retired.push(file),
-            Ok(_) => {}
-            Err(error) => tracing::warn!(
+        let (file, finished) = mapped.finish(sync);
+        if let Err(error) = finished {
+            tracing::warn!(
                 %error, file = %self.segment.path.display(),
-                "cannot cut the decision log's file back to its records (its end reads as NULs)"
-            ),
+                "cannot cut the decision log's file back to its records (its end reads \
+                 as NULs) or sync it"
+            );
+        }
+        if self.config.fsync {
+            self.retired.push(file);
         }
     }
 
@@ -457,22 +464,24 @@ impl Mapped {
     }
 
     /// Unmaps the file and cuts it back to its records; with `sync`, syncs it.
-    fn finish(self, sync: bool) -> io::Result<Arc<File>> {
+    /// Returns the file whatever happened, so that its records can still be synced.
+    fn finish(self, sync: bool) -> (Arc<File>, io::Result<()>) {
         drop(self.map);
-        self.file.set_len(self.len as u64)?;
-        if sync {
-            self.file.sync_all()?;
+        let mut cut = self.file.set_len(self.len as u64);
+        if sync && cut.is_ok() {
+            cut = self.file.sync_all();
         }
-        Ok(self.file)
+        (self.file, cut)
     }
 }
 
 /// A thread that faults reserved pages of the mappings in (`MADV_POPULATE_WRITE`,
 /// Linux 5.14 and later), off the request path: a record's copy then rarely meets a
-/// page fault (about 4 µs a page, a page every six or seven records). Faulting a
-/// page in changes no byte of it, so the thread never races with the copies; a range
-/// unmapped meanwhile (a rotation) only makes the call fail, which is ignored, as
-/// it is on older kernels (the copies then fault the pages in themselves).
+/// page fault (a page every six or seven records). Faulting a page in changes no
+/// byte of it, so the thread never races with the copies. A range unmapped
+/// meanwhile (a rotation) makes the call fail, or, if the address was mapped again
+/// since, faults in pages of that mapping, still changing no byte; failures are
+/// ignored, as on kernels before 5.14 (the copies then fault the pages in).
 #[derive(Clone)]
 struct Prefault(mpsc::Sender<(usize, usize)>);
 
@@ -632,7 +641,11 @@ impl Syncer {
 }
 
 impl SyncShared {
+    /// Syncs until stopped. After a failed sync every later record fails too, until
+    /// a restart: the kernel may have dropped the pages that failed to write, so a
+    /// later sync that succeeds proves nothing about them.
     fn run(&self, mut through: u64, report: &watch::Sender<Synced>, health: &Health) {
+        let mut broken: Option<AuditError> = None;
         loop {
             let (appended, files) = {
                 let mut work = lock(&self.work);
@@ -646,12 +659,15 @@ impl SyncShared {
                 files.extend(work.file.clone());
                 (work.appended, files)
             };
-            let result = files.iter().try_for_each(|file| file.sync_data());
-            *lock(&health.sync) = result.as_ref().err().map(|e| format!("fdatasync: {e}"));
+            if broken.is_none() {
+                if let Err(error) = files.iter().try_for_each(|file| file.sync_data()) {
+                    *lock(&health.sync) = Some(format!("fdatasync: {error}"));
+                    broken = Some(AuditError::io("fdatasync", error));
+                }
+            }
             report.send_modify(|synced| {
-                if let Err(error) = result {
-                    let error = AuditError::io("fdatasync", error);
-                    synced.failed.push((through..appended, error));
+                if let Some(error) = &broken {
+                    synced.failed.push((through..appended, error.clone()));
                 }
                 synced.through = appended;
             });
@@ -722,7 +738,7 @@ mod tests {
         assert_eq!(live.len(), RESERVE_STEP);
         assert_eq!(&live[..16], b"{\"a\":1}\n{\"b\":2}\n");
         assert!(live[16..].iter().all(|&b| b == 0));
-        mapped.finish(false).unwrap();
+        mapped.finish(false).1.unwrap();
         assert_eq!(text(&path), b"{\"a\":1}\n{\"b\":2}\n");
     }
 
@@ -742,7 +758,7 @@ mod tests {
         );
         assert!(reopened.starts_with(b"{\"a\":1}\n\0"));
         mapped.append(b"{\"b\":2}\n").unwrap();
-        mapped.finish(false).unwrap();
+        mapped.finish(false).1.unwrap();
         assert_eq!(text(&path), b"{\"a\":1}\n{\"b\":2}\n");
     }
 
@@ -755,10 +771,38 @@ mod tests {
         long.push(b'\n');
         mapped.append(&long).unwrap();
         mapped.append(b"y\n").unwrap();
-        mapped.finish(false).unwrap();
+        mapped.finish(false).1.unwrap();
         let written = text(&path);
         assert_eq!(written.len(), long.len() + 2);
         assert!(written.ends_with(b"x\ny\n"));
+    }
+
+    /// After a failed sync (`/dev/full` refuses `fdatasync`), records synced later,
+    /// in a file that syncs, fail too, and the log stays unhealthy.
+    #[test]
+    fn a_failed_sync_fails_every_later_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Arc::new(Health::default());
+        let syncer = Syncer::start(0, health.clone());
+        let mut synced = syncer.subscribe();
+        let mut sync_through = |end: u64, file: File| {
+            syncer.request(end, Some(Arc::new(file)), Vec::new());
+            let synced = block_on(synced.wait_for(|s| s.through >= end));
+            synced.unwrap().outcome(end - 1).is_ok()
+        };
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(!sync_through(2, full));
+        let regular = File::create(dir.path().join("log")).unwrap();
+        assert!(!sync_through(3, regular));
+        assert!(health.failure().unwrap().starts_with("fdatasync: "));
+        syncer.stop();
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 
     #[test]
