@@ -50,6 +50,9 @@ use super::{AuditConfig, AuditError};
 const TAIL_BYTES: u64 = 1 << 20;
 /// How much file space is reserved at a time.
 const RESERVE_STEP: usize = 1 << 20;
+/// The most of a file mapped at once (a larger size limit maps this much, and
+/// more only for a line that needs it).
+const MAX_MAPPING: usize = 1 << 40;
 
 /// A poisoned lock only means a panic elsewhere; the data is still consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +237,13 @@ impl Writer {
         apply_retention(&config.dir, today, config.retention_days)?;
         let existing = segments(&config.dir)?;
         let tail = find_tail(&existing)?;
+        // With `--audit-fsync`, the records the chain continues from must be on disk
+        // before any record chained to them is acknowledged.
+        if let (true, Some(newest)) = (config.fsync, existing.last()) {
+            File::open(&newest.path)
+                .and_then(|file| file.sync_all())
+                .map_err(|source| AuditError::io(newest.path.clone(), source))?;
+        }
         if let (Some(newest), false) = (existing.last(), tail.clean) {
             tracing::warn!(
                 file = %newest.path.display(),
@@ -334,8 +344,16 @@ impl Writer {
 
     fn reopen(&mut self) -> Result<(), AuditError> {
         let path = &self.segment.path;
-        let mapped = Mapped::open(path, self.config.max_file_bytes, self.prefault.clone())
-            .map_err(|source| AuditError::io(path.clone(), source))?;
+        let io = |source| AuditError::io(path.clone(), source);
+        let created = !path.exists();
+        let mapped =
+            Mapped::open(path, self.config.max_file_bytes, self.prefault.clone()).map_err(io)?;
+        // With `--audit-fsync`, a new file's name must survive power loss too.
+        if self.config.fsync && created {
+            File::open(&self.config.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|source| AuditError::io(self.config.dir.clone(), source))?;
+        }
         self.file = Some(mapped);
         Ok(())
     }
@@ -409,7 +427,7 @@ impl Mapped {
         let len = records_length(&file)?;
         file.set_len(len)?;
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        let limit = usize::try_from(max_file_bytes).unwrap_or(usize::MAX);
+        let limit = usize::try_from(max_file_bytes).map_or(MAX_MAPPING, |l| l.min(MAX_MAPPING));
         let map = map(&file, limit.max(len).max(1).next_multiple_of(RESERVE_STEP))?;
         let mut mapped = Self {
             file: Arc::new(file),
@@ -680,17 +698,21 @@ impl SyncShared {
 fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     let mut clean = true;
     for (n, segment) in existing.iter().enumerate().rev() {
-        let (text, length) = read_end(&segment.path)?;
+        let (text, length) = read_end(&segment.path, TAIL_BYTES)?;
         if n + 1 == existing.len() {
             clean = !ends_torn(&text);
         }
         if length == 0 {
             continue;
         }
-        let parsed = whole_lines(&text)
-            .rev()
-            .find_map(|line| parse_line(line).ok())
-            .ok_or_else(|| AuditError::NoTail(segment.path.clone()))?;
+        let last_record = |text: &str| whole_lines(text).rev().find_map(|l| parse_line(l).ok());
+        // A record longer than the tail read: read the whole file.
+        let parsed = match last_record(&text) {
+            Some(parsed) => parsed,
+            None if length > TAIL_BYTES => last_record(&read_end(&segment.path, u64::MAX)?.0)
+                .ok_or_else(|| AuditError::NoTail(segment.path.clone()))?,
+            None => return Err(AuditError::NoTail(segment.path.clone())),
+        };
         return Ok(Tail {
             seq: parsed.record.seq + 1,
             last_hash: parsed.claimed_hash,
@@ -704,12 +726,12 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     })
 }
 
-/// The last [`TAIL_BYTES`] of a file's records, and their length.
-fn read_end(path: &Path) -> Result<(String, u64), AuditError> {
+/// The last `bytes` of a file's records, and their length.
+fn read_end(path: &Path, bytes: u64) -> Result<(String, u64), AuditError> {
     let io = |source| AuditError::io(path.to_owned(), source);
     let mut file = File::open(path).map_err(io)?;
     let length = records_length(&file).map_err(io)?;
-    let start = length.saturating_sub(TAIL_BYTES);
+    let start = length.saturating_sub(bytes);
     file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut bytes = Vec::new();
     file.take(length - start)

@@ -181,9 +181,13 @@ fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() 
 }
 
 fn entry(n: usize) -> Entry {
+    entry_with_id(n, &format!("id-{n}"))
+}
+
+fn entry_with_id(n: usize, decision_id: &str) -> Entry {
     Entry::new(&Fields {
         time: &format!("2026-11-23T00:00:{n:02}.000000Z"),
-        decision_id: &format!("id-{n}"),
+        decision_id,
         principal: r#"User::"mau-t1""#,
         action: r#"Action::"consult_file""#,
         resource: r#"File::"dossier-59-0001""#,
@@ -251,6 +255,24 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
         let bytes = std::fs::read(&file.path).unwrap();
         assert!(bytes.ends_with(b"\n") && !bytes.contains(&0), "{file:?}");
     }
+}
+
+/// A record longer than the end of the file the writer reads at startup (1 MiB)
+/// still gives the chain its next sequence number and hash.
+#[test]
+fn a_record_longer_than_the_tail_read_at_startup_still_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let huge = entry_with_id(0, &"x".repeat(1_200_000));
+    runtime.block_on(log.submit(huge).wait()).unwrap();
+    drop(log);
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    write_entries(&log, 1..2);
+    drop(log);
+    assert_eq!(verified(dir.path()).records, 2);
 }
 
 /// A log of five records in one file, and that file's lines.
