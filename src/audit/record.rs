@@ -121,9 +121,40 @@ impl RecordedContext<'_> {
             }
             push_json_string(out, name);
             out.push(b':');
-            serde_json::to_writer(&mut *out, value).expect("a JSON value always serializes");
+            push_json_value(out, value);
         }
         out.push(b'}');
+    }
+}
+
+/// A context value as serde_json writes it; strings, arrays and objects (a
+/// purpose, data categories, an entity reference) without its serializer.
+fn push_json_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(text) => push_json_string(out, text),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                push_json_value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(fields) => {
+            out.push(b'{');
+            for (n, (name, field)) in fields.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                push_json_string(out, name);
+                out.push(b':');
+                push_json_value(out, field);
+            }
+            out.push(b'}');
+        }
+        other => serde_json::to_writer(&mut *out, other).expect("a JSON value always serializes"),
     }
 }
 
