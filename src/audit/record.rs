@@ -110,20 +110,11 @@ pub struct RecordedContext<'a> {
 
 impl RecordedContext<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
         let kept = self.names.iter().filter_map(|name| {
             let value = self.context?.get(name)?;
-            Some((name, value))
+            Some((name.as_str(), value))
         });
-        for (n, (name, value)) in kept.enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            push_json_string(out, name);
-            out.push(b':');
-            push_json_value(out, value);
-        }
-        out.push(b'}');
+        push_json_object(out, kept);
     }
 }
 
@@ -132,30 +123,26 @@ impl RecordedContext<'_> {
 fn push_json_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::String(text) => push_json_string(out, text),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (n, item) in items.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                push_json_value(out, item);
-            }
-            out.push(b']');
-        }
+        Value::Array(items) => push_json_list(out, items, push_json_value),
         Value::Object(fields) => {
-            out.push(b'{');
-            for (n, (name, field)) in fields.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                push_json_string(out, name);
-                out.push(b':');
-                push_json_value(out, field);
-            }
-            out.push(b'}');
+            push_json_object(out, fields.iter().map(|(name, v)| (name.as_str(), v)));
         }
         other => serde_json::to_writer(&mut *out, other).expect("a JSON value always serializes"),
     }
+}
+
+/// `{"name":value,…}`.
+fn push_json_object<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str, &'v Value)>) {
+    out.push(b'{');
+    for (n, (name, value)) in fields.enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push_json_string(out, name);
+        out.push(b':');
+        push_json_value(out, value);
+    }
+    out.push(b'}');
 }
 
 /// `text` as a JSON string, escaped as serde_json escapes it (quote, backslash and
@@ -193,12 +180,17 @@ fn push_json_option(out: &mut Vec<u8>, text: Option<&str>) {
 }
 
 fn push_json_strings(out: &mut Vec<u8>, texts: &[String]) {
+    push_json_list(out, texts, |out, text| push_json_string(out, text));
+}
+
+/// `[a,b,…]`, each item written by `push`.
+fn push_json_list<T>(out: &mut Vec<u8>, items: &[T], push: impl Fn(&mut Vec<u8>, &T)) {
     out.push(b'[');
-    for (n, text) in texts.iter().enumerate() {
+    for (n, item) in items.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        push_json_string(out, text);
+        push(out, item);
     }
     out.push(b']');
 }
