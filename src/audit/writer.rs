@@ -829,6 +829,25 @@ mod tests {
             .block_on(future)
     }
 
+    /// With `--audit-fsync`, an acknowledgement is not ready until a sync covers
+    /// its record (records before `end`).
+    #[test]
+    fn an_fsync_ack_completes_only_once_a_sync_covers_its_record() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let (report, synced) = watch::channel(Synced {
+            through: 3,
+            failed: Vec::new(),
+        });
+        let mut wait = std::pin::pin!(Ack(AckState::Syncing(5, synced)).wait());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        report.send_modify(|s| s.through = 4);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        report.send_modify(|s| s.through = 5);
+        assert!(matches!(wait.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    }
+
     #[test]
     fn a_failed_sync_fails_exactly_the_records_it_covered() {
         let error = AuditError::io("fdatasync", io::Error::other("EIO"));
