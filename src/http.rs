@@ -328,7 +328,7 @@ async fn batch_is_authorized(
         }
         .into());
     }
-    // Decide the whole batch, queue its records as one group, then wait for them.
+    // Decide the whole batch, append its records as one group, then wait for them.
     let mut decided: Vec<_> = batch
         .requests
         .into_iter()

@@ -89,8 +89,10 @@ pub struct AuditLog {
 }
 
 /// An acknowledgement to wait for before answering.
+#[derive(Clone)]
 pub struct Ack(AckState);
 
+#[derive(Clone)]
 enum AckState {
     /// Appended (or refused): the record is in the page cache.
     Done(Result<(), AuditError>),
@@ -161,16 +163,7 @@ impl AuditLog {
             (_, appended) => AckState::Done(appended),
         };
         drop(writer);
-        match ack {
-            AckState::Done(result) => entries
-                .iter()
-                .map(|_| Ack(AckState::Done(result.clone())))
-                .collect(),
-            AckState::Syncing(end, synced) => entries
-                .iter()
-                .map(|_| Ack(AckState::Syncing(end, synced.clone())))
-                .collect(),
-        }
+        vec![Ack(ack); entries.len()]
     }
 
     /// The reason the log cannot be written, if the last write failed.

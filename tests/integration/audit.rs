@@ -205,13 +205,17 @@ fn entry_with_id(n: usize, decision_id: &str) -> Entry {
     })
 }
 
-/// Appends entries as one group commit (split where a rotation falls), and waits.
+/// Appends the entries numbered `range` as one batch, and waits.
 fn write_entries(log: &AuditLog, range: std::ops::Range<usize>) {
+    write_all(log, range.map(entry).collect());
+}
+
+/// Appends entries as one batch, and waits for each acknowledgement.
+fn write_all(log: &AuditLog, entries: Vec<Entry>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let acks = log.submit_all(range.map(entry).collect());
-    for ack in acks {
+    for ack in log.submit_all(entries) {
         runtime.block_on(ack.wait()).unwrap();
     }
 }
@@ -263,11 +267,7 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
 fn a_record_longer_than_the_tail_read_at_startup_still_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let huge = entry_with_id(0, &"x".repeat(1_200_000));
-    runtime.block_on(log.submit(huge).wait()).unwrap();
+    write_all(&log, vec![entry_with_id(0, &"x".repeat(1_200_000))]);
     drop(log);
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
     write_entries(&log, 1..2);
