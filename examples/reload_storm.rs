@@ -16,6 +16,7 @@ use cdap_authz::http::{self, AppState, Limits};
 use cdap_authz::load::Sources;
 use cdap_authz::reload::{Reloaded, Reloader};
 use cdap_authz::snapshot::DEFAULT_TIME_ATTRIBUTE;
+use cdap_authz::workers;
 
 const CLIENTS: usize = 2;
 const REQUEST: &str = r#"{"principal":"User::\"mau-t2\"","action":"Action::\"consult_file\"",
@@ -48,7 +49,12 @@ fn main() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let url = format!("http://{}/v1/is_authorized", listener.local_addr().unwrap());
-    runtime.spawn(http::serve(listener, state, std::future::pending()));
+    runtime.spawn(http::serve(
+        listener,
+        state,
+        workers::default_count(),
+        std::future::pending(),
+    ));
 
     report("steady", phase, &fire(&url, phase));
 

@@ -7,13 +7,15 @@
 //! - `GET /metrics` (Prometheus text), `GET /v1/policy-set` (what is loaded);
 //! - `GET /v1/traces`: the decision log, for those the policies let read it (T3).
 //!
-//! It listens on TCP or on a Unix-domain socket ([`crate::listen`]).
+//! It listens on TCP or on a Unix-domain socket ([`crate::listen`]), and serves each
+//! connection on one of the [`crate::workers`].
 //!
 //! With a decision log, every decision is in the log before its response is sent;
 //! a decision that cannot be logged is answered Deny.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -45,6 +47,7 @@ use crate::store::{ReloadFailure, Store};
 use crate::traces::{
     read_requests, TraceQuery, TraceQueryError, AUTHENTICATION_HEADER, CALLER_HEADER,
 };
+use crate::workers::Workers;
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -178,19 +181,22 @@ impl HttpError {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` completes, then stops
-/// accepting and lets in-flight requests finish (up to a deadline).
+/// Serves connections from `listener` on `workers` threads ([`Workers`]) until
+/// `shutdown` completes, then stops accepting and lets in-flight requests finish
+/// (up to a deadline).
 pub async fn serve(
     listener: impl Into<Listener>,
     state: Arc<AppState>,
+    workers: NonZeroUsize,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = listener.into();
+    let workers = Workers::start(workers)?;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = accept(&listener, &state, &graceful) => {
+            accepted = accept(&listener, &state, &workers, &graceful) => {
                 if let Err(error) = accepted {
                     tracing::warn!(%error, "accept failed");
                 }
@@ -208,27 +214,43 @@ pub async fn serve(
     Ok(())
 }
 
-/// Accepts one connection and serves it on its own task.
+/// Accepts one connection and hands it to a worker. The socket leaves this
+/// thread's reactor, to be registered with the worker's.
 async fn accept(
     listener: &Listener,
     state: &Arc<AppState>,
+    workers: &Workers,
     graceful: &GracefulShutdown,
 ) -> std::io::Result<()> {
+    let state = state.clone();
+    let watcher = graceful.watcher();
     match listener {
         Listener::Tcp(tcp) => {
             let (stream, _) = tcp.accept().await?;
             let _ = stream.set_nodelay(true);
-            spawn_connection(stream, state.clone(), graceful);
+            let stream = stream.into_std()?;
+            workers.spawn(async move {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => serve_connection(stream, state, watcher).await,
+                    Err(error) => tracing::warn!(%error, "cannot register a connection"),
+                }
+            });
         }
         Listener::Unix(unix, _) => {
             let (stream, _) = unix.accept().await?;
-            spawn_connection(stream, state.clone(), graceful);
+            let stream = stream.into_std()?;
+            workers.spawn(async move {
+                match tokio::net::UnixStream::from_std(stream) {
+                    Ok(stream) => serve_connection(stream, state, watcher).await,
+                    Err(error) => tracing::warn!(%error, "cannot register a connection"),
+                }
+            });
         }
     }
     Ok(())
 }
 
-fn spawn_connection<S>(stream: S, state: Arc<AppState>, graceful: &GracefulShutdown)
+async fn serve_connection<S>(stream: S, state: Arc<AppState>, watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -238,12 +260,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .serve_connection(TokioIo::new(stream), service);
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "connection ended with an error");
-        }
-    });
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
 }
 
 async fn handle(

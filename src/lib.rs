@@ -31,6 +31,7 @@
 //!   retention, query and verification.
 //! - [`traces`]: who may read which partner's traces (`GET /v1/traces`, T3).
 //! - [`http`]: the hyper server: routing, body limits, graceful shutdown.
+//! - [`workers`]: the threads serving connections, one single-threaded runtime each.
 //! - [`listen`]: TCP or Unix-domain socket listeners, and the socket file's lifecycle.
 //! - [`diff`]: policy diff for security officers: structural, proven semantic
 //!   (cvc5), and replayed decisions.
@@ -59,6 +60,7 @@ pub mod store;
 pub mod strict_json;
 pub mod suite;
 pub mod traces;
+pub mod workers;
 
 /// Every program built on this crate (the binary, its tests and benches) allocates
 /// with mimalloc: Cedar's evaluator allocates and frees many small values per

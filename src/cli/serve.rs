@@ -1,5 +1,6 @@
 //! `cdap-authz serve`: the HTTP sidecar, with hot reload and graceful shutdown.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::audit::{
 use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
 use crate::listen::{ListenAddr, Listener};
 use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
+use crate::workers;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -26,6 +28,10 @@ pub struct ServeArgs {
     pub listen: ListenAddr,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Threads serving connections, each with the connections it was given (by
+    /// default one per core).
+    #[arg(long, value_name = "N", default_value_t = workers::default_count())]
+    pub workers: NonZeroUsize,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
@@ -104,7 +110,9 @@ impl AuditArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime accepts connections, reloads and waits for signals; the
+    // connections are served on the workers' threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -138,8 +146,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .current()
             .map(|s| s.version.clone())
             .unwrap_or_default();
-        tracing::info!(listen = %listener.local_addr()?, policy_version = %version, "serving");
-        http::serve(listener, state.clone(), shutdown_signal()).await?;
+        tracing::info!(listen = %listener.local_addr()?, workers = args.workers, policy_version = %version, "serving");
+        http::serve(listener, state.clone(), args.workers, shutdown_signal()).await?;
         if let Some(log) = &state.audit {
             log.close();
         }

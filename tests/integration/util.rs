@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use cdap_authz::http::{self, AppState, Limits};
 use cdap_authz::load::Sources;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
+use cdap_authz::workers;
 use serde_json::{json, Value};
 
 /// The instant the rule tests pin as "now".
@@ -62,9 +63,14 @@ impl Server {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime
-                .block_on(http::serve(listener, state, async {
-                    let _ = stopped.await;
-                }))
+                .block_on(http::serve(
+                    listener,
+                    state,
+                    workers::default_count(),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ))
                 .unwrap();
         });
         Self {

@@ -1,0 +1,203 @@
+//! The threads that serve connections: one single-threaded tokio runtime per
+//! worker (by default, one per core), each running the connections handed to it
+//! from start to end.
+//!
+//! A multi-threaded runtime lets any idle worker steal any task: on a decision of
+//! a few microseconds, the wake-ups and steals that costs are a large part of a
+//! request's CPU time. Here a connection lives on one thread: its socket is
+//! registered with that thread's reactor, its requests are read, decided, logged
+//! and answered there, with no hand-off between threads. The acceptor gives each
+//! new connection to the worker serving the fewest; keep-alive connections of a
+//! backend's pool are thereby spread evenly. The price: a worker whose connections
+//! are busy gets no help from an idle one.
+
+use std::future::Future;
+use std::io;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// The number of workers when none is given: one per core available to the process.
+pub fn default_count() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// The running workers; dropping this stops them (their remaining connections are
+/// dropped).
+pub struct Workers {
+    workers: Vec<Worker>,
+}
+
+struct Worker {
+    handle: Handle,
+    /// Connections the worker serves now.
+    connections: Arc<AtomicUsize>,
+    /// Dropped to stop the worker's thread.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads, each with its own runtime (I/O and timers).
+    pub fn start(count: NonZeroUsize) -> io::Result<Self> {
+        let workers = (0..count.get())
+            .map(Worker::start)
+            .collect::<io::Result<_>>()?;
+        Ok(Self { workers })
+    }
+
+    /// Runs `connection` to its end on the worker that serves the fewest
+    /// connections. The future is first polled on that worker's thread: a socket it
+    /// registers there (`TcpStream::from_std`) is served by that worker's reactor.
+    pub fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.connections.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        let served = Served::count(&worker.connections);
+        worker.handle.spawn(async move {
+            let _served = served;
+            connection.await;
+        });
+    }
+}
+
+impl Worker {
+    fn start(index: usize) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("http-worker-{index}"))
+            .spawn(move || {
+                // Runs the worker's tasks until the `Workers` are dropped.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            handle,
+            connections: Arc::default(),
+            _stop: stop,
+        })
+    }
+}
+
+/// One connection counted on its worker while it lives.
+struct Served(Arc<AtomicUsize>);
+
+impl Served {
+    fn count(connections: &Arc<AtomicUsize>) -> Self {
+        connections.fetch_add(1, Ordering::Relaxed);
+        Self(connections.clone())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Spawns a connection that reports the thread it runs on, then lives until
+    /// its `end` is sent or dropped; reports again when it is dropped.
+    fn spawn_reporting(
+        workers: &Workers,
+        ran_on: &mpsc::Sender<String>,
+        dropped: &mpsc::Sender<()>,
+    ) -> oneshot::Sender<()> {
+        struct OnDrop(mpsc::Sender<()>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (end, ended) = oneshot::channel::<()>();
+        let ran_on = ran_on.clone();
+        let on_drop = OnDrop(dropped.clone());
+        workers.spawn(async move {
+            let _on_drop = on_drop;
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            ran_on.send(name).unwrap();
+            let _ = ended.await;
+        });
+        end
+    }
+
+    fn serving(workers: &Workers) -> Vec<usize> {
+        let count = |w: &Worker| w.connections.load(Ordering::Relaxed);
+        workers.workers.iter().map(count).collect()
+    }
+
+    #[test]
+    fn connections_go_to_the_worker_serving_the_fewest() {
+        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let (ran_on, threads) = mpsc::channel();
+        let (dropped, drops) = mpsc::channel();
+        let mut ends: Vec<_> = (0..4)
+            .map(|_| spawn_reporting(&workers, &ran_on, &dropped))
+            .collect();
+        let mut per_thread = HashMap::<String, usize>::new();
+        for _ in 0..4 {
+            *per_thread
+                .entry(threads.recv_timeout(WAIT).unwrap())
+                .or_default() += 1;
+        }
+        let expected = HashMap::from([("http-worker-0".into(), 2), ("http-worker-1".into(), 2)]);
+        assert_eq!(per_thread, expected);
+
+        // Two connections of worker 0 end (the first and third spawned): the next
+        // two go to worker 0, which now serves none.
+        drop(ends.remove(2));
+        drop(ends.remove(0));
+        for _ in 0..2 {
+            drops.recv_timeout(WAIT).unwrap();
+        }
+        // A connection is counted off just after its future is dropped.
+        let deadline = std::time::Instant::now() + WAIT;
+        while serving(&workers) != [0, 2] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                serving(&workers)
+            );
+            std::thread::yield_now();
+        }
+        let first = threads.recv_timeout(Duration::ZERO);
+        assert!(first.is_err(), "nothing ran meanwhile: {first:?}");
+        ends.push(spawn_reporting(&workers, &ran_on, &dropped));
+        ends.push(spawn_reporting(&workers, &ran_on, &dropped));
+        for _ in 0..2 {
+            assert_eq!(threads.recv_timeout(WAIT).unwrap(), "http-worker-0");
+        }
+    }
+
+    #[test]
+    fn stopping_the_workers_drops_their_connections() {
+        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let (ran_on, threads) = mpsc::channel();
+        let (dropped, drops) = mpsc::channel();
+        let _ends: Vec<_> = (0..3)
+            .map(|_| spawn_reporting(&workers, &ran_on, &dropped))
+            .collect();
+        for _ in 0..3 {
+            threads.recv_timeout(WAIT).unwrap();
+        }
+        drop(workers);
+        for _ in 0..3 {
+            drops.recv_timeout(WAIT).expect("every connection dropped");
+        }
+    }
+}
