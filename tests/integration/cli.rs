@@ -397,3 +397,41 @@ fn serve_keeps_serving_and_stops_cleanly_when_its_stderr_is_closed() {
     let exit = terminate(&mut child); // shutdown logs a line
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Connections beyond the number of workers share them: eight clients, each on its
+/// own keep-alive connection, against one worker.
+#[test]
+fn serve_on_one_worker_answers_several_connections_at_once() {
+    let (mut child, _stderr, addr) = spawn_serve(&["--no-audit", "--workers", "1"]);
+    let url = format!("http://{addr}/v1/is_authorized");
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::agent();
+                (0..20)
+                    .map(|_| {
+                        let reply = agent.post(&url).send_json(allowed_consultation()).unwrap();
+                        let body: serde_json::Value = reply.into_json().unwrap();
+                        body["decision"].as_str().unwrap_or_default().to_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap(), vec!["Allow"; 20]);
+    }
+    assert!(terminate(&mut child).success());
+}
+
+#[test]
+fn serve_refuses_zero_workers() {
+    let output = cdap_authz()
+        .args(["serve", "--workers", "0", "--no-audit"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--workers"), "{stderr}");
+}
