@@ -5,17 +5,20 @@
 //! A multi-threaded runtime lets any idle worker steal any task, and a worker that
 //! finds work wakes another to share it. Here a connection lives on one thread: its
 //! socket is registered with that thread's reactor, its requests are read, decided,
-//! logged and answered there, with no hand-off between threads. The acceptor gives each
-//! new connection to the worker serving the fewest; keep-alive connections of a
-//! backend's pool are thereby spread evenly. On the 2-core dev VM this served 5–7%
-//! more requests a second than tokio's work-stealing pool (BENCHMARKS.md). The
-//! price: a worker whose connections are busy gets no help from an idle one.
+//! logged and answered there (an `--audit-fsync` sync runs on the log's syncer
+//! thread, a trace query on a blocking thread). The acceptor gives each new
+//! connection to the worker serving the fewest, so that connections are spread
+//! evenly over the workers. On the 2-core dev VM this served 5% more requests a
+//! second or better, in every alternated round, than tokio's work-stealing pool
+//! (BENCHMARKS.md). The price: a worker whose connections are busy gets no help
+//! from an idle one (the p99 at full speed is higher).
 
 use std::future::Future;
 use std::io;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -26,7 +29,7 @@ pub fn default_count() -> NonZeroUsize {
 }
 
 /// The running workers; dropping this stops them (their remaining connections are
-/// dropped).
+/// dropped) and waits for their threads to end.
 pub struct Workers {
     workers: Vec<Worker>,
 }
@@ -36,7 +39,8 @@ struct Worker {
     /// Connections the worker serves now.
     connections: Arc<AtomicUsize>,
     /// Dropped to stop the worker's thread.
-    _stop: oneshot::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Workers {
@@ -66,23 +70,51 @@ impl Workers {
 }
 
 impl Worker {
+    /// Starts the worker's thread, which builds its runtime: a runtime is never
+    /// dropped here, inside the caller's (which tokio refuses) if the thread
+    /// cannot start.
     fn start(index: usize) -> io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let handle = runtime.handle().clone();
+        let (started, handle) = mpsc::sync_channel::<io::Result<Handle>>(1);
         let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("http-worker-{index}"))
             .spawn(move || {
-                // Runs the worker's tasks until the `Workers` are dropped.
-                let _ = runtime.block_on(stopped);
+                let built = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match built {
+                    Ok(runtime) => {
+                        let _ = started.send(Ok(runtime.handle().clone()));
+                        // Runs the worker's tasks until the `Workers` are dropped.
+                        let _ = runtime.block_on(stopped);
+                    }
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                    }
+                }
             })?;
+        let handle = handle
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a worker thread ended at its start")))?;
         Ok(Self {
             handle,
             connections: Arc::default(),
-            _stop: stop,
+            stop: Some(stop),
+            thread: Some(thread),
         })
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            worker.stop.take();
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -106,7 +138,6 @@ impl Drop for Served {
 mod tests {
     use super::*;
     use std::collections::HashMap;
-    use std::sync::mpsc;
     use std::time::Duration;
 
     const WAIT: Duration = Duration::from_secs(10);

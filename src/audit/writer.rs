@@ -507,10 +507,6 @@ impl Prefault {
         std::thread::Builder::new()
             .name("audit-prefault".into())
             .spawn(move || {
-                // The lowest priority: a worker woken by a request preempts it at
-                // once, instead of waiting behind a fault-in of a whole step.
-                // SAFETY: a plain system call about the calling thread.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
                 for (address, len) in received {
                     // SAFETY: the advice reads and writes no byte of the range, and
                     // fails without effect on a range no longer mapped.

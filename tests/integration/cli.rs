@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::util::{allowed_consultation, repo, spawn_serve, terminate};
@@ -399,23 +400,36 @@ fn serve_keeps_serving_and_stops_cleanly_when_its_stderr_is_closed() {
 }
 
 /// Connections beyond the number of workers share them: eight clients, each on its
-/// own keep-alive connection, against one worker.
+/// own keep-alive connection, all open at once (each waits for the others' first
+/// answer before going on), against one worker.
 #[test]
 fn serve_on_one_worker_answers_several_connections_at_once() {
+    const CLIENTS: usize = 8;
     let (mut child, _stderr, addr) = spawn_serve(&["--no-audit", "--workers", "1"]);
     let url = format!("http://{addr}/v1/is_authorized");
-    let clients: Vec<_> = (0..8)
+    let all_answered_once = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let url = url.clone();
+            let (url, all_answered_once) = (url.clone(), all_answered_once.clone());
             std::thread::spawn(move || {
-                let agent = ureq::agent();
-                (0..20)
-                    .map(|_| {
-                        let reply = agent.post(&url).send_json(allowed_consultation()).unwrap();
-                        let body: serde_json::Value = reply.into_json().unwrap();
-                        body["decision"].as_str().unwrap_or_default().to_owned()
-                    })
-                    .collect::<Vec<_>>()
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
+                let decide = || -> Result<String, String> {
+                    let reply = agent
+                        .post(&url)
+                        .send_json(allowed_consultation())
+                        .map_err(|e| e.to_string())?;
+                    let body: serde_json::Value = reply.into_json().map_err(|e| e.to_string())?;
+                    Ok(body["decision"].as_str().unwrap_or_default().to_owned())
+                };
+                let first = decide();
+                // Reached even if the first request failed, so that no client
+                // waits here forever.
+                all_answered_once.wait();
+                let mut decisions = vec![first.unwrap()];
+                decisions.extend((1..20).map(|_| decide().unwrap()));
+                decisions
             })
         })
         .collect();
