@@ -221,8 +221,6 @@ struct Tail {
     last_hash: String,
     /// The newest file can be appended to (it ends with a whole line).
     clean: bool,
-    /// The file holding the last record, if any: the newest non-empty file.
-    file: Option<PathBuf>,
 }
 
 impl Writer {
@@ -235,12 +233,16 @@ impl Writer {
         let existing = segments(&config.dir)?;
         let tail = find_tail(&existing)?;
         // With `--audit-fsync`, the records the chain continues from must be on disk
-        // before any record chained to them is acknowledged: the file holding them
-        // may be older than the newest, when a crash left the newest empty.
-        if let (true, Some(path)) = (config.fsync, &tail.file) {
-            File::open(path)
-                .and_then(|file| file.sync_all())
-                .map_err(|source| AuditError::io(path.clone(), source))?;
+        // before any record chained to them is acknowledged. A crash may have left
+        // unsynced records in any file: in the newest, in one rotated out before
+        // the syncer reached it, or in an older one than an empty newest file. So
+        // every file is synced (a file with nothing to write back syncs at once).
+        if config.fsync {
+            for segment in &existing {
+                File::open(&segment.path)
+                    .and_then(|file| file.sync_all())
+                    .map_err(|source| AuditError::io(segment.path.clone(), source))?;
+            }
         }
         if let (Some(newest), false) = (existing.last(), tail.clean) {
             tracing::warn!(
@@ -715,14 +717,12 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
             seq: parsed.record.seq + 1,
             last_hash: parsed.claimed_hash,
             clean,
-            file: Some(segment.path.clone()),
         });
     }
     Ok(Tail {
         seq: 0,
         last_hash: GENESIS.to_owned(),
         clean,
-        file: None,
     })
 }
 
@@ -742,7 +742,6 @@ fn read_end(path: &Path, bytes: u64) -> Result<(String, u64), AuditError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::record::tests::entry;
     use super::*;
     use std::io::Write;
 
@@ -798,30 +797,6 @@ mod tests {
         let written = text(&path);
         assert_eq!(written.len(), long.len() + 2);
         assert!(written.ends_with(b"x\ny\n"));
-    }
-
-    /// A crash right after a rotation leaves the newest file empty: the chain
-    /// continues from the file before it, and that is the file synced at startup.
-    #[test]
-    fn the_tail_names_the_file_holding_the_last_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
-        let acks = log.submit_all(vec![entry("a"), entry("b")]);
-        for ack in acks {
-            block_on(ack.wait()).unwrap();
-        }
-        log.close();
-        let existing = segments(dir.path()).unwrap();
-        let [written] = existing.as_slice() else {
-            panic!("{existing:?}");
-        };
-        let empty = written.next(dir.path(), written.day);
-        File::create(&empty.path).unwrap();
-
-        let tail = find_tail(&segments(dir.path()).unwrap()).unwrap();
-        assert_eq!(tail.seq, 2);
-        assert_eq!(tail.file.as_ref(), Some(&written.path));
-        assert!(tail.clean);
     }
 
     /// After a failed sync (`/dev/full` refuses `fdatasync`), records synced later,

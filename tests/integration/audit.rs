@@ -223,7 +223,7 @@ fn write_all(log: &AuditLog, entries: Vec<Entry>) {
 /// With `--audit-fsync`, an acknowledgement completes once a sync covers its
 /// record; a record whose acknowledgement is dropped unawaited (its client gone) is
 /// in the log all the same. The live log (its reserved end reads as NULs) reads and
-/// verifies as the closed one does.
+/// verifies as the closed one does; a restart continues it.
 #[test]
 fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +259,17 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
         let bytes = std::fs::read(&file.path).unwrap();
         assert!(bytes.ends_with(b"\n") && !bytes.contains(&0), "{file:?}");
     }
+    // A restart syncs every file (records a crash left unsynced may be in any),
+    // then continues the chain.
+    let log = AuditLog::start(AuditConfig {
+        fsync: true,
+        ..small_files(dir.path())
+    })
+    .unwrap();
+    let ack = log.submit(entry(5));
+    runtime.block_on(ack.wait()).unwrap();
+    log.close();
+    assert_eq!(verified(dir.path()).records, 6);
 }
 
 /// A record longer than the end of the file the writer reads at startup (1 MiB)
