@@ -239,9 +239,7 @@ impl Writer {
         // every file is synced (a file with nothing to write back syncs at once).
         if config.fsync {
             for segment in &existing {
-                File::open(&segment.path)
-                    .and_then(|file| file.sync_all())
-                    .map_err(|source| AuditError::io(segment.path.clone(), source))?;
+                sync_path(&segment.path)?;
             }
         }
         if let (Some(newest), false) = (existing.last(), tail.clean) {
@@ -350,9 +348,7 @@ impl Writer {
             Mapped::open(path, self.config.max_file_bytes, self.prefault.clone()).map_err(io)?;
         // With `--audit-fsync`, a new file's name must survive power loss too.
         if self.config.fsync && created {
-            File::open(&self.config.dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(|source| AuditError::io(self.config.dir.clone(), source))?;
+            sync_path(&self.config.dir)?;
         }
         self.file = Some(mapped);
         Ok(())
@@ -525,6 +521,13 @@ impl Prefault {
         let address = map.as_ptr() as usize + range.start;
         let _ = self.0.send((address, range.len()));
     }
+}
+
+/// Syncs the file or directory at `path` to disk.
+fn sync_path(path: &Path) -> Result<(), AuditError> {
+    File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| AuditError::io(path.to_owned(), source))
 }
 
 /// Maps `len` bytes of `file` (past its end too: only reserved bytes are touched).

@@ -231,7 +231,7 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
         fsync: true,
         ..small_files(dir.path())
     };
-    let log = AuditLog::start(config).unwrap();
+    let log = AuditLog::start(config.clone()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -261,11 +261,7 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
     }
     // A restart syncs every file (records a crash left unsynced may be in any),
     // then continues the chain.
-    let log = AuditLog::start(AuditConfig {
-        fsync: true,
-        ..small_files(dir.path())
-    })
-    .unwrap();
+    let log = AuditLog::start(config).unwrap();
     let ack = log.submit(entry(5));
     runtime.block_on(ack.wait()).unwrap();
     log.close();
