@@ -229,25 +229,43 @@ async fn accept(
             let (stream, _) = tcp.accept().await?;
             let _ = stream.set_nodelay(true);
             let stream = stream.into_std()?;
-            workers.spawn(async move {
-                match tokio::net::TcpStream::from_std(stream) {
-                    Ok(stream) => serve_connection(stream, state, watcher).await,
-                    Err(error) => tracing::warn!(%error, "cannot register a connection"),
-                }
-            });
+            hand_off(
+                workers,
+                move || tokio::net::TcpStream::from_std(stream),
+                state,
+                watcher,
+            );
         }
         Listener::Unix(unix, _) => {
             let (stream, _) = unix.accept().await?;
             let stream = stream.into_std()?;
-            workers.spawn(async move {
-                match tokio::net::UnixStream::from_std(stream) {
-                    Ok(stream) => serve_connection(stream, state, watcher).await,
-                    Err(error) => tracing::warn!(%error, "cannot register a connection"),
-                }
-            });
+            hand_off(
+                workers,
+                move || tokio::net::UnixStream::from_std(stream),
+                state,
+                watcher,
+            );
         }
     }
     Ok(())
+}
+
+/// Serves a connection on a worker, once `register` has registered its socket with
+/// that worker's reactor.
+fn hand_off<S>(
+    workers: &Workers,
+    register: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+    state: Arc<AppState>,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    workers.spawn(async move {
+        match register() {
+            Ok(stream) => serve_connection(stream, state, watcher).await,
+            Err(error) => tracing::warn!(%error, "cannot register a connection"),
+        }
+    });
 }
 
 async fn serve_connection<S>(stream: S, state: Arc<AppState>, watcher: Watcher)
