@@ -47,37 +47,47 @@ const CEDAR_REQUIRED_STACK: usize = 100 * 1024;
 /// release build, ≈50 KiB in a debug one, measured on nested `!`).
 const STACK_PER_LEVEL: usize = 64 * 1024;
 
-/// A policy condition prepared for this evaluator.
+/// A policy condition prepared for this evaluator: its nodes in one array, each
+/// after its operands (so a condition's nodes share a few cache lines, which the
+/// server's request path, sharing its cores with its callers, finds cold).
 pub struct Condition {
-    root: Node,
+    nodes: Box<[Node]>,
+    /// The literals and folded constant parts, apart so that nodes stay small.
+    constants: Box<[Value]>,
     /// Levels of nesting, the root included.
     depth: usize,
 }
 
+/// A node's place in its condition's `nodes`.
+type NodeId = u32;
+
 enum Node {
-    /// A literal, or a set or extension call whose parts are all constants.
-    Const(Value),
+    /// A literal, or a set or extension call whose parts are all constants: its
+    /// place in `constants`.
+    Const(u32),
     Var(Var),
-    If(Box<[Node; 3]>),
-    And(Box<[Node; 2]>),
-    Or(Box<[Node; 2]>),
-    Unary(UnaryOp, Box<Node>),
-    Binary(BinaryOp, Box<[Node; 2]>),
-    Call(&'static ExtensionFunction, Vec<Node>),
-    GetAttr(Box<Node>, SmolStr),
-    HasAttr(Box<Node>, SmolStr),
-    Like(Box<Node>, Pattern),
-    Is(Box<Node>, EntityType),
-    Set(Vec<Node>),
+    If([NodeId; 3]),
+    And([NodeId; 2]),
+    Or([NodeId; 2]),
+    Unary(UnaryOp, NodeId),
+    Binary(BinaryOp, [NodeId; 2]),
+    Call(&'static ExtensionFunction, Box<[NodeId]>),
+    GetAttr(NodeId, SmolStr),
+    HasAttr(NodeId, SmolStr),
+    Like(NodeId, Pattern),
+    Is(NodeId, Box<EntityType>),
+    Set(Box<[NodeId]>),
 }
 
 impl Condition {
     /// The condition, if every part of it is a form this evaluator handles.
     pub fn compile(expr: &Expr) -> Option<Self> {
-        let root = compile(expr, MAX_DEPTH)?;
+        let mut builder = Builder::default();
+        let (_, depth) = builder.compile(expr, MAX_DEPTH)?;
         Some(Self {
-            depth: root.depth(),
-            root,
+            nodes: builder.nodes.into(),
+            constants: builder.constants.into(),
+            depth,
         })
     }
 
@@ -90,7 +100,12 @@ impl Condition {
         if stacker::remaining_stack().is_some_and(|left| left < needed) {
             return None;
         }
-        as_bool(&*self.root.eval(env)?)
+        self.boolean(self.root(), env)
+    }
+
+    /// The last node: each node comes after its operands.
+    fn root(&self) -> NodeId {
+        (self.nodes.len() - 1) as NodeId
     }
 }
 
@@ -159,117 +174,135 @@ impl<'e> Env<'e> {
     }
 }
 
-fn compile(expr: &Expr, depth: usize) -> Option<Node> {
-    let depth = depth.checked_sub(1)?;
-    let sub = |e: &Expr| compile(e, depth);
-    let boxed = |e: &Expr| sub(e).map(Box::new);
-    let node = match expr.expr_kind() {
-        ExprKind::Lit(literal) => Node::Const(Value::from(literal.clone())),
-        ExprKind::Var(var) => Node::Var(*var),
-        ExprKind::If {
-            test_expr,
-            then_expr,
-            else_expr,
-        } => Node::If(Box::new([
-            sub(test_expr)?,
-            sub(then_expr)?,
-            sub(else_expr)?,
-        ])),
-        ExprKind::And { left, right } => Node::And(Box::new([sub(left)?, sub(right)?])),
-        ExprKind::Or { left, right } => Node::Or(Box::new([sub(left)?, sub(right)?])),
-        ExprKind::UnaryApp { op, arg } => Node::Unary(*op, boxed(arg)?),
-        ExprKind::BinaryApp { op, arg1, arg2 } => {
-            Node::Binary(*op, Box::new([sub(arg1)?, sub(arg2)?]))
-        }
-        ExprKind::ExtensionFunctionApp { fn_name, args } => Node::Call(
-            Extensions::all_available().func(fn_name).ok()?,
-            args.iter().map(sub).collect::<Option<_>>()?,
-        ),
-        ExprKind::GetAttr { expr, attr } => Node::GetAttr(boxed(expr)?, attr.clone()),
-        ExprKind::HasAttr { expr, attr } => Node::HasAttr(boxed(expr)?, attr.clone()),
-        ExprKind::Like { expr, pattern } => Node::Like(boxed(expr)?, pattern.clone()),
-        ExprKind::Is { expr, entity_type } => Node::Is(boxed(expr)?, entity_type.clone()),
-        ExprKind::Set(items) => Node::Set(items.iter().map(sub).collect::<Option<_>>()?),
-        ExprKind::Slot(_)
-        | ExprKind::Unknown(_)
-        | ExprKind::ExtHasAttr { .. }
-        | ExprKind::Record(_) => return None,
-    };
-    Some(fold_constant(node))
+/// Lays out a condition's nodes, operands first.
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<Node>,
+    constants: Vec<Value>,
 }
 
-/// A set or extension call of constants, evaluated once (as Cedar would evaluate
-/// it on every request). A call that fails is kept, so that Cedar reports it.
-fn fold_constant(node: Node) -> Node {
-    let constants = |items: &[Node]| -> Option<Vec<Value>> {
-        items
-            .iter()
-            .map(|item| match item {
-                Node::Const(value) => Some(value.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    match &node {
-        Node::Set(items) => match constants(items) {
-            Some(values) => Node::Const(Value::set(values, None)),
-            None => node,
-        },
-        Node::Call(function, args) => {
-            let folded = constants(args).and_then(|args| function.call(&args).ok());
-            match folded {
-                Some(PartialValue::Value(value)) => Node::Const(value),
-                _ => node,
+impl Builder {
+    /// Adds the nodes of `expr`; its root's id and its levels of nesting.
+    fn compile(&mut self, expr: &Expr, depth_left: usize) -> Option<(NodeId, usize)> {
+        let depth_left = depth_left.checked_sub(1)?;
+        let first = (self.nodes.len(), self.constants.len());
+        let mut deepest = 0;
+        let mut sub = |builder: &mut Self, e: &Expr| {
+            let (id, depth) = builder.compile(e, depth_left)?;
+            deepest = deepest.max(depth);
+            Some(id)
+        };
+        let node = match expr.expr_kind() {
+            ExprKind::Lit(literal) => return Some((self.constant(Value::from(literal.clone())), 1)),
+            ExprKind::Var(var) => Node::Var(*var),
+            ExprKind::If {
+                test_expr,
+                then_expr,
+                else_expr,
+            } => Node::If([
+                sub(self, test_expr)?,
+                sub(self, then_expr)?,
+                sub(self, else_expr)?,
+            ]),
+            ExprKind::And { left, right } => Node::And([sub(self, left)?, sub(self, right)?]),
+            ExprKind::Or { left, right } => Node::Or([sub(self, left)?, sub(self, right)?]),
+            ExprKind::UnaryApp { op, arg } => Node::Unary(*op, sub(self, arg)?),
+            ExprKind::BinaryApp { op, arg1, arg2 } => {
+                Node::Binary(*op, [sub(self, arg1)?, sub(self, arg2)?])
             }
+            ExprKind::ExtensionFunctionApp { fn_name, args } => Node::Call(
+                Extensions::all_available().func(fn_name).ok()?,
+                args.iter().map(|arg| sub(self, arg)).collect::<Option<_>>()?,
+            ),
+            ExprKind::GetAttr { expr, attr } => Node::GetAttr(sub(self, expr)?, attr.clone()),
+            ExprKind::HasAttr { expr, attr } => Node::HasAttr(sub(self, expr)?, attr.clone()),
+            ExprKind::Like { expr, pattern } => Node::Like(sub(self, expr)?, pattern.clone()),
+            ExprKind::Is { expr, entity_type } => {
+                Node::Is(sub(self, expr)?, Box::new(entity_type.clone()))
+            }
+            ExprKind::Set(items) => {
+                Node::Set(items.iter().map(|item| sub(self, item)).collect::<Option<_>>()?)
+            }
+            ExprKind::Slot(_)
+            | ExprKind::Unknown(_)
+            | ExprKind::ExtHasAttr { .. }
+            | ExprKind::Record(_) => return None,
+        };
+        let id = match self.fold_constant(&node) {
+            Some(value) => {
+                // The operands' nodes are the ones added since `first`.
+                self.nodes.truncate(first.0);
+                self.constants.truncate(first.1);
+                self.constant(value)
+            }
+            None => self.push(node),
+        };
+        Some((id, deepest + 1))
+    }
+
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as NodeId
+    }
+
+    fn constant(&mut self, value: Value) -> NodeId {
+        self.constants.push(value);
+        self.push(Node::Const((self.constants.len() - 1) as u32))
+    }
+
+    /// A set or extension call of constants, evaluated once (as Cedar would evaluate
+    /// it on every request). A call that fails is kept, so that Cedar reports it.
+    fn fold_constant(&self, node: &Node) -> Option<Value> {
+        let constants = |items: &[NodeId]| -> Option<Vec<Value>> {
+            items
+                .iter()
+                .map(|item| match self.nodes[*item as usize] {
+                    Node::Const(at) => Some(self.constants[at as usize].clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        match node {
+            Node::Set(items) => Some(Value::set(constants(items)?, None)),
+            Node::Call(function, args) => match function.call(&constants(args)?).ok()? {
+                PartialValue::Value(value) => Some(value),
+                PartialValue::Residual(_) => None,
+            },
+            _ => None,
         }
-        _ => node,
     }
 }
 
-impl Node {
-    fn depth(&self) -> usize {
-        let deepest = |nodes: &[Node]| nodes.iter().map(Node::depth).max().unwrap_or(0);
-        1 + match self {
-            Node::Const(_) | Node::Var(_) => 0,
-            Node::If(parts) => deepest(&parts[..]),
-            Node::And(parts) | Node::Or(parts) | Node::Binary(_, parts) => deepest(&parts[..]),
-            Node::Call(_, nodes) | Node::Set(nodes) => deepest(nodes),
-            Node::Unary(_, node)
-            | Node::GetAttr(node, _)
-            | Node::HasAttr(node, _)
-            | Node::Like(node, _)
-            | Node::Is(node, _) => node.depth(),
-        }
-    }
-
-    fn eval<'a>(&'a self, env: &'a Env<'_>) -> Option<Cow<'a, Value>> {
-        let value = match self {
-            Node::Const(value) => Cow::Borrowed(value),
+impl Condition {
+    fn eval<'a>(&'a self, id: NodeId, env: &'a Env<'_>) -> Option<Cow<'a, Value>> {
+        let value = match &self.nodes[id as usize] {
+            Node::Const(at) => Cow::Borrowed(&self.constants[*at as usize]),
             Node::Var(var) => Cow::Borrowed(env.var(*var)),
-            Node::If(parts) => {
-                let [test, then, otherwise] = &**parts;
-                return if test.boolean(env)? {
-                    then.eval(env)
+            Node::If([test, then, otherwise]) => {
+                return if self.boolean(*test, env)? {
+                    self.eval(*then, env)
                 } else {
-                    otherwise.eval(env)
+                    self.eval(*otherwise, env)
                 };
             }
-            // Cedar: the right side is evaluated (and must be a boolean) only when
-            // the left does not decide.
-            Node::And(parts) => boolean(parts[0].boolean(env)? && parts[1].boolean(env)?),
-            Node::Or(parts) => boolean(parts[0].boolean(env)? || parts[1].boolean(env)?),
+            Node::And(_)
+            | Node::Or(_)
+            | Node::Unary(UnaryOp::Not, _)
+            | Node::HasAttr(..)
+            | Node::Like(..)
+            | Node::Is(..) => boolean(self.boolean(id, env)?),
             Node::Unary(op, arg) => {
-                Cow::Owned(unary_app(*op, arg.eval(env)?.into_owned(), None).ok()?)
+                Cow::Owned(unary_app(*op, self.eval(*arg, env)?.into_owned(), None).ok()?)
             }
-            Node::Binary(op, args) => {
-                let left = args[0].eval(env)?;
-                let right = args[1].eval(env)?;
+            Node::Binary(op, [left, right]) => {
+                let left = self.eval(*left, env)?;
+                let right = self.eval(*right, env)?;
                 return binary(*op, &left, &right, env);
             }
             Node::Call(function, args) => {
                 let args: Vec<Value> = args
                     .iter()
-                    .map(|arg| arg.eval(env).map(Cow::into_owned))
+                    .map(|arg| self.eval(*arg, env).map(Cow::into_owned))
                     .collect::<Option<_>>()?;
                 match function.call(&args).ok()? {
                     PartialValue::Value(value) => Cow::Owned(value),
@@ -277,23 +310,15 @@ impl Node {
                 }
             }
             Node::GetAttr(expr, attr) => {
-                return match expr.eval(env)? {
+                return match self.eval(*expr, env)? {
                     Cow::Borrowed(value) => attribute(value, attr, env).map(Cow::Borrowed),
                     Cow::Owned(value) => attribute(&value, attr, env).cloned().map(Cow::Owned),
                 }
             }
-            Node::HasAttr(expr, attr) => boolean(has_attribute(&*expr.eval(env)?, attr, env)?),
-            Node::Like(expr, pattern) => match &expr.eval(env)?.value {
-                ValueKind::Lit(Literal::String(text)) => boolean(pattern.wildcard_match(text)),
-                _ => return None,
-            },
-            Node::Is(expr, entity_type) => {
-                boolean(as_entity(&*expr.eval(env)?)?.entity_type() == entity_type)
-            }
             Node::Set(items) => Cow::Owned(Value::set(
                 items
                     .iter()
-                    .map(|item| item.eval(env).map(Cow::into_owned))
+                    .map(|item| self.eval(*item, env).map(Cow::into_owned))
                     .collect::<Option<Vec<_>>>()?,
                 None,
             )),
@@ -301,8 +326,37 @@ impl Node {
         Some(value)
     }
 
-    fn boolean(&self, env: &Env<'_>) -> Option<bool> {
-        as_bool(&*self.eval(env)?)
+    /// The node's value when it is a boolean (`None` where Cedar errors, as
+    /// [`Condition::eval`]); the boolean operators are computed here without
+    /// building a `Value` for each step.
+    fn boolean(&self, id: NodeId, env: &Env<'_>) -> Option<bool> {
+        match &self.nodes[id as usize] {
+            // Cedar: the right side is evaluated (and must be a boolean) only when
+            // the left does not decide.
+            Node::And([left, right]) => {
+                Some(self.boolean(*left, env)? && self.boolean(*right, env)?)
+            }
+            Node::Or([left, right]) => {
+                Some(self.boolean(*left, env)? || self.boolean(*right, env)?)
+            }
+            Node::Unary(UnaryOp::Not, arg) => Some(!self.boolean(*arg, env)?),
+            Node::If([test, then, otherwise]) => {
+                if self.boolean(*test, env)? {
+                    self.boolean(*then, env)
+                } else {
+                    self.boolean(*otherwise, env)
+                }
+            }
+            Node::HasAttr(expr, attr) => has_attribute(&*self.eval(*expr, env)?, attr, env),
+            Node::Like(expr, pattern) => match &self.eval(*expr, env)?.value {
+                ValueKind::Lit(Literal::String(text)) => Some(pattern.wildcard_match(text)),
+                _ => None,
+            },
+            Node::Is(expr, entity_type) => {
+                Some(as_entity(&*self.eval(*expr, env)?)?.entity_type() == &**entity_type)
+            }
+            _ => as_bool(&*self.eval(id, env)?),
+        }
     }
 }
 
@@ -668,12 +722,16 @@ mod tests {
                 };
                 let by_cedar = cedar.interpret(&expr, &SlotEnv::new());
                 cedar_ok.set(cedar_ok.get() + u32::from(by_cedar.is_ok()));
-                let Some(node) = compile(&expr, MAX_DEPTH) else {
+                let Some(condition) = Condition::compile(&expr) else {
                     return Ok(());
                 };
-                if let Some(value) = node.eval(&env) {
+                if let Some(value) = condition.eval(condition.root(), &env) {
                     answered.set(answered.get() + 1);
                     prop_assert_eq!(Some(&*value), by_cedar.as_ref().ok(), "{}", text);
+                }
+                if let Some(satisfied) = condition.boolean(condition.root(), &env) {
+                    let value = Value::from(satisfied);
+                    prop_assert_eq!(Some(&value), by_cedar.as_ref().ok(), "{}", text);
                 }
                 Ok(())
             })
@@ -731,10 +789,9 @@ mod tests {
         let (entities, request) = (entities(), request());
         let env = Env::new(&request, entities.as_ref()).unwrap();
         let value = |text: &str| {
-            let expr = Expr::from_str(text).unwrap();
-            compile(&expr, MAX_DEPTH)
-                .unwrap()
-                .eval(&env)
+            let condition = Condition::compile(&Expr::from_str(text).unwrap()).unwrap();
+            condition
+                .eval(condition.root(), &env)
                 .map(Cow::into_owned)
         };
         for _ in 0..2 {
