@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use cedar_policy_core::ast::{
     BinaryOp, Context, Entity, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind,
@@ -119,9 +120,11 @@ pub struct Env<'e> {
     /// The entities looked up so far for this request, and what was found. A
     /// request's conditions read a handful of entities (the principal, its partner,
     /// the file, its Caf) many times, and each look-up in `entities` hashes the uid
-    /// (SipHash: a quarter of this evaluator's time before this memo); comparing
-    /// with the few seen is cheaper.
-    seen: RefCell<Vec<(EntityUID, Option<&'e Entity>)>>,
+    /// (SipHash: a quarter of this evaluator's time before this memo). Most reads
+    /// go through the same `Arc` (the request's principal, an attribute of a stored
+    /// entity), which is found by address; a uid equal to one seen through another
+    /// `Arc` is added under that one too.
+    seen: RefCell<Vec<(Arc<EntityUID>, Option<&'e Entity>)>>,
 }
 
 impl<'e> Env<'e> {
@@ -148,19 +151,36 @@ impl<'e> Env<'e> {
 
     /// `entities.entity(uid)`, remembered for the request (a residual, which
     /// this evaluator never answers on, is not).
-    fn entity(&self, uid: &EntityUID) -> Dereference<'e, Entity> {
+    fn entity(&self, uid: &Arc<EntityUID>) -> Dereference<'e, Entity> {
         let found = |entity: Option<&'e Entity>| {
             entity.map_or(Dereference::NoSuchEntity, Dereference::Data)
         };
-        if let Some((_, entity)) = self.seen.borrow().iter().find(|(seen, _)| seen == uid) {
-            return found(*entity);
+        // The memo holds each `Arc` it was given, so an address it holds cannot have
+        // been reused for another uid.
+        let same_arc = self
+            .seen
+            .borrow()
+            .iter()
+            .find(|(seen, _)| Arc::ptr_eq(seen, uid))
+            .map(|(_, e)| *e);
+        if let Some(entity) = same_arc {
+            return found(entity);
         }
-        let entity = match self.entities.entity(uid) {
-            Dereference::Data(entity) => Some(entity),
-            Dereference::NoSuchEntity => None,
-            residual @ Dereference::Residual(_) => return residual,
+        let equal = self
+            .seen
+            .borrow()
+            .iter()
+            .find(|(seen, _)| **seen == **uid)
+            .map(|(_, e)| *e);
+        let entity = match equal {
+            Some(entity) => entity,
+            None => match self.entities.entity(uid) {
+                Dereference::Data(entity) => Some(entity),
+                Dereference::NoSuchEntity => None,
+                residual @ Dereference::Residual(_) => return residual,
+            },
         };
-        self.seen.borrow_mut().push((uid.clone(), entity));
+        self.seen.borrow_mut().push((Arc::clone(uid), entity));
         found(entity)
     }
 
@@ -193,7 +213,9 @@ impl Builder {
             Some(id)
         };
         let node = match expr.expr_kind() {
-            ExprKind::Lit(literal) => return Some((self.constant(Value::from(literal.clone())), 1)),
+            ExprKind::Lit(literal) => {
+                return Some((self.constant(Value::from(literal.clone())), 1))
+            }
             ExprKind::Var(var) => Node::Var(*var),
             ExprKind::If {
                 test_expr,
@@ -212,7 +234,9 @@ impl Builder {
             }
             ExprKind::ExtensionFunctionApp { fn_name, args } => Node::Call(
                 Extensions::all_available().func(fn_name).ok()?,
-                args.iter().map(|arg| sub(self, arg)).collect::<Option<_>>()?,
+                args.iter()
+                    .map(|arg| sub(self, arg))
+                    .collect::<Option<_>>()?,
             ),
             ExprKind::GetAttr { expr, attr } => Node::GetAttr(sub(self, expr)?, attr.clone()),
             ExprKind::HasAttr { expr, attr } => Node::HasAttr(sub(self, expr)?, attr.clone()),
@@ -220,9 +244,12 @@ impl Builder {
             ExprKind::Is { expr, entity_type } => {
                 Node::Is(sub(self, expr)?, Box::new(entity_type.clone()))
             }
-            ExprKind::Set(items) => {
-                Node::Set(items.iter().map(|item| sub(self, item)).collect::<Option<_>>()?)
-            }
+            ExprKind::Set(items) => Node::Set(
+                items
+                    .iter()
+                    .map(|item| sub(self, item))
+                    .collect::<Option<_>>()?,
+            ),
             ExprKind::Slot(_)
             | ExprKind::Unknown(_)
             | ExprKind::ExtHasAttr { .. }
@@ -371,7 +398,7 @@ fn as_bool(value: &Value) -> Option<bool> {
     }
 }
 
-fn as_entity(value: &Value) -> Option<&EntityUID> {
+fn as_entity(value: &Value) -> Option<&Arc<EntityUID>> {
     match &value.value {
         ValueKind::Lit(Literal::EntityUID(uid)) => Some(uid),
         _ => None,
@@ -469,13 +496,14 @@ fn hierarchy_in(left: &Value, right: &Value, env: &Env<'_>) -> Option<bool> {
         Dereference::NoSuchEntity => None,
         Dereference::Residual(_) => return None,
     };
-    let within = |ancestor: &EntityUID| {
+    let within = |ancestor: &Arc<EntityUID>| {
         uid == ancestor || entity.is_some_and(|e| e.is_descendant_of(ancestor))
     };
     match &right.value {
         ValueKind::Lit(Literal::EntityUID(ancestor)) => Some(within(ancestor)),
         ValueKind::Set(set) => {
-            let ancestors: Vec<&EntityUID> = set.iter().map(as_entity).collect::<Option<_>>()?;
+            let ancestors: Vec<&Arc<EntityUID>> =
+                set.iter().map(as_entity).collect::<Option<_>>()?;
             Some(ancestors.into_iter().any(within))
         }
         _ => None,
@@ -790,9 +818,7 @@ mod tests {
         let env = Env::new(&request, entities.as_ref()).unwrap();
         let value = |text: &str| {
             let condition = Condition::compile(&Expr::from_str(text).unwrap()).unwrap();
-            condition
-                .eval(condition.root(), &env)
-                .map(Cow::into_owned)
+            condition.eval(condition.root(), &env).map(Cow::into_owned)
         };
         for _ in 0..2 {
             assert_eq!(value(r#"E::"a".n"#), Some(Value::from(7)));
