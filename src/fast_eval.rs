@@ -122,8 +122,8 @@ pub struct Env<'e> {
     /// the file, its Caf) many times, and each look-up in `entities` hashes the uid
     /// (SipHash: a quarter of this evaluator's time before this memo). Most reads
     /// go through the same `Arc` (the request's principal, an attribute of a stored
-    /// entity), which is found by address; a uid equal to one seen through another
-    /// `Arc` is added under that one too.
+    /// entity), which is found by address; a uid read through a new `Arc` is found
+    /// by value, then remembered under that `Arc` too.
     seen: RefCell<Vec<(Arc<EntityUID>, Option<&'e Entity>)>>,
 }
 
