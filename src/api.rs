@@ -6,13 +6,13 @@
 //! `{"__entity": {"type": …, "id": …}}`, with no other key. A key repeated in any
 //! object of a request is refused ([`crate::strict_json`]).
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fast_hash::HashMap;
 use crate::strict_json;
 
 /// Most requests one batch may carry.

@@ -21,7 +21,7 @@
 //! (`ip` for `ipaddr`); sets as arrays; records as objects. Escapes with several
 //! arguments (`offset(…)`) are refused.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -31,6 +31,7 @@ use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
 
 use crate::api::{parse_entity_ref, plain_ref};
+use crate::fast_hash::HashMap;
 
 /// A context attribute's type, as the schema declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +79,7 @@ impl ContextTypes {
             .map_err(|e| e.to_string())?
             .0;
         let enums = enumerated_entity_types(&json);
-        let mut by_action = HashMap::new();
+        let mut by_action = HashMap::default();
         for (namespace, body) in json.as_object().into_iter().flatten() {
             let declared = Declared {
                 common: body.get("commonTypes"),
@@ -132,7 +133,7 @@ fn action_uid(namespace: &str, name: &str) -> Result<EntityUid, String> {
 
 /// The schema's enumerated entity types (`entity Service enum ["cdap", …]`).
 fn enumerated_entity_types(schema: &Value) -> HashMap<String, Vec<String>> {
-    let mut enums = HashMap::new();
+    let mut enums = HashMap::default();
     for (namespace, body) in schema.as_object().into_iter().flatten() {
         for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
             if let Some(eids) = entity.get("enum").and_then(Value::as_array) {

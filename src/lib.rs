@@ -47,6 +47,7 @@ pub mod diff;
 pub mod engine;
 pub mod explain;
 pub mod fast_eval;
+pub mod fast_hash;
 pub mod guard;
 pub mod http;
 pub mod listen;

@@ -32,7 +32,6 @@
 //! decision, determining policies and error messages.
 
 use std::cell::OnceCell;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cedar_policy::{
@@ -45,6 +44,7 @@ use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
 use crate::fast_eval;
+use crate::fast_hash::{HashMap, HashSet};
 use crate::guard::{AttrPath, Guard};
 use crate::slice::policy_literals;
 
@@ -164,7 +164,7 @@ struct Filed {
     rule: Rule,
     policy: Policy,
     guard: Option<Guard>,
-    literals: HashSet<EntityUid>,
+    literals: std::collections::HashSet<EntityUid>,
 }
 
 impl Filed {
@@ -188,7 +188,7 @@ impl Bucket {
         let literals: HashSet<&EntityUid> = members.iter().flat_map(|m| &m.literals).collect();
         let path = most_common_path(members.iter().filter_map(|m| m.guard.as_ref()));
         let mut unguarded = Vec::new();
-        let mut by_literal: HashMap<String, Vec<Rule>> = HashMap::new();
+        let mut by_literal: HashMap<String, Vec<Rule>> = HashMap::default();
         for member in members {
             let rules = match (&member.guard, &path) {
                 (Some(guard), Some(path)) if guard.path == *path => {
@@ -230,7 +230,7 @@ impl Bucket {
 
 /// The path the most guards test (the smallest such path on a tie).
 fn most_common_path<'a>(guards: impl Iterator<Item = &'a Guard>) -> Option<AttrPath> {
-    let mut counts: HashMap<&AttrPath, usize> = HashMap::new();
+    let mut counts: HashMap<&AttrPath, usize> = HashMap::default();
     for guard in guards {
         *counts.entry(&guard.path).or_default() += 1;
     }
@@ -277,7 +277,7 @@ impl PolicyIndex {
             filed.push(Filed::new(policy)?);
         }
         let mut members: HashMap<EntityUid, HashMap<(ScopeKey, ScopeKey), Vec<&Filed>>> =
-            HashMap::new();
+            HashMap::default();
         for member in &filed {
             let key = (principal_key(&member.policy), resource_key(&member.policy));
             for action in admitted_actions(&member.policy, actions, entities) {

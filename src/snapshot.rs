@@ -2,7 +2,6 @@
 //! stored entities with their derived data) plus the indexes the decision path
 //! reads. Built off the request path; shared behind an `Arc`; never mutated.
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
@@ -10,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::api::TypeNames;
 use crate::context::ContextTypes;
+use crate::fast_hash::{HashMap, HashSet};
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
 use crate::slice::{stored_in_place, SliceIndex};
