@@ -12,6 +12,9 @@
 //!
 //! With a decision log, every decision is in the log before its response is sent;
 //! a decision that cannot be logged is answered Deny.
+//!
+//! A worker writes its responses in runs: each waits for the decisions of the
+//! worker's other ready connections (`write_with_the_queued_responses`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -298,11 +301,12 @@ async fn handle(
 
 /// Waits until the other connections ready on this worker have been decided, so
 /// that a worker's responses leave together, as Redis writes its replies just
-/// before it waits for events again. On loopback each response wakes the client's thread; woken
-/// for one response at a time, the client then preempts a worker about once every
-/// two requests (`serve` against oha on two cores). Answering in runs served more
-/// requests a second at less CPU each, in 7 of 8 alternated rounds, for the price
-/// of a response waiting for the decisions queued with it (BENCHMARKS.md).
+/// before it waits for events again. On loopback each response wakes the client's
+/// thread; woken for one response at a time, the client then preempts a worker
+/// about once every two requests (`serve` against oha on two cores). Answering in
+/// runs served more requests a second at less CPU each, in 7 of 8 alternated
+/// rounds, for the price of a response waiting for the decisions queued with it
+/// (BENCHMARKS.md).
 async fn write_with_the_queued_responses() {
     // Tokio runs a yielding task again once the worker has run its other ready tasks
     // and polled for new events.
