@@ -19,7 +19,10 @@
 # before it is loaded (the constant endpoints answer one fixed body). Each
 # line also gives the server's CPU time per request (user + system, from
 # /proc/PID/stat): with oha on the same two cores, throughput ratios move with how
-# the cores are shared, the CPU a request costs the server much less.
+# the cores are shared, the CPU a request costs the server much less. And how often
+# the server's threads were preempted a request (switched out while runnable, from
+# /proc/PID/task/*/status): on loopback a response wakes oha's thread, which then
+# often preempts a server thread (BENCHMARKS.md, session 21).
 #
 # Needs oha (`cargo install oha`) and, for part 5, cedar-agent (`cargo install
 # cedar-agent`); part 5 is skipped, saying so, without it.
@@ -54,15 +57,20 @@ expect_decision() { # url body expected-substring [socket]
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+preemptions() { # times the process's threads were switched out while still runnable
+  cat "/proc/$1"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n}'
+}
 
-load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server-CPU/request
-  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0
-  [[ -n $pid ]] && before=$(cpu_ticks "$pid")
+load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
+  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0 preempted_before=0
+  [[ -n $pid ]] && before=$(cpu_ticks "$pid") && preempted_before=$(preemptions "$pid")
   oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} \
     ${socket:+--unix-socket "$socket"} --no-tui \
     --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
-  local ticks=""; [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before ))
-  python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" <<'PY'
+  local ticks="" preempted=""
+  [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before )) \
+    && preempted=$(( $(preemptions "$pid") - preempted_before ))
+  python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 codes = r.get("statusCodeDistribution", {})
@@ -70,7 +78,9 @@ bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 p = r["latencyPercentiles"]
 cpu = ""
 if sys.argv[3]:
-    cpu = f'   server {int(sys.argv[3]) / int(sys.argv[4]) / sum(codes.values()) * 1e6:5.1f} µs CPU/req'
+    requests = sum(codes.values())
+    cpu = (f'   server {int(sys.argv[3]) / int(sys.argv[4]) / requests * 1e6:5.1f} µs CPU/req'
+           f', preempted {int(sys.argv[5]) / requests:4.2f}/req')
 print(f'{sys.argv[2]:<32} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
       f'p50 {p["p50"]*1000:6.3f} ms   p99 {p["p99"]*1000:6.3f} ms{cpu}   '
       f'{"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
