@@ -58,7 +58,9 @@ expect_decision() { # url body expected-substring [socket]
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
 preemptions() { # times the process's threads were switched out while still runnable
-  cat "/proc/$1"/task/*/status | awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n}'
+  # (a thread that ends while this reads is left out)
+  { cat "/proc/$1"/task/*/status 2>/dev/null || true; } |
+    awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n + 0}'
 }
 
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
