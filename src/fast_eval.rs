@@ -15,6 +15,11 @@
 //! whose answer and error message are then the ones reported. So this evaluator
 //! never words an error and never decides a case it is unsure of.
 //!
+//! A request reads each attribute path of a variable (`context.habilitation.
+//! profile`, `principal.partner.kind`) once, however many of its conditions read
+//! it: paths are numbered for the whole process at compile time, and [`Env`]
+//! remembers each one's value (or that Cedar errors on it) for the request.
+//!
 //! Each operator is computed by the function Cedar's evaluator calls for it where
 //! Cedar makes that function public (`binary_relation`, `binary_arith`,
 //! `unary_app`, `Set::contains` / `is_subset` / `is_disjoint`, extension
@@ -30,7 +35,8 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use cedar_policy_core::ast::{
     BinaryOp, Context, Entity, EntityType, EntityUID, EntityUIDEntry, Expr, ExprKind,
@@ -59,6 +65,8 @@ pub struct Condition {
     nodes: Box<[Node]>,
     /// The literals and folded constant parts, apart so that nodes stay small.
     constants: Box<[Value]>,
+    /// The attribute paths read from a variable, each step after its base.
+    steps: Box<[Step]>,
     /// Levels of nesting, the root included.
     depth: usize,
 }
@@ -77,11 +85,53 @@ enum Node {
     Unary(UnaryOp, NodeId),
     Binary(BinaryOp, [NodeId; 2]),
     Call(&'static ExtensionFunction, Box<[NodeId]>),
+    /// An attribute of an expression that is not a variable's path.
     GetAttr(NodeId, SmolStr),
+    /// A variable's attribute path (`context.habilitation.profile`): its place in
+    /// `steps`.
+    Path(u32),
     HasAttr(NodeId, SmolStr),
     Like(NodeId, Pattern),
     Is(NodeId, Box<EntityType>),
     Set(Box<[NodeId]>),
+}
+
+/// One step of a variable's attribute path: `attr` of the variable or of the
+/// path before it.
+struct Step {
+    path: PathId,
+    base: Base,
+    attr: SmolStr,
+}
+
+#[derive(Clone, Copy)]
+enum Base {
+    Var(Var),
+    /// The step before, by its place in `steps`.
+    Step(u32),
+}
+
+/// A variable's attribute path, numbered for the whole process: a request reads
+/// each path once, whichever of its conditions read it (the profile and contract
+/// rules read `context.habilitation` or `principal.partner` a dozen times a
+/// request), and any condition can be evaluated with any [`Env`].
+type PathId = u32;
+
+/// A path by its base (a variable, or the path it extends) and last attribute.
+#[derive(PartialEq, Eq, Hash)]
+enum PathBase {
+    Var(Var),
+    Path(PathId),
+}
+
+static PATH_IDS: LazyLock<Mutex<HashMap<(PathBase, SmolStr), PathId>>> =
+    LazyLock::new(Mutex::default);
+
+/// The number of the path `base.attr`, given the first time it is compiled.
+fn path_id(base: PathBase, attr: &SmolStr) -> PathId {
+    let mut ids = PATH_IDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let next = PathId::try_from(ids.len()).expect("fewer than 2^32 attribute paths");
+    *ids.entry((base, attr.clone())).or_insert(next)
 }
 
 impl Condition {
@@ -92,6 +142,7 @@ impl Condition {
         Some(Self {
             nodes: builder.nodes.into(),
             constants: builder.constants.into(),
+            steps: builder.steps.into(),
             depth,
         })
     }
@@ -120,7 +171,12 @@ pub struct Env<'e> {
     action: Value,
     resource: Value,
     context: Value,
+    /// The context's attributes, read in place by paths.
+    context_fields: &'e BTreeMap<SmolStr, Value>,
     entities: &'e Entities,
+    /// The paths read so far for this request, and their values (`None` where
+    /// Cedar errors). A request reads twenty-odd paths, so a scan finds one.
+    paths: RefCell<Vec<(PathId, Option<&'e Value>)>>,
     /// The entities looked up so far for this request, and what was found. A
     /// request's conditions read a handful of entities (the principal, its partner,
     /// the file, its Caf) many times, and each look-up in `entities` hashes the uid
@@ -134,23 +190,46 @@ pub struct Env<'e> {
 impl<'e> Env<'e> {
     /// The request's variables as Cedar's evaluator sees them; `None` when one is
     /// unknown or the context is missing or partial (Cedar then evaluates alone).
-    pub fn new(request: &Request, entities: &'e Entities) -> Option<Self> {
+    pub fn new(request: &'e Request, entities: &'e Entities) -> Option<Self> {
         let uid = |entry: &EntityUIDEntry| match entry {
             EntityUIDEntry::Known { euid, .. } => Some(Value::new(euid.clone(), None)),
             EntityUIDEntry::Unknown { .. } => None,
         };
-        let context = match request.context()? {
-            Context::Value(record) => Value::new(ValueKind::Record(record.clone()), None),
+        let record = match request.context()? {
+            Context::Value(record) => record,
             Context::RestrictedResidual(_) => return None,
         };
         Some(Self {
             principal: uid(request.principal())?,
             action: uid(request.action())?,
             resource: uid(request.resource())?,
-            context,
+            context: Value::new(ValueKind::Record(record.clone()), None),
+            context_fields: record,
             entities,
+            paths: RefCell::new(Vec::with_capacity(32)),
             seen: RefCell::new(Vec::with_capacity(8)),
         })
+    }
+
+    /// The value of path `path`, read with `read` the first time.
+    fn remembered(
+        &self,
+        path: PathId,
+        read: impl FnOnce() -> Option<&'e Value>,
+    ) -> Option<&'e Value> {
+        let known = self
+            .paths
+            .borrow()
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, v)| *v);
+        if let Some(value) = known {
+            return value;
+        }
+        // `read` may read the path's base, so the memo is not borrowed meanwhile.
+        let value = read();
+        self.paths.borrow_mut().push((path, value));
+        value
     }
 
     /// `entities.entity(uid)`, remembered for the request (a residual, which
@@ -203,6 +282,7 @@ impl<'e> Env<'e> {
 struct Builder {
     nodes: Vec<Node>,
     constants: Vec<Value>,
+    steps: Vec<Step>,
 }
 
 impl Builder {
@@ -242,7 +322,11 @@ impl Builder {
                     .map(|arg| sub(self, arg))
                     .collect::<Option<_>>()?,
             ),
-            ExprKind::GetAttr { expr, attr } => Node::GetAttr(sub(self, expr)?, attr.clone()),
+            ExprKind::GetAttr { expr, attr } => {
+                let operand = sub(self, expr)?;
+                self.path(operand, attr)
+                    .unwrap_or_else(|| Node::GetAttr(operand, attr.clone()))
+            }
             ExprKind::HasAttr { expr, attr } => Node::HasAttr(sub(self, expr)?, attr.clone()),
             ExprKind::Like { expr, pattern } => Node::Like(sub(self, expr)?, pattern.clone()),
             ExprKind::Is { expr, entity_type } => {
@@ -269,6 +353,26 @@ impl Builder {
             None => self.push(node),
         };
         Some((id, deepest + 1))
+    }
+
+    /// `operand.attr` as a path step, when the operand (the last node added) is a
+    /// variable or a path; the operand's node then gives way to the step's.
+    fn path(&mut self, operand: NodeId, attr: &SmolStr) -> Option<Node> {
+        if operand as usize + 1 != self.nodes.len() {
+            return None;
+        }
+        let (base, path_base) = match self.nodes[operand as usize] {
+            Node::Var(var) => (Base::Var(var), PathBase::Var(var)),
+            Node::Path(at) => (Base::Step(at), PathBase::Path(self.steps[at as usize].path)),
+            _ => return None,
+        };
+        self.nodes.pop();
+        self.steps.push(Step {
+            path: path_id(path_base, attr),
+            base,
+            attr: attr.clone(),
+        });
+        Some(Node::Path((self.steps.len() - 1) as u32))
     }
 
     fn push(&mut self, node: Node) -> NodeId {
@@ -340,6 +444,7 @@ impl Condition {
                     PartialValue::Residual(_) => return None,
                 }
             }
+            Node::Path(at) => Cow::Borrowed(self.step(*at, env)?),
             Node::GetAttr(expr, attr) => {
                 return match self.eval(*expr, env)? {
                     Cow::Borrowed(value) => attribute(value, attr, env).map(Cow::Borrowed),
@@ -391,6 +496,18 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// A path step's value, read once a request.
+    fn step<'e>(&self, at: u32, env: &Env<'e>) -> Option<&'e Value> {
+        let step = &self.steps[at as usize];
+        env.remembered(step.path, || match step.base {
+            Base::Var(Var::Context) => env.context_fields.get(&step.attr),
+            Base::Var(var) => entity_attribute(as_entity(env.var(var))?, &step.attr, env),
+            Base::Step(base) => attribute(self.step(base, env)?, &step.attr, env),
+        })
+    }
+}
+
 fn boolean<'a>(value: bool) -> Cow<'a, Value> {
     Cow::Owned(value.into())
 }
@@ -417,17 +534,22 @@ fn as_set(value: &Value) -> Option<&cedar_policy_core::ast::Set> {
 }
 
 /// `value.attr` of a record or a stored entity (Cedar errors on anything else).
-fn attribute<'v>(value: &'v Value, attr: &str, env: &'v Env<'_>) -> Option<&'v Value> {
+fn attribute<'v, 'e: 'v>(value: &'v Value, attr: &str, env: &Env<'e>) -> Option<&'v Value> {
     match &value.value {
         ValueKind::Record(record) => record.get(attr),
-        ValueKind::Lit(Literal::EntityUID(uid)) => match env.entity(uid) {
-            Dereference::Data(entity) => match entity.get(attr)? {
-                PartialValue::Value(value) => Some(value),
-                PartialValue::Residual(_) => None,
-            },
-            Dereference::NoSuchEntity | Dereference::Residual(_) => None,
-        },
+        ValueKind::Lit(Literal::EntityUID(uid)) => entity_attribute(uid, attr, env),
         _ => None,
+    }
+}
+
+/// `uid.attr` of a stored entity.
+fn entity_attribute<'e>(uid: &Arc<EntityUID>, attr: &str, env: &Env<'e>) -> Option<&'e Value> {
+    match env.entity(uid) {
+        Dereference::Data(entity) => match entity.get(attr)? {
+            PartialValue::Value(value) => Some(value),
+            PartialValue::Residual(_) => None,
+        },
+        Dereference::NoSuchEntity | Dereference::Residual(_) => None,
     }
 }
 
