@@ -216,16 +216,21 @@ pub fn plain_ref(value: &Value) -> Option<(&str, &str)> {
 /// The `type` and `id` of an object reference: exactly `{"type", "id"}`, or exactly
 /// `{"__entity": {"type", "id"}}` (any other key would leave readers disagreeing on
 /// which entity is meant).
+///
+/// The keys are compared in turn: a map's own look-up would hash each key (with
+/// SipHash), three times a reference, where two or one keys are all there is.
 fn object_ref(map: &Map<String, Value>) -> Option<(&Value, &Value)> {
-    let map = match map.get("__entity") {
-        Some(Value::Object(inner)) if map.len() == 1 => inner,
-        Some(_) => return None,
-        None => map,
+    let map = match map.iter().next() {
+        Some((key, Value::Object(inner))) if key == "__entity" && map.len() == 1 => inner,
+        _ => map,
     };
-    if map.len() != 2 {
-        return None;
+    let mut fields = map.iter().map(|(key, value)| (key.as_str(), value));
+    match (fields.next()?, fields.next()?, fields.next()) {
+        (("type", type_name), ("id", id), None) | (("id", id), ("type", type_name), None) => {
+            Some((type_name, id))
+        }
+        _ => None,
     }
-    Some((map.get("type")?, map.get("id")?))
 }
 
 /// Parses an entity reference in either accepted shape.
@@ -273,8 +278,11 @@ mod tests {
             &json!({"__entity": {"type": "User", "id": "alice"}}),
         )
         .unwrap();
+        let reversed =
+            parse_entity_ref("principal", &json!({"id": "alice", "type": "User"})).unwrap();
         assert_eq!(text, object);
         assert_eq!(text, escaped);
+        assert_eq!(text, reversed);
     }
 
     #[test]
@@ -287,6 +295,9 @@ mod tests {
             json!({"type": "User", "id": "a", "role": "x"}),
             json!({"__entity": {"type": "User", "id": "a"}, "type": "Caf", "id": "x"}),
             json!({"__entity": {"type": "User", "id": "a", "x": 1}}),
+            json!({"__entity": "User::\"a\""}),
+            json!({"id": "a", "__entity": {"type": "User", "id": "a"}}),
+            json!({"type": "User", "type2": "User"}),
         ] {
             let err = parse_entity_ref("resource", &bad).unwrap_err();
             assert_eq!(err.code(), "invalid_entity_ref", "{bad}");
