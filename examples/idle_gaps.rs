@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::api::Outcome;
 use cdap_authz::engine;
 use cdap_authz::load::Sources;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -35,7 +35,8 @@ fn main() {
             .map(|_| {
                 std::thread::sleep(Duration::from_micros(gap));
                 let started = Instant::now();
-                let request = AuthzRequest::from_slice(&bytes).expect("a valid request");
+                let request =
+                    engine::read_request(&snapshot, &bytes, &[]).expect("a valid request");
                 let decision =
                     engine::decide(&snapshot, &request, chrono::Utc::now()).expect("a decision");
                 assert_eq!(decision.outcome, Outcome::Allow);

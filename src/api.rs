@@ -6,11 +6,15 @@
 //! `{"__entity": {"type": …, "id": …}}`, with no other key. A key repeated in any
 //! object of a request is refused ([`crate::strict_json`]).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy_core::ast;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use smol_str::SmolStr;
 
 use crate::fast_hash::HashMap;
 use crate::strict_json;
@@ -28,11 +32,57 @@ pub struct AuthzRequest {
     pub action: Value,
     #[serde(deserialize_with = "strict_json::value")]
     pub resource: Value,
-    #[serde(default, deserialize_with = "strict_json::object")]
-    pub context: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "json_context")]
+    pub context: Option<WireContext>,
     /// Entities added to the stored ones for this decision only.
     #[serde(default, deserialize_with = "strict_json::array")]
     pub entities: Option<Vec<Value>>,
+}
+
+/// A request's context, as read.
+#[derive(Debug, Clone)]
+pub enum WireContext {
+    /// As JSON, every key checked unique ([`AuthzRequest::from_slice`]).
+    Json(Map<String, Value>),
+    /// Straight into Cedar's values by the action's declared context type
+    /// ([`crate::typed_request`]), for the snapshot of version `version` only; with
+    /// the JSON of the fields the decision log records.
+    Typed {
+        version: String,
+        fields: Arc<BTreeMap<SmolStr, ast::Value>>,
+        recorded: Map<String, Value>,
+    },
+}
+
+impl WireContext {
+    pub fn contains_key(&self, name: &str) -> bool {
+        match self {
+            WireContext::Json(json) => json.contains_key(name),
+            WireContext::Typed { fields, .. } => fields.contains_key(name),
+        }
+    }
+
+    /// The names of the context's attributes.
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            WireContext::Json(json) => Box::new(json.keys().map(String::as_str)),
+            WireContext::Typed { fields, .. } => Box::new(fields.keys().map(SmolStr::as_str)),
+        }
+    }
+
+    /// The JSON the decision log reads the fields it records from.
+    pub fn recorded_json(&self) -> &Map<String, Value> {
+        match self {
+            WireContext::Json(json) => json,
+            WireContext::Typed { recorded, .. } => recorded,
+        }
+    }
+}
+
+fn json_context<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<WireContext>, D::Error> {
+    strict_json::object(deserializer).map(|json| json.map(WireContext::Json))
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,19 +248,22 @@ impl TypeNames {
 /// anything else goes to Cedar's parser).
 pub fn plain_ref(value: &Value) -> Option<(&str, &str)> {
     match value {
-        Value::String(text) => {
-            let (type_name, quoted) = text.split_once("::\"")?;
-            let id = quoted.strip_suffix('"')?;
-            id.bytes()
-                .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\'' | b'\\'))
-                .then_some((type_name, id))
-        }
+        Value::String(text) => plain_text_ref(text),
         Value::Object(map) => {
             let (type_name, id) = object_ref(map)?;
             Some((type_name.as_str()?, id.as_str()?))
         }
         _ => None,
     }
+}
+
+/// The text form of [`plain_ref`].
+pub fn plain_text_ref(text: &str) -> Option<(&str, &str)> {
+    let (type_name, quoted) = text.split_once("::\"")?;
+    let id = quoted.strip_suffix('"')?;
+    id.bytes()
+        .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\'' | b'\\'))
+        .then_some((type_name, id))
 }
 
 /// The `type` and `id` of an object reference: exactly `{"type", "id"}`, or exactly

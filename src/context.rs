@@ -230,11 +230,24 @@ impl RecordType {
 
     /// Required attributes missing from `json` (the time attribute may be filled in).
     pub fn missing<'a>(&'a self, json: &'a Map<String, Value>) -> impl Iterator<Item = &'a str> {
+        self.missing_where(|name| json.contains_key(name))
+    }
+
+    /// Required attributes for which `has` is false.
+    pub fn missing_where<'a>(
+        &'a self,
+        has: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a str> {
         self.attributes
             .iter()
-            .filter(|(name, (_, required))| *required && !json.contains_key(*name))
+            .filter(move |(name, (_, required))| *required && !has(name))
             .map(|(name, _)| name.as_str())
     }
+}
+
+/// Converts the value of the context's attribute `name`, declared of type `ty`.
+pub fn convert_attribute(value: &Value, ty: &AttrType, name: &str) -> Result<ast::Value, String> {
+    convert(value, ty, &Path { prefix: "", name })
 }
 
 /// An attribute's path in the context, written out only for an error message.

@@ -6,17 +6,20 @@
 //! erroring `forbid` and could allow).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
+use cedar_policy_core::ast;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError};
+use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError, WireContext};
 use crate::context::extension_value;
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
 use crate::slice::collect_uids;
 use crate::snapshot::{ScopeTypes, Snapshot};
+use crate::typed_request;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -65,6 +68,20 @@ pub fn decide(
     Ok(evaluate(&prepared))
 }
 
+/// Reads a decision request for `snapshot`: its context straight into Cedar's values
+/// where [`typed_request`] can, with the JSON of the `recorded` fields; the general
+/// way otherwise, whose error is then the one given.
+pub fn read_request(
+    snapshot: &Snapshot,
+    bytes: &[u8],
+    recorded: &[String],
+) -> Result<AuthzRequest, RequestError> {
+    match typed_request::read(bytes, &typed_request::Types::of(snapshot), recorded) {
+        Some(request) => Ok(request),
+        None => AuthzRequest::from_slice(bytes),
+    }
+}
+
 /// Checks a wire request against the snapshot's schema and gathers its entities.
 pub fn prepare<'s>(
     snapshot: &'s Snapshot,
@@ -89,9 +106,9 @@ pub fn prepare<'s>(
             });
         }
     }
-    let empty = Map::new();
-    let context_json = request.context.as_ref().unwrap_or(&empty);
-    let context = context(snapshot, &action, context_json, now)?;
+    let empty = WireContext::Json(Map::new());
+    let wire_context = request.context.as_ref().unwrap_or(&empty);
+    let context = context(snapshot, &action, wire_context, now)?;
     let buckets = snapshot
         .policy_index
         .select(&action, &principal, &resource, |uid| {
@@ -99,7 +116,7 @@ pub fn prepare<'s>(
         });
     let mut roots = vec![principal.clone(), resource.clone()];
     if !request_entities.is_empty() {
-        for key in context_json.keys() {
+        for key in wire_context.keys() {
             if let Some(value) = context.get(key) {
                 collect_uids(&value, &mut roots);
             }
@@ -176,20 +193,33 @@ fn ancestors(uid: &EntityUid, stored: &Entities, added: &[Entity]) -> Vec<Entity
 fn context(
     snapshot: &Snapshot,
     action: &EntityUid,
-    json: &Map<String, Value>,
+    wire: &WireContext,
     now: DateTime<Utc>,
 ) -> Result<Context, RequestError> {
     let Some(context_type) = snapshot.context_types.get(action) else {
-        return Context::from_json_value(
-            Value::Object(json.clone()),
-            Some((&snapshot.schema, action)),
-        )
-        .map_err(|e| RequestError::InvalidContext(describe(&e)));
+        return match wire {
+            WireContext::Json(json) => Context::from_json_value(
+                Value::Object(json.clone()),
+                Some((&snapshot.schema, action)),
+            )
+            .map_err(|e| RequestError::InvalidContext(describe(&e))),
+            WireContext::Typed { .. } => Err(RequestError::InvalidContext(format!(
+                "the context was read by a context type this snapshot does not declare for {action}"
+            ))),
+        };
     };
+    if let WireContext::Typed { version, .. } = wire {
+        if *version != snapshot.version {
+            return Err(RequestError::InvalidContext(format!(
+                "the context was read for policy version {version}, not {}",
+                snapshot.version
+            )));
+        }
+    }
     let time = &snapshot.time_attribute;
-    let fill_time = snapshot.fills_time(action) && !json.contains_key(time);
+    let fill_time = snapshot.fills_time(action) && !wire.contains_key(time);
     if let Some(name) = context_type
-        .missing(json)
+        .missing_where(|name| wire.contains_key(name))
         .find(|name| !(fill_time && *name == time))
     {
         return Err(RequestError::InvalidContext(format!(
@@ -205,9 +235,19 @@ fn context(
         let value = extension_value("datetime", &now).map_err(RequestError::InvalidContext)?;
         filled.push((time.clone(), value));
     }
-    context_type
-        .build(json, filled)
-        .map_err(RequestError::InvalidContext)
+    match wire {
+        WireContext::Typed { fields, .. } => {
+            let mut fields = Arc::clone(fields);
+            if !filled.is_empty() {
+                let record = Arc::make_mut(&mut fields);
+                record.extend(filled.into_iter().map(|(name, value)| (name.into(), value)));
+            }
+            Ok(Context::from(ast::Context::Value(fields)))
+        }
+        WireContext::Json(json) => context_type
+            .build(json, filled)
+            .map_err(RequestError::InvalidContext),
+    }
 }
 
 /// Runs Cedar on the policies that can apply and applies the fail-closed rule.

@@ -365,7 +365,11 @@ async fn route(
 
 async fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-    let request = AuthzRequest::from_slice(body)?;
+    let recorded = state
+        .audit
+        .as_ref()
+        .map_or(&[][..], |log| log.context_fields());
+    let request = engine::read_request(&snapshot, body, recorded)?;
     let response = decide(state, &snapshot, &request)?.answer(state).await;
     Ok(json_response(StatusCode::OK, &response))
 }

@@ -61,6 +61,7 @@ pub mod store;
 pub mod strict_json;
 pub mod suite;
 pub mod traces;
+pub mod typed_request;
 pub mod workers;
 
 /// Every program built on this crate (the binary, its tests and benches) allocates

@@ -11,7 +11,7 @@ use cedar_policy::{EntityUid, EvalResult};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::api::{parse_entity_ref, AuthzRequest, RequestError};
+use crate::api::{parse_entity_ref, AuthzRequest, RequestError, WireContext};
 use crate::audit::query::Filter;
 use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
@@ -138,7 +138,7 @@ fn read_request(query: &TraceQuery, trace: &EntityUid) -> AuthzRequest {
         principal: Value::String(query.caller.to_string()),
         action: json!("Action::\"read_traces\""),
         resource: Value::String(trace.to_string()),
-        context: Some(context),
+        context: Some(WireContext::Json(context)),
         entities: None,
     }
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::api::Outcome;
 use cdap_authz::engine;
 use cdap_authz::load::{self, Model, Sources};
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -116,14 +116,15 @@ pub fn snapshot(model: Model) -> Snapshot {
     .unwrap()
 }
 
-/// The full in-process path: bytes in, bytes out.
+/// The full in-process path: bytes in, bytes out, read as the HTTP handler reads a
+/// request (its context by type, nothing recorded: the log is not part of it).
 pub fn full_path(snapshot: &Snapshot, bytes: &[u8]) -> (Outcome, Vec<u8>) {
     full_path_at(snapshot, bytes, now())
 }
 
 /// [`full_path`] with the sidecar's clock at `now`.
 pub fn full_path_at(snapshot: &Snapshot, bytes: &[u8], now: DateTime<Utc>) -> (Outcome, Vec<u8>) {
-    let request = AuthzRequest::from_slice(bytes).unwrap();
+    let request = engine::read_request(snapshot, bytes, &[]).unwrap();
     let decision = engine::decide(snapshot, &request, now).unwrap();
     let outcome = decision.outcome;
     let response = decision.response(&snapshot.version);

@@ -4,7 +4,7 @@
 //! unrelated request entity (the sliced store) — and by Cedar alone on the whole
 //! stored entity set with its own JSON context parser; all three must agree.
 
-use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::api::{AuthzRequest, Outcome, WireContext};
 use cdap_authz::engine;
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
@@ -27,8 +27,11 @@ fn ids(entities: &Entities, type_name: &str) -> Vec<String> {
 fn unsliced(snapshot: &Snapshot, all: &Entities, request: &AuthzRequest) -> (Outcome, Vec<String>) {
     let uid = |v: &Value| cdap_authz::api::parse_entity_ref("test", v).unwrap();
     let action: EntityUid = uid(&request.action);
+    let Some(WireContext::Json(json)) = &request.context else {
+        panic!("a request read from JSON values has a JSON context")
+    };
     let context = Context::from_json_value(
-        Value::Object(request.context.clone().unwrap()),
+        Value::Object(json.clone()),
         Some((&snapshot.schema, &action)),
     )
     .unwrap();
