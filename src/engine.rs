@@ -45,6 +45,8 @@ impl Decision {
 /// A wire request resolved against a snapshot: exactly what Cedar evaluates.
 pub struct Prepared<'s> {
     pub principal: EntityUid,
+    /// Whether the principal is a stored entity (not one the request brings).
+    pub principal_stored: bool,
     pub action: EntityUid,
     pub resource: EntityUid,
     pub request: Request,
@@ -96,9 +98,13 @@ pub fn prepare<'s>(
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
     check_applies_to(scope_types, &action, &principal, &resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
-    for (field, uid) in [("principal", &principal), ("resource", &resource)] {
-        let known = snapshot.entities.get(uid).is_some()
-            || request_entities.iter().any(|e| e.uid() == *uid);
+    let principal_stored = snapshot.entities.get(&principal).is_some();
+    let resource_stored = snapshot.entities.get(&resource).is_some();
+    for (field, uid, stored) in [
+        ("principal", &principal, principal_stored),
+        ("resource", &resource, resource_stored),
+    ] {
+        let known = stored || request_entities.iter().any(|e| e.uid() == *uid);
         if !known {
             return Err(RequestError::UnknownEntity {
                 field,
@@ -114,15 +120,19 @@ pub fn prepare<'s>(
         .select(&action, &principal, &resource, |uid| {
             ancestors(uid, &snapshot.entities, &request_entities)
         });
-    let mut roots = vec![principal.clone(), resource.clone()];
-    if !request_entities.is_empty() {
+    // What the slice of the store must reach, when the request brings entities.
+    let roots = if request_entities.is_empty() {
+        Vec::new()
+    } else {
+        let mut roots = vec![principal.clone(), resource.clone()];
         for key in wire_context.keys() {
             if let Some(value) = context.get(key) {
                 collect_uids(&value, &mut roots);
             }
         }
         roots.extend(buckets.iter().flat_map(|b| b.literals.iter().cloned()));
-    }
+        roots
+    };
     // Cedar validates the request only when its context came through Cedar's parser:
     // a context built by its declared type has been validated by that build, and the
     // rest of Cedar's checks are done above (the action is declared and applies to the
@@ -148,6 +158,7 @@ pub fn prepare<'s>(
     };
     Ok(Prepared {
         principal,
+        principal_stored,
         action,
         resource,
         request: cedar_request,

@@ -511,7 +511,7 @@ fn admit(
     prepared: &engine::Prepared,
 ) -> Result<(), RequestError> {
     if !limits.request_principals {
-        if snapshot.entities.get(&prepared.principal).is_none() {
+        if !prepared.principal_stored {
             return Err(RequestError::PrincipalNotStored(
                 prepared.principal.to_string(),
             ));
