@@ -113,8 +113,8 @@ enum Base {
 
 /// A variable's attribute path, numbered for the whole process: a request reads
 /// each path once, whichever of its conditions read it (the profile and contract
-/// rules read `context.habilitation` or `principal.partner` a dozen times a
-/// request), and any condition can be evaluated with any [`Env`].
+/// rules each read `context.habilitation` or `principal.partner` again), and any
+/// condition can be evaluated with any [`Env`].
 type PathId = u32;
 
 /// A path by its base (a variable, or the path it extends) and last attribute.
@@ -124,6 +124,8 @@ enum PathBase {
     Path(PathId),
 }
 
+/// Every path compiled so far. It grows only with paths never compiled before: a
+/// reload of the same policies adds none.
 static PATH_IDS: LazyLock<Mutex<HashMap<(PathBase, SmolStr), PathId>>> =
     LazyLock::new(Mutex::default);
 
@@ -175,7 +177,7 @@ pub struct Env<'e> {
     context_fields: &'e BTreeMap<SmolStr, Value>,
     entities: &'e Entities,
     /// The paths read so far for this request, and their values (`None` where
-    /// Cedar errors). A request reads twenty-odd paths, so a scan finds one.
+    /// Cedar errors). A consultation reads 17 distinct paths, so a scan finds one.
     paths: RefCell<Vec<(PathId, Option<&'e Value>)>>,
     /// The entities looked up so far for this request, and what was found. A
     /// request's conditions read a handful of entities (the principal, its partner,

@@ -3,7 +3,7 @@
 //!
 //! The general reading ([`AuthzRequest::from_slice`]) builds serde_json values first,
 //! each object a map whose keys are hashed with SipHash, and [`crate::context`] then
-//! converts the context's values into Cedar's. Together they were about a third of a
+//! converts the context's values into Cedar's. Together they were 29% of a
 //! consultation's instructions (BENCHMARKS.md). This reader does both in one pass.
 //! It reads the forms backends send: strings, whole numbers, booleans, `{"type",
 //! "id"}` and `"Type::\"id\""` references, extension values as strings, sets and
