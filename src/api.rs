@@ -109,9 +109,10 @@ impl Outcome {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnostics {
-    /// The `@id`s of the policies that determined the decision.
+    /// The `@id`s of the policies that determined the decision, in id order.
     pub reason: Vec<String>,
-    /// Evaluation errors, each naming its policy. Any error makes the decision Deny.
+    /// Evaluation errors, each naming its policy, in the order of those names. Any
+    /// error makes the decision Deny.
     pub errors: Vec<String>,
 }
 

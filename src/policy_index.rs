@@ -394,8 +394,9 @@ fn evaluated_request(request: &Request) -> ast::Request {
 /// A decision over several buckets, by Cedar's rule.
 pub struct Combined {
     pub allowed: bool,
-    /// Policies that determined the decision.
+    /// Policies that determined the decision, by id.
     pub reason: Vec<String>,
+    /// Evaluation errors, by the id of their policy.
     pub errors: Vec<String>,
 }
 
@@ -429,6 +430,12 @@ pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) ->
             Err(error) => errors.push(error),
         }
     }
+    // In policy-id order: the buckets' guarded lists come out of a hash map, whose
+    // order changes from one process to the next, and the contract (and the log)
+    // should not.
+    forbids.sort_unstable();
+    permits.sort_unstable();
+    errors.sort_unstable();
     if !forbids.is_empty() {
         Combined {
             allowed: false,

@@ -130,3 +130,33 @@ fn omitted_time_is_filled_with_the_current_time() {
     decide_with_rsa_ended_days_ago(729).assert_allowed_by("P7-T19-controle-rsa");
     decide_with_rsa_ended_days_ago(731).assert_denied_by_default();
 }
+
+/// Reasons and errors are listed in policy-id order, whatever order the policies
+/// were evaluated in: here every profile permit errors (the habilitation does not
+/// exist), the ones filed by profile among them, whose lists come out of a hash map.
+#[test]
+fn reasons_and_errors_are_listed_by_policy_id() {
+    let server = Server::start();
+    let request = consult(
+        "mau-t2",
+        "no-such-habilitation",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    let (status, body) = server.post("/v1/is_authorized", &request);
+    assert_eq!(status, 200, "{body}");
+    for key in ["reason", "errors"] {
+        let listed: Vec<&str> = body["diagnostics"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item.as_str().unwrap())
+            .collect();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        assert_eq!(listed, sorted, "{key}");
+    }
+    let errors = body["diagnostics"]["errors"].as_array().unwrap();
+    assert!(errors.len() > 5, "{body}");
+}
