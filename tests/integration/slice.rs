@@ -1,8 +1,10 @@
 //! The engine never changes a decision: every combination of the demo data's
 //! principals, actions, resources and context entities is decided by the engine
-//! twice — as is (the whole store, context built by the schema's types) and with an
-//! unrelated request entity (the sliced store) — and by Cedar alone on the whole
-//! stored entity set with its own JSON context parser; all three must agree.
+//! three times — as is (the whole store, context built by the schema's types), read
+//! from its bytes as the HTTP handler reads it (context straight into Cedar's values,
+//! `typed_request`), and with an unrelated request entity (the sliced store) — and by
+//! Cedar alone on the whole stored entity set with its own JSON context parser; all
+//! four must agree.
 
 use cdap_authz::api::{AuthzRequest, Outcome, WireContext};
 use cdap_authz::engine;
@@ -67,6 +69,10 @@ fn unsliced(snapshot: &Snapshot, all: &Entities, request: &AuthzRequest) -> (Out
 }
 
 fn check(snapshot: &Snapshot, all: &Entities, request: Value) {
+    let bytes = serde_json::to_vec(&request).unwrap();
+    let typed = engine::read_request(snapshot, &bytes, &[]).unwrap();
+    let read_by_type = matches!(typed.context, Some(WireContext::Typed { .. }));
+    assert!(read_by_type, "{request}");
     let request = AuthzRequest::from_value(request).unwrap();
     let expected = unsliced(snapshot, all, &request);
     let mut sliced = request.clone();
@@ -74,7 +80,7 @@ fn check(snapshot: &Snapshot, all: &Entities, request: Value) {
         "uid": {"type": "Group", "id": "probe"}, "parents": [],
         "attrs": {"name": "probe", "partner": {"type": "Partner", "id": "ville-maubeuge"}}
     })]);
-    for request in [request, sliced] {
+    for request in [request, typed, sliced] {
         let decision = engine::decide(snapshot, &request, chrono::Utc::now()).unwrap();
         let mut reason = decision.diagnostics.reason.clone();
         reason.sort();
