@@ -191,26 +191,16 @@ impl<'de> Visitor<'de> for ContextSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireContext, A::Error> {
-        let mut fields = BTreeMap::new();
         let mut recorded = Map::new();
-        while let Some(Text(name)) = map.next_key()? {
-            let (ty, _) = self
-                .record
-                .attributes
-                .get(name.as_str())
-                .ok_or_else(give_up)?;
-            let value = if self.recorded.iter().any(|kept| *kept == name) {
-                let Strict(json) = map.next_value()?;
-                let value = convert_attribute(&json, ty, &name).map_err(|_| give_up())?;
-                recorded.insert(name.to_string(), json);
-                value
-            } else {
-                map.next_value_seed(ValueSeed(ty))?
-            };
-            if fields.insert(name, value).is_some() {
-                return Err(give_up());
+        let fields = fields(self.record, &mut map, |name, ty, map| {
+            if !self.recorded.iter().any(|kept| kept == name) {
+                return map.next_value_seed(ValueSeed(ty));
             }
-        }
+            let Strict(json) = map.next_value()?;
+            let value = convert_attribute(&json, ty, name).map_err(|_| give_up())?;
+            recorded.insert(name.to_string(), json);
+            Ok(value)
+        })?;
         Ok(WireContext::Typed {
             version: self.version.to_owned(),
             fields: Arc::new(fields),
@@ -335,14 +325,9 @@ fn entity<E: de::Error>(
 
 /// A record of the declared attributes, each once, the required ones all there.
 fn record<'de, A: MapAccess<'de>>(record: &RecordType, mut map: A) -> Result<ast::Value, A::Error> {
-    let mut fields = BTreeMap::new();
-    while let Some(Text(name)) = map.next_key()? {
-        let (ty, _) = record.attributes.get(name.as_str()).ok_or_else(give_up)?;
-        let value = map.next_value_seed(ValueSeed(ty))?;
-        if fields.insert(name, value).is_some() {
-            return Err(give_up());
-        }
-    }
+    let fields = fields(record, &mut map, |_, ty, map| {
+        map.next_value_seed(ValueSeed(ty))
+    })?;
     if record
         .missing_where(|name| fields.contains_key(name))
         .next()
@@ -351,6 +336,24 @@ fn record<'de, A: MapAccess<'de>>(record: &RecordType, mut map: A) -> Result<ast
         return Err(give_up());
     }
     Ok(ast::Value::record_arc(Arc::new(fields), None))
+}
+
+/// The attributes in `map`, each declared by `record` and there once, each value
+/// read by `read`.
+fn fields<'de, A: MapAccess<'de>>(
+    record: &RecordType,
+    map: &mut A,
+    mut read: impl FnMut(&str, &AttrType, &mut A) -> Result<ast::Value, A::Error>,
+) -> Result<BTreeMap<SmolStr, ast::Value>, A::Error> {
+    let mut fields = BTreeMap::new();
+    while let Some(Text(name)) = map.next_key()? {
+        let (ty, _) = record.attributes.get(name.as_str()).ok_or_else(give_up)?;
+        let value = read(&name, ty, map)?;
+        if fields.insert(name, value).is_some() {
+            return Err(give_up());
+        }
+    }
+    Ok(fields)
 }
 
 #[cfg(test)]
