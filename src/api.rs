@@ -46,12 +46,20 @@ pub enum WireContext {
     Json(Map<String, Value>),
     /// Straight into Cedar's values by the action's declared context type
     /// ([`crate::typed_request`]), for the snapshot of version `version` only; with
-    /// the JSON of the fields the decision log records.
+    /// the fields the decision log records, each as compact JSON text.
     Typed {
         version: String,
         fields: Arc<BTreeMap<SmolStr, ast::Value>>,
-        recorded: Map<String, Value>,
+        recorded: Vec<(SmolStr, String)>,
     },
+}
+
+/// A context field as the decision log records it: the JSON the backend sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordedValue<'a> {
+    Json(&'a Value),
+    /// As serde_json writes it: compact, escaped as serde_json escapes.
+    Compact(&'a str),
 }
 
 impl WireContext {
@@ -70,11 +78,15 @@ impl WireContext {
         }
     }
 
-    /// The JSON the decision log reads the fields it records from.
-    pub fn recorded_json(&self) -> &Map<String, Value> {
+    /// Field `name` as the decision log records it, if the request has it and,
+    /// for a typed context, it was read to be recorded.
+    pub fn recorded(&self, name: &str) -> Option<RecordedValue<'_>> {
         match self {
-            WireContext::Json(json) => json,
-            WireContext::Typed { recorded, .. } => recorded,
+            WireContext::Json(json) => json.get(name).map(RecordedValue::Json),
+            WireContext::Typed { recorded, .. } => recorded
+                .iter()
+                .find(|(kept, _)| kept == name)
+                .map(|(_, text)| RecordedValue::Compact(text)),
         }
     }
 }

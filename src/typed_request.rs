@@ -19,8 +19,9 @@
 //! So this reader never words an error and never accepts what the general reading
 //! refuses; a property test holds the two readings equal.
 //!
-//! The fields the decision log records are also kept as JSON, so that the log keeps
-//! what the backend sent.
+//! The fields the decision log records are read by type too, and also kept as the
+//! compact JSON text serde_json writes for them (the backend's own text when it is
+//! already so), so that the log keeps what the backend sent.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,11 +30,12 @@ use std::sync::Arc;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use cedar_policy_core::ast;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use smol_str::SmolStr;
 
 use crate::api::{plain_text_ref, AuthzRequest, TypeNames, WireContext};
-use crate::context::{convert_attribute, extension_value, AttrType, ContextTypes, RecordType};
+use crate::context::{extension_value, AttrType, ContextTypes, RecordType};
 use crate::snapshot::Snapshot;
 use crate::strict_json::{self, Strict};
 
@@ -191,14 +193,14 @@ impl<'de> Visitor<'de> for ContextSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireContext, A::Error> {
-        let mut recorded = Map::new();
+        let mut recorded = Vec::new();
         let fields = fields(self.record, &mut map, |name, ty, map| {
             if !self.recorded.iter().any(|kept| kept == name) {
                 return map.next_value_seed(ValueSeed(ty));
             }
-            let Strict(json) = map.next_value()?;
-            let value = convert_attribute(&json, ty, name).map_err(|_| give_up())?;
-            recorded.insert(name.to_string(), json);
+            let raw: &RawValue = map.next_value()?;
+            let (value, json) = read_recorded(raw, ty).ok_or_else(give_up)?;
+            recorded.push((SmolStr::new(name), json));
             Ok(value)
         })?;
         Ok(WireContext::Typed {
@@ -207,6 +209,44 @@ impl<'de> Visitor<'de> for ContextSeed<'_> {
             recorded,
         })
     }
+}
+
+/// A field the decision log records, read by its type `ty` from its `raw` text,
+/// and its JSON as serde_json writes it (compact, escaped as the log escapes): the
+/// log keeps what the backend sent, as when the request is read the general way.
+fn read_recorded(raw: &RawValue, ty: &AttrType) -> Option<(ast::Value, String)> {
+    let text = raw.get();
+    let value = ValueSeed(ty)
+        .deserialize(&mut serde_json::Deserializer::from_str(text))
+        .ok()?;
+    if written_as_serde_json_writes(text) {
+        return Some((value, text.to_owned()));
+    }
+    let mut json = Vec::with_capacity(text.len());
+    serde_transcode::transcode(
+        &mut serde_json::Deserializer::from_str(text),
+        &mut serde_json::Serializer::new(&mut json),
+    )
+    .ok()?;
+    Some((value, String::from_utf8(json).ok()?))
+}
+
+/// Whether serde_json writes the JSON value `json` as it is: without whitespace
+/// between tokens, escapes or numbers (which it may write otherwise: `1E2`, `1.0`,
+/// `"\u00e9"`). Backends send compact purposes and categories; the others are
+/// re-written.
+fn written_as_serde_json_writes(json: &str) -> bool {
+    let mut in_string = false;
+    json.bytes().all(|byte| match byte {
+        b'\\' => false,
+        b'"' => {
+            in_string = !in_string;
+            true
+        }
+        _ if in_string => true,
+        b'{' | b'}' | b'[' | b']' | b',' | b':' => true,
+        _ => byte.is_ascii_lowercase(),
+    })
 }
 
 /// A value of a declared type.
@@ -391,6 +431,7 @@ mod tests {
             &[
                 r#"{"type": "Mission", "id": "m"}"#,
                 r#"{"id": "m é", "type": "Mission"}"#,
+                r#"{"type":"Mission","id":"\u006d\/"}"#,
                 r#""Mission::\"m\"""#,
                 r#""Mission::\"a\\\"b\"""#,
                 r#"{"type": "User", "id": "u"}"#,
@@ -407,6 +448,7 @@ mod tests {
                 "[]",
                 r#"["rsa"]"#,
                 r#"["rsa", "rsa", "x\u00e9"]"#,
+                r#"["x\u00e9","y"]"#,
                 "[1]",
                 r#""rsa""#,
             ],
@@ -532,9 +574,11 @@ mod tests {
                 };
                 prop_assert_eq!(version, "v");
                 prop_assert_eq!(&ast::Context::Value(fields), built.as_ref(), "{}", text);
-                let expected: Map<String, Value> = json
-                    .into_iter()
+                // As the log writes them from the general reading: serde_json's text.
+                let expected: Vec<(SmolStr, String)> = json
+                    .iter()
                     .filter(|(name, _)| recorded.contains(name))
+                    .map(|(name, value)| (name.into(), value.to_string()))
                     .collect();
                 prop_assert_eq!(kept_json, expected, "{}", text);
                 Ok(())

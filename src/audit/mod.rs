@@ -15,7 +15,7 @@ use cedar_policy::{Entities, EntityUid};
 use cedar_policy_core::ast;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::api::{AuthzRequest, AuthzResponse, WireContext};
+use crate::api::{AuthzRequest, AuthzResponse};
 use crate::engine::Decision;
 use crate::slice::{stored_entity_ref, stored_in_place};
 
@@ -129,11 +129,7 @@ impl Decided<'_> {
             caf: caf.map(|c| c.eid().as_ref()),
             context: RecordedContext {
                 names: context_fields,
-                context: self
-                    .request
-                    .context
-                    .as_ref()
-                    .map(WireContext::recorded_json),
+                context: self.request.context.as_ref(),
             },
             decision: self.response.decision.as_str(),
             reason: &diagnostics.reason,

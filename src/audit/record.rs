@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::api::{RecordedValue, WireContext};
+
 /// The `prev` of the first record of a log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -105,16 +107,19 @@ impl Fields<'_> {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordedContext<'a> {
     pub names: &'a [String],
-    pub context: Option<&'a Map<String, Value>>,
+    pub context: Option<&'a WireContext>,
 }
 
 impl RecordedContext<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
         let kept = self.names.iter().filter_map(|name| {
-            let value = self.context?.get(name)?;
+            let value = self.context?.recorded(name)?;
             Some((name.as_str(), value))
         });
-        push_json_object(out, kept);
+        push_json_object(out, kept, |out, value| match value {
+            RecordedValue::Json(value) => push_json_value(out, value),
+            RecordedValue::Compact(json) => out.extend_from_slice(json.as_bytes()),
+        });
     }
 }
 
@@ -125,14 +130,19 @@ fn push_json_value(out: &mut Vec<u8>, value: &Value) {
         Value::String(text) => push_json_string(out, text),
         Value::Array(items) => push_json_list(out, items, push_json_value),
         Value::Object(fields) => {
-            push_json_object(out, fields.iter().map(|(name, v)| (name.as_str(), v)));
+            let fields = fields.iter().map(|(name, v)| (name.as_str(), v));
+            push_json_object(out, fields, push_json_value);
         }
         other => serde_json::to_writer(&mut *out, other).expect("a JSON value always serializes"),
     }
 }
 
-/// `{"name":value,…}`.
-fn push_json_object<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str, &'v Value)>) {
+/// `{"name":value,…}`, each value written by `push`.
+fn push_json_object<'n, V>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'n str, V)>,
+    push: impl Fn(&mut Vec<u8>, V),
+) {
     out.push(b'{');
     for (n, (name, value)) in fields.enumerate() {
         if n > 0 {
@@ -140,7 +150,7 @@ fn push_json_object<'v>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'v str
         }
         push_json_string(out, name);
         out.push(b':');
-        push_json_value(out, value);
+        push(out, value);
     }
     out.push(b'}');
 }
@@ -319,6 +329,7 @@ mod tests {
 
     pub fn entry(id: &str) -> Entry {
         let context = json!({"mission": "m", "categories": ["rsa"], "secret": "s"});
+        let context = WireContext::Json(context.as_object().unwrap().clone());
         let names = [
             "categories".to_owned(),
             "absent".to_owned(),
@@ -334,7 +345,7 @@ mod tests {
             caf: None,
             context: RecordedContext {
                 names: &names,
-                context: context.as_object(),
+                context: Some(&context),
             },
             decision: "Allow",
             reason: &["p".to_owned()],
@@ -369,11 +380,14 @@ mod tests {
     impl Serialize for SerdeContext<'_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
             let RecordedContext { names, context } = self.0;
-            serializer.collect_map(
-                names
-                    .iter()
-                    .filter_map(|name| context.and_then(|c| c.get(name)).map(|v| (name, v))),
-            )
+            let json = |value| match value {
+                RecordedValue::Json(value) => value.clone(),
+                RecordedValue::Compact(text) => serde_json::from_str(text).unwrap(),
+            };
+            serializer.collect_map(names.iter().filter_map(|name| {
+                let value = context?.recorded(name)?;
+                Some((name, json(value)))
+            }))
         }
     }
 
@@ -393,9 +407,10 @@ mod tests {
         let mut context =
             json!({"mission": {"type": "Mission", "id": text}, "categories": case.list});
         context[text] = json!({"nested": [text, null, -1.5, u64::MAX]});
+        let context = WireContext::Json(context.as_object().unwrap().clone());
         let recorded = RecordedContext {
             names: &case.names,
-            context: context.as_object().filter(|_| case.has_context),
+            context: Some(&context).filter(|_| case.has_context),
         };
         let fields = Fields {
             time: text,
