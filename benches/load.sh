@@ -4,7 +4,9 @@
 #   2. `cdap-authz serve` on the bundled model (decision log on, in a temp dir), at
 #      full speed, then at half its measured throughput (for the p99 under moderate
 #      load), and the constant endpoint at that same rate (the p99 that oha's own
-#      pacing gives at that rate: the floor of that measure on this machine); then
+#      pacing gives at that rate: the floor of that measure on this machine), both
+#      also counted from when each request left rather than when it was due
+#      (`-from-sent`: what the client's own pacing adds is left out); then
 #      `serve --no-audit` at full speed (the decision log's cost),
 #      then the three again in alternating rounds (ROUNDS, default 4), each ratio
 #      taken within its round, since this VM's speed drifts between runs,
@@ -66,7 +68,11 @@ preemptions() { # times the process's threads were switched out while still runn
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
   local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0 preempted_before=0
   [[ -n $pid ]] && before=$(cpu_ticks "$pid") && preempted_before=$(preemptions "$pid")
-  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" --latency-correction} \
+  # At a fixed rate, latency counts from when each request was due (oha's
+  # correction), or with FROM_SENT set, from when it left.
+  local correction=--latency-correction
+  [[ -n ${FROM_SENT:-} ]] && correction=""
+  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" $correction} \
     ${socket:+--unix-socket "$socket"} --no-tui \
     --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
   local ticks="" preempted=""
@@ -83,7 +89,7 @@ if sys.argv[3]:
     requests = sum(codes.values())
     cpu = (f'   server {int(sys.argv[3]) / int(sys.argv[4]) / requests * 1e6:5.1f} µs CPU/req'
            f', preempted {int(sys.argv[5]) / requests:4.2f}/req')
-print(f'{sys.argv[2]:<32} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
+print(f'{sys.argv[2]:<40} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
       f'p50 {p["p50"]*1000:6.3f} ms   p99 {p["p99"]*1000:6.3f} ms{cpu}   '
       f'{"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
 PY
@@ -110,6 +116,8 @@ load cdap-authz http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "" "" "$SERVE"
 HALF=$(( $(rps cdap-authz) / 2 ))
 load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE"
 load "constant-endpoint-at-that-rate" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
+FROM_SENT=1 load "cdap-authz-at-half-rate-from-sent" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE"
+FROM_SENT=1 load "constant-endpoint-at-that-rate-from-sent" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
