@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cdap_authz::audit::query::{query, Filter};
-use cdap_authz::audit::record::parse_line;
+use cdap_authz::audit::record::{parse_line, whole_lines};
 use cdap_authz::audit::rotate::segments;
 use cdap_authz::audit::verify::{verify, Break, Verified};
 use cdap_authz::audit::{AuditConfig, AuditLog, Entry, Fields, Record, RecordedContext};
@@ -120,6 +120,48 @@ fn a_record_says_who_what_which_file_why_and_keeps_only_the_chosen_context() {
     for secret in ["authentication", "habilitation", "mau-t2-01"] {
         assert!(!line.contains(secret), "{secret} written: {line}");
     }
+}
+
+/// The log keeps what the backend sent, whatever the request's layout: the same
+/// consultation written compactly, pretty-printed, with escapes, or with `__entity`
+/// (which the handler reads the general way) leaves the same recorded context, as
+/// serde_json writes it.
+#[test]
+fn the_recorded_context_is_the_same_text_whatever_the_requests_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let compact = allowed_consultation().to_string();
+    let pretty = serde_json::to_string_pretty(&allowed_consultation()).unwrap();
+    let escaped = compact
+        .replace("\"quotient_familial\"", "\"\\u0071uotient_familial\"")
+        .replace("\"maubeuge-centre", "\"\\u006daubeuge-centre");
+    let mut general = allowed_consultation();
+    let mission = general["context"]["mission"].take();
+    general["context"]["mission"] = json!({ "__entity": mission });
+    for body in [&compact, &pretty, &escaped, &general.to_string()] {
+        let (status, reply) = server.post_raw("/v1/is_authorized", body);
+        assert_eq!(
+            (status, reply["decision"].as_str()),
+            (200, Some("Allow")),
+            "{body}"
+        );
+    }
+    let text = std::fs::read_to_string(&segments(dir.path()).unwrap()[0].path).unwrap();
+    let contexts: Vec<&str> = whole_lines(&text)
+        .map(|line| {
+            let start = line.find(r#""context":"#).expect("a context field");
+            let end = line.find(r#","decision":"#).expect("a decision field");
+            &line[start..end]
+        })
+        .collect();
+    let expected = r#""context":{"mission":{"type":"Mission","id":"maubeuge-centre-loisirs-qf"},"categories":["quotient_familial"]}"#;
+    let written = [
+        expected,
+        expected,
+        expected,
+        r#""context":{"mission":{"__entity":{"type":"Mission","id":"maubeuge-centre-loisirs-qf"}},"categories":["quotient_familial"]}"#,
+    ];
+    assert_eq!(contexts, written);
 }
 
 /// The claimant's file usually comes with the request: its record names the file's
