@@ -67,6 +67,7 @@ async fn decide(snapshot: &Snapshot, body: &[u8], log: Option<&AuditLog>) -> (Ou
             decision: &decision,
             response: &response,
             entities: &snapshot.entities,
+            found: &[],
             time: now,
             latency_us: 0,
         };
@@ -169,6 +170,7 @@ fn record_parts(c: &mut Criterion) {
         decision: &decision,
         response: &response,
         entities: &snapshot.entities,
+        found: &[],
         time: now,
         latency_us: 12,
     };

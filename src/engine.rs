@@ -17,7 +17,7 @@ use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError
 use crate::context::extension_value;
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
-use crate::slice::collect_uids;
+use crate::slice::{collect_uids, stored_in_place};
 use crate::snapshot::{ScopeTypes, Snapshot};
 use crate::typed_request;
 
@@ -47,6 +47,10 @@ pub struct Prepared<'s> {
     pub principal: EntityUid,
     /// Whether the principal is a stored entity (not one the request brings).
     pub principal_stored: bool,
+    /// The principal and the resource as stored, when the decision is made on the
+    /// stored entities alone (the request brings none): the evaluator and the log
+    /// then read them without looking them up again.
+    pub stored_scope: Option<[&'s ast::Entity; 2]>,
     pub action: EntityUid,
     pub resource: EntityUid,
     pub request: Request,
@@ -98,11 +102,11 @@ pub fn prepare<'s>(
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
     check_applies_to(scope_types, &action, &principal, &resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
-    let principal_stored = snapshot.entities.get(&principal).is_some();
-    let resource_stored = snapshot.entities.get(&resource).is_some();
+    let stored_principal = stored_in_place(&snapshot.entities, principal.as_ref());
+    let stored_resource = stored_in_place(&snapshot.entities, resource.as_ref());
     for (field, uid, stored) in [
-        ("principal", &principal, principal_stored),
-        ("resource", &resource, resource_stored),
+        ("principal", &principal, stored_principal.is_some()),
+        ("resource", &resource, stored_resource.is_some()),
     ] {
         let known = stored || request_entities.iter().any(|e| e.uid() == *uid);
         if !known {
@@ -156,9 +160,14 @@ pub fn prepare<'s>(
             .map_err(|e| RequestError::InvalidEntities(describe(e.as_ref())))?;
         Cow::Owned(slice)
     };
+    let stored_scope = match (&entities, stored_principal, stored_resource) {
+        (Cow::Borrowed(_), Some(principal), Some(resource)) => Some([principal, resource]),
+        _ => None,
+    };
     Ok(Prepared {
         principal,
-        principal_stored,
+        principal_stored: stored_principal.is_some(),
+        stored_scope,
         action,
         resource,
         request: cedar_request,
@@ -263,8 +272,15 @@ fn context(
 
 /// Runs Cedar on the policies that can apply and applies the fail-closed rule.
 pub fn evaluate(prepared: &Prepared) -> Decision {
-    let combined =
-        policy_index::authorize(&prepared.buckets, &prepared.request, &prepared.entities);
+    let combined = policy_index::authorize(
+        &prepared.buckets,
+        &prepared.request,
+        &prepared.entities,
+        prepared
+            .stored_scope
+            .as_ref()
+            .map_or(&[], |found| &found[..]),
+    );
     let allowed = combined.allowed && combined.errors.is_empty();
     // When an error overrides Cedar's Allow, the permits that matched did not decide.
     let reason = if combined.allowed && !allowed {

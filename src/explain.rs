@@ -110,7 +110,15 @@ fn overridden_permits(prepared: &Prepared, decision: &Decision) -> Vec<String> {
     if decision.diagnostics.errors.is_empty() || decision.outcome == crate::api::Outcome::Allow {
         return Vec::new();
     }
-    let cedar = policy_index::authorize(&prepared.buckets, &prepared.request, &prepared.entities);
+    let cedar = policy_index::authorize(
+        &prepared.buckets,
+        &prepared.request,
+        &prepared.entities,
+        prepared
+            .stored_scope
+            .as_ref()
+            .map_or(&[], |found| &found[..]),
+    );
     match cedar.allowed {
         true => cedar.reason,
         false => Vec::new(),

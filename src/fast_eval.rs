@@ -213,6 +213,25 @@ impl<'e> Env<'e> {
         })
     }
 
+    /// Starts the entity memo with `found`, entities of `entities` already looked
+    /// up; the principal and the resource are remembered under the request's own
+    /// `Arc`, which every read of `principal` or `resource` then finds first.
+    pub fn knowing(self, found: &[&'e Entity]) -> Self {
+        for &entity in found {
+            let in_request = [&self.principal, &self.resource]
+                .into_iter()
+                .find_map(|value| match &value.value {
+                    ValueKind::Lit(Literal::EntityUID(uid)) if **uid == *entity.uid() => {
+                        Some(Arc::clone(uid))
+                    }
+                    _ => None,
+                });
+            let uid = in_request.unwrap_or_else(|| Arc::new(entity.uid().clone()));
+            self.seen.borrow_mut().push((uid, Some(entity)));
+        }
+        self
+    }
+
     /// The value of path `path`, read with `read` the first time.
     fn remembered(
         &self,

@@ -401,10 +401,16 @@ pub struct Combined {
 }
 
 /// Evaluates the policies of each bucket that can apply, and combines the results as
-/// Cedar would on the union of the buckets.
-pub fn authorize(buckets: &[&Bucket], request: &Request, entities: &Entities) -> Combined {
+/// Cedar would on the union of the buckets. `found` are entities of `entities` the
+/// caller has already looked up (the principal and the resource, say).
+pub fn authorize(
+    buckets: &[&Bucket],
+    request: &Request,
+    entities: &Entities,
+    found: &[&ast::Entity],
+) -> Combined {
     let evaluated = evaluated_request(request);
-    let fast = fast_eval::Env::new(&evaluated, entities.as_ref());
+    let fast = fast_eval::Env::new(&evaluated, entities.as_ref()).map(|env| env.knowing(found));
     // Cedar's evaluator is set up only for a policy the borrowing one leaves to it.
     let evaluator = OnceCell::new();
     let cedar = || {

@@ -130,7 +130,12 @@ pub fn stored_entity_ref<'e>(
     uid: &ast::EntityUID,
     name: &str,
 ) -> Option<&'e ast::EntityUID> {
-    match stored_in_place(entities, uid)?.get(name)? {
+    entity_ref_attribute(stored_in_place(entities, uid)?, name)
+}
+
+/// An entity's attribute that is itself an entity, borrowed.
+pub fn entity_ref_attribute<'e>(entity: &'e ast::Entity, name: &str) -> Option<&'e ast::EntityUID> {
+    match entity.get(name)? {
         PartialValue::Value(ast::Value {
             value: ValueKind::Lit(Literal::EntityUID(target)),
             ..

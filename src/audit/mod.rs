@@ -17,7 +17,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::api::{AuthzRequest, AuthzResponse};
 use crate::engine::Decision;
-use crate::slice::{stored_entity_ref, stored_in_place};
+use crate::slice::{entity_ref_attribute, stored_in_place};
 
 pub mod query;
 pub mod record;
@@ -101,6 +101,8 @@ pub struct Decided<'a> {
     pub response: &'a AuthzResponse,
     /// The entities the decision was made on (stored, plus the request's own).
     pub entities: &'a Entities,
+    /// Entities of `entities` already looked up (the principal and the resource).
+    pub found: &'a [&'a ast::Entity],
     pub time: DateTime<Utc>,
     pub latency_us: u64,
 }
@@ -113,11 +115,19 @@ impl Decided<'_> {
             resource,
             ..
         } = self.decision;
-        let partner = stored_entity_ref(self.entities, principal.as_ref(), "partner")
-            .or_else(|| stored_entity_ref(self.entities, resource.as_ref(), "partner"));
-        let caf = stored_entity_ref(self.entities, resource.as_ref(), "caf")
+        let entity_ref = |uid: &EntityUid, name| {
+            let uid = uid.as_ref();
+            let found = self
+                .found
+                .iter()
+                .copied()
+                .find(|entity| entity.uid() == uid);
+            entity_ref_attribute(found.or_else(|| stored_in_place(self.entities, uid))?, name)
+        };
+        let partner = entity_ref(principal, "partner").or_else(|| entity_ref(resource, "partner"));
+        let caf = entity_ref(resource, "caf")
             .or_else(|| partner.and_then(|p| caf_of(self.entities, p)))
-            .or_else(|| stored_entity_ref(self.entities, principal.as_ref(), "caf"));
+            .or_else(|| entity_ref(principal, "caf"));
         let diagnostics = &self.response.diagnostics;
         Entry::new(&Fields {
             time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),

@@ -164,30 +164,37 @@ fn the_recorded_context_is_the_same_text_whatever_the_requests_layout() {
     assert_eq!(contexts, written);
 }
 
-/// The claimant's file usually comes with the request: its record names the file's
-/// Caf (here another Caf than the partner's, which the decision denies under M3).
+/// A record names the file's Caf, here another Caf than the partner's (which the
+/// decision denies under M3), whether the file is stored or, as usually, comes with
+/// the request.
 #[test]
-fn a_record_reads_partner_and_caf_from_the_entities_the_request_brings() {
+fn a_record_names_the_files_caf_whether_stored_or_brought() {
     let dir = tempfile::tempdir().unwrap();
     let server = audited(AuditConfig::new(dir.path()));
-    let mut request = allowed_consultation();
-    request["resource"] = json!({"type": "File", "id": "dossier-33-new"});
-    request["entities"] = json!([{
+    let mut stored = allowed_consultation();
+    stored["resource"] = json!({"type": "File", "id": "dossier-33-0001"});
+    let mut brought = allowed_consultation();
+    brought["resource"] = json!({"type": "File", "id": "dossier-33-new"});
+    brought["entities"] = json!([{
         "uid": {"type": "File", "id": "dossier-33-new"},
         "attrs": {"caf": {"type": "Caf", "id": "caf-gironde"}, "department": "33",
                   "rsa_now": false, "categories": ["quotient_familial"]},
         "parents": []
     }]);
-    let (status, body) = server.post("/v1/is_authorized", &request);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["diagnostics"]["reason"],
-        json!(["M3-file-of-another-caf"])
-    );
-    let record = &records(dir.path())[0];
-    assert_eq!(record.resource, r#"File::"dossier-33-new""#);
-    assert_eq!(record.partner.as_deref(), Some("ville-maubeuge"));
-    assert_eq!(record.caf.as_deref(), Some("caf-gironde"));
+    for request in [&stored, &brought] {
+        let (status, body) = server.post("/v1/is_authorized", request);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["diagnostics"]["reason"],
+            json!(["M3-file-of-another-caf"])
+        );
+    }
+    let records = records(dir.path());
+    for (record, file) in records.iter().zip(["dossier-33-0001", "dossier-33-new"]) {
+        assert_eq!(record.resource, format!(r#"File::"{file}""#));
+        assert_eq!(record.partner.as_deref(), Some("ville-maubeuge"));
+        assert_eq!(record.caf.as_deref(), Some("caf-gironde"));
+    }
 }
 
 #[test]
