@@ -272,7 +272,10 @@ pub fn plain_ref(value: &Value) -> Option<(&str, &str)> {
 
 /// The text form of [`plain_ref`].
 pub fn plain_text_ref(text: &str) -> Option<(&str, &str)> {
-    let (type_name, quoted) = text.split_once("::\"")?;
+    // Split at the first quote, which must follow `::` (a type name has none): a
+    // search for one byte, where a search for `::"` sets up a substring searcher.
+    let (head, quoted) = text.split_once('"')?;
+    let type_name = head.strip_suffix("::")?;
     let id = quoted.strip_suffix('"')?;
     id.bytes()
         .all(|b| matches!(b, b' '..=b'~') && !matches!(b, b'"' | b'\'' | b'\\'))
@@ -395,6 +398,9 @@ mod tests {
             json!("User :: \"spaced\""),
             json!("User::\"unterminated"),
             json!("User::\"two\" \"ids\""),
+            json!("Us\"er::\"x\""),
+            json!("\"User::\"x\""),
+            json!("User:\"x\"::\"y\""),
             json!("Other::\"x\""),
             json!({"type": "User", "id": "al\"ice"}),
             json!({"__entity": {"type": "Ns::Doc", "id": "d"}}),
