@@ -60,7 +60,10 @@ impl<'a> Types<'a> {
 /// The request in `bytes`, its context read by `types`, with the JSON of the
 /// `recorded` fields; `None` where the general reading must read it.
 pub fn read(bytes: &[u8], types: &Types, recorded: &[String]) -> Option<AuthzRequest> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // The whole body checked as UTF-8 at once: read from text, serde_json then
+    // checks no string on its own (it did each of a consultation's 18).
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     let request = RequestSeed { types, recorded }
         .deserialize(&mut deserializer)
         .ok()?;

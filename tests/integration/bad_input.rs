@@ -43,6 +43,23 @@ fn malformed_json_is_refused() {
     );
 }
 
+/// A body that is not UTF-8 (here a byte 0xff inside the purpose's id, where the
+/// handler would read the context by type) gets the JSON reader's error.
+#[test]
+fn a_body_that_is_not_utf8_is_refused() {
+    let server = Server::start();
+    let text = allowed_consultation().to_string();
+    let at = text.find("centre").expect("the purpose's id");
+    let mut body = text.into_bytes();
+    body[at] = 0xff;
+    assert_error(
+        server.post_bytes("/v1/is_authorized", &body),
+        400,
+        "malformed_json",
+        "invalid unicode code point",
+    );
+}
+
 #[test]
 fn missing_field_is_refused() {
     let mut request = allowed_consultation();

@@ -92,6 +92,14 @@ impl Server {
         read(reply)
     }
 
+    /// POSTs a body of any bytes (not necessarily UTF-8).
+    pub fn post_bytes(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let reply = ureq::post(&self.url(path))
+            .set("content-type", "application/json")
+            .send_bytes(body);
+        read(reply)
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string())
     }
