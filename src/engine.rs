@@ -63,6 +63,18 @@ pub struct Prepared<'s> {
     pub brought: Vec<EntityUid>,
 }
 
+impl<'s> Prepared<'s> {
+    /// The entities already found among those the decision is made on.
+    pub fn found(&self) -> &[&'s ast::Entity] {
+        self.stored_scope.as_ref().map_or(&[], |found| &found[..])
+    }
+
+    /// Cedar's answer on the policies that can apply, before the fail-closed rule.
+    pub fn authorize(&self) -> policy_index::Combined {
+        policy_index::authorize(&self.buckets, &self.request, &self.entities, self.found())
+    }
+}
+
 /// Decides one request against one snapshot; `now` fills the time attribute when
 /// the action declares it and the request leaves it out.
 pub fn decide(
@@ -272,15 +284,7 @@ fn context(
 
 /// Runs Cedar on the policies that can apply and applies the fail-closed rule.
 pub fn evaluate(prepared: &Prepared) -> Decision {
-    let combined = policy_index::authorize(
-        &prepared.buckets,
-        &prepared.request,
-        &prepared.entities,
-        prepared
-            .stored_scope
-            .as_ref()
-            .map_or(&[], |found| &found[..]),
-    );
+    let combined = prepared.authorize();
     let allowed = combined.allowed && combined.errors.is_empty();
     // When an error overrides Cedar's Allow, the permits that matched did not decide.
     let reason = if combined.allowed && !allowed {

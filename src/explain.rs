@@ -20,7 +20,6 @@ use serde_json::{json, Value};
 use crate::api::{AuthzRequest, RequestError};
 use crate::engine::{self, Decision, Prepared};
 use crate::load::PolicyInfo;
-use crate::policy_index;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -110,15 +109,7 @@ fn overridden_permits(prepared: &Prepared, decision: &Decision) -> Vec<String> {
     if decision.diagnostics.errors.is_empty() || decision.outcome == crate::api::Outcome::Allow {
         return Vec::new();
     }
-    let cedar = policy_index::authorize(
-        &prepared.buckets,
-        &prepared.request,
-        &prepared.entities,
-        prepared
-            .stored_scope
-            .as_ref()
-            .map_or(&[], |found| &found[..]),
-    );
+    let cedar = prepared.authorize();
     match cedar.allowed {
         true => cedar.reason,
         false => Vec::new(),

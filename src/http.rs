@@ -494,10 +494,7 @@ fn decide_unlogged(
             // The entities the decision saw: a principal or file the request
             // brings is recorded with its partner and Caf, as a stored one is.
             entities: &prepared.entities,
-            found: prepared
-                .stored_scope
-                .as_ref()
-                .map_or(&[], |found| &found[..]),
+            found: prepared.found(),
             time: now,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
