@@ -59,15 +59,16 @@ fn consultation() -> Vec<u8> {
 async fn decide(snapshot: &Snapshot, body: &[u8], log: Option<&AuditLog>) -> (Outcome, Vec<u8>) {
     let request = &AuthzRequest::from_slice(body).unwrap();
     let now = Utc::now();
-    let decision = engine::decide(snapshot, request, now).unwrap();
+    let prepared = engine::prepare(snapshot, request, now).unwrap();
+    let decision = engine::evaluate(&prepared);
     let response = decision.response(&snapshot.version);
     if let Some(log) = log {
         let decided = Decided {
             request,
             decision: &decision,
             response: &response,
-            entities: &snapshot.entities,
-            found: &[],
+            entities: &prepared.entities,
+            found: prepared.found(),
             time: now,
             latency_us: 0,
         };
@@ -161,7 +162,8 @@ fn record_parts(c: &mut Criterion) {
     let snapshot = shared_snapshot();
     let request = AuthzRequest::from_slice(&consultation()).unwrap();
     let now = Utc::now();
-    let decision = engine::decide(&snapshot, &request, now).unwrap();
+    let prepared = engine::prepare(&snapshot, &request, now).unwrap();
+    let decision = engine::evaluate(&prepared);
     let response = decision.response(&snapshot.version);
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
@@ -169,8 +171,8 @@ fn record_parts(c: &mut Criterion) {
         request: &request,
         decision: &decision,
         response: &response,
-        entities: &snapshot.entities,
-        found: &[],
+        entities: &prepared.entities,
+        found: prepared.found(),
         time: now,
         latency_us: 12,
     };
