@@ -245,11 +245,6 @@ impl RecordType {
     }
 }
 
-/// Converts the value of the context's attribute `name`, declared of type `ty`.
-pub fn convert_attribute(value: &Value, ty: &AttrType, name: &str) -> Result<ast::Value, String> {
-    convert(value, ty, &Path { prefix: "", name })
-}
-
 /// An attribute's path in the context, written out only for an error message.
 struct Path<'a> {
     prefix: &'a str,
