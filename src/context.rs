@@ -245,6 +245,12 @@ impl RecordType {
     }
 }
 
+/// Whether `id` is an entity of a type whose ids the schema enumerates as `eids`
+/// (any id is, when the type is not enumerated).
+pub fn enumerates(eids: Option<&[String]>, id: &str) -> bool {
+    eids.is_none_or(|eids| eids.iter().any(|eid| eid == id))
+}
+
 /// An attribute's path in the context, written out only for an error message.
 struct Path<'a> {
     prefix: &'a str,
@@ -280,15 +286,13 @@ fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, Stri
             if uid.type_name() != type_name {
                 return Err(mismatch());
             }
-            if let Some(eids) = eids {
-                if !eids.iter().any(|eid| eid == uid.id().unescaped()) {
-                    return Err(format!(
-                        "`{path}`: {uid} is not one of the {name} entities the schema enumerates ({})",
-                        eids.join(", ")
-                    ));
-                }
+            if !enumerates(eids.as_deref(), uid.id().unescaped()) {
+                let eids = eids.as_deref().unwrap_or_default().join(", ");
+                return Err(format!(
+                    "`{path}`: {uid} is not one of the {name} entities the schema enumerates ({eids})"
+                ));
             }
-            ast::Value::from(AsRef::<ast::EntityUID>::as_ref(&uid).clone())
+            ast::Value::from(ast::EntityUID::from(uid))
         }
         (AttrType::Extension(name), _) => {
             let arg = extension_arg(name, value).ok_or_else(mismatch)?;

@@ -35,7 +35,7 @@ use serde_json::Value;
 use smol_str::SmolStr;
 
 use crate::api::{plain_text_ref, AuthzRequest, TypeNames, WireContext};
-use crate::context::{extension_value, AttrType, ContextTypes, RecordType};
+use crate::context::{enumerates, extension_value, AttrType, ContextTypes, RecordType};
 use crate::snapshot::Snapshot;
 use crate::strict_json::{self, Strict};
 
@@ -357,13 +357,11 @@ fn entity<E: de::Error>(
     eids: Option<&[String]>,
     id: &str,
 ) -> Result<ast::Value, E> {
-    if eids.is_some_and(|eids| !eids.iter().any(|eid| eid == id)) {
+    if !enumerates(eids, id) {
         return Err(give_up());
     }
     let uid = EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(id));
-    Ok(ast::Value::from(
-        AsRef::<ast::EntityUID>::as_ref(&uid).clone(),
-    ))
+    Ok(ast::Value::from(ast::EntityUID::from(uid)))
 }
 
 /// A record of the declared attributes, each once, the required ones all there.
