@@ -210,7 +210,7 @@ struct Writer {
     unhealthy: bool,
     /// Files rotated out and not yet synced (with `--audit-fsync`).
     retired: Vec<Arc<File>>,
-    prefault: Prefault,
+    chores: Chores,
     /// The line being appended (kept for its capacity).
     line: String,
 }
@@ -263,7 +263,7 @@ impl Writer {
             last_hash: tail.last_hash,
             unhealthy: false,
             retired: Vec::new(),
-            prefault: Prefault::start(),
+            chores: Chores::start(),
             line: String::new(),
         })
     }
@@ -326,10 +326,16 @@ impl Writer {
 
     fn rotate(&mut self) -> Result<(), AuditError> {
         self.log_chain_head("rotation");
-        self.finish_file(false);
+        let finished = self.finish_file(false);
         let today = (self.config.clock)().date_naive();
         self.segment = self.segment.next(&self.config.dir, today);
-        self.reopen()?;
+        // The next file is mapped before the finished one is unmapped: mapping
+        // waits for an unmapping to end, which takes milliseconds (see `Chores`).
+        let reopened = self.reopen();
+        if let Some(finished) = finished {
+            self.chores.unmap(finished);
+        }
+        reopened?;
         match apply_retention(&self.config.dir, today, self.config.retention_days) {
             Ok(deleted) if !deleted.is_empty() => {
                 tracing::info!(count = deleted.len(), "expired audit files deleted");
@@ -345,7 +351,7 @@ impl Writer {
         let io = |source| AuditError::io(path.clone(), source);
         let created = !path.exists();
         let mapped =
-            Mapped::open(path, self.config.max_file_bytes, self.prefault.clone()).map_err(io)?;
+            Mapped::open(path, self.config.max_file_bytes, self.chores.clone()).map_err(io)?;
         // With `--audit-fsync`, a new file's name must survive power loss too.
         if self.config.fsync && created {
             sync_path(&self.config.dir)?;
@@ -354,14 +360,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Cuts the current file back to its records; with `sync`, syncs it. With
-    /// `--audit-fsync`, the syncer syncs it next.
-    fn finish_file(&mut self, sync: bool) {
-        let Some(mapped) = self.file.take() else {
-            return;
-        };
-        let (file, finished) = mapped.finish(sync);
-        if let Err(error) = finished {
+    /// Cuts the current file back to its records; with `sync`, syncs it (with
+    /// `--audit-fsync`, the syncer syncs it next). Returns it, still mapped.
+    fn finish_file(&mut self, sync: bool) -> Option<Mapped> {
+        let mut mapped = self.file.take()?;
+        if let Err(error) = mapped.finish(sync) {
             tracing::warn!(
                 %error, file = %self.segment.path.display(),
                 "cannot cut the decision log's file back to its records (its end reads \
@@ -369,8 +372,9 @@ impl Writer {
             );
         }
         if self.config.fsync {
-            self.retired.push(file);
+            self.retired.push(mapped.file.clone());
         }
+        Some(mapped)
     }
 
     fn current_file(&self) -> Option<Arc<File>> {
@@ -395,7 +399,8 @@ impl Writer {
         }
         self.log_chain_head("shutdown");
         self.closed = true;
-        self.finish_file(true);
+        drop(self.finish_file(true));
+        self.chores.drain();
     }
 }
 
@@ -407,13 +412,13 @@ struct Mapped {
     len: usize,
     /// Bytes reserved on disk (the file's length); past `len` they read as NULs.
     reserved: usize,
-    prefault: Prefault,
+    chores: Chores,
 }
 
 impl Mapped {
     /// Opens `path`, cut back to its records (a crash leaves its reserved end), and
     /// reserves a step ahead.
-    fn open(path: &Path, max_file_bytes: u64, prefault: Prefault) -> io::Result<Self> {
+    fn open(path: &Path, max_file_bytes: u64, chores: Chores) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -430,7 +435,7 @@ impl Mapped {
             map,
             len,
             reserved: len,
-            prefault,
+            chores,
         };
         mapped.reserve_ahead();
         Ok(mapped)
@@ -455,12 +460,12 @@ impl Mapped {
     }
 
     /// Reserves the next step before a record needs it, and has its pages faulted
-    /// in by the prefault thread, so that copies rarely fault. A failure here is met
+    /// in by the background thread, so that copies rarely fault. A failure here is met
     /// again, and reported, by the record that needs the space.
     fn reserve_ahead(&mut self) {
         let reserved = self.reserved + RESERVE_STEP;
         if reserved <= self.map.len() && allocate(&self.file, self.reserved, RESERVE_STEP).is_ok() {
-            self.prefault.request(&self.map, self.reserved..reserved);
+            self.chores.prefault(&self.map, self.reserved..reserved);
             self.reserved = reserved;
         }
     }
@@ -477,49 +482,94 @@ impl Mapped {
         Ok(())
     }
 
-    /// Unmaps the file and cuts it back to its records; with `sync`, syncs it.
-    /// Returns the file whatever happened, so that its records can still be synced.
-    fn finish(self, sync: bool) -> (Arc<File>, io::Result<()>) {
-        drop(self.map);
-        let mut cut = self.file.set_len(self.len as u64);
-        if sync && cut.is_ok() {
-            cut = self.file.sync_all();
+    /// Cuts the file back to its records (the pages past them are dropped from the
+    /// mapping); with `sync`, syncs it.
+    fn finish(&mut self, sync: bool) -> io::Result<()> {
+        self.file.set_len(self.len as u64)?;
+        if sync {
+            self.file.sync_all()?;
         }
-        (self.file, cut)
+        Ok(())
     }
 }
 
-/// A thread that faults reserved pages of the mappings in (`MADV_POPULATE_WRITE`,
-/// Linux 5.14 and later), off the request path: a record's copy then rarely meets a
-/// page fault (a page every six or seven records). Faulting a page in changes no
-/// byte of it, so the thread never races with the copies. A range unmapped
-/// meanwhile (a rotation) makes the call fail, or, if the address was mapped again
-/// since, faults in pages of that mapping, still changing no byte; failures are
-/// ignored, as on kernels before 5.14 (the copies then fault the pages in).
+/// The log's background thread, for slow parts of appending that no record waits
+/// for, done one after the other in the order asked:
+///
+/// - faulting reserved pages in (`MADV_POPULATE_WRITE`, Linux 5.14 and later): a
+///   record's copy then rarely meets a page fault (a page every six or seven
+///   records). Faulting a page in changes no byte of it, so the thread never races
+///   with the copies. A range unmapped or cut off the file meanwhile (a rotation)
+///   makes the call fail, or, if the address was mapped again since, faults in
+///   pages of that mapping, still changing no byte; failures are ignored, as on
+///   kernels before 5.14 (the copies then fault the pages in);
+/// - unmapping a finished file: undoing a full file's mapping took 13.5 ms on the
+///   dev VM (64 MiB), which a rotation, under the writer's lock, held every
+///   decision for (BENCHMARKS.md, session 24). A rotation maps the next file
+///   before it asks: a mapping waits for an unmapping to end.
 #[derive(Clone)]
-struct Prefault(mpsc::Sender<(usize, usize)>);
+struct Chores(mpsc::Sender<Chore>);
 
-impl Prefault {
+enum Chore {
+    Prefault {
+        address: usize,
+        len: usize,
+    },
+    Unmap(Mapped),
+    /// Answers once every chore asked before is done.
+    Drain(mpsc::Sender<()>),
+}
+
+impl Chores {
     fn start() -> Self {
-        let (ranges, received) = mpsc::channel::<(usize, usize)>();
+        let (chores, received) = mpsc::channel::<Chore>();
         std::thread::Builder::new()
-            .name("audit-prefault".into())
-            .spawn(move || {
-                for (address, len) in received {
-                    // SAFETY: the advice reads and writes no byte of the range, and
-                    // fails without effect on a range no longer mapped.
-                    unsafe {
-                        libc::madvise(address as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE)
-                    };
-                }
-            })
-            .expect("cannot start the decision log's prefault thread");
-        Self(ranges)
+            .name("audit-chores".into())
+            .spawn(move || received.into_iter().for_each(Chore::run))
+            .expect("cannot start the decision log's background thread");
+        Self(chores)
     }
 
-    fn request(&self, map: &MmapMut, range: Range<usize>) {
+    fn prefault(&self, map: &MmapMut, range: Range<usize>) {
         let address = map.as_ptr() as usize + range.start;
-        let _ = self.0.send((address, range.len()));
+        let len = range.len();
+        self.ask(Chore::Prefault { address, len });
+    }
+
+    fn unmap(&self, finished: Mapped) {
+        self.ask(Chore::Unmap(finished));
+    }
+
+    /// Waits until the chores asked so far are done.
+    fn drain(&self) {
+        let (done, finished) = mpsc::channel();
+        self.ask(Chore::Drain(done));
+        let _ = finished.recv();
+    }
+
+    /// Has the thread do `chore`, or does it here if the thread is gone.
+    fn ask(&self, chore: Chore) {
+        if let Err(mpsc::SendError(chore)) = self.0.send(chore) {
+            chore.run();
+        }
+    }
+}
+
+impl Chore {
+    fn run(self) {
+        match self {
+            Chore::Prefault { address, len } => {
+                // SAFETY: the advice reads and writes no byte of the range, and
+                // fails without effect on a range no longer mapped.
+                unsafe {
+                    libc::madvise(address as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE)
+                };
+            }
+            Chore::Unmap(finished) => drop(finished),
+            Chore::Drain(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
@@ -756,15 +806,37 @@ mod tests {
     fn a_live_file_reserves_ahead_and_is_cut_back_to_its_records_when_finished() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut mapped = Mapped::open(&path, 64 << 20, Prefault::start()).unwrap();
+        let mut mapped = Mapped::open(&path, 64 << 20, Chores::start()).unwrap();
         mapped.append(b"{\"a\":1}\n").unwrap();
         mapped.append(b"{\"b\":2}\n").unwrap();
         let live = text(&path);
         assert_eq!(live.len(), RESERVE_STEP);
         assert_eq!(&live[..16], b"{\"a\":1}\n{\"b\":2}\n");
         assert!(live[16..].iter().all(|&b| b == 0));
-        mapped.finish(false).1.unwrap();
+        mapped.finish(false).unwrap();
         assert_eq!(text(&path), b"{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    /// Whether the process maps `path` (a line of `/proc/self/maps` names it).
+    fn mapped_here(path: &Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .any(|line| line.ends_with(path.to_str().unwrap()))
+    }
+
+    #[test]
+    fn a_finished_file_is_unmapped_by_the_background_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let chores = Chores::start();
+        let mut mapped = Mapped::open(&path, 64 << 20, chores.clone()).unwrap();
+        mapped.append(b"{\"a\":1}\n").unwrap();
+        assert!(mapped_here(&path));
+        mapped.finish(false).unwrap();
+        assert_eq!(text(&path), b"{\"a\":1}\n");
+        chores.unmap(mapped);
+        chores.drain();
+        assert!(!mapped_here(&path), "unmapped once the chores are done");
     }
 
     #[test]
@@ -774,7 +846,7 @@ mod tests {
         let mut crashed = std::fs::File::create(&path).unwrap();
         crashed.write_all(b"{\"a\":1}\n").unwrap();
         crashed.write_all(&vec![0; 3 * (64 << 10) + 5]).unwrap();
-        let mut mapped = Mapped::open(&path, 64 << 20, Prefault::start()).unwrap();
+        let mut mapped = Mapped::open(&path, 64 << 20, Chores::start()).unwrap();
         let reopened = text(&path);
         assert_eq!(
             reopened.len(),
@@ -783,7 +855,7 @@ mod tests {
         );
         assert!(reopened.starts_with(b"{\"a\":1}\n\0"));
         mapped.append(b"{\"b\":2}\n").unwrap();
-        mapped.finish(false).1.unwrap();
+        mapped.finish(false).unwrap();
         assert_eq!(text(&path), b"{\"a\":1}\n{\"b\":2}\n");
     }
 
@@ -791,12 +863,12 @@ mod tests {
     fn a_line_longer_than_a_file_still_fits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let mut mapped = Mapped::open(&path, 100, Prefault::start()).unwrap();
+        let mut mapped = Mapped::open(&path, 100, Chores::start()).unwrap();
         let mut long = vec![b'x'; 3 * RESERVE_STEP];
         long.push(b'\n');
         mapped.append(&long).unwrap();
         mapped.append(b"y\n").unwrap();
-        mapped.finish(false).1.unwrap();
+        mapped.finish(false).unwrap();
         let written = text(&path);
         assert_eq!(written.len(), long.len() + 2);
         assert!(written.ends_with(b"x\ny\n"));
