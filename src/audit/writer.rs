@@ -39,6 +39,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use chrono::NaiveDate;
 use memmap2::{MmapMut, MmapOptions};
 use tokio::sync::watch;
 
@@ -336,13 +337,8 @@ impl Writer {
             self.chores.unmap(finished);
         }
         reopened?;
-        match apply_retention(&self.config.dir, today, self.config.retention_days) {
-            Ok(deleted) if !deleted.is_empty() => {
-                tracing::info!(count = deleted.len(), "expired audit files deleted");
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "audit retention failed"),
-        }
+        self.chores
+            .expire(&self.config.dir, today, self.config.retention_days);
         Ok(())
     }
 
@@ -506,7 +502,9 @@ impl Mapped {
 /// - unmapping a finished file: undoing a full file's mapping took 13.5 ms on the
 ///   dev VM (64 MiB), which a rotation, under the writer's lock, held every
 ///   decision for (BENCHMARKS.md, session 24). A rotation maps the next file
-///   before it asks: a mapping waits for an unmapping to end.
+///   before it asks: a mapping waits for an unmapping to end;
+/// - deleting the files retention expires, at a rotation: deleting a 64 MiB file
+///   took 46-49 ms on the dev VM's ext4, and a busy day leaves hundreds.
 #[derive(Clone)]
 struct Chores(mpsc::Sender<Chore>);
 
@@ -516,6 +514,11 @@ enum Chore {
         len: usize,
     },
     Unmap(Mapped),
+    Expire {
+        dir: PathBuf,
+        today: NaiveDate,
+        retention_days: u32,
+    },
     /// Answers once every chore asked before is done.
     Drain(mpsc::Sender<()>),
 }
@@ -538,6 +541,14 @@ impl Chores {
 
     fn unmap(&self, finished: Mapped) {
         self.ask(Chore::Unmap(finished));
+    }
+
+    fn expire(&self, dir: &Path, today: NaiveDate, retention_days: u32) {
+        self.ask(Chore::Expire {
+            dir: dir.to_owned(),
+            today,
+            retention_days,
+        });
     }
 
     /// Waits until the chores asked so far are done.
@@ -566,6 +577,17 @@ impl Chore {
                 };
             }
             Chore::Unmap(finished) => drop(finished),
+            Chore::Expire {
+                dir,
+                today,
+                retention_days,
+            } => match apply_retention(&dir, today, retention_days) {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(count = deleted.len(), "expired audit files deleted");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "audit retention failed"),
+            },
             Chore::Drain(done) => {
                 let _ = done.send(());
             }

@@ -624,6 +624,41 @@ fn retention_deletes_only_expired_log_files() {
     assert_eq!(left, expected);
 }
 
+/// A running log deletes what retention expires when a new day rotates it (off the
+/// writer's lock: the deletion is done by the log's background thread, which
+/// closing waits for).
+#[test]
+fn a_new_days_rotation_deletes_the_files_retention_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let start: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+    let (now, clock) = clock_at(start);
+    let log = AuditLog::start(AuditConfig {
+        clock,
+        retention_days: 2,
+        ..AuditConfig::new(dir.path())
+    })
+    .unwrap();
+    write_entries(&log, 0..2);
+    now.fetch_add(86_400, Ordering::SeqCst);
+    write_entries(&log, 2..4);
+    now.fetch_add(2 * 86_400, Ordering::SeqCst);
+    write_entries(&log, 4..6);
+    drop(log);
+    let names: Vec<String> = segments(dir.path())
+        .unwrap()
+        .iter()
+        .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "decisions-2026-11-24.000.jsonl",
+            "decisions-2026-11-26.000.jsonl"
+        ],
+        "the 23rd is over two days old on the 26th, the 24th is not"
+    );
+}
+
 fn traces_as(server: &Server, caller: Option<&str>, query: &str) -> (u16, Value) {
     traces_authenticated(server, caller, Some("password"), query)
 }
