@@ -575,13 +575,8 @@ fn a_new_day_starts_a_new_file_and_loses_no_record() {
     now.fetch_add(120, Ordering::SeqCst);
     write_entries(&log, 3..6);
     drop(log);
-    let names: Vec<String> = segments(dir.path())
-        .unwrap()
-        .iter()
-        .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
     assert_eq!(
-        names,
+        segment_names(dir.path()),
         [
             "decisions-2026-11-23.000.jsonl",
             "decisions-2026-11-24.000.jsonl"
@@ -624,6 +619,15 @@ fn retention_deletes_only_expired_log_files() {
     assert_eq!(left, expected);
 }
 
+/// The log's file names in `dir`, oldest first.
+fn segment_names(dir: &Path) -> Vec<String> {
+    segments(dir)
+        .unwrap()
+        .iter()
+        .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// A running log deletes what retention expires when a new day rotates it (off the
 /// writer's lock: the deletion is done by the log's background thread, which
 /// closing waits for).
@@ -644,13 +648,8 @@ fn a_new_days_rotation_deletes_the_files_retention_expires() {
     now.fetch_add(2 * 86_400, Ordering::SeqCst);
     write_entries(&log, 4..6);
     drop(log);
-    let names: Vec<String> = segments(dir.path())
-        .unwrap()
-        .iter()
-        .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
     assert_eq!(
-        names,
+        segment_names(dir.path()),
         [
             "decisions-2026-11-24.000.jsonl",
             "decisions-2026-11-26.000.jsonl"
