@@ -86,10 +86,7 @@ impl Server {
 
     /// POSTs a raw body; returns the status and the JSON reply.
     pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
-        let reply = ureq::post(&self.url(path))
-            .set("content-type", "application/json")
-            .send_string(body);
-        read(reply)
+        self.post_bytes(path, body.as_bytes())
     }
 
     /// POSTs a body of any bytes (not necessarily UTF-8).
