@@ -23,6 +23,7 @@
 //! compact JSON text serde_json writes for them (the backend's own text when it is
 //! already so), so that the log keeps what the backend sent.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -222,8 +223,8 @@ fn read_recorded(raw: &RawValue, ty: &AttrType) -> Option<(ast::Value, String)> 
     let value = ValueSeed(ty)
         .deserialize(&mut serde_json::Deserializer::from_str(text))
         .ok()?;
-    if written_as_serde_json_writes(text) {
-        return Some((value, text.to_owned()));
+    if let Some(json) = as_serde_json_writes(text) {
+        return Some((value, json.into_owned()));
     }
     let mut json = Vec::with_capacity(text.len());
     serde_transcode::transcode(
@@ -234,22 +235,40 @@ fn read_recorded(raw: &RawValue, ty: &AttrType) -> Option<(ast::Value, String)> 
     Some((value, String::from_utf8(json).ok()?))
 }
 
-/// Whether serde_json writes the JSON value `json` as it is: without whitespace
-/// between tokens, escapes or numbers (which it may write otherwise: `1E2`, `1.0`,
-/// `"\u00e9"`). Backends send compact purposes and categories; the others are
-/// re-written.
-fn written_as_serde_json_writes(json: &str) -> bool {
+/// The JSON value `json` as serde_json writes it, when that is `json` itself or
+/// `json` without the whitespace between its tokens (`{"type": "Mission", "id":
+/// "m"}`, as backends that indent send it); `None` when it holds escapes or
+/// numbers, which serde_json may write otherwise (`"\u00e9"`, `1E2`, `1.0`).
+/// Backends send purposes and categories so; the others are re-written.
+fn as_serde_json_writes(json: &str) -> Option<Cow<'_, str>> {
     let mut in_string = false;
-    json.bytes().all(|byte| match byte {
-        b'\\' => false,
-        b'"' => {
-            in_string = !in_string;
-            true
+    let mut spaced = false;
+    for byte in json.bytes() {
+        match byte {
+            b'\\' => return None,
+            b'"' => in_string = !in_string,
+            _ if in_string => {}
+            b'{' | b'}' | b'[' | b']' | b',' | b':' => {}
+            b' ' | b'\t' | b'\n' | b'\r' => spaced = true,
+            _ if byte.is_ascii_lowercase() => {}
+            _ => return None,
         }
-        _ if in_string => true,
-        b'{' | b'}' | b'[' | b']' | b',' | b':' => true,
-        _ => byte.is_ascii_lowercase(),
-    })
+    }
+    if !spaced {
+        return Some(Cow::Borrowed(json));
+    }
+    // Copied in runs between the whitespace bytes (ASCII, so on char boundaries).
+    let mut compact = String::with_capacity(json.len());
+    let (mut in_string, mut run) = (false, 0);
+    for (at, byte) in json.bytes().enumerate() {
+        in_string ^= byte == b'"';
+        if !in_string && byte.is_ascii_whitespace() {
+            compact.push_str(&json[run..at]);
+            run = at + 1;
+        }
+    }
+    compact.push_str(&json[run..]);
+    Some(Cow::Owned(compact))
 }
 
 /// A value of a declared type.
