@@ -134,7 +134,7 @@ fn interleaved() {
             with_users(bundled_model(), 1_000_000),
         ),
         (
-            "10,033 policies / the bundled 33",
+            "10,000 more policies / the bundled set",
             bundled_model(),
             with_partner_policies(bundled_model(), 10_000),
         ),
