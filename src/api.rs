@@ -177,6 +177,8 @@ pub enum RequestError {
     InvalidEntities(String),
     #[error("entities: {0} is already stored; request entities may add entities, never replace stored ones")]
     EntityConflict(String),
+    #[error("entities: {0} is of a type whose tags the sidecar derives from the stored entities (schema/derived.json); a request may not bring one")]
+    DerivedType(String),
     #[error("request does not match the schema: {0}")]
     InvalidRequest(String),
     #[error("batch of {count} requests is over the limit of {max}")]
@@ -185,8 +187,8 @@ pub enum RequestError {
     TimeNotAccepted(String),
     #[error("principal: {0} is not a stored entity; a request may not bring its own principal (serve --request-principals allows it)")]
     PrincipalNotStored(String),
-    #[error("entities: {0} is named as a parent by stored entities but is not stored; a request may not define it (serve --request-principals allows it)")]
-    CompletesStoredMembership(String),
+    #[error("entities: {0} is named by stored entities (as a parent, or in an attribute or tag) but is not stored; a request may not define it (serve --request-principals allows it)")]
+    CompletesStoredEntities(String),
 }
 
 impl RequestError {
@@ -199,12 +201,12 @@ impl RequestError {
             RequestError::UnknownEntity { .. } => "unknown_entity",
             RequestError::InvalidContext(_) => "invalid_context",
             RequestError::InvalidEntities(_) => "invalid_entities",
-            RequestError::EntityConflict(_) => "entity_conflict",
+            RequestError::EntityConflict(_) | RequestError::DerivedType(_) => "entity_conflict",
             RequestError::InvalidRequest(_) => "invalid_request",
             RequestError::BatchTooLarge { .. } => "batch_too_large",
             RequestError::TimeNotAccepted(_) => "time_not_accepted",
             RequestError::PrincipalNotStored(_) => "principal_not_stored",
-            RequestError::CompletesStoredMembership(_) => "entity_conflict",
+            RequestError::CompletesStoredEntities(_) => "entity_conflict",
         }
     }
 
@@ -218,18 +220,28 @@ impl RequestError {
 
 impl AuthzRequest {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
-        serde_json::from_slice(bytes).map_err(|e| RequestError::MalformedJson(e.to_string()))
+        object_from_slice(bytes)
     }
 
     pub fn from_value(value: Value) -> Result<Self, RequestError> {
-        serde_json::from_value(value).map_err(|e| RequestError::MalformedJson(e.to_string()))
+        strict_json::struct_from_object(value)
+            .map_err(|e| RequestError::MalformedJson(e.to_string()))
     }
 }
 
 impl BatchRequest {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
-        serde_json::from_slice(bytes).map_err(|e| RequestError::MalformedJson(e.to_string()))
+        object_from_slice(bytes)
     }
+}
+
+/// A `T` from the bytes of one JSON object (and nothing after it).
+fn object_from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, RequestError> {
+    let malformed = |e: serde_json::Error| RequestError::MalformedJson(e.to_string());
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let read = strict_json::struct_from_object(&mut deserializer).map_err(malformed)?;
+    deserializer.end().map_err(malformed)?;
+    Ok(read)
 }
 
 /// The entity type names of a schema, so that references to them are read without

@@ -318,13 +318,18 @@ fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, Stri
 
 /// An extension value's argument: its string, or Cedar's escape naming the
 /// extension's constructor (`{"__extn": {"fn": "datetime", "arg": "…"}}`, with or
-/// without `__extn`; the constructor of `ipaddr` is `ip`).
+/// without `__extn`; the constructor of `ipaddr` is `ip`), with no other key: a
+/// reader in front of the sidecar could take an outer `arg` for the value.
 fn extension_arg<'a>(name: &str, value: &'a Value) -> Option<&'a str> {
     match value {
         Value::String(arg) => Some(arg.as_str()),
         Value::Object(map) => {
-            let escape = map.get("__extn").unwrap_or(value);
-            if escape.get("fn")?.as_str()? != constructor_name(name)? {
+            let escape = match map.get("__extn") {
+                Some(inner) if map.len() == 1 => inner.as_object()?,
+                Some(_) => return None,
+                None => map,
+            };
+            if escape.len() != 2 || escape.get("fn")?.as_str()? != constructor_name(name)? {
                 return None;
             }
             escape.get("arg")?.as_str()
@@ -554,6 +559,19 @@ mod tests {
         let mut misnamed = valid();
         misnamed["addr"] = json!({"__extn": {"fn": "ipaddr", "arg": "10.0.0.1"}});
         assert!(build(misnamed).is_err());
+    }
+
+    #[test]
+    fn an_extension_escape_with_another_key_is_refused() {
+        for now in [
+            json!({"__extn": {"fn": "datetime", "arg": "2030-01-01"}, "fn": "datetime", "arg": "2026-01-01"}),
+            json!({"fn": "datetime", "arg": "2030-01-01", "junk": 1}),
+            json!({"__extn": {"fn": "datetime", "arg": "2030-01-01", "junk": true}}),
+        ] {
+            let mut escaped = valid();
+            escaped["now"] = now.clone();
+            assert!(build(escaped).is_err(), "{now}");
+        }
     }
 
     #[test]

@@ -173,6 +173,28 @@ fn write_tags(
     }
 }
 
+/// The entity types whose tags the rules derive: those the `target` attributes of
+/// the stored `source` entities name. A request may not bring an entity of one, as
+/// its derived tags would be whatever the request wrote (or none: a count of 0).
+pub fn target_types(
+    rules: &DerivationRules,
+    entities: &cedar_policy::Entities,
+) -> HashSet<cedar_policy::EntityTypeName> {
+    let mut types = HashSet::new();
+    for rule in &rules.counts {
+        let sources = entities
+            .iter()
+            .filter(|entity| entity.uid().type_name().to_string() == rule.source);
+        for entity in sources {
+            if let Some(Ok(cedar_policy::EvalResult::EntityUid(target))) = entity.attr(&rule.target)
+            {
+                types.insert(target.type_name().clone());
+            }
+        }
+    }
+    types
+}
+
 /// An entity reference in Cedar's entity JSON: `{"type","id"}` or `{"__entity":{…}}`.
 fn entity_ref(value: &Value) -> Option<Uid> {
     let value = value.get("__entity").unwrap_or(value);

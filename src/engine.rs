@@ -363,6 +363,12 @@ fn request_entities(
     let Some(entities) = entities.filter(|e| !e.is_empty()) else {
         return Ok(Vec::new());
     };
+    // Cedar's parser also reads an entity written as an array of its fields.
+    if let Some(position) = entities.iter().position(|e| !e.is_object()) {
+        return Err(RequestError::InvalidEntities(format!(
+            "entity {position} is not a JSON object"
+        )));
+    }
     let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))
         .map_err(|e| RequestError::InvalidEntities(describe(&e)))?;
     let mut added = Vec::new();
@@ -373,6 +379,9 @@ fn request_entities(
         }
         if snapshot.entities.get(&uid).is_some() {
             return Err(RequestError::EntityConflict(uid.to_string()));
+        }
+        if snapshot.derived_types.contains(uid.type_name()) {
+            return Err(RequestError::DerivedType(uid.to_string()));
         }
         added.push(entity.clone());
     }

@@ -517,9 +517,9 @@ fn admit(
                 prepared.principal.to_string(),
             ));
         }
-        let completes_stored = |uid: &&EntityUid| snapshot.missing_ancestors.contains(*uid);
+        let completes_stored = |uid: &&EntityUid| snapshot.unstored_references.contains(*uid);
         if let Some(uid) = prepared.brought.iter().find(completes_stored) {
-            return Err(RequestError::CompletesStoredMembership(uid.to_string()));
+            return Err(RequestError::CompletesStoredEntities(uid.to_string()));
         }
     }
     let pins_time = request

@@ -50,6 +50,18 @@ impl SliceIndex {
         })
     }
 
+    /// The entities stored entities' attributes and tags name that are not stored.
+    pub fn unstored_references<'a>(
+        &'a self,
+        stored: &'a Entities,
+    ) -> impl Iterator<Item = EntityUid> + 'a {
+        self.references
+            .values()
+            .flat_map(|refs| refs.iter())
+            .filter(|uid| stored.get(uid).is_none() && !self.has_action(uid))
+            .cloned()
+    }
+
     /// Whether the schema declares this action.
     pub fn has_action(&self, action: &EntityUid) -> bool {
         self.actions.contains_key(action)

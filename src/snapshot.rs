@@ -36,9 +36,12 @@ pub struct Snapshot {
     pub type_names: TypeNames,
     /// The principal and resource types each action applies to.
     scope_types: HashMap<EntityUid, ScopeTypes>,
-    /// Entities that stored entities name as ancestors but the store lacks: a
-    /// request that brought one would define what stored entities are members of.
-    pub missing_ancestors: HashSet<EntityUid>,
+    /// Entities that stored entities name, as ancestors or in attributes and tags,
+    /// but the store lacks: a request that brought one would define what stored
+    /// entities are members of, or what their attributes lead to (a user's partner).
+    pub unstored_references: HashSet<EntityUid>,
+    /// The entity types whose tags are derived ([`crate::derive::target_types`]).
+    pub derived_types: std::collections::HashSet<EntityTypeName>,
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +83,9 @@ impl Snapshot {
                 .cloned(),
         );
         let scope_types = scope_types(&model.schema, &actions);
-        let missing_ancestors = missing_ancestors(&entities);
+        let mut unstored_references = missing_ancestors(&entities);
+        unstored_references.extend(slice_index.unstored_references(&entities));
+        let derived_types = crate::derive::target_types(&model.rules, &entities);
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -97,7 +102,8 @@ impl Snapshot {
             entity_types,
             type_names,
             scope_types,
-            missing_ancestors,
+            unstored_references,
+            derived_types,
         })
     }
 

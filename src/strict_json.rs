@@ -7,6 +7,7 @@
 //! request's own fields already are (serde's derive refuses those).
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
@@ -137,6 +138,29 @@ fn unexpected(value: &Value) -> de::Unexpected<'_> {
         Value::Array(_) => de::Unexpected::Seq,
         Value::Object(_) => de::Unexpected::Map,
     }
+}
+
+/// A `T` read from a JSON object only. serde's derived structs also read a JSON
+/// array of their fields in order (`["User::\"u\"", …]`), which no backend means
+/// and a proxy in front of the sidecar would not read as a request.
+pub fn struct_from_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    struct ObjectVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectVisitor(PhantomData))
 }
 
 #[cfg(test)]

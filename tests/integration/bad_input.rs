@@ -248,19 +248,14 @@ fn by_default_a_request_may_not_bring_its_own_principal() {
         .assert_allowed_by("P6-T18-contentieux-rsa");
 }
 
-/// A stored user whose habilitation is missing from the store: a request may not
-/// supply that habilitation (it would define what a stored user holds).
-#[test]
-fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
+/// A server on the bundled model whose store lacks the entity `uid`, and that
+/// entity as it was stored.
+fn serve_without(uid: &Value) -> (Server, Value) {
     let dir = tempfile::tempdir().unwrap();
     let mut entities: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap())
             .unwrap();
-    let habilitation = json!({"type": "Habilitation", "id": "dep-t18-01"});
-    let position = entities
-        .iter()
-        .position(|e| e["uid"] == habilitation)
-        .unwrap();
+    let position = entities.iter().position(|e| e["uid"] == *uid).unwrap();
     let removed = entities.remove(position);
     let path = dir.path().join("entities.json");
     std::fs::write(&path, Value::Array(entities).to_string()).unwrap();
@@ -274,7 +269,14 @@ fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
     .unwrap();
     let state = Arc::new(AppState::new(pinned_time()));
     state.install(Arc::new(snapshot));
-    let server = Server::serve(state);
+    (Server::serve(state), removed)
+}
+
+/// A stored user whose habilitation is missing from the store: a request may not
+/// supply that habilitation (it would define what a stored user holds).
+#[test]
+fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
+    let (server, removed) = serve_without(&json!({"type": "Habilitation", "id": "dep-t18-01"}));
     let mut request = consult(
         "dep-t18",
         "dep-t18-01",
@@ -287,7 +289,108 @@ fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
         server.post("/v1/is_authorized", &request),
         400,
         "entity_conflict",
-        "Habilitation::\"dep-t18-01\" is named as a parent by stored entities",
+        "Habilitation::\"dep-t18-01\" is named by stored entities",
+    );
+}
+
+/// A mission a stored convention lists but the store lacks: a request may not
+/// supply it (it would define which data the partner's mission may see: any).
+#[test]
+fn by_default_a_request_may_not_define_an_entity_stored_attributes_name() {
+    let mission = json!({"type": "Mission", "id": "departement-rsa-contentieux"});
+    let (server, mut removed) = serve_without(&mission);
+    removed["attrs"]["categories"] = json!(["rsa", "ressources", "prestations"]);
+    let mut request = consult(
+        "dep-t18",
+        "dep-t18-01",
+        "departement-rsa-contentieux",
+        &["prestations"],
+        "dossier-59-0002",
+    );
+    request["entities"] = json!([removed]);
+    assert_error(
+        server.post("/v1/is_authorized", &request),
+        400,
+        "entity_conflict",
+        "Mission::\"departement-rsa-contentieux\" is named by stored entities",
+    );
+}
+
+/// A bulletin's habilitation counts are derived from the store (H4): a bulletin a
+/// request brought, with the counts it chose (or none, read as 0), would escape
+/// the ceilings.
+#[test]
+fn a_request_may_not_bring_an_entity_whose_tags_are_derived() {
+    let entities: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap())
+            .unwrap();
+    let stored = entity("Bulletin", "bouscat-cdap");
+    let mut bulletin = entities.into_iter().find(|e| e["uid"] == stored).unwrap();
+    bulletin["uid"] = entity("Bulletin", "bouscat-cdap-bis");
+    bulletin["tags"] = json!({"T2": 0, "*": 0});
+    let mut request = act(
+        "bou-admin",
+        "grant_habilitation",
+        entity("Habilitation", "bou-t2-new"),
+    );
+    request["entities"] = json!([bulletin, {"uid": entity("Habilitation", "bou-t2-new"), "parents": [],
+        "attrs": {"bulletin": entity("Bulletin", "bouscat-cdap-bis"),
+                  "partner": entity("Partner", "mairie-bouscat"), "profile": "T2", "suspended": false}}]);
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "entity_conflict",
+        "Bulletin::\"bouscat-cdap-bis\" is of a type whose tags the sidecar derives",
+    );
+}
+
+/// serde reads a struct from an array of its fields in order, and Cedar an entity:
+/// neither is a request a backend means, nor one a proxy would read as such.
+#[test]
+fn a_request_or_an_entity_written_as_an_array_is_refused() {
+    let server = Server::start();
+    let request = allowed_consultation();
+    let fields = ["principal", "action", "resource", "context"].map(|f| request[f].clone());
+    let positional = json!(fields);
+    assert_error(
+        server.post("/v1/is_authorized", &positional),
+        400,
+        "malformed_json",
+        "expected a JSON object",
+    );
+    let (status, body) = server.post(
+        "/v1/batch_is_authorized",
+        &json!({"requests": [positional.clone(), request.clone()]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let item = &body["results"][0]["error"];
+    assert_eq!(item["code"], "malformed_json", "{body}");
+    assert!(
+        item["message"]
+            .to_string()
+            .contains("expected a JSON object"),
+        "{body}"
+    );
+    assert_eq!(body["results"][1]["decision"], "Allow", "{body}");
+    assert_error(
+        server.post("/v1/batch_is_authorized", &json!([[positional]])),
+        400,
+        "malformed_json",
+        "expected a JSON object",
+    );
+    let mut request = act(
+        "mau-admin",
+        "grant_habilitation",
+        entity("Habilitation", "new"),
+    );
+    request["entities"] = json!([[entity("Habilitation", "new"),
+        {"bulletin": entity("Bulletin", "maubeuge-cdap"), "partner": entity("Partner", "ville-maubeuge"),
+         "profile": "T1", "suspended": false}, []]]);
+    assert_error(
+        server.post("/v1/is_authorized", &request),
+        400,
+        "invalid_entities",
+        "entity 0 is not a JSON object",
     );
 }
 
