@@ -409,9 +409,9 @@ async fn batch_is_authorized(
     let mut results = Vec::with_capacity(decided.len());
     for item in decided {
         results.push(match item {
-            Ok((response, _)) => {
-                let logged = state.audit.as_ref().and(acks.next());
-                BatchItem::Decided(Pending { response, logged }.answer(state).await)
+            Ok((mut pending, _)) => {
+                pending.logged = state.audit.as_ref().and(acks.next());
+                BatchItem::Decided(pending.answer(state).await)
             }
             Err(error) => {
                 state.metrics.record_error(error.code());
@@ -428,21 +428,29 @@ async fn batch_is_authorized(
 struct Pending {
     response: AuthzResponse,
     logged: Option<Ack>,
+    /// The action's id, and how long deciding took: the decision is counted by
+    /// the answer given, known once the record is in the log.
+    action: String,
+    latency: Duration,
 }
 
 impl Pending {
     /// The reply, once the record is in the log; Deny if it could not be written.
     async fn answer(self, state: &AppState) -> AuthzResponse {
-        let Some(logged) = self.logged else {
-            return self.response;
+        let response = match self.logged {
+            None => self.response,
+            Some(logged) => match logged.wait().await {
+                Ok(()) => self.response,
+                Err(error) => {
+                    state.metrics.record_audit_failure();
+                    deny_unlogged(self.response, &error)
+                }
+            },
         };
-        match logged.wait().await {
-            Ok(()) => self.response,
-            Err(error) => {
-                state.metrics.record_audit_failure();
-                deny_unlogged(self.response, &error)
-            }
-        }
+        state
+            .metrics
+            .record_decision(self.action, response.decision.as_str(), self.latency);
+        response
     }
 }
 
@@ -459,32 +467,27 @@ fn decide(
     snapshot: &Snapshot,
     request: &AuthzRequest,
 ) -> Result<Pending, RequestError> {
-    let (response, entry) = decide_unlogged(state, snapshot, request)?;
-    let logged = state
+    let (mut pending, entry) = decide_unlogged(state, snapshot, request)?;
+    pending.logged = state
         .audit
         .as_ref()
         .zip(entry)
         .map(|(log, e)| log.submit(e));
-    Ok(Pending { response, logged })
+    Ok(pending)
 }
 
-/// Decides and counts one request; with a log, also returns its record.
+/// Decides one request; with a log, also returns its record.
 fn decide_unlogged(
     state: &AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
-) -> Result<(AuthzResponse, Option<Entry>), RequestError> {
+) -> Result<(Pending, Option<Entry>), RequestError> {
     let started = Instant::now();
     let now = Utc::now();
     let prepared = engine::prepare(snapshot, request, now)?;
     admit(&state.limits, snapshot, request, &prepared)?;
     let decision = engine::evaluate(&prepared);
     let latency = started.elapsed();
-    state.metrics.record_decision(
-        decision.action.id().unescaped(),
-        decision.outcome.as_str(),
-        latency,
-    );
     let response = decision.response(&snapshot.version);
     let entry = state.audit.as_ref().map(|log| {
         let decided = Decided {
@@ -500,7 +503,13 @@ fn decide_unlogged(
         };
         decided.entry(log.context_fields())
     });
-    Ok((response, entry))
+    let pending = Pending {
+        response,
+        logged: None,
+        action: decision.action.id().unescaped().to_owned(),
+        latency,
+    };
+    Ok((pending, entry))
 }
 
 /// What a caller over the network may not set unless the sidecar was told to

@@ -108,12 +108,10 @@ impl Metrics {
         }
     }
 
-    pub fn record_decision(&self, action: &str, decision: &'static str, elapsed: Duration) {
+    /// A decision answered, by its action's id and the answer given.
+    pub fn record_decision(&self, action: String, decision: &'static str, elapsed: Duration) {
         self.decisions
-            .get_or_create(&DecisionLabels {
-                action: action.to_owned(),
-                decision,
-            })
+            .get_or_create(&DecisionLabels { action, decision })
             .inc();
         self.latency.observe(elapsed.as_secs_f64());
     }

@@ -220,6 +220,12 @@ fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() 
         metrics.contains("cdap_authz_audit_write_failures_total 2"),
         "{metrics}"
     );
+    // Counted by the answer given: Deny, not the Allow the policies gave.
+    assert!(
+        metrics.contains(r#"cdap_authz_decisions_total{action="consult_file",decision="Deny"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"decision="Allow""#), "{metrics}");
     // Space again: the next write succeeds and the log is healthy again.
     std::fs::remove_file(&file).unwrap();
     let (_, body) = server.post("/v1/is_authorized", &allowed_consultation());
