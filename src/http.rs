@@ -558,7 +558,15 @@ async fn traces(
     )?;
     let mut allowed = Vec::new();
     let mut refusals = Vec::new();
-    for (partner, read) in read_requests(&snapshot, &query) {
+    let reads = read_requests(&snapshot, &query);
+    if let (true, Some(partner)) = (reads.is_empty(), &query.partner) {
+        return Err(TraceQueryError::Param {
+            name: "partner".into(),
+            reason: format!("no partner `{partner}` has traces"),
+        }
+        .into());
+    }
+    for (partner, read) in reads {
         let answer = decide(state, &snapshot, &read)?.answer(state).await;
         if answer.decision == crate::api::Outcome::Allow {
             allowed.push(partner);

@@ -72,8 +72,16 @@ impl TraceQuery {
             filter: Filter::default(),
             limit: DEFAULT_LIMIT,
         };
+        let mut seen = Vec::new();
         for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if seen.contains(&name) {
+                return Err(TraceQueryError::Param {
+                    name: name.into_owned(),
+                    reason: "given more than once (which one would count?)".into(),
+                });
+            }
             parsed.set(&name, value.into_owned())?;
+            seen.push(name);
         }
         Ok(parsed)
     }
@@ -91,7 +99,10 @@ impl TraceQuery {
             "partner" => self.partner = Some(value),
             "principal" => self.filter.principal = Some(value),
             "resource" => self.filter.resource = Some(value),
-            "decision" => self.filter.decision = Some(value),
+            "decision" if ["allow", "deny"].contains(&value.to_ascii_lowercase().as_str()) => {
+                self.filter.decision = Some(value);
+            }
+            "decision" => return Err(bad(format!("expected Allow or Deny, got `{value}`"))),
             "since" => self.filter.since = Some(time(&value)?),
             "until" => self.filter.until = Some(time(&value)?),
             "limit" => {

@@ -808,10 +808,21 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
     );
     assert!(unreadable.starts_with("HTTP/1.1 400"), "{unreadable}");
     assert!(unreadable.contains("not visible ASCII"), "{unreadable}");
-    assert_eq!(
-        traces_as(&server, Some("mau-admin"), "?since=yesterday").0,
-        400
-    );
+    for (query, why) in [
+        ("?since=yesterday", "not an RFC 3339 time"),
+        ("?decision=maybe", "expected Allow or Deny"),
+        ("?partner=nowhere", "no partner `nowhere` has traces"),
+        ("?partner=", "no partner `` has traces"),
+        (
+            "?partner=mairie-bouscat&partner=ville-maubeuge",
+            "given more than once",
+        ),
+    ] {
+        let (status, body) = traces_as(&server, Some("mau-admin"), query);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_trace_query", "{query}");
+        assert!(body.to_string().contains(why), "{query}: {body}");
+    }
 }
 
 /// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`.
