@@ -80,7 +80,11 @@ impl Reloader {
         let snapshot = match Snapshot::load(&self.sources, &self.time_attribute) {
             Ok(snapshot) => snapshot,
             Err(error) => {
-                tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
+                if self.state.store.current().is_some() {
+                    tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
+                } else {
+                    tracing::error!(error = %error, "load refused: no snapshot to serve");
+                }
                 self.state.metrics.record_reload("failure");
                 self.state.store.set_last_error(Some(ReloadFailure {
                     at: Utc::now(),

@@ -72,6 +72,28 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
 }
 
 #[test]
+fn serve_on_a_broken_model_exits_3_without_claiming_a_snapshot_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.cedar"), "forbid (principal,\n").unwrap();
+    let output = cdap_authz()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-audit",
+            "--policies",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.cedar:1:19"), "{stderr}");
+    assert!(stderr.contains("no snapshot to serve"), "{stderr}");
+    assert!(!stderr.contains("last good snapshot"), "{stderr}");
+}
+
+#[test]
 fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     let log = tempfile::tempdir().unwrap();
     let (mut child, _stderr, addr) =
