@@ -27,7 +27,7 @@ use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -134,6 +134,8 @@ enum HttpError {
     BodyRead(String),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(Duration),
+    #[error("the request body is encoded ({0}): the sidecar reads plain JSON only")]
+    BodyEncoded(String),
     #[error("no policy snapshot is loaded yet")]
     NotReady,
     #[error("no route for {0}")]
@@ -161,6 +163,7 @@ impl HttpError {
             HttpError::Forbidden { .. } => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            HttpError::BodyEncoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -173,6 +176,7 @@ impl HttpError {
             HttpError::BodyTooLarge { .. } => "body_too_large",
             HttpError::BodyRead(_) => "body_unreadable",
             HttpError::BodyTimeout(_) => "body_timeout",
+            HttpError::BodyEncoded(_) => "body_encoded",
             HttpError::NotReady => "not_ready",
             HttpError::NotFound(_) => "not_found",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -635,6 +639,15 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 
 async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes, HttpError> {
     let max = limits.max_body;
+    // A gzip body would otherwise be refused as malformed JSON, saying nothing useful.
+    if let Some(encoding) = request
+        .headers()
+        .get(CONTENT_ENCODING)
+        .filter(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        return Err(HttpError::BodyEncoded(encoding));
+    }
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

@@ -481,6 +481,26 @@ fn request_entities_cannot_replace_stored_ones() {
 }
 
 #[test]
+fn an_encoded_body_gets_415_saying_so() {
+    let server = Server::start();
+    let reply = ureq::post(&server.url("/v1/is_authorized"))
+        .set("content-type", "application/json")
+        .set("content-encoding", "gzip")
+        .send_string(&allowed_consultation().to_string());
+    let (status, body) = match reply {
+        Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("transport error: {e}"),
+    };
+    assert_error(
+        (status, body),
+        415,
+        "body_encoded",
+        "encoded (gzip): the sidecar reads plain JSON only",
+    );
+}
+
+#[test]
 fn body_over_the_cap_gets_413() {
     let server = Server::start_with(Limits {
         max_body: 512,
