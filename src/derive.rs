@@ -182,9 +182,12 @@ pub fn target_types(
 ) -> HashSet<cedar_policy::EntityTypeName> {
     let mut types = HashSet::new();
     for rule in &rules.counts {
+        let Ok(source) = rule.source.parse::<cedar_policy::EntityTypeName>() else {
+            continue;
+        };
         let sources = entities
             .iter()
-            .filter(|entity| entity.uid().type_name().to_string() == rule.source);
+            .filter(|entity| *entity.uid().type_name() == source);
         for entity in sources {
             if let Some(Ok(cedar_policy::EvalResult::EntityUid(target))) = entity.attr(&rule.target)
             {
