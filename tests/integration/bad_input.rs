@@ -272,25 +272,38 @@ fn serve_without(uid: &Value) -> (Server, Value) {
     (Server::serve(state), removed)
 }
 
-/// A stored user whose habilitation is missing from the store: a request may not
-/// supply that habilitation (it would define what a stored user holds).
-#[test]
-fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
-    let (server, removed) = serve_without(&json!({"type": "Habilitation", "id": "dep-t18-01"}));
+/// On a store without `uid`, dep-t18's consultation (of `categories`) that brings
+/// that entity, as `edit` leaves it, is refused, naming it.
+fn assert_bringing_it_is_refused(uid: Value, categories: &[&str], edit: impl FnOnce(&mut Value)) {
+    let (server, mut removed) = serve_without(&uid);
+    edit(&mut removed);
     let mut request = consult(
         "dep-t18",
         "dep-t18-01",
         "departement-rsa-contentieux",
-        &["rsa"],
+        categories,
         "dossier-59-0002",
     );
     request["entities"] = json!([removed]);
+    let named = format!(
+        "{}::{} is named by stored entities",
+        uid["type"].as_str().unwrap(),
+        uid["id"]
+    );
     assert_error(
         server.post("/v1/is_authorized", &request),
         400,
         "entity_conflict",
-        "Habilitation::\"dep-t18-01\" is named by stored entities",
+        &named,
     );
+}
+
+/// A stored user whose habilitation is missing from the store: a request may not
+/// supply that habilitation (it would define what a stored user holds).
+#[test]
+fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
+    let habilitation = json!({"type": "Habilitation", "id": "dep-t18-01"});
+    assert_bringing_it_is_refused(habilitation, &["rsa"], |_| {});
 }
 
 /// A mission a stored convention lists but the store lacks: a request may not
@@ -298,22 +311,9 @@ fn by_default_a_request_may_not_define_a_parent_stored_entities_lack() {
 #[test]
 fn by_default_a_request_may_not_define_an_entity_stored_attributes_name() {
     let mission = json!({"type": "Mission", "id": "departement-rsa-contentieux"});
-    let (server, mut removed) = serve_without(&mission);
-    removed["attrs"]["categories"] = json!(["rsa", "ressources", "prestations"]);
-    let mut request = consult(
-        "dep-t18",
-        "dep-t18-01",
-        "departement-rsa-contentieux",
-        &["prestations"],
-        "dossier-59-0002",
-    );
-    request["entities"] = json!([removed]);
-    assert_error(
-        server.post("/v1/is_authorized", &request),
-        400,
-        "entity_conflict",
-        "Mission::\"departement-rsa-contentieux\" is named by stored entities",
-    );
+    assert_bringing_it_is_refused(mission, &["prestations"], |mission| {
+        mission["attrs"]["categories"] = json!(["rsa", "ressources", "prestations"]);
+    });
 }
 
 /// A bulletin's habilitation counts are derived from the store (H4): a bulletin a

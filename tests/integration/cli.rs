@@ -49,45 +49,29 @@ fn authorize_exits_0_on_allow_and_2_on_deny() {
 
 #[test]
 fn authorize_on_a_broken_policy_exits_3_with_its_location() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("broken.cedar"),
-        "permit (principal, action, resource)\nwhen { principal.no_such_attribute };\n",
-    )
-    .unwrap();
-    let output = cdap_authz()
-        .args([
+    let (code, stderr) = run_on_policies(
+        &[
             "authorize",
             "--request",
             "examples/requests/consult-allowed.json",
-            "--policies",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        ],
+        &[(
+            "broken.cedar",
+            "permit (principal, action, resource)\nwhen { principal.no_such_attribute };\n",
+        )],
+    );
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("broken.cedar:2:8"), "{stderr}");
     assert!(stderr.contains("no_such_attribute"), "{stderr}");
 }
 
 #[test]
 fn serve_on_a_broken_model_exits_3_without_claiming_a_snapshot_serves() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("broken.cedar"), "forbid (principal,\n").unwrap();
-    let output = cdap_authz()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-audit",
-            "--policies",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(3));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = run_on_policies(
+        &["serve", "--listen", "127.0.0.1:0", "--no-audit"],
+        &[("broken.cedar", "forbid (principal,\n")],
+    );
+    assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("broken.cedar:1:19"), "{stderr}");
     assert!(stderr.contains("no snapshot to serve"), "{stderr}");
     assert!(!stderr.contains("last good snapshot"), "{stderr}");
@@ -172,20 +156,25 @@ fn the_version_does_not_depend_on_how_the_paths_are_written() {
     assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
 }
 
-/// Runs `validate --policies DIR` on a directory of these files; returns the exit
-/// code and stderr.
-fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
+/// Runs `cdap-authz ARGS --policies DIR` on a directory of these files; returns the
+/// exit code and stderr.
+fn run_on_policies(args: &[&str], files: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let output = cdap_authz()
-        .args(["validate", "--policies"])
+        .args(args)
+        .arg("--policies")
         .arg(dir.path())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status.code(), stderr)
+}
+
+fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
+    run_on_policies(&["validate"], files)
 }
 
 #[test]
