@@ -18,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +28,8 @@ use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -61,7 +63,7 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body: usize,
     pub max_batch: usize,
@@ -77,6 +79,11 @@ pub struct Limits {
     /// who the principal is, and every group and habilitation it holds, come from
     /// the stored entities, never from the caller.
     pub request_principals: bool,
+    /// Host names a request may be addressed to (its `Host` header) besides
+    /// `localhost` and IP addresses. A web page whose name its author made resolve to
+    /// 127.0.0.1 (DNS rebinding) would otherwise reach the sidecar as its own origin,
+    /// free to set the trace headers and read the answers.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Limits {
@@ -87,6 +94,7 @@ impl Default for Limits {
             read_timeout: DEFAULT_READ_TIMEOUT,
             trust_request_time: false,
             request_principals: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -150,6 +158,8 @@ enum HttpError {
     TraceQuery(#[from] TraceQueryError),
     #[error("{caller} may not read these traces{why}")]
     Forbidden { caller: String, why: String },
+    #[error("requests addressed to host `{0}` are refused: localhost, an IP address, or a name given with --allow-host")]
+    HostNotAllowed(String),
 }
 
 impl HttpError {
@@ -160,7 +170,7 @@ impl HttpError {
             }
             HttpError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::AuditOff => StatusCode::NOT_FOUND,
-            HttpError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            HttpError::Forbidden { .. } | HttpError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::BodyEncoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -184,6 +194,7 @@ impl HttpError {
             HttpError::AuditOff => "audit_off",
             HttpError::TraceQuery(_) => "invalid_trace_query",
             HttpError::Forbidden { .. } => "forbidden",
+            HttpError::HostNotAllowed(_) => "host_not_allowed",
         }
     }
 }
@@ -321,6 +332,7 @@ async fn route(
     state: &AppState,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, HttpError> {
+    check_host(&state.limits, request.headers().get(HOST))?;
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
@@ -635,6 +647,35 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
         "policies": snapshot.policy_info,
         "last_reload_error": last_error,
     })
+}
+
+/// Refuses a request addressed to a host name other than `localhost` or those of
+/// `--allow-host` ([`Limits::allowed_hosts`]); an IP address, or no `Host` (which no
+/// browser sends), is the sidecar's own.
+fn check_host(limits: &Limits, host: Option<&HeaderValue>) -> Result<(), HttpError> {
+    let Some(host) = host else {
+        return Ok(());
+    };
+    let refused =
+        || HttpError::HostNotAllowed(String::from_utf8_lossy(host.as_bytes()).into_owned());
+    let authority: Authority = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(refused)?;
+    let name = authority.host();
+    let address = name.trim_start_matches('[').trim_end_matches(']');
+    let allowed = name.eq_ignore_ascii_case("localhost")
+        || address.parse::<IpAddr>().is_ok()
+        || limits
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(name));
+    if allowed {
+        Ok(())
+    } else {
+        Err(refused())
+    }
 }
 
 async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes, HttpError> {

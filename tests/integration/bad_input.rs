@@ -480,6 +480,50 @@ fn request_entities_cannot_replace_stored_ones() {
     );
 }
 
+/// DNS rebinding: a web page whose name its author made resolve to 127.0.0.1 would
+/// be the sidecar's own origin, free to set the trace headers and read the answers.
+/// Such a name is refused; `localhost`, IP addresses and `--allow-host` names are not.
+#[test]
+fn a_request_addressed_to_another_host_name_is_refused() {
+    let server = Server::start_with(Limits {
+        allowed_hosts: vec!["authz.internal".into()],
+        ..pinned_time()
+    });
+    let addressed_to = |host: &str| {
+        let reply = ureq::post(&server.url("/v1/is_authorized"))
+            .set("host", host)
+            .send_string(&allowed_consultation().to_string());
+        match reply {
+            Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+            Err(e) => panic!("transport error: {e}"),
+        }
+    };
+    for host in [
+        "rebind.example",
+        "rebind.example:8180",
+        "localhost.rebind.example",
+        "authz.internal.rebind.example",
+    ] {
+        assert_error(addressed_to(host), 403, "host_not_allowed", host);
+    }
+    for host in [
+        "localhost",
+        "LOCALHOST:8180",
+        "127.0.0.1:8180",
+        "[::1]:8180",
+        "10.0.0.7",
+        "authz.internal:8180",
+    ] {
+        let (status, body) = addressed_to(host);
+        assert_eq!(
+            (status, &body["decision"]),
+            (200, &json!("Allow")),
+            "{host}: {body}"
+        );
+    }
+}
+
 #[test]
 fn an_encoded_body_gets_415_saying_so() {
     let server = Server::start();
@@ -536,14 +580,14 @@ fn a_stalled_client_is_cut_off_after_the_read_timeout() {
         stream.read_to_string(&mut answer).unwrap();
         (answer, started.elapsed())
     };
-    let (answer, took) = stalled("POST /v1/is_authorized HTTP/1.1\r\nHost: x\r\n");
+    let (answer, took) = stalled("POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\n");
     assert!(
         took < Duration::from_secs(5),
         "headers: closed after {took:?}"
     );
     assert!(!answer.contains("200 OK"), "{answer}");
     let (answer, took) = stalled(
-        "POST /v1/is_authorized HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"principal\"",
+        "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"principal\"",
     );
     assert!(
         took < Duration::from_secs(5),
