@@ -500,8 +500,9 @@ fn decide_unlogged(
 ) -> Result<(Pending, Option<Entry>), RequestError> {
     let started = Instant::now();
     let now = Utc::now();
+    refuse_pinned_time(&state.limits, snapshot, request)?;
     let prepared = engine::prepare(snapshot, request, now)?;
-    admit(&state.limits, snapshot, request, &prepared)?;
+    admit(&state.limits, snapshot, &prepared)?;
     let decision = engine::evaluate(&prepared);
     let latency = started.elapsed();
     let response = decision.response(&snapshot.version);
@@ -528,12 +529,35 @@ fn decide_unlogged(
     Ok((pending, entry))
 }
 
-/// What a caller over the network may not set unless the sidecar was told to
-/// trust it: the time the sidecar fills, and the principal's own entity.
-fn admit(
+/// The time the sidecar fills, which a caller over the network may not set unless
+/// the sidecar was told to trust it. Checked before the request is prepared, so that
+/// a time set is refused as such, whether or not it is a valid time.
+fn refuse_pinned_time(
     limits: &Limits,
     snapshot: &Snapshot,
     request: &AuthzRequest,
+) -> Result<(), RequestError> {
+    let pins_time = request
+        .context
+        .as_ref()
+        .is_some_and(|context| context.contains_key(&snapshot.time_attribute));
+    if limits.trust_request_time || !pins_time {
+        return Ok(());
+    }
+    let action = snapshot.type_names.parse("action", &request.action)?;
+    if snapshot.fills_time(&action) {
+        return Err(RequestError::TimeNotAccepted(
+            snapshot.time_attribute.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a caller over the network may not bring unless the sidecar was told to
+/// trust it: the principal's own entity, or one that stored entities name.
+fn admit(
+    limits: &Limits,
+    snapshot: &Snapshot,
     prepared: &engine::Prepared,
 ) -> Result<(), RequestError> {
     if !limits.request_principals {
@@ -546,15 +570,6 @@ fn admit(
         if let Some(uid) = prepared.brought.iter().find(completes_stored) {
             return Err(RequestError::CompletesStoredEntities(uid.to_string()));
         }
-    }
-    let pins_time = request
-        .context
-        .as_ref()
-        .is_some_and(|context| context.contains_key(&snapshot.time_attribute));
-    if !limits.trust_request_time && pins_time && snapshot.fills_time(&prepared.action) {
-        return Err(RequestError::TimeNotAccepted(
-            snapshot.time_attribute.clone(),
-        ));
     }
     Ok(())
 }

@@ -209,6 +209,15 @@ fn by_default_a_request_may_not_set_the_time() {
         "time_not_accepted",
         "`now` is the sidecar's clock",
     );
+    // Refused as set, not as an invalid time.
+    let mut garbled = allowed_consultation();
+    garbled["context"]["now"] = json!("garbage");
+    assert_error(
+        server.post("/v1/is_authorized", &garbled),
+        400,
+        "time_not_accepted",
+        "`now` is the sidecar's clock",
+    );
     let mut unpinned = allowed_consultation();
     unpinned["context"].as_object_mut().unwrap().remove("now");
     let (status, body) = server.post("/v1/is_authorized", &unpinned);
