@@ -84,6 +84,9 @@ pub struct Limits {
     /// 127.0.0.1 (DNS rebinding) would otherwise reach the sidecar as its own origin,
     /// free to set the trace headers and read the answers.
     pub allowed_hosts: Vec<String>,
+    /// Any `Host` is accepted: on a Unix-domain socket, which no web page reaches,
+    /// clients put any placeholder name in their URLs.
+    pub any_host: bool,
 }
 
 impl Default for Limits {
@@ -95,6 +98,7 @@ impl Default for Limits {
             trust_request_time: false,
             request_principals: false,
             allowed_hosts: Vec::new(),
+            any_host: false,
         }
     }
 }
@@ -666,9 +670,9 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 
 /// Refuses a request addressed to a host name other than `localhost` or those of
 /// `--allow-host` ([`Limits::allowed_hosts`]); an IP address, or no `Host` (which no
-/// browser sends), is the sidecar's own.
+/// browser sends), is the sidecar's own. On a Unix-domain socket any host is.
 fn check_host(limits: &Limits, host: Option<&HeaderValue>) -> Result<(), HttpError> {
-    let Some(host) = host else {
+    let Some(host) = host.filter(|_| !limits.any_host) else {
         return Ok(());
     };
     let refused =

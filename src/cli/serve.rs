@@ -56,10 +56,11 @@ pub struct ServeArgs {
     /// principal must be stored (who it is and what it holds come from the store).
     #[arg(long)]
     pub request_principals: bool,
-    /// A host name requests may be addressed to (their `Host` header), besides
-    /// `localhost` and IP addresses, which are always; repeat for several. Others
-    /// get 403: a web page whose name resolves to this host (DNS rebinding) cannot
-    /// reach the sidecar as its own origin.
+    /// A host name (without port) requests over TCP may be addressed to (their
+    /// `Host` header), besides `localhost` and IP addresses, which always are; repeat
+    /// for several. Others get 403: a web page whose name resolves to this host (DNS
+    /// rebinding) cannot reach the sidecar as its own origin. On a Unix-domain
+    /// socket any host is accepted.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allowed_hosts: Vec<String>,
     #[command(flatten)]
@@ -131,6 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             trust_request_time: args.trust_request_time,
             request_principals: args.request_principals,
             allowed_hosts: args.allowed_hosts.clone(),
+            any_host: matches!(args.listen, ListenAddr::Unix(_)),
         });
         state.audit = args.audit.start()?;
         let state = Arc::new(state);
