@@ -28,7 +28,7 @@ use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{GetAll, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -164,6 +164,8 @@ enum HttpError {
     Forbidden { caller: String, why: String },
     #[error("requests addressed to host `{0}` are refused: localhost, an IP address, or a name given with --allow-host")]
     HostNotAllowed(String),
+    #[error("the Host header is sent more than once")]
+    HostRepeated,
 }
 
 impl HttpError {
@@ -174,7 +176,9 @@ impl HttpError {
             }
             HttpError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::AuditOff => StatusCode::NOT_FOUND,
-            HttpError::Forbidden { .. } | HttpError::HostNotAllowed(_) => StatusCode::FORBIDDEN,
+            HttpError::Forbidden { .. }
+            | HttpError::HostNotAllowed(_)
+            | HttpError::HostRepeated => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::BodyEncoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -198,7 +202,7 @@ impl HttpError {
             HttpError::AuditOff => "audit_off",
             HttpError::TraceQuery(_) => "invalid_trace_query",
             HttpError::Forbidden { .. } => "forbidden",
-            HttpError::HostNotAllowed(_) => "host_not_allowed",
+            HttpError::HostNotAllowed(_) | HttpError::HostRepeated => "host_not_allowed",
         }
     }
 }
@@ -336,7 +340,7 @@ async fn route(
     state: &AppState,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, HttpError> {
-    check_host(&state.limits, request.headers().get(HOST))?;
+    check_host(&state.limits, request.headers().get_all(HOST))?;
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
@@ -665,10 +669,15 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 /// Refuses a request addressed to a host name other than `localhost` or those of
 /// `--allow-host` ([`Limits::allowed_hosts`]); an IP address, or no `Host` (which no
 /// browser sends), is the sidecar's own. On a Unix-domain socket any host is.
-fn check_host(limits: &Limits, host: Option<&HeaderValue>) -> Result<(), HttpError> {
-    let Some(host) = host.filter(|_| !limits.any_host) else {
+fn check_host(limits: &Limits, hosts: GetAll<'_, HeaderValue>) -> Result<(), HttpError> {
+    let mut hosts = hosts.iter();
+    let Some(host) = hosts.next().filter(|_| !limits.any_host) else {
         return Ok(());
     };
+    if hosts.next().is_some() {
+        // Which one would count? A proxy might route by the other.
+        return Err(HttpError::HostRepeated);
+    }
     let refused =
         || HttpError::HostNotAllowed(String::from_utf8_lossy(host.as_bytes()).into_owned());
     let authority: Authority = host
