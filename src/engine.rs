@@ -356,6 +356,29 @@ fn entity_ref(
 
 /// Parses the request's own entities against the schema; they may add to the
 /// stored entities, never replace one.
+/// The first escape in `json` that Cedar's parser reads while ignoring keys beside
+/// it: `{"__entity": {…}}` or `{"__extn": {…}}` with another key, or inside them a key
+/// other than `type` and `id`, or `fn` and `arg`. A reader in front of the sidecar
+/// could take those keys for the value (as the context refuses them too).
+fn ambiguous_escape(json: &Value) -> Option<&'static str> {
+    match json {
+        Value::Array(items) => items.iter().find_map(ambiguous_escape),
+        Value::Object(map) => {
+            for (escape, keys) in [("__entity", ["type", "id"]), ("__extn", ["fn", "arg"])] {
+                if let Some(inner) = map.get(escape) {
+                    let exact = |object: &Map<String, Value>| {
+                        object.len() == keys.len() && keys.iter().all(|k| object.contains_key(*k))
+                    };
+                    let inner_exact = inner.as_object().is_some_and(exact);
+                    return (map.len() != 1 || !inner_exact).then_some(escape);
+                }
+            }
+            map.values().find_map(ambiguous_escape)
+        }
+        _ => None,
+    }
+}
+
 fn request_entities(
     snapshot: &Snapshot,
     entities: Option<&[Value]>,
@@ -367,6 +390,11 @@ fn request_entities(
     if let Some(position) = entities.iter().position(|e| !e.is_object()) {
         return Err(RequestError::InvalidEntities(format!(
             "entity {position} is not a JSON object"
+        )));
+    }
+    if let Some(escape) = entities.iter().find_map(ambiguous_escape) {
+        return Err(RequestError::InvalidEntities(format!(
+            "{escape} with other keys: which would count?"
         )));
     }
     let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))

@@ -467,6 +467,57 @@ fn request_entities_violating_the_schema_are_refused() {
     );
 }
 
+/// Cedar's entity parser reads an escape and ignores keys beside it (or inside it):
+/// a reader in front of the sidecar could take those for the value. Refused, as in
+/// the context.
+#[test]
+fn a_request_entitys_escape_with_other_keys_is_refused() {
+    let server = Server::start();
+    let file = |rsa_last_date: Value, caf: Value| {
+        let mut request = consult(
+            "dep-t18",
+            "dep-t18-01",
+            "departement-rsa-contentieux",
+            &["rsa"],
+            "dossier-59-new",
+        );
+        request["entities"] = json!([{
+            "uid": entity("File", "dossier-59-new"),
+            "attrs": {"caf": caf, "department": "59", "rsa_now": false,
+                      "rsa_last_date": rsa_last_date, "categories": ["rsa"]},
+            "parents": []
+        }]);
+        server.post("/v1/is_authorized", &request)
+    };
+    let date = |arg: &str| json!({"__extn": {"fn": "datetime", "arg": arg}});
+    let caf = |id: &str| json!({"__entity": {"type": "Caf", "id": id}});
+    let (status, body) = file(date("2026-01-01"), caf("caf-nord"));
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("Allow")),
+        "{body}"
+    );
+    let mut outer_arg = date("2026-01-01");
+    outer_arg["arg"] = json!("2010-01-01");
+    let mut inner_key = date("2026-01-01");
+    inner_key["__extn"]["junk"] = json!(true);
+    let mut outer_id = caf("caf-nord");
+    outer_id["type"] = json!("Caf");
+    outer_id["id"] = json!("caf-gironde");
+    for (rsa_last_date, caf, escape) in [
+        (outer_arg, caf("caf-nord"), "__extn"),
+        (inner_key, caf("caf-nord"), "__extn"),
+        (date("2026-01-01"), outer_id, "__entity"),
+    ] {
+        assert_error(
+            file(rsa_last_date, caf),
+            400,
+            "invalid_entities",
+            &format!("{escape} with other keys"),
+        );
+    }
+}
+
 #[test]
 fn request_entities_cannot_replace_stored_ones() {
     // Re-sending a suspended user as active must not un-suspend them.
