@@ -41,7 +41,7 @@ pub struct Snapshot {
     /// entities are members of, or what their attributes lead to (a user's partner).
     pub unstored_references: HashSet<EntityUid>,
     /// The entity types whose tags are derived ([`crate::derive::target_types`]).
-    pub derived_types: std::collections::HashSet<EntityTypeName>,
+    pub derived_types: HashSet<EntityTypeName>,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +85,9 @@ impl Snapshot {
         let scope_types = scope_types(&model.schema, &actions);
         let mut unstored_references = missing_ancestors(&entities);
         unstored_references.extend(slice_index.unstored_references(&entities));
-        let derived_types = crate::derive::target_types(&model.rules, &entities);
+        let derived_types = crate::derive::target_types(&model.rules, &entities)
+            .into_iter()
+            .collect();
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
