@@ -359,7 +359,7 @@ impl Writer {
     /// Cuts the current file back to its records; with `sync`, syncs it (with
     /// `--audit-fsync`, the syncer syncs it next). Returns it, still mapped.
     fn finish_file(&mut self, sync: bool) -> Option<Mapped> {
-        let mut mapped = self.file.take()?;
+        let mapped = self.file.take()?;
         if let Err(error) = mapped.finish(sync) {
             tracing::warn!(
                 %error, file = %self.segment.path.display(),
@@ -480,7 +480,7 @@ impl Mapped {
 
     /// Cuts the file back to its records (the pages past them are dropped from the
     /// mapping); with `sync`, syncs it.
-    fn finish(&mut self, sync: bool) -> io::Result<()> {
+    fn finish(&self, sync: bool) -> io::Result<()> {
         self.file.set_len(self.len as u64)?;
         if sync {
             self.file.sync_all()?;
