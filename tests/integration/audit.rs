@@ -692,17 +692,12 @@ fn traces_authenticated(
 /// A GET written by hand on a socket, for headers an HTTP client would merge; the
 /// whole response as text.
 fn raw_get(server: &Server, path: &str, headers: &[(&str, &str)]) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", server.addr);
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    server.exchange_raw(&request)
 }
 
 fn partners_seen(body: &Value) -> HashSet<String> {

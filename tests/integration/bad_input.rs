@@ -540,19 +540,6 @@ fn request_entities_cannot_replace_stored_ones() {
     );
 }
 
-/// Sends `request` as written on a new connection; the whole response as text.
-fn raw_exchange(server: &Server, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 /// DNS rebinding: a web page whose name its author made resolve to 127.0.0.1 would
 /// be the sidecar's own origin, free to set the trace headers and read the answers.
 /// Such a name is refused; `localhost`, IP addresses and `--allow-host` names are not.
@@ -581,8 +568,7 @@ fn a_request_addressed_to_another_host_name_is_refused() {
         assert_error(addressed_to(host), 403, "host_not_allowed", host);
     }
     // Two Host headers: which one would count? Refused, whichever comes first.
-    let twice = raw_exchange(
-        &server,
+    let twice = server.exchange_raw(
         "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nHost: rebind.example\r\n\
          Content-Length: 2\r\nConnection: close\r\n\r\n{}",
     );

@@ -97,6 +97,20 @@ impl Server {
         read(reply)
     }
 
+    /// Sends `request` as written on a new connection (for what an HTTP client
+    /// would not send, such as a header twice); the whole response as text.
+    pub fn exchange_raw(&self, request: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string())
     }
