@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command};
+use std::process::{ChildStderr, Command};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -828,7 +828,7 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
 }
 
 /// Runs `cdap-authz serve` on a port-0 listener with its log in `dir`.
-fn spawn_serve(dir: &Path) -> (Child, BufReader<ChildStderr>, String) {
+fn spawn_serve(dir: &Path) -> (crate::util::ServeChild, BufReader<ChildStderr>, String) {
     crate::util::spawn_serve(&[Path::new("--audit-dir").as_os_str(), dir.as_os_str()])
 }
 

@@ -6,12 +6,12 @@ use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{allowed_consultation, repo, spawn_serve_on, terminate};
+use crate::util::{allowed_consultation, repo, spawn_serve_on, terminate, ServeChild};
 
 /// One HTTP/1.1 POST over the socket; the status code and the JSON body.
 /// POSTs `body` addressed to `host` (the name a client puts in its URL).
@@ -35,14 +35,14 @@ fn post(socket: &Path, host: &str, path: &str, body: &str) -> (u16, Value) {
 }
 
 /// Serves on `socket`; the process and its stderr (kept open while the test runs).
-fn serve_on(socket: &Path) -> (Child, BufReader<ChildStderr>) {
+fn serve_on(socket: &Path) -> (ServeChild, BufReader<ChildStderr>) {
     let (child, stderr, addr) =
         spawn_serve_on(&format!("unix:{}", socket.display()), &["--no-audit"]);
     assert_eq!(addr, format!("unix:{}", socket.display()));
     (child, stderr)
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: ServeChild) {
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
 }

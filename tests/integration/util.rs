@@ -264,12 +264,39 @@ pub fn entity(type_name: &str, id: &str) -> Value {
     json!({"type": type_name, "id": id})
 }
 
+/// A spawned `cdap-authz serve`, killed (SIGKILL) when dropped if it still runs: a
+/// test that fails before stopping it leaves no server behind, holding the test
+/// run's output open.
+pub struct ServeChild(Child);
+
+impl std::ops::Deref for ServeChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServeChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs `cdap-authz serve --listen 127.0.0.1:0 ARGS…` from the repository root and
 /// returns the process, its stderr (still piped, so its writes never block) and the
 /// address it listens on.
 pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
-) -> (Child, BufReader<ChildStderr>, String) {
+) -> (ServeChild, BufReader<ChildStderr>, String) {
     spawn_serve_on("127.0.0.1:0", args)
 }
 
@@ -277,15 +304,17 @@ pub fn spawn_serve<S: AsRef<std::ffi::OsStr>>(
 pub fn spawn_serve_on<S: AsRef<std::ffi::OsStr>>(
     listen: &str,
     args: &[S],
-) -> (Child, BufReader<ChildStderr>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
-        .current_dir(repo("."))
-        .args(["serve", "--listen", listen, "--trust-request-time"])
-        .args(args)
-        .env("CDAP_AUTHZ_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+) -> (ServeChild, BufReader<ChildStderr>, String) {
+    let mut child = ServeChild(
+        Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+            .current_dir(repo("."))
+            .args(["serve", "--listen", listen, "--trust-request-time"])
+            .args(args)
+            .env("CDAP_AUTHZ_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let addr = loop {
