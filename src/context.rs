@@ -63,22 +63,14 @@ pub struct ContextTypes {
 }
 
 impl ContextTypes {
-    /// Reads the context types from the schema text (Cedar syntax or JSON), with every
-    /// type name resolved to its qualified name (a JSON schema goes through its Cedar
-    /// text for that).
+    /// Reads the context types from the schema text (Cedar syntax or JSON).
     pub fn from_schema_text(schema_text: &str) -> Result<Self, String> {
-        let cedar_text = if schema_text.trim_start().starts_with('{') {
-            cedar_policy::SchemaFragment::from_json_str(schema_text)
-                .map_err(|e| e.to_string())?
-                .to_cedarschema()
-                .map_err(|e| e.to_string())?
-        } else {
-            schema_text.to_owned()
-        };
-        let json = cedar_policy::schema_str_to_json_with_resolved_types(&cedar_text)
-            .map_err(|e| e.to_string())?
-            .0;
-        let enums = enumerated_entity_types(&json);
+        Self::from_resolved_schema(&resolved_schema_json(schema_text)?)
+    }
+
+    /// Reads the context types from a schema as [`resolved_schema_json`] gives it.
+    pub fn from_resolved_schema(json: &Value) -> Result<Self, String> {
+        let enums = enumerated_entity_types(json);
         let mut by_action = HashMap::default();
         for (namespace, body) in json.as_object().into_iter().flatten() {
             let declared = Declared {
@@ -106,6 +98,25 @@ impl ContextTypes {
     pub fn get(&self, action: &EntityUid) -> Option<&RecordType> {
         self.by_action.get(action)
     }
+}
+
+/// The schema (Cedar syntax or JSON) as Cedar's JSON schema format, with every type
+/// name resolved to its qualified name (a JSON schema goes through its Cedar text
+/// for that).
+pub fn resolved_schema_json(schema_text: &str) -> Result<Value, String> {
+    let cedar_text = if schema_text.trim_start().starts_with('{') {
+        cedar_policy::SchemaFragment::from_json_str(schema_text)
+            .map_err(|e| e.to_string())?
+            .to_cedarschema()
+            .map_err(|e| e.to_string())?
+    } else {
+        schema_text.to_owned()
+    };
+    Ok(
+        cedar_policy::schema_str_to_json_with_resolved_types(&cedar_text)
+            .map_err(|e| e.to_string())?
+            .0,
+    )
 }
 
 /// What a schema namespace declares besides its actions.

@@ -46,6 +46,14 @@ pub struct CountRule {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DeriveError {
+    #[error(
+        "rule `{rule}`: the schema declares no entity attribute `{attr}` of type `{source_type}`"
+    )]
+    TargetNotInSchema {
+        rule: String,
+        source_type: String,
+        attr: String,
+    },
     #[error("the entities file must be a JSON array of entities")]
     NotAnArray,
     #[error("rule `{rule}`: {entity} has no entity reference in attribute `{attr}`")]
@@ -173,29 +181,35 @@ fn write_tags(
     }
 }
 
-/// The entity types whose tags the rules derive: those the `target` attributes of
-/// the stored `source` entities name. A request may not bring an entity of one, as
-/// its derived tags would be whatever the request wrote (or none: a count of 0).
+/// The entity types whose tags the rules derive: the type of each rule's `target`
+/// attribute on its `source` type, read from the schema as
+/// [`crate::context::resolved_schema_json`] gives it. A request may not bring an
+/// entity of one, as its derived tags would be whatever the request wrote (or none:
+/// a count of 0). A rule whose source type the schema does not declare, or whose
+/// `target` is not an entity attribute of it, is an error: it could never count.
 pub fn target_types(
     rules: &DerivationRules,
-    entities: &cedar_policy::Entities,
-) -> HashSet<cedar_policy::EntityTypeName> {
-    let mut types = HashSet::new();
-    for rule in &rules.counts {
-        let Ok(source) = rule.source.parse::<cedar_policy::EntityTypeName>() else {
-            continue;
-        };
-        let sources = entities
-            .iter()
-            .filter(|entity| *entity.uid().type_name() == source);
-        for entity in sources {
-            if let Some(Ok(cedar_policy::EvalResult::EntityUid(target))) = entity.attr(&rule.target)
-            {
-                types.insert(target.type_name().clone());
-            }
-        }
-    }
-    types
+    schema: &Value,
+) -> Result<HashSet<cedar_policy::EntityTypeName>, DeriveError> {
+    rules
+        .counts
+        .iter()
+        .map(|rule| {
+            let (namespace, name) = rule.source.rsplit_once("::").unwrap_or(("", &rule.source));
+            let attribute = schema
+                .get(namespace)
+                .and_then(|ns| ns.pointer(&format!("/entityTypes/{name}/shape/attributes")))
+                .and_then(|attributes| attributes.get(&rule.target));
+            attribute
+                .filter(|ty| ty.get("type").and_then(Value::as_str) == Some("Entity"))
+                .and_then(|ty| ty.get("name")?.as_str()?.parse().ok())
+                .ok_or_else(|| DeriveError::TargetNotInSchema {
+                    rule: rule.id.clone(),
+                    source_type: rule.source.clone(),
+                    attr: rule.target.clone(),
+                })
+        })
+        .collect()
 }
 
 /// An entity reference in Cedar's entity JSON: `{"type","id"}` or `{"__entity":{…}}`.
@@ -213,6 +227,7 @@ fn display((type_name, id): &Uid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::resolved_schema_json;
     use serde_json::json;
 
     fn rules() -> DerivationRules {
@@ -273,5 +288,48 @@ mod tests {
             err.to_string(),
             "rule `active`: Box::\"b\" is referenced but is not in the entities file"
         );
+    }
+
+    fn rule(source: &str, target: &str) -> DerivationRules {
+        serde_json::from_value(json!({"counts": [{
+            "id": "active", "source": source, "target": target, "tag_by": "profile"
+        }]}))
+        .unwrap()
+    }
+
+    fn schema(text: &str) -> Value {
+        resolved_schema_json(text).unwrap()
+    }
+
+    #[test]
+    fn the_target_type_is_read_from_the_schema_with_no_entity_stored() {
+        let plain = schema("entity Box tags Long; entity Hab = { box: Box, profile: String };");
+        assert_eq!(
+            target_types(&rule("Hab", "box"), &plain).unwrap(),
+            HashSet::from(["Box".parse().unwrap()])
+        );
+        let namespaced = schema(
+            "namespace Ns { entity Box tags Long; entity Hab = { box: Box, profile: String }; }",
+        );
+        assert_eq!(
+            target_types(&rule("Ns::Hab", "box"), &namespaced).unwrap(),
+            HashSet::from(["Ns::Box".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn a_rule_the_schema_cannot_count_is_refused() {
+        let plain = schema("entity Box tags Long; entity Hab = { box: Box, profile: String };");
+        for (source, target) in [("Hab", "profile"), ("Hab", "crate"), ("Crate", "box")] {
+            assert_eq!(
+                target_types(&rule(source, target), &plain),
+                Err(DeriveError::TargetNotInSchema {
+                    rule: "active".into(),
+                    source_type: source.into(),
+                    attr: target.into(),
+                }),
+                "{source}.{target}"
+            );
+        }
     }
 }

@@ -70,8 +70,14 @@ impl Snapshot {
         };
         let slice_index = SliceIndex::build(&model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
-        let context_types = ContextTypes::from_schema_text(&model.schema_text)
+        let schema_json = crate::context::resolved_schema_json(&model.schema_text)
+            .map_err(|e| index_problem(format!("schema as JSON: {e}")))?;
+        let context_types = ContextTypes::from_resolved_schema(&schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
+        let derived_types = crate::derive::target_types(&model.rules, &schema_json)
+            .map_err(|e| index_problem(format!("derived data: {e}")))?
+            .into_iter()
+            .collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
@@ -85,9 +91,6 @@ impl Snapshot {
         let scope_types = scope_types(&model.schema, &actions);
         let mut unstored_references = missing_ancestors(&entities);
         unstored_references.extend(slice_index.unstored_references(&entities));
-        let derived_types = crate::derive::target_types(&model.rules, &entities)
-            .into_iter()
-            .collect();
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {

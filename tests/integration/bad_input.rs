@@ -260,12 +260,19 @@ fn by_default_a_request_may_not_bring_its_own_principal() {
 /// A server on the bundled model whose store lacks the entity `uid`, and that
 /// entity as it was stored.
 fn serve_without(uid: &Value) -> (Server, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut entities: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap())
-            .unwrap();
+    let mut entities = bundled_entities();
     let position = entities.iter().position(|e| e["uid"] == *uid).unwrap();
     let removed = entities.remove(position);
+    (serve_store(entities), removed)
+}
+
+fn bundled_entities() -> Vec<Value> {
+    serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap()).unwrap()
+}
+
+/// The bundled model on `entities` instead of the demo data.
+fn serve_store(entities: Vec<Value>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("entities.json");
     std::fs::write(&path, Value::Array(entities).to_string()).unwrap();
     let snapshot = Snapshot::load(
@@ -278,7 +285,7 @@ fn serve_without(uid: &Value) -> (Server, Value) {
     .unwrap();
     let state = Arc::new(AppState::new(pinned_time()));
     state.install(Arc::new(snapshot));
-    (Server::serve(state), removed)
+    Server::serve(state)
 }
 
 /// On a store without `uid`, dep-t18's consultation (of `categories`) that brings
@@ -327,14 +334,15 @@ fn by_default_a_request_may_not_define_an_entity_stored_attributes_name() {
 
 /// A bulletin's habilitation counts are derived from the store (H4): a bulletin a
 /// request brought, with the counts it chose (or none, read as 0), would escape
-/// the ceilings.
+/// the ceilings. Which types are derived comes from the schema, so a store with no
+/// habilitation at all refuses it too.
 #[test]
 fn a_request_may_not_bring_an_entity_whose_tags_are_derived() {
-    let entities: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(repo("examples/entities.json")).unwrap())
-            .unwrap();
     let stored = entity("Bulletin", "bouscat-cdap");
-    let mut bulletin = entities.into_iter().find(|e| e["uid"] == stored).unwrap();
+    let mut bulletin = bundled_entities()
+        .into_iter()
+        .find(|e| e["uid"] == stored)
+        .unwrap();
     bulletin["uid"] = entity("Bulletin", "bouscat-cdap-bis");
     bulletin["tags"] = json!({"T2": 0, "*": 0});
     let mut request = act(
@@ -345,12 +353,18 @@ fn a_request_may_not_bring_an_entity_whose_tags_are_derived() {
     request["entities"] = json!([bulletin, {"uid": entity("Habilitation", "bou-t2-new"), "parents": [],
         "attrs": {"bulletin": entity("Bulletin", "bouscat-cdap-bis"),
                   "partner": entity("Partner", "mairie-bouscat"), "profile": "T2", "suspended": false}}]);
-    assert_error(
-        Server::start().post("/v1/is_authorized", &request),
-        400,
-        "entity_conflict",
-        "Bulletin::\"bouscat-cdap-bis\" is of a type whose tags the sidecar derives",
-    );
+    let no_habilitation: Vec<Value> = bundled_entities()
+        .into_iter()
+        .filter(|e| e["uid"]["type"] != "Habilitation")
+        .collect();
+    for server in [Server::start(), serve_store(no_habilitation)] {
+        assert_error(
+            server.post("/v1/is_authorized", &request),
+            400,
+            "entity_conflict",
+            "Bulletin::\"bouscat-cdap-bis\" is of a type whose tags the sidecar derives",
+        );
+    }
 }
 
 /// serde reads a struct from an array of its fields in order, and Cedar an entity:
