@@ -179,6 +179,8 @@ pub enum RequestError {
     EntityConflict(String),
     #[error("entities: {0} is of a type whose tags the sidecar derives from the stored entities (schema/derived.json); a request may not bring one")]
     DerivedType(String),
+    #[error("entities: {0} has tags, which the sidecar derives for its type from the stored entities (schema/derived.json); a request may bring one only without tags")]
+    DerivedTags(String),
     #[error("request does not match the schema: {0}")]
     InvalidRequest(String),
     #[error("batch of {count} requests is over the limit of {max}")]
@@ -201,7 +203,9 @@ impl RequestError {
             RequestError::UnknownEntity { .. } => "unknown_entity",
             RequestError::InvalidContext(_) => "invalid_context",
             RequestError::InvalidEntities(_) => "invalid_entities",
-            RequestError::EntityConflict(_) | RequestError::DerivedType(_) => "entity_conflict",
+            RequestError::EntityConflict(_)
+            | RequestError::DerivedType(_)
+            | RequestError::DerivedTags(_) => "entity_conflict",
             RequestError::InvalidRequest(_) => "invalid_request",
             RequestError::BatchTooLarge { .. } => "batch_too_large",
             RequestError::TimeNotAccepted(_) => "time_not_accepted",

@@ -4,9 +4,13 @@
 //! The rules live in a JSON file beside the schema (`schema/derived.json`) and are
 //! applied to the entities JSON before Cedar parses and validates it, so derived
 //! values are checked against the schema like any other. One kind of rule exists:
-//! `counts` — count the entities of a type whose attributes match, grouped by an
-//! entity they reference and by a string attribute, and write the counts as tags of
-//! the referenced entity. The Cdap model uses it for habilitation ceilings (H4).
+//! `counts` — count the entities of a type whose attributes match, grouped by a
+//! string attribute and by the entity that receives them, and write the counts as
+//! tags of that entity. The receiver is either the entity an attribute references
+//! (`target`), or each ancestor of given types (`target_ancestors`: its parents,
+//! theirs, and so on). The Cdap model counts active habilitations per bulletin for
+//! the ceilings (H4), and the roles of the users holding each habilitation and group
+//! (H3).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -36,7 +40,13 @@ pub struct CountRule {
     #[serde(default, rename = "where")]
     pub filter: Map<String, Value>,
     /// Entity-reference attribute of the source naming the entity that receives the tags.
-    pub target: String,
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Instead of `target`: the types of the source's ancestors that receive the
+    /// tags, each counting the sources below it (a user in a group that holds a
+    /// habilitation counts for both).
+    #[serde(default)]
+    pub target_ancestors: Vec<String>,
     /// String attribute of the source whose value is the tag key.
     pub tag_by: String,
     /// Optional tag key that receives the count over all `tag_by` values.
@@ -44,8 +54,31 @@ pub struct CountRule {
     pub total_tag: Option<String>,
 }
 
+/// Which entities receive a rule's counts.
+#[derive(Debug, Clone, Copy)]
+enum Receivers<'a> {
+    /// The entity this attribute of the source references.
+    Attribute(&'a str),
+    /// The source's ancestors of these types.
+    Ancestors(&'a [String]),
+}
+
+impl CountRule {
+    fn receivers(&self) -> Result<Receivers<'_>, DeriveError> {
+        match (&self.target, self.target_ancestors.is_empty()) {
+            (Some(attribute), true) => Ok(Receivers::Attribute(attribute)),
+            (None, false) => Ok(Receivers::Ancestors(&self.target_ancestors)),
+            _ => Err(DeriveError::TargetChoice {
+                rule: self.id.clone(),
+            }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DeriveError {
+    #[error("rule `{rule}`: give either `target` or `target_ancestors`")]
+    TargetChoice { rule: String },
     #[error(
         "rule `{rule}`: the schema declares no entity attribute `{attr}` of type `{source_type}`"
     )]
@@ -54,6 +87,8 @@ pub enum DeriveError {
         source_type: String,
         attr: String,
     },
+    #[error("rule `{rule}`: the schema declares no entity type `{entity_type}`")]
+    TypeNotInSchema { rule: String, entity_type: String },
     #[error("the entities file must be a JSON array of entities")]
     NotAnArray,
     #[error("rule `{rule}`: {entity} has no entity reference in attribute `{attr}`")]
@@ -86,16 +121,66 @@ type Uid = (String, String);
 pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), DeriveError> {
     let list = entities.as_array_mut().ok_or(DeriveError::NotAnArray)?;
     for rule in &rules.counts {
-        let counts = count(rule, list)?;
-        write_tags(rule, list, counts)?;
+        let receivers = rule.receivers()?;
+        let counts = count(rule, receivers, list)?;
+        let target_types: BTreeSet<String> = match receivers {
+            Receivers::Attribute(_) => counts.keys().map(|(t, _)| t.clone()).collect(),
+            Receivers::Ancestors(types) => types.iter().cloned().collect(),
+        };
+        write_tags(rule, list, counts, &target_types)?;
     }
     Ok(())
 }
 
+/// Each entity's parents, as the first copy of it lists them.
+fn parents_by_uid(list: &[Value]) -> HashMap<Uid, Vec<Uid>> {
+    let mut parents = HashMap::new();
+    for entity in list {
+        if let Some(uid) = entity.get("uid").and_then(entity_ref) {
+            parents.entry(uid).or_insert_with(|| {
+                entity
+                    .get("parents")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(entity_ref)
+                    .collect()
+            });
+        }
+    }
+    parents
+}
+
+/// The stored ancestors of `uid` whose type is one of `types`, each once.
+fn ancestors_of_types(uid: &Uid, types: &[String], parents: &HashMap<Uid, Vec<Uid>>) -> Vec<Uid> {
+    let mut seen: HashSet<&Uid> = HashSet::new();
+    let mut to_visit: Vec<&Uid> = parents.get(uid).into_iter().flatten().collect();
+    let mut found = Vec::new();
+    while let Some(ancestor) = to_visit.pop() {
+        // An ancestor the store lacks has no entity to receive tags (nor parents).
+        let Some(its_parents) = parents.get(ancestor) else {
+            continue;
+        };
+        if !seen.insert(ancestor) {
+            continue;
+        }
+        if types.contains(&ancestor.0) {
+            found.push(ancestor.clone());
+        }
+        to_visit.extend(its_parents);
+    }
+    found
+}
+
 fn count(
     rule: &CountRule,
+    receivers: Receivers,
     list: &[Value],
 ) -> Result<HashMap<Uid, BTreeMap<String, i64>>, DeriveError> {
+    let parents = match receivers {
+        Receivers::Ancestors(_) => parents_by_uid(list),
+        Receivers::Attribute(_) => HashMap::new(),
+    };
     let mut counts: HashMap<Uid, BTreeMap<String, i64>> = HashMap::new();
     // Cedar keeps one entity of identical duplicates (and refuses differing ones):
     // each uid counts once.
@@ -112,14 +197,16 @@ fn count(
         if !rule.filter.iter().all(|(k, v)| attr(k) == Some(v)) {
             continue;
         }
-        let target =
-            attr(&rule.target)
+        let targets = match receivers {
+            Receivers::Attribute(attribute) => vec![attr(attribute)
                 .and_then(entity_ref)
                 .ok_or_else(|| DeriveError::MissingTarget {
                     rule: rule.id.clone(),
                     entity: display(&uid),
-                    attr: rule.target.clone(),
-                })?;
+                    attr: attribute.to_owned(),
+                })?],
+            Receivers::Ancestors(types) => ancestors_of_types(&uid, types, &parents),
+        };
         let key =
             attr(&rule.tag_by)
                 .and_then(Value::as_str)
@@ -128,21 +215,24 @@ fn count(
                     entity: display(&uid),
                     attr: rule.tag_by.clone(),
                 })?;
-        let tags = counts.entry(target).or_default();
-        *tags.entry(key.to_owned()).or_default() += 1;
-        if let Some(total) = &rule.total_tag {
-            *tags.entry(total.clone()).or_default() += 1;
+        for target in targets {
+            let tags = counts.entry(target).or_default();
+            *tags.entry(key.to_owned()).or_default() += 1;
+            if let Some(total) = &rule.total_tag {
+                *tags.entry(total.clone()).or_default() += 1;
+            }
         }
     }
     Ok(counts)
 }
 
+/// Writes the counts as tags; an entity of `target_types` may have none of its own.
 fn write_tags(
     rule: &CountRule,
     list: &mut [Value],
     counts: HashMap<Uid, BTreeMap<String, i64>>,
+    target_types: &BTreeSet<String>,
 ) -> Result<(), DeriveError> {
-    let target_types: BTreeSet<String> = counts.keys().map(|(t, _)| t.clone()).collect();
     let mut written: HashSet<Uid> = HashSet::new();
     for entity in list.iter_mut() {
         let Some(uid) = entity.get("uid").and_then(entity_ref) else {
@@ -181,35 +271,61 @@ fn write_tags(
     }
 }
 
-/// The entity types whose tags the rules derive: the type of each rule's `target`
-/// attribute on its `source` type, read from the schema as
-/// [`crate::context::resolved_schema_json`] gives it. A request may not bring an
-/// entity of one, as its derived tags would be whatever the request wrote (or none:
-/// a count of 0). A rule whose source type the schema does not declare, or whose
-/// `target` is not an entity attribute of it, is an error: it could never count.
-pub fn target_types(
-    rules: &DerivationRules,
-    schema: &Value,
-) -> Result<HashSet<cedar_policy::EntityTypeName>, DeriveError> {
-    rules
-        .counts
-        .iter()
-        .map(|rule| {
-            let (namespace, name) = rule.source.rsplit_once("::").unwrap_or(("", &rule.source));
-            let attribute = schema
-                .get(namespace)
-                .and_then(|ns| ns.pointer(&format!("/entityTypes/{name}/shape/attributes")))
-                .and_then(|attributes| attributes.get(&rule.target));
-            attribute
-                .filter(|ty| ty.get("type").and_then(Value::as_str) == Some("Entity"))
-                .and_then(|ty| ty.get("name")?.as_str()?.parse().ok())
-                .ok_or_else(|| DeriveError::TargetNotInSchema {
-                    rule: rule.id.clone(),
-                    source_type: rule.source.clone(),
-                    attr: rule.target.clone(),
-                })
-        })
-        .collect()
+/// The entity types whose tags the rules derive, read from the schema as
+/// [`crate::context::resolved_schema_json`] gives it.
+#[derive(Debug, Default, PartialEq)]
+pub struct DerivedTypes {
+    /// Types whose tags count entities that reference them (`target`): a request may
+    /// not bring an entity of one, as its tags would be whatever the request wrote
+    /// (or none: a count of 0).
+    pub referenced: HashSet<cedar_policy::EntityTypeName>,
+    /// Types whose tags count entities below them (`target_ancestors`): a request may
+    /// bring one without tags. No stored entity is below it (a request bringing an
+    /// entity that stored ones name as a parent is refused), and no tags say so.
+    pub ancestors: HashSet<cedar_policy::EntityTypeName>,
+}
+
+/// The types each rule writes tags to: the type of its `target` attribute on its
+/// `source` type, or its `target_ancestors`. A rule naming a type or an entity
+/// attribute the schema does not declare is an error: it could never count.
+pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
+    let mut types = DerivedTypes::default();
+    for rule in &rules.counts {
+        match rule.receivers()? {
+            Receivers::Attribute(attribute) => {
+                let declared = declared_entity_type(schema, &rule.source)
+                    .and_then(|ty| ty.pointer("/shape/attributes"))
+                    .and_then(|attributes| attributes.get(attribute))
+                    .filter(|ty| ty.get("type").and_then(Value::as_str) == Some("Entity"))
+                    .and_then(|ty| ty.get("name")?.as_str()?.parse().ok());
+                types.referenced.insert(declared.ok_or_else(|| {
+                    DeriveError::TargetNotInSchema {
+                        rule: rule.id.clone(),
+                        source_type: rule.source.clone(),
+                        attr: attribute.to_owned(),
+                    }
+                })?);
+            }
+            Receivers::Ancestors(names) => {
+                for name in names {
+                    let declared = declared_entity_type(schema, name).and(name.parse().ok());
+                    types.ancestors.insert(declared.ok_or_else(|| {
+                        DeriveError::TypeNotInSchema {
+                            rule: rule.id.clone(),
+                            entity_type: name.clone(),
+                        }
+                    })?);
+                }
+            }
+        }
+    }
+    Ok(types)
+}
+
+/// The schema's declaration of the entity type `name` (qualified).
+fn declared_entity_type<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
+    let (namespace, base) = name.rsplit_once("::").unwrap_or(("", name));
+    schema.get(namespace)?.get("entityTypes")?.get(base)
 }
 
 /// An entity reference in Cedar's entity JSON: `{"type","id"}` or `{"__entity":{…}}`.
@@ -305,14 +421,18 @@ mod tests {
     fn the_target_type_is_read_from_the_schema_with_no_entity_stored() {
         let plain = schema("entity Box tags Long; entity Hab = { box: Box, profile: String };");
         assert_eq!(
-            target_types(&rule("Hab", "box"), &plain).unwrap(),
+            target_types(&rule("Hab", "box"), &plain)
+                .unwrap()
+                .referenced,
             HashSet::from(["Box".parse().unwrap()])
         );
         let namespaced = schema(
             "namespace Ns { entity Box tags Long; entity Hab = { box: Box, profile: String }; }",
         );
         assert_eq!(
-            target_types(&rule("Ns::Hab", "box"), &namespaced).unwrap(),
+            target_types(&rule("Ns::Hab", "box"), &namespaced)
+                .unwrap()
+                .referenced,
             HashSet::from(["Ns::Box".parse().unwrap()])
         );
     }
@@ -331,5 +451,86 @@ mod tests {
                 "{source}.{target}"
             );
         }
+    }
+
+    fn held_by_role() -> DerivationRules {
+        serde_json::from_value(json!({"counts": [{
+            "id": "held", "source": "User", "target_ancestors": ["Hab", "Group"], "tag_by": "role"
+        }]}))
+        .unwrap()
+    }
+
+    fn node(type_name: &str, id: &str, role: Option<&str>, parents: &[(&str, &str)]) -> Value {
+        let parents: Vec<Value> = parents
+            .iter()
+            .map(|(t, i)| json!({"type": t, "id": i}))
+            .collect();
+        let attrs = role.map_or(json!({}), |r| json!({ "role": r }));
+        json!({"uid": {"type": type_name, "id": id}, "attrs": attrs, "parents": parents})
+    }
+
+    #[test]
+    fn ancestors_count_the_sources_below_them_directly_or_through_groups() {
+        let mut entities = json!([
+            node("Hab", "h", None, &[]),
+            node("Hab", "other", None, &[]),
+            node("Group", "g", None, &[("Hab", "h"), ("Group", "outer")]),
+            node("Group", "outer", None, &[("Hab", "h")]),
+            node("Partner", "p", None, &[]),
+            node(
+                "User",
+                "admin",
+                Some("administrator"),
+                &[("Group", "g"), ("Hab", "h"), ("Partner", "p")]
+            ),
+            node(
+                "User",
+                "u",
+                Some("user"),
+                &[("Hab", "h"), ("Hab", "missing")]
+            ),
+        ]);
+        apply(&held_by_role(), &mut entities).unwrap();
+        // The administrator reaches h three ways and counts once.
+        assert_eq!(entities[0]["tags"], json!({"administrator": 1, "user": 1}));
+        assert_eq!(entities[1].get("tags"), None);
+        assert_eq!(entities[2]["tags"], json!({"administrator": 1}));
+        assert_eq!(entities[3]["tags"], json!({"administrator": 1}));
+        assert_eq!(entities[4].get("tags"), None, "not a target type");
+    }
+
+    #[test]
+    fn a_rule_gives_one_kind_of_target() {
+        for rule in [
+            json!({"id": "r", "source": "User", "tag_by": "role"}),
+            json!({"id": "r", "source": "User", "tag_by": "role", "target": "box", "target_ancestors": ["Hab"]}),
+        ] {
+            let rules: DerivationRules =
+                serde_json::from_value(json!({ "counts": [rule] })).unwrap();
+            assert_eq!(
+                apply(&rules, &mut json!([])),
+                Err(DeriveError::TargetChoice { rule: "r".into() })
+            );
+        }
+    }
+
+    #[test]
+    fn ancestor_types_are_read_from_the_schema() {
+        let plain = schema("entity Hab tags Long; entity Group in [Hab] tags Long; entity User in [Group, Hab] = { role: String };");
+        assert_eq!(
+            target_types(&held_by_role(), &plain).unwrap(),
+            DerivedTypes {
+                referenced: HashSet::new(),
+                ancestors: HashSet::from(["Hab".parse().unwrap(), "Group".parse().unwrap()]),
+            }
+        );
+        let no_group = schema("entity Hab tags Long; entity User in [Hab] = { role: String };");
+        assert_eq!(
+            target_types(&held_by_role(), &no_group),
+            Err(DeriveError::TypeNotInSchema {
+                rule: "held".into(),
+                entity_type: "Group".into()
+            })
+        );
     }
 }

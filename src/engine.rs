@@ -411,6 +411,11 @@ fn request_entities(
         if snapshot.derived_types.contains(uid.type_name()) {
             return Err(RequestError::DerivedType(uid.to_string()));
         }
+        if snapshot.derived_ancestor_types.contains(uid.type_name())
+            && entity.tags().next().is_some()
+        {
+            return Err(RequestError::DerivedTags(uid.to_string()));
+        }
         added.push(entity.clone());
     }
     Ok(added)

@@ -40,8 +40,12 @@ pub struct Snapshot {
     /// but the store lacks: a request that brought one would define what stored
     /// entities are members of, or what their attributes lead to (a user's partner).
     pub unstored_references: HashSet<EntityUid>,
-    /// The entity types whose tags are derived ([`crate::derive::target_types`]).
+    /// The entity types whose tags count the entities that reference them: a
+    /// request may not bring one ([`crate::derive::DerivedTypes`]).
     pub derived_types: HashSet<EntityTypeName>,
+    /// The entity types whose tags count the entities below them: a request may
+    /// bring one without tags.
+    pub derived_ancestor_types: HashSet<EntityTypeName>,
 }
 
 #[derive(Debug, Default)]
@@ -74,10 +78,10 @@ impl Snapshot {
             .map_err(|e| index_problem(format!("schema as JSON: {e}")))?;
         let context_types = ContextTypes::from_resolved_schema(&schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
-        let derived_types = crate::derive::target_types(&model.rules, &schema_json)
-            .map_err(|e| index_problem(format!("derived data: {e}")))?
-            .into_iter()
-            .collect();
+        let derived = crate::derive::target_types(&model.rules, &schema_json)
+            .map_err(|e| index_problem(format!("derived data: {e}")))?;
+        let derived_types = derived.referenced.into_iter().collect();
+        let derived_ancestor_types = derived.ancestors.into_iter().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
@@ -109,6 +113,7 @@ impl Snapshot {
             scope_types,
             unstored_references,
             derived_types,
+            derived_ancestor_types,
         })
     }
 

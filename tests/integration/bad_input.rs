@@ -367,6 +367,37 @@ fn a_request_may_not_bring_an_entity_whose_tags_are_derived() {
     }
 }
 
+/// Who holds a habilitation is derived from the stored users (H3): a request may
+/// bring a new habilitation, which no stored user holds, but not the tags that say
+/// who does.
+#[test]
+fn a_request_may_bring_a_habilitation_but_not_its_derived_tags() {
+    let mut request = act(
+        "mau-admin",
+        "grant_habilitation",
+        entity("Habilitation", "mau-t2-new"),
+    );
+    let mut habilitation = json!({"uid": entity("Habilitation", "mau-t2-new"), "parents": [],
+        "attrs": {"bulletin": entity("Bulletin", "maubeuge-cdap"),
+                  "partner": entity("Partner", "ville-maubeuge"), "profile": "T2", "suspended": false}});
+    request["entities"] = json!([habilitation]);
+    let server = Server::start();
+    let (status, body) = server.post("/v1/is_authorized", &request);
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("Allow")),
+        "{body}"
+    );
+    habilitation["tags"] = json!({"user": 1});
+    request["entities"] = json!([habilitation]);
+    assert_error(
+        server.post("/v1/is_authorized", &request),
+        400,
+        "entity_conflict",
+        "Habilitation::\"mau-t2-new\" has tags, which the sidecar derives",
+    );
+}
+
 /// serde reads a struct from an array of its fields in order, and Cedar an entity:
 /// neither is a request a backend means, nor one a proxy would read as such.
 #[test]
