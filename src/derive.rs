@@ -80,13 +80,16 @@ pub enum DeriveError {
     #[error("rule `{rule}`: give either `target` or `target_ancestors`")]
     TargetChoice { rule: String },
     #[error(
-        "rule `{rule}`: the schema declares no entity attribute `{attr}` of type `{source_type}`"
+        "rule `{rule}`: `{attr}` is not {kind} attribute of type `{source_type}` in the schema"
     )]
-    TargetNotInSchema {
+    AttributeNotInSchema {
         rule: String,
         source_type: String,
         attr: String,
+        kind: AttributeKind,
     },
+    #[error("the schema marks the tags of `{entity_type}` @derived, but no derivation rule writes them (is the derivation file missing?)")]
+    Underived { entity_type: String },
     #[error("rule `{rule}`: the schema declares no entity type `{entity_type}`")]
     TypeNotInSchema { rule: String, entity_type: String },
     #[error("the entities file must be a JSON array of entities")]
@@ -286,25 +289,29 @@ pub struct DerivedTypes {
 }
 
 /// The types each rule writes tags to: the type of its `target` attribute on its
-/// `source` type, or its `target_ancestors`. A rule naming a type or an entity
-/// attribute the schema does not declare is an error: it could never count.
+/// `source` type, or its `target_ancestors`. A rule naming a type or an attribute the
+/// schema does not declare (its `source`, `target`, `tag_by` or a `where` key) is an
+/// error: it would count nothing, silently, and a policy reading its tags would see
+/// none.
 pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
     let mut types = DerivedTypes::default();
     for rule in &rules.counts {
+        let attributes = source_attributes(rule, schema)?;
         match rule.receivers()? {
             Receivers::Attribute(attribute) => {
-                let declared = declared_entity_type(schema, &rule.source)
-                    .and_then(|ty| ty.pointer("/shape/attributes"))
-                    .and_then(|attributes| attributes.get(attribute))
-                    .filter(|ty| ty.get("type").and_then(Value::as_str) == Some("Entity"))
-                    .and_then(|ty| ty.get("name")?.as_str()?.parse().ok());
-                types.referenced.insert(declared.ok_or_else(|| {
-                    DeriveError::TargetNotInSchema {
-                        rule: rule.id.clone(),
-                        source_type: rule.source.clone(),
-                        attr: attribute.to_owned(),
-                    }
-                })?);
+                let target =
+                    declared_attribute(rule, attributes, attribute, AttributeKind::Entity)?;
+                let type_name = target.get("name").and_then(Value::as_str);
+                types
+                    .referenced
+                    .insert(type_name.and_then(|n| n.parse().ok()).ok_or_else(|| {
+                        DeriveError::AttributeNotInSchema {
+                            rule: rule.id.clone(),
+                            source_type: rule.source.clone(),
+                            attr: attribute.to_owned(),
+                            kind: AttributeKind::Entity,
+                        }
+                    })?);
             }
             Receivers::Ancestors(names) => {
                 for name in names {
@@ -319,7 +326,90 @@ pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTy
             }
         }
     }
+    if let Some(entity_type) = annotated_derived(schema)
+        .into_iter()
+        .find(|t| !types.referenced.contains(t) && !types.ancestors.contains(t))
+    {
+        return Err(DeriveError::Underived {
+            entity_type: entity_type.to_string(),
+        });
+    }
     Ok(types)
+}
+
+/// The entity types the schema marks `@derived`: their tags must come from a rule.
+fn annotated_derived(schema: &Value) -> Vec<cedar_policy::EntityTypeName> {
+    let mut types = Vec::new();
+    for (namespace, body) in schema.as_object().into_iter().flatten() {
+        for (name, declared) in body["entityTypes"].as_object().into_iter().flatten() {
+            if declared.pointer("/annotations/derived").is_some() {
+                let qualified = if namespace.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{namespace}::{name}")
+                };
+                types.extend(qualified.parse().ok());
+            }
+        }
+    }
+    types
+}
+
+/// The attributes the schema declares for the rule's `source` type, once its
+/// `tag_by` and `where` attributes are checked among them.
+fn source_attributes<'a>(rule: &CountRule, schema: &'a Value) -> Result<&'a Value, DeriveError> {
+    let source =
+        declared_entity_type(schema, &rule.source).ok_or_else(|| DeriveError::TypeNotInSchema {
+            rule: rule.id.clone(),
+            entity_type: rule.source.clone(),
+        })?;
+    let attributes = source.pointer("/shape/attributes").unwrap_or(&Value::Null);
+    declared_attribute(rule, attributes, &rule.tag_by, AttributeKind::String)?;
+    for key in rule.filter.keys() {
+        declared_attribute(rule, attributes, key, AttributeKind::Any)?;
+    }
+    Ok(attributes)
+}
+
+/// The type a rule needs an attribute of its source to have.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttributeKind {
+    Entity,
+    String,
+    Any,
+}
+
+impl std::fmt::Display for AttributeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Entity => "an entity",
+            Self::String => "a String",
+            Self::Any => "an",
+        })
+    }
+}
+
+/// The schema type of the source's attribute `name`, which must be of `kind`.
+fn declared_attribute<'a>(
+    rule: &CountRule,
+    attributes: &'a Value,
+    name: &str,
+    kind: AttributeKind,
+) -> Result<&'a Value, DeriveError> {
+    let type_name = match kind {
+        AttributeKind::Entity => Some("Entity"),
+        AttributeKind::String => Some("String"),
+        AttributeKind::Any => None,
+    };
+    attributes
+        .get(name)
+        .filter(|ty| type_name.is_none() || ty.get("type").and_then(Value::as_str) == type_name)
+        .ok_or_else(|| DeriveError::AttributeNotInSchema {
+            rule: rule.id.clone(),
+            source_type: rule.source.clone(),
+            attr: name.to_owned(),
+            kind,
+        })
 }
 
 /// The schema's declaration of the entity type `name` (qualified).
@@ -439,18 +529,60 @@ mod tests {
 
     #[test]
     fn a_rule_the_schema_cannot_count_is_refused() {
-        let plain = schema("entity Box tags Long; entity Hab = { box: Box, profile: String };");
-        for (source, target) in [("Hab", "profile"), ("Hab", "crate"), ("Crate", "box")] {
-            assert_eq!(
-                target_types(&rule(source, target), &plain),
-                Err(DeriveError::TargetNotInSchema {
+        let plain = schema(
+            "entity Box tags Long; entity Hab = { box: Box, profile: String, level: Long, on: Bool };",
+        );
+        let missing = |attr: &str, kind| DeriveError::AttributeNotInSchema {
+            rule: "active".into(),
+            source_type: "Hab".into(),
+            attr: attr.into(),
+            kind,
+        };
+        let with = |edit: Value| -> DerivationRules {
+            let mut rule =
+                json!({"id": "active", "source": "Hab", "target": "box", "tag_by": "profile"});
+            rule.as_object_mut()
+                .unwrap()
+                .extend(edit.as_object().unwrap().clone());
+            serde_json::from_value(json!({ "counts": [rule] })).unwrap()
+        };
+        let cases = [
+            (
+                json!({"target": "profile"}),
+                missing("profile", AttributeKind::Entity),
+            ),
+            (
+                json!({"target": "crate"}),
+                missing("crate", AttributeKind::Entity),
+            ),
+            (
+                json!({"tag_by": "level"}),
+                missing("level", AttributeKind::String),
+            ),
+            (
+                json!({"tag_by": "profil"}),
+                missing("profil", AttributeKind::String),
+            ),
+            (
+                json!({"where": {"on ": false}}),
+                missing("on ", AttributeKind::Any),
+            ),
+            (
+                json!({"source": "Crate"}),
+                DeriveError::TypeNotInSchema {
                     rule: "active".into(),
-                    source_type: source.into(),
-                    attr: target.into(),
-                }),
-                "{source}.{target}"
+                    entity_type: "Crate".into(),
+                },
+            ),
+        ];
+        for (edit, error) in cases {
+            assert_eq!(
+                target_types(&with(edit.clone()), &plain),
+                Err(error),
+                "{edit}"
             );
         }
+        assert!(target_types(&with(json!({"where": {"on": false}})), &plain).is_ok());
     }
 
     fn held_by_role() -> DerivationRules {
@@ -532,5 +664,22 @@ mod tests {
                 entity_type: "Group".into()
             })
         );
+    }
+
+    #[test]
+    fn a_type_the_schema_marks_derived_needs_a_rule() {
+        let marked = schema(
+            "@derived entity Hab tags Long; @derived entity Group in [Hab] tags Long; \
+             entity User in [Group, Hab] = { role: String };",
+        );
+        assert!(target_types(&held_by_role(), &marked).is_ok());
+        let underived = |rules: &DerivationRules| match target_types(rules, &marked) {
+            Err(DeriveError::Underived { entity_type }) => entity_type,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(underived(&DerivationRules::default()), "Group");
+        let mut group_only = held_by_role();
+        group_only.counts[0].target_ancestors = vec!["Group".into()];
+        assert_eq!(underived(&group_only), "Hab");
     }
 }

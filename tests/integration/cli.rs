@@ -126,6 +126,29 @@ fn validate_accepts_the_bundled_model() {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: "));
 }
 
+/// The bundled schema marks the types whose tags are derived: copied without its
+/// `derived.json`, it is refused rather than served with H3 and H4 off.
+#[test]
+fn validate_refuses_the_schema_without_its_derivation_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("cdap.cedarschema");
+    std::fs::copy(repo("schema/cdap.cedarschema"), &schema).unwrap();
+    let output = cdap_authz()
+        .arg("validate")
+        .arg("--schema")
+        .arg(&schema)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the schema marks the tags of `Bulletin` @derived, but no derivation rule writes them"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_version_does_not_depend_on_how_the_paths_are_written() {
     let absolute = repo(".");
