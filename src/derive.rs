@@ -25,8 +25,9 @@ pub struct DerivationRules {
     pub counts: Vec<CountRule>,
 }
 
-/// Count `source` entities matching `where`, per entity referenced by `target` and
-/// per value of `tag_by`; write each count as a tag of the referenced entity.
+/// Count `source` entities matching `where`, per receiving entity (the one `target`
+/// references, or each ancestor of a `target_ancestors` type) and per value of
+/// `tag_by`; write each count as a tag of the receiving entity.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CountRule {
@@ -90,6 +91,8 @@ pub enum DeriveError {
     },
     #[error("the schema marks the tags of `{entity_type}` @derived, but no derivation rule writes them (is the derivation file missing?)")]
     Underived { entity_type: String },
+    #[error("rule `{rule}`: an earlier rule already derives the tags of `{entity_type}`")]
+    DerivedTwice { rule: String, entity_type: String },
     #[error("rule `{rule}`: the schema declares no entity type `{entity_type}`")]
     TypeNotInSchema { rule: String, entity_type: String },
     #[error("the entities file must be a JSON array of entities")]
@@ -123,6 +126,7 @@ type Uid = (String, String);
 /// Applies every rule to the entities JSON, in place.
 pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), DeriveError> {
     let list = entities.as_array_mut().ok_or(DeriveError::NotAnArray)?;
+    let mut derived: BTreeSet<String> = BTreeSet::new();
     for rule in &rules.counts {
         let receivers = rule.receivers()?;
         let counts = count(rule, receivers, list)?;
@@ -130,7 +134,14 @@ pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), Derive
             Receivers::Attribute(_) => counts.keys().map(|(t, _)| t.clone()).collect(),
             Receivers::Ancestors(types) => types.iter().cloned().collect(),
         };
+        if let Some(taken) = target_types.intersection(&derived).next() {
+            return Err(DeriveError::DerivedTwice {
+                rule: rule.id.clone(),
+                entity_type: taken.clone(),
+            });
+        }
         write_tags(rule, list, counts, &target_types)?;
+        derived.extend(target_types);
     }
     Ok(())
 }
@@ -681,5 +692,22 @@ mod tests {
         let mut group_only = held_by_role();
         group_only.counts[0].target_ancestors = vec!["Group".into()];
         assert_eq!(underived(&group_only), "Hab");
+    }
+
+    #[test]
+    fn two_rules_may_not_derive_the_tags_of_one_type() {
+        let mut rules = held_by_role();
+        let mut second = rules.counts[0].clone();
+        second.id = "again".into();
+        second.target_ancestors = vec!["Group".into()];
+        rules.counts.push(second);
+        let mut entities = json!([node("Group", "g", None, &[])]);
+        assert_eq!(
+            apply(&rules, &mut entities),
+            Err(DeriveError::DerivedTwice {
+                rule: "again".into(),
+                entity_type: "Group".into()
+            })
+        );
     }
 }
