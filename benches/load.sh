@@ -6,7 +6,8 @@
 #      load), and the constant endpoint at that same rate (the p99 that oha's own
 #      pacing gives at that rate: the floor of that measure on this machine), both
 #      also counted from when each request left rather than when it was due
-#      (`-from-sent`: what the client's own pacing adds is left out); then
+#      (`-from-sent`: what the client's own pacing adds is left out), and both again
+#      on 4 connections instead of CONCURRENCY; then
 #      `serve --no-audit` at full speed (the decision log's cost),
 #      then the three again in alternating rounds (ROUNDS, default 4), each ratio
 #      taken within its round, since this VM's speed drifts between runs,
@@ -118,6 +119,13 @@ load "cdap-authz-at-half-rate" http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
 load "constant-endpoint-at-that-rate" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
 FROM_SENT=1 load "cdap-authz-at-half-rate-from-sent" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE"
 FROM_SENT=1 load "constant-endpoint-at-that-rate-from-sent" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
+# The same rate on 4 connections (a backend with a few workers): fewer requests
+# in flight at once; counted from when each left, then from when each was due (where a
+# request due while all 4 connections are busy waits in oha, and that wait counts).
+for FROM in 1 ""; do
+  FROM_SENT=$FROM CONCURRENCY=4 load "cdap-authz-half-rate-4-conn${FROM:+-from-sent}" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE"
+  FROM_SENT=$FROM CONCURRENCY=4 load "constant-that-rate-4-conn${FROM:+-from-sent}" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT"
+done
 echo "throughput vs constant endpoint: $(python3 -c "print(f'{$(rps cdap-authz)/$(rps constant-endpoint):.2f}')")"
 load cdap-authz-no-audit http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT"
 echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rps cdap-authz-no-audit)/$(rps cdap-authz):.2f}')")"
