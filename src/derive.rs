@@ -91,6 +91,12 @@ pub enum DeriveError {
     },
     #[error("the schema marks the tags of `{entity_type}` @derived, but no derivation rule writes them (is the derivation file missing?)")]
     Underived { entity_type: String },
+    #[error("rule `{rule}`: `where` compares `{attr}` with {value}, which is not a value of its type (a `where` attribute is a Bool, Long or String)")]
+    WhereValue {
+        rule: String,
+        attr: String,
+        value: String,
+    },
     #[error("rule `{rule}`: an earlier rule already derives the tags of `{entity_type}`")]
     DerivedTwice { rule: String, entity_type: String },
     #[error("rule `{rule}`: the schema declares no entity type `{entity_type}`")]
@@ -123,25 +129,17 @@ pub enum DeriveError {
 
 type Uid = (String, String);
 
-/// Applies every rule to the entities JSON, in place.
-pub fn apply(rules: &DerivationRules, entities: &mut Value) -> Result<(), DeriveError> {
+/// Applies every rule to the entities JSON, in place; `types` are the rules' as
+/// [`target_types`] read them from the schema.
+pub fn apply(
+    rules: &DerivationRules,
+    types: &DerivedTypes,
+    entities: &mut Value,
+) -> Result<(), DeriveError> {
     let list = entities.as_array_mut().ok_or(DeriveError::NotAnArray)?;
-    let mut derived: BTreeSet<String> = BTreeSet::new();
-    for rule in &rules.counts {
-        let receivers = rule.receivers()?;
-        let counts = count(rule, receivers, list)?;
-        let target_types: BTreeSet<String> = match receivers {
-            Receivers::Attribute(_) => counts.keys().map(|(t, _)| t.clone()).collect(),
-            Receivers::Ancestors(types) => types.iter().cloned().collect(),
-        };
-        if let Some(taken) = target_types.intersection(&derived).next() {
-            return Err(DeriveError::DerivedTwice {
-                rule: rule.id.clone(),
-                entity_type: taken.clone(),
-            });
-        }
-        write_tags(rule, list, counts, &target_types)?;
-        derived.extend(target_types);
+    for (rule, target_types) in rules.counts.iter().zip(&types.by_rule) {
+        let counts = count(rule, rule.receivers()?, list)?;
+        write_tags(rule, list, counts, target_types)?;
     }
     Ok(())
 }
@@ -287,7 +285,7 @@ fn write_tags(
 
 /// The entity types whose tags the rules derive, read from the schema as
 /// [`crate::context::resolved_schema_json`] gives it.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DerivedTypes {
     /// Types whose tags count entities that reference them (`target`): a request may
     /// not bring an entity of one, as its tags would be whatever the request wrote
@@ -297,6 +295,9 @@ pub struct DerivedTypes {
     /// bring one without tags. No stored entity is below it (a request bringing an
     /// entity that stored ones name as a parent is refused), and no tags say so.
     pub ancestors: HashSet<cedar_policy::EntityTypeName>,
+    /// Each rule's receiving types, by name, in the rules' order: whatever the
+    /// entities hold, an entity of one may have no tags of its own.
+    by_rule: Vec<BTreeSet<String>>,
 }
 
 /// The types each rule writes tags to: the type of its `target` attribute on its
@@ -308,34 +309,45 @@ pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTy
     let mut types = DerivedTypes::default();
     for rule in &rules.counts {
         let attributes = source_attributes(rule, schema)?;
-        match rule.receivers()? {
+        let receiving: Vec<cedar_policy::EntityTypeName> = match rule.receivers()? {
             Receivers::Attribute(attribute) => {
                 let target =
-                    declared_attribute(rule, attributes, attribute, AttributeKind::Entity)?;
-                let type_name = target.get("name").and_then(Value::as_str);
-                types
-                    .referenced
-                    .insert(type_name.and_then(|n| n.parse().ok()).ok_or_else(|| {
-                        DeriveError::AttributeNotInSchema {
-                            rule: rule.id.clone(),
-                            source_type: rule.source.clone(),
-                            attr: attribute.to_owned(),
-                            kind: AttributeKind::Entity,
-                        }
-                    })?);
+                    declared_attribute(rule, &attributes, attribute, AttributeKind::Entity)?;
+                let name = target.get("name").and_then(Value::as_str);
+                let parsed = name.and_then(|n| n.parse::<cedar_policy::EntityTypeName>().ok());
+                let type_name = parsed.ok_or_else(|| DeriveError::AttributeNotInSchema {
+                    rule: rule.id.clone(),
+                    source_type: rule.source.clone(),
+                    attr: attribute.to_owned(),
+                    kind: AttributeKind::Entity,
+                })?;
+                types.referenced.insert(type_name.clone());
+                vec![type_name]
             }
             Receivers::Ancestors(names) => {
+                let mut receiving = Vec::new();
                 for name in names {
-                    let declared = declared_entity_type(schema, name).and(name.parse().ok());
-                    types.ancestors.insert(declared.ok_or_else(|| {
-                        DeriveError::TypeNotInSchema {
-                            rule: rule.id.clone(),
-                            entity_type: name.clone(),
-                        }
-                    })?);
+                    let declared = declared_entity_type(schema, name)
+                        .and(name.parse::<cedar_policy::EntityTypeName>().ok());
+                    let type_name = declared.ok_or_else(|| DeriveError::TypeNotInSchema {
+                        rule: rule.id.clone(),
+                        entity_type: name.clone(),
+                    })?;
+                    types.ancestors.insert(type_name.clone());
+                    receiving.push(type_name);
                 }
+                receiving
             }
+        };
+        let names: BTreeSet<String> = receiving.iter().map(ToString::to_string).collect();
+        let earlier = types.by_rule.iter().flatten().find(|t| names.contains(*t));
+        if let Some(taken) = earlier {
+            return Err(DeriveError::DerivedTwice {
+                rule: rule.id.clone(),
+                entity_type: taken.clone(),
+            });
         }
+        types.by_rule.push(names);
     }
     if let Some(entity_type) = annotated_derived(schema)
         .into_iter()
@@ -366,20 +378,49 @@ fn annotated_derived(schema: &Value) -> Vec<cedar_policy::EntityTypeName> {
     types
 }
 
+/// The source type's attributes, as the schema declares them.
+struct SourceAttributes<'a> {
+    attributes: &'a Value,
+    /// The common types of the source's namespace, which attribute types may name.
+    common: Option<&'a Value>,
+}
+
 /// The attributes the schema declares for the rule's `source` type, once its
-/// `tag_by` and `where` attributes are checked among them.
-fn source_attributes<'a>(rule: &CountRule, schema: &'a Value) -> Result<&'a Value, DeriveError> {
+/// `tag_by` and `where` attributes are checked among them (a `where` value must be
+/// of its attribute's type, a Bool, Long or String: a value of another JSON type
+/// would match no entity, and the rule would count nothing, silently).
+fn source_attributes<'a>(
+    rule: &CountRule,
+    schema: &'a Value,
+) -> Result<SourceAttributes<'a>, DeriveError> {
     let source =
         declared_entity_type(schema, &rule.source).ok_or_else(|| DeriveError::TypeNotInSchema {
             rule: rule.id.clone(),
             entity_type: rule.source.clone(),
         })?;
-    let attributes = source.pointer("/shape/attributes").unwrap_or(&Value::Null);
-    declared_attribute(rule, attributes, &rule.tag_by, AttributeKind::String)?;
-    for key in rule.filter.keys() {
-        declared_attribute(rule, attributes, key, AttributeKind::Any)?;
+    let namespace = rule.source.rsplit_once("::").map_or("", |(ns, _)| ns);
+    let declared = SourceAttributes {
+        attributes: source.pointer("/shape/attributes").unwrap_or(&Value::Null),
+        common: schema.get(namespace).and_then(|ns| ns.get("commonTypes")),
+    };
+    declared_attribute(rule, &declared, &rule.tag_by, AttributeKind::String)?;
+    for (key, value) in &rule.filter {
+        let ty = declared_attribute(rule, &declared, key, AttributeKind::Any)?;
+        let matches = match ty.get("type").and_then(Value::as_str) {
+            Some("Bool" | "Boolean") => value.is_boolean(),
+            Some("Long") => value.is_i64(),
+            Some("String") => value.is_string(),
+            _ => false,
+        };
+        if !matches {
+            return Err(DeriveError::WhereValue {
+                rule: rule.id.clone(),
+                attr: key.clone(),
+                value: value.to_string(),
+            });
+        }
     }
-    Ok(attributes)
+    Ok(declared)
 }
 
 /// The type a rule needs an attribute of its source to have.
@@ -391,6 +432,7 @@ pub enum AttributeKind {
 }
 
 impl std::fmt::Display for AttributeKind {
+    /// How the kind reads before "attribute" in an error message.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Entity => "an entity",
@@ -400,10 +442,11 @@ impl std::fmt::Display for AttributeKind {
     }
 }
 
-/// The schema type of the source's attribute `name`, which must be of `kind`.
+/// The schema type of the source's attribute `name` (a common type replaced by its
+/// definition), which must be of `kind`.
 fn declared_attribute<'a>(
     rule: &CountRule,
-    attributes: &'a Value,
+    source: &SourceAttributes<'a>,
     name: &str,
     kind: AttributeKind,
 ) -> Result<&'a Value, DeriveError> {
@@ -412,8 +455,10 @@ fn declared_attribute<'a>(
         AttributeKind::String => Some("String"),
         AttributeKind::Any => None,
     };
-    attributes
+    source
+        .attributes
         .get(name)
+        .map(|ty| without_common_types(ty, source.common))
         .filter(|ty| type_name.is_none() || ty.get("type").and_then(Value::as_str) == type_name)
         .ok_or_else(|| DeriveError::AttributeNotInSchema {
             rule: rule.id.clone(),
@@ -421,6 +466,24 @@ fn declared_attribute<'a>(
             attr: name.to_owned(),
             kind,
         })
+}
+
+/// `ty`, or the definition of the common type it names (`{"type": "Prof"}`, or
+/// `{"type": "EntityOrCommon", "name": "Prof"}`), followed a few levels deep.
+fn without_common_types<'a>(mut ty: &'a Value, common: Option<&'a Value>) -> &'a Value {
+    for _ in 0..8 {
+        let kind = ty.get("type").and_then(Value::as_str);
+        let name = match kind {
+            Some("EntityOrCommon" | "CommonType") => ty.get("name").and_then(Value::as_str),
+            other => other,
+        };
+        let base = name.map(|n| n.rsplit("::").next().unwrap_or(n));
+        match base.and_then(|n| common?.get(n)) {
+            Some(definition) => ty = definition,
+            None => break,
+        }
+    }
+    ty
 }
 
 /// The schema's declaration of the entity type `name` (qualified).
@@ -455,6 +518,23 @@ mod tests {
         .unwrap()
     }
 
+    /// The types `rules()` derives, on a schema that declares what it reads.
+    fn box_types() -> DerivedTypes {
+        let declared = schema(
+            "entity Box tags Long; entity Hab = { box: Box, profile: String, suspended: Bool };",
+        );
+        target_types(&rules(), &declared).unwrap()
+    }
+
+    /// The types `held_by_role()` derives.
+    fn holder_types() -> DerivedTypes {
+        let declared = schema(
+            "entity Partner; entity Hab tags Long; entity Group in [Hab, Group] tags Long; \
+             entity User in [Group, Hab, Partner] = { role: String };",
+        );
+        target_types(&held_by_role(), &declared).unwrap()
+    }
+
     fn hab(id: &str, profile: &str, suspended: bool) -> Value {
         json!({"uid": {"type": "Hab", "id": id}, "parents": [],
                "attrs": {"box": {"__entity": {"type": "Box", "id": "b"}},
@@ -468,7 +548,7 @@ mod tests {
             {"uid": {"type": "Box", "id": "empty"}, "attrs": {}, "parents": []},
             hab("1", "T1", false), hab("2", "T1", false), hab("3", "T2", false), hab("4", "T2", true)
         ]);
-        apply(&rules(), &mut entities).unwrap();
+        apply(&rules(), &box_types(), &mut entities).unwrap();
         assert_eq!(entities[0]["tags"], json!({"T1": 2, "T2": 1, "*": 3}));
         assert_eq!(entities[1].get("tags"), None);
     }
@@ -482,7 +562,7 @@ mod tests {
             hab("1", "T1", false),
             hab("1", "T1", false)
         ]);
-        apply(&rules(), &mut entities).unwrap();
+        apply(&rules(), &box_types(), &mut entities).unwrap();
         assert_eq!(entities[0]["tags"], json!({"T1": 1, "*": 1}));
         assert_eq!(entities[1]["tags"], entities[0]["tags"]);
     }
@@ -493,14 +573,14 @@ mod tests {
             {"uid": {"type": "Box", "id": "b"}, "attrs": {}, "parents": [], "tags": {"T1": 0}},
             hab("1", "T1", false)
         ]);
-        let err = apply(&rules(), &mut entities).unwrap_err();
+        let err = apply(&rules(), &box_types(), &mut entities).unwrap_err();
         assert!(matches!(err, DeriveError::AuthoredTags { .. }), "{err}");
     }
 
     #[test]
     fn refuses_a_reference_to_a_missing_target() {
         let mut entities = json!([hab("1", "T1", false)]);
-        let err = apply(&rules(), &mut entities).unwrap_err();
+        let err = apply(&rules(), &box_types(), &mut entities).unwrap_err();
         assert_eq!(
             err.to_string(),
             "rule `active`: Box::\"b\" is referenced but is not in the entities file"
@@ -633,7 +713,7 @@ mod tests {
                 &[("Hab", "h"), ("Hab", "missing")]
             ),
         ]);
-        apply(&held_by_role(), &mut entities).unwrap();
+        apply(&held_by_role(), &holder_types(), &mut entities).unwrap();
         // The administrator reaches h three ways and counts once.
         assert_eq!(entities[0]["tags"], json!({"administrator": 1, "user": 1}));
         assert_eq!(entities[1].get("tags"), None);
@@ -650,8 +730,9 @@ mod tests {
         ] {
             let rules: DerivationRules =
                 serde_json::from_value(json!({ "counts": [rule] })).unwrap();
+            let declared = schema("entity User = { role: String };");
             assert_eq!(
-                apply(&rules, &mut json!([])),
+                target_types(&rules, &declared),
                 Err(DeriveError::TargetChoice { rule: "r".into() })
             );
         }
@@ -660,12 +741,11 @@ mod tests {
     #[test]
     fn ancestor_types_are_read_from_the_schema() {
         let plain = schema("entity Hab tags Long; entity Group in [Hab] tags Long; entity User in [Group, Hab] = { role: String };");
+        let types = target_types(&held_by_role(), &plain).unwrap();
+        assert_eq!(types.referenced, HashSet::new());
         assert_eq!(
-            target_types(&held_by_role(), &plain).unwrap(),
-            DerivedTypes {
-                referenced: HashSet::new(),
-                ancestors: HashSet::from(["Hab".parse().unwrap(), "Group".parse().unwrap()]),
-            }
+            types.ancestors,
+            HashSet::from(["Hab".parse().unwrap(), "Group".parse().unwrap()])
         );
         let no_group = schema("entity Hab tags Long; entity User in [Hab] = { role: String };");
         assert_eq!(
@@ -694,20 +774,64 @@ mod tests {
         assert_eq!(underived(&group_only), "Hab");
     }
 
+    /// Whatever the entities hold: read from the schema, not from what was counted.
     #[test]
     fn two_rules_may_not_derive_the_tags_of_one_type() {
-        let mut rules = held_by_role();
-        let mut second = rules.counts[0].clone();
-        second.id = "again".into();
-        second.target_ancestors = vec!["Group".into()];
-        rules.counts.push(second);
-        let mut entities = json!([node("Group", "g", None, &[])]);
-        assert_eq!(
-            apply(&rules, &mut entities),
-            Err(DeriveError::DerivedTwice {
-                rule: "again".into(),
-                entity_type: "Group".into()
-            })
+        let declared = schema(
+            "entity Box tags Long; entity Hab = { box: Box, profile: String, suspended: Bool }; \
+             entity Group tags Long; entity User in [Group, Box] = { role: String };",
         );
+        let mut ancestors = held_by_role();
+        ancestors.counts[0].target_ancestors = vec!["Group".into(), "Box".into()];
+        for first in [rules(), ancestors] {
+            let mut both = first.clone();
+            both.counts
+                .extend(rules().counts.into_iter().map(|mut rule| {
+                    rule.id = "again".into();
+                    rule
+                }));
+            assert_eq!(
+                target_types(&both, &declared),
+                Err(DeriveError::DerivedTwice {
+                    rule: "again".into(),
+                    entity_type: "Box".into()
+                })
+            );
+        }
+    }
+
+    /// A target type's entity with tags of its own is refused even when no source
+    /// entity counts for it.
+    #[test]
+    fn hand_written_tags_are_refused_with_nothing_counted() {
+        let mut entities = json!([
+            {"uid": {"type": "Box", "id": "b"}, "attrs": {}, "parents": [], "tags": {"*": -100}},
+            hab("1", "T1", true)
+        ]);
+        let err = apply(&rules(), &box_types(), &mut entities).unwrap_err();
+        assert!(matches!(err, DeriveError::AuthoredTags { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_where_value_of_another_type_is_refused_and_common_types_are_followed() {
+        let declared = schema(
+            "type Prof = String; type Flag = Bool; entity Box tags Long; \
+             entity Hab = { box: Box, profile: Prof, suspended: Flag };",
+        );
+        assert!(target_types(&rules(), &declared).is_ok());
+        for value in [json!("false"), json!(0), json!(null)] {
+            let mut rule = rules();
+            rule.counts[0]
+                .filter
+                .insert("suspended".into(), value.clone());
+            assert_eq!(
+                target_types(&rule, &declared),
+                Err(DeriveError::WhereValue {
+                    rule: "active".into(),
+                    attr: "suspended".into(),
+                    value: value.to_string()
+                })
+            );
+        }
     }
 }

@@ -16,7 +16,7 @@ use miette::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::derive::{self, DerivationRules};
+use crate::derive::{self, DerivationRules, DerivedTypes};
 use crate::diagnostic::describe;
 
 /// Where a model lives on disk.
@@ -75,8 +75,13 @@ pub struct Model {
     pub policies: PolicySet,
     pub policy_info: Vec<PolicyInfo>,
     pub entities: Entities,
+    /// The schema in Cedar's JSON format, type names resolved
+    /// ([`crate::context::resolved_schema_json`]).
+    pub schema_json: serde_json::Value,
     /// The derivation rules the entities were completed with.
     pub rules: DerivationRules,
+    /// The types whose tags the rules derive, read from the schema.
+    pub derived: DerivedTypes,
     /// Digest of every input file (its role, or its path within the policy
     /// directory, and its bytes): the model's version, the same wherever the files
     /// are and however their paths are written.
@@ -101,28 +106,37 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         Some(path) => read_rules(path, &mut digest, &mut problems),
         None => Some(DerivationRules::default()),
     };
+    let derived = schema
+        .as_ref()
+        .and(schema_text.as_deref())
+        .zip(rules.as_ref())
+        .and_then(|(text, rules)| derived_types(sources, text, rules, &mut problems));
     let entities = schema
         .as_ref()
         .zip(rules.as_ref())
-        .and_then(|(schema, rules)| {
-            read_entities(sources, schema, rules, &mut digest, &mut problems)
+        .zip(derived.as_ref())
+        .and_then(|((schema, rules), (_, types))| {
+            read_entities(sources, schema, rules, types, &mut digest, &mut problems)
         });
-    match (schema, schema_text, policies, entities, rules) {
+    match (schema, schema_text, policies, entities, rules, derived) {
         (
             Some(schema),
             Some(schema_text),
             Some((policies, policy_info)),
             Some(entities),
             Some(rules),
+            Some((schema_json, derived)),
         ) if problems.is_empty() => {
             let hash = digest.finalize();
             Ok(Model {
                 schema,
                 schema_text,
+                schema_json,
                 policies,
                 policy_info,
                 entities,
                 rules,
+                derived,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
             })
         }
@@ -308,10 +322,39 @@ fn validate_file(
     }
 }
 
+/// The schema as resolved JSON, and the types the rules derive (checked against it).
+fn derived_types(
+    sources: &Sources,
+    schema_text: &str,
+    rules: &DerivationRules,
+    problems: &mut Vec<Problem>,
+) -> Option<(serde_json::Value, DerivedTypes)> {
+    let schema_json = crate::context::resolved_schema_json(schema_text)
+        .map_err(|err| {
+            problems.push(Problem {
+                path: sources.schema.clone(),
+                message: format!("{}: schema as JSON: {err}", sources.schema.display()),
+            })
+        })
+        .ok()?;
+    match derive::target_types(rules, &schema_json) {
+        Ok(types) => Some((schema_json, types)),
+        Err(err) => {
+            let path = sources.derived.as_ref().unwrap_or(&sources.schema);
+            problems.push(Problem {
+                path: path.clone(),
+                message: format!("{}: derived data: {err}", path.display()),
+            });
+            None
+        }
+    }
+}
+
 fn read_entities(
     sources: &Sources,
     schema: &Schema,
     rules: &DerivationRules,
+    types: &DerivedTypes,
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
 ) -> Option<Entities> {
@@ -332,7 +375,7 @@ fn read_entities(
             })
         })
         .ok()?;
-    if let Err(err) = derive::apply(rules, &mut json) {
+    if let Err(err) = derive::apply(rules, types, &mut json) {
         problems.push(Problem {
             path: path.clone(),
             message: format!("{}: derived data: {err}", path.display()),
@@ -357,7 +400,7 @@ impl Model {
     /// Replaces the stored entities with `json` (Cedar entity JSON), completed with
     /// the model's derived data and validated against its schema.
     pub fn set_entities(&mut self, mut json: serde_json::Value) -> Result<(), EntitiesError> {
-        derive::apply(&self.rules, &mut json)?;
+        derive::apply(&self.rules, &self.derived, &mut json)?;
         self.entities = Entities::from_json_value(json, Some(&self.schema))
             .map_err(|err| EntitiesError::Schema(describe(&err)))?;
         Ok(())

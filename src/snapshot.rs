@@ -74,14 +74,10 @@ impl Snapshot {
         };
         let slice_index = SliceIndex::build(&model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
-        let schema_json = crate::context::resolved_schema_json(&model.schema_text)
-            .map_err(|e| index_problem(format!("schema as JSON: {e}")))?;
-        let context_types = ContextTypes::from_resolved_schema(&schema_json)
+        let context_types = ContextTypes::from_resolved_schema(&model.schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
-        let derived = crate::derive::target_types(&model.rules, &schema_json)
-            .map_err(|e| index_problem(format!("derived data: {e}")))?;
-        let derived_types = derived.referenced.into_iter().collect();
-        let derived_ancestor_types = derived.ancestors.into_iter().collect();
+        let derived_types = model.derived.referenced.iter().cloned().collect();
+        let derived_ancestor_types = model.derived.ancestors.iter().cloned().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;

@@ -142,12 +142,12 @@ impl Side {
         })
     }
 
-    /// Loads schema and policies (not entities: the structural and semantic parts
-    /// do not read them).
+    /// Loads schema, policies and derivation rules (not entities: the structural and
+    /// semantic parts do not read them; the rules are checked against the schema,
+    /// which may require them).
     pub fn load_model(&self) -> Result<Model, DiffError> {
         let sources = Sources {
             entities: None,
-            derived: None,
             ..self.sources(None)?
         };
         load::load(&sources).map_err(|source| DiffError::Load {
