@@ -308,37 +308,12 @@ pub struct DerivedTypes {
 pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
     let mut types = DerivedTypes::default();
     for rule in &rules.counts {
-        let attributes = source_attributes(rule, schema)?;
-        let receiving: Vec<cedar_policy::EntityTypeName> = match rule.receivers()? {
-            Receivers::Attribute(attribute) => {
-                let target =
-                    declared_attribute(rule, &attributes, attribute, AttributeKind::Entity)?;
-                let name = target.get("name").and_then(Value::as_str);
-                let parsed = name.and_then(|n| n.parse::<cedar_policy::EntityTypeName>().ok());
-                let type_name = parsed.ok_or_else(|| DeriveError::AttributeNotInSchema {
-                    rule: rule.id.clone(),
-                    source_type: rule.source.clone(),
-                    attr: attribute.to_owned(),
-                    kind: AttributeKind::Entity,
-                })?;
-                types.referenced.insert(type_name.clone());
-                vec![type_name]
-            }
-            Receivers::Ancestors(names) => {
-                let mut receiving = Vec::new();
-                for name in names {
-                    let declared = declared_entity_type(schema, name)
-                        .and(name.parse::<cedar_policy::EntityTypeName>().ok());
-                    let type_name = declared.ok_or_else(|| DeriveError::TypeNotInSchema {
-                        rule: rule.id.clone(),
-                        entity_type: name.clone(),
-                    })?;
-                    types.ancestors.insert(type_name.clone());
-                    receiving.push(type_name);
-                }
-                receiving
-            }
+        let receiving = receiving_types(rule, schema)?;
+        let kind = match rule.receivers()? {
+            Receivers::Attribute(_) => &mut types.referenced,
+            Receivers::Ancestors(_) => &mut types.ancestors,
         };
+        kind.extend(receiving.iter().cloned());
         let names: BTreeSet<String> = receiving.iter().map(ToString::to_string).collect();
         let earlier = types.by_rule.iter().flatten().find(|t| names.contains(*t));
         if let Some(taken) = earlier {
@@ -358,6 +333,40 @@ pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTy
         });
     }
     Ok(types)
+}
+
+/// The types `rule` writes tags to, as the schema declares them (its `source` type's
+/// attributes checked on the way).
+fn receiving_types(
+    rule: &CountRule,
+    schema: &Value,
+) -> Result<Vec<cedar_policy::EntityTypeName>, DeriveError> {
+    let attributes = source_attributes(rule, schema)?;
+    match rule.receivers()? {
+        Receivers::Attribute(attribute) => {
+            let target = declared_attribute(rule, &attributes, attribute, AttributeKind::Entity)?;
+            let name = target.get("name").and_then(Value::as_str);
+            let type_name = name.and_then(|n| n.parse().ok());
+            let type_name = type_name.ok_or_else(|| DeriveError::AttributeNotInSchema {
+                rule: rule.id.clone(),
+                source_type: rule.source.clone(),
+                attr: attribute.to_owned(),
+                kind: AttributeKind::Entity,
+            })?;
+            Ok(vec![type_name])
+        }
+        Receivers::Ancestors(names) => names
+            .iter()
+            .map(|name| {
+                declared_entity_type(schema, name)
+                    .and(name.parse().ok())
+                    .ok_or_else(|| DeriveError::TypeNotInSchema {
+                        rule: rule.id.clone(),
+                        entity_type: name.clone(),
+                    })
+            })
+            .collect(),
+    }
 }
 
 /// The entity types the schema marks `@derived`: their tags must come from a rule.
