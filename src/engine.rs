@@ -354,8 +354,6 @@ fn entity_ref(
     Ok(uid)
 }
 
-/// Parses the request's own entities against the schema; they may add to the
-/// stored entities, never replace one.
 /// The first escape in `json` that Cedar's parser reads while ignoring keys beside
 /// it: `{"__entity": {…}}` or `{"__extn": {…}}` with another key, or inside them a key
 /// other than `type` and `id`, or `fn` and `arg`. A reader in front of the sidecar
@@ -379,6 +377,8 @@ fn ambiguous_escape(json: &Value) -> Option<&'static str> {
     }
 }
 
+/// Parses the request's own entities against the schema; they may add to the
+/// stored entities, never replace one.
 fn request_entities(
     snapshot: &Snapshot,
     entities: Option<&[Value]>,
