@@ -682,11 +682,7 @@ fn traces_authenticated(
     if let Some(authentication) = authentication {
         request = request.set("x-cdap-authentication", authentication);
     }
-    match request.call() {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-        Err(e) => panic!("transport error: {e}"),
-    }
+    crate::util::status_and_json(request.call())
 }
 
 /// A GET written by hand on a socket, for headers an HTTP client would merge; the

@@ -10,7 +10,8 @@ use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 use serde_json::{json, Value};
 
 use crate::util::{
-    act, allowed_consultation, bundled_sources, consult, entity, pinned_time, repo, Server,
+    act, allowed_consultation, bundled_sources, consult, entity, pinned_time, repo,
+    status_and_json, Server,
 };
 
 #[track_caller]
@@ -595,14 +596,11 @@ fn a_request_addressed_to_another_host_name_is_refused() {
         ..pinned_time()
     });
     let addressed_to = |host: &str| {
-        let reply = ureq::post(&server.url("/v1/is_authorized"))
-            .set("host", host)
-            .send_string(&allowed_consultation().to_string());
-        match reply {
-            Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-            Err(e) => panic!("transport error: {e}"),
-        }
+        status_and_json(
+            ureq::post(&server.url("/v1/is_authorized"))
+                .set("host", host)
+                .send_string(&allowed_consultation().to_string()),
+        )
     };
     for host in [
         "rebind.example",
@@ -644,11 +642,7 @@ fn an_encoded_body_gets_415_saying_so() {
         .set("content-type", "application/json")
         .set("content-encoding", "gzip")
         .send_string(&allowed_consultation().to_string());
-    let (status, body) = match reply {
-        Ok(r) => (r.status(), r.into_json::<Value>().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-        Err(e) => panic!("transport error: {e}"),
-    };
+    let (status, body) = status_and_json(reply);
     assert_error(
         (status, body),
         415,

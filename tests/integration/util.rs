@@ -94,7 +94,7 @@ impl Server {
         let reply = ureq::post(&self.url(path))
             .set("content-type", "application/json")
             .send_bytes(body);
-        read(reply)
+        status_and_json(reply)
     }
 
     /// Sends `request` as written on a new connection (for what an HTTP client
@@ -142,7 +142,8 @@ impl Drop for Server {
     }
 }
 
-fn read(reply: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+/// The status and JSON body of a reply, error statuses included.
+pub fn status_and_json(reply: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     match reply {
         Ok(r) => (r.status(), r.into_json().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
