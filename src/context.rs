@@ -63,7 +63,9 @@ pub struct ContextTypes {
 }
 
 impl ContextTypes {
-    /// Reads the context types from the schema text (Cedar syntax or JSON).
+    /// Reads the context types from the schema text (Cedar syntax or JSON): for
+    /// tests; a snapshot reads them from the model's resolved schema.
+    #[cfg(test)]
     pub fn from_schema_text(schema_text: &str) -> Result<Self, String> {
         Self::from_resolved_schema(&resolved_schema_json(schema_text)?)
     }
