@@ -155,6 +155,27 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The longest error message sent back, in bytes: an error quoting the request (an
+/// id, a reference, a context value) quotes at most this much of it.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+impl ErrorBody {
+    /// The error `code` with its `message` cut after [`MAX_ERROR_MESSAGE`] bytes (at a
+    /// character's end), saying how long the whole message was.
+    pub fn new(code: &'static str, mut message: String) -> Self {
+        if message.len() > MAX_ERROR_MESSAGE {
+            let whole = message.len();
+            let cut = (0..=MAX_ERROR_MESSAGE)
+                .rev()
+                .find(|&at| message.is_char_boundary(at))
+                .unwrap_or(0);
+            message.truncate(cut);
+            message.push_str(&format!("… (cut: {whole} bytes in all)"));
+        }
+        Self { code, message }
+    }
+}
+
 /// Why a request could not be decided. Each variant is a client error (4xx).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
@@ -215,10 +236,7 @@ impl RequestError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code(),
-            message: self.to_string(),
-        }
+        ErrorBody::new(self.code(), self.to_string())
     }
 }
 

@@ -377,6 +377,35 @@ fn ambiguous_escape(json: &Value) -> Option<&'static str> {
     }
 }
 
+/// A key of a request's entity that Cedar's parser passes over in silence: a field
+/// other than `uid`, `attrs`, `parents` and `tags` (`tag` for `tags` would drop the
+/// tags), or a key beside `type` and `id` in its `uid` or a parent (the `__entity`
+/// form is [`ambiguous_escape`]'s).
+fn unread_key(entity: &Map<String, Value>) -> Option<String> {
+    let reference_key = |reference: &Value| {
+        let fields = reference.as_object()?;
+        if fields.contains_key("__entity") {
+            return None;
+        }
+        fields
+            .keys()
+            .find(|key| !matches!(key.as_str(), "type" | "id"))
+            .cloned()
+    };
+    entity
+        .iter()
+        .find_map(|(field, value)| match field.as_str() {
+            "attrs" | "tags" => None,
+            "uid" => reference_key(value).map(|key| format!("`{key}` in `uid`")),
+            "parents" => value
+                .as_array()?
+                .iter()
+                .find_map(reference_key)
+                .map(|key| format!("`{key}` in a parent")),
+            _ => Some(format!("`{field}`")),
+        })
+}
+
 /// Parses the request's own entities against the schema; they may add to the
 /// stored entities, never replace one.
 fn request_entities(
@@ -390,6 +419,16 @@ fn request_entities(
     if let Some(position) = entities.iter().position(|e| !e.is_object()) {
         return Err(RequestError::InvalidEntities(format!(
             "entity {position} is not a JSON object"
+        )));
+    }
+    let unread = entities
+        .iter()
+        .enumerate()
+        .find_map(|(position, entity)| Some((position, unread_key(entity.as_object()?)?)));
+    if let Some((position, key)) = unread {
+        return Err(RequestError::InvalidEntities(format!(
+            "entity {position}: {key} is not read: an entity has `uid`, `attrs`, `parents` \
+             and `tags`, and a reference `type` and `id`"
         )));
     }
     if let Some(escape) = entities.iter().find_map(ambiguous_escape) {

@@ -28,7 +28,7 @@ use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{GetAll, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -317,7 +317,7 @@ async fn handle(
     write_with_the_queued_responses().await;
     Ok(result.unwrap_or_else(|error| {
         state.metrics.record_error(error.code());
-        let body = json!({"error": ErrorBody { code: error.code(), message: error.to_string() }});
+        let body = json!({"error": ErrorBody::new(error.code(), error.to_string())});
         json_response(error.status(), &body)
     }))
 }
@@ -340,7 +340,7 @@ async fn route(
     state: &AppState,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, HttpError> {
-    check_host(&state.limits, request.headers().get_all(HOST))?;
+    check_host(&state.limits, &request)?;
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
@@ -667,46 +667,67 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 }
 
 /// Refuses a request addressed to a host name other than `localhost` or those of
-/// `--allow-host` ([`Limits::allowed_hosts`]); an IP address, or no `Host` (which no
-/// browser sends), is the sidecar's own. On a Unix-domain socket any host is.
-fn check_host(limits: &Limits, hosts: GetAll<'_, HeaderValue>) -> Result<(), HttpError> {
-    let mut hosts = hosts.iter();
-    let Some(host) = hosts.next().filter(|_| !limits.any_host) else {
+/// `--allow-host` ([`Limits::allowed_hosts`]), or with a port that is no port; an IP
+/// address, or no `Host` (which no browser sends), is the sidecar's own. A request
+/// line in absolute form (`GET http://host/path`) names a host too, which HTTP has
+/// count before `Host`: both are checked. On a Unix-domain socket any host is.
+fn check_host<B>(limits: &Limits, request: &Request<B>) -> Result<(), HttpError> {
+    if limits.any_host {
+        return Ok(());
+    }
+    let refused =
+        |host: &[u8]| HttpError::HostNotAllowed(String::from_utf8_lossy(host).into_owned());
+    if let Some(authority) = request.uri().authority() {
+        if !host_allowed(limits, authority) {
+            return Err(refused(authority.as_str().as_bytes()));
+        }
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let Some(host) = hosts.next() else {
         return Ok(());
     };
     if hosts.next().is_some() {
         // Which one would count? A proxy might route by the other.
         return Err(HttpError::HostRepeated);
     }
-    let refused =
-        || HttpError::HostNotAllowed(String::from_utf8_lossy(host.as_bytes()).into_owned());
-    let authority: Authority = host
-        .to_str()
-        .ok()
-        .and_then(|h| h.parse().ok())
-        .ok_or_else(refused)?;
-    let name = authority.host();
-    let address = name.trim_start_matches('[').trim_end_matches(']');
-    let allowed = name.eq_ignore_ascii_case("localhost")
-        || address.parse::<IpAddr>().is_ok()
-        || limits
-            .allowed_hosts
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(name));
-    if allowed {
-        Ok(())
-    } else {
-        Err(refused())
+    let authority: Option<Authority> = host.to_str().ok().and_then(|h| h.parse().ok());
+    match authority {
+        Some(authority) if host_allowed(limits, &authority) => Ok(()),
+        _ => Err(refused(host.as_bytes())),
     }
+}
+
+/// Whether `authority` names the sidecar: `localhost`, an IP address or an
+/// `--allow-host` name, with no port or a port from 0 to 65535, and no user name
+/// (`evil.example@localhost`).
+fn host_allowed(limits: &Limits, authority: &Authority) -> bool {
+    let name = authority.host();
+    let port_valid = match authority.as_str().strip_prefix(name) {
+        Some("") => true,
+        Some(port) => port
+            .strip_prefix(':')
+            .is_some_and(|port| port.is_empty() || port.parse::<u16>().is_ok()),
+        None => false, // a user name before the host
+    };
+    let address = name.trim_start_matches('[').trim_end_matches(']');
+    port_valid
+        && (name.eq_ignore_ascii_case("localhost")
+            || address.parse::<IpAddr>().is_ok()
+            || limits
+                .allowed_hosts
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(name)))
 }
 
 async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes, HttpError> {
     let max = limits.max_body;
     // A gzip body would otherwise be refused as malformed JSON, saying nothing useful.
+    // Every line counts: `identity` on one and `gzip` on the next is still gzip.
     if let Some(encoding) = request
         .headers()
-        .get(CONTENT_ENCODING)
-        .filter(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .find(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
         let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
         return Err(HttpError::BodyEncoded(encoding));

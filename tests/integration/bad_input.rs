@@ -564,6 +564,51 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
     }
 }
 
+/// Cedar's parser passes over an entity's unknown fields and extra keys in its
+/// references; the request's own fields and references are refused for such keys,
+/// so its entities are too (`tag` for `tags` would drop the tags unseen).
+#[test]
+fn a_request_entitys_key_that_would_not_be_read_is_refused() {
+    let server = Server::start();
+    let brought = |entity_json: Value| {
+        let mut request = consult(
+            "dep-t18",
+            "dep-t18-01",
+            "departement-rsa-contentieux",
+            &["rsa"],
+            "dossier-59-new",
+        );
+        request["entities"] = json!([entity_json]);
+        server.post("/v1/is_authorized", &request)
+    };
+    let file = json!({
+        "uid": entity("File", "dossier-59-new"),
+        "attrs": {"caf": entity("Caf", "caf-nord"), "department": "59", "rsa_now": false,
+                  "rsa_last_date": {"__extn": {"fn": "datetime", "arg": "2026-01-01"}},
+                  "categories": ["rsa"]},
+        "parents": []
+    });
+    let (status, body) = brought(file.clone());
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("Allow")),
+        "{body}"
+    );
+    let mut typo = file.clone();
+    typo["tag"] = json!({"x": 1});
+    let mut uid_key = file.clone();
+    uid_key["uid"]["x"] = json!(1);
+    let mut parent_key = file;
+    parent_key["parents"] = json!([{"type": "Caf", "id": "caf-nord", "x": 1}]);
+    for (entity_json, expected) in [
+        (typo, "entity 0: `tag` is not read"),
+        (uid_key, "entity 0: `x` in `uid` is not read"),
+        (parent_key, "entity 0: `x` in a parent is not read"),
+    ] {
+        assert_error(brought(entity_json), 400, "invalid_entities", expected);
+    }
+}
+
 #[test]
 fn request_entities_cannot_replace_stored_ones() {
     // Re-sending a suspended user as active must not un-suspend them.
@@ -607,9 +652,25 @@ fn a_request_addressed_to_another_host_name_is_refused() {
         "rebind.example:8180",
         "localhost.rebind.example",
         "authz.internal.rebind.example",
+        "localhost:99999999",
+        "localhost:http",
+        "rebind.example@localhost",
     ] {
         assert_error(addressed_to(host), 403, "host_not_allowed", host);
     }
+    // A request line in absolute form names its host, which HTTP counts before
+    // `Host`.
+    let absolute = server.exchange_raw(
+        "GET http://rebind.example/readyz HTTP/1.1\r\nHost: localhost\r\n\
+         Connection: close\r\n\r\n",
+    );
+    assert!(absolute.starts_with("HTTP/1.1 403"), "{absolute}");
+    assert!(absolute.contains("rebind.example"), "{absolute}");
+    let absolute_own = server.exchange_raw(
+        "GET http://127.0.0.1/readyz HTTP/1.1\r\nHost: localhost\r\n\
+         Connection: close\r\n\r\n",
+    );
+    assert!(absolute_own.starts_with("HTTP/1.1 200"), "{absolute_own}");
     // Two Host headers: which one would count? Refused, whichever comes first.
     let twice = server.exchange_raw(
         "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nHost: rebind.example\r\n\
@@ -648,6 +709,50 @@ fn an_encoded_body_gets_415_saying_so() {
         415,
         "body_encoded",
         "encoded (gzip): the sidecar reads plain JSON only",
+    );
+}
+
+/// `identity` on one line and `gzip` on the next is still a gzip body.
+#[test]
+fn an_encoding_on_a_second_header_line_gets_415_too() {
+    let server = Server::start();
+    let body = allowed_consultation().to_string();
+    let reply = server.exchange_raw(&format!(
+        "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Encoding: identity\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(reply.starts_with("HTTP/1.1 415"), "{reply}");
+    assert!(reply.contains("body_encoded"), "{reply}");
+}
+
+/// An error quoting the request quotes at most 1 KiB of it: a megabyte-long id is
+/// not sent back whole.
+#[test]
+fn an_error_message_quotes_at_most_a_kibibyte_of_the_request() {
+    let server = Server::start();
+    let mut request = allowed_consultation();
+    let long_id = "é".repeat(50_000);
+    request["principal"] = json!(format!("User::\"{long_id}\""));
+    let (status, body) = server.post("/v1/is_authorized", &request);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_entity", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    let (quoted, tail) = message.split_once('…').expect("a cut message");
+    assert!(quoted.len() <= 1024, "{} bytes quoted", quoted.len());
+    assert!(
+        quoted.starts_with("principal: entity User::\"éé"),
+        "{message}"
+    );
+    assert!(tail.contains("bytes in all"), "{tail}");
+    // A short message is left whole.
+    request["principal"] = json!("User::\"nobody\"");
+    let (_, body) = server.post("/v1/is_authorized", &request);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("User::\"nobody\"") && !message.contains('…'),
+        "{body}"
     );
 }
 
