@@ -513,6 +513,19 @@ fn request_entities_violating_the_schema_are_refused() {
     );
 }
 
+/// dep-t18's consultation of `dossier-59-new`, a file the request brings as `file`.
+fn consultation_of_a_brought_file(file: Value) -> Value {
+    let mut request = consult(
+        "dep-t18",
+        "dep-t18-01",
+        "departement-rsa-contentieux",
+        &["rsa"],
+        "dossier-59-new",
+    );
+    request["entities"] = json!([file]);
+    request
+}
+
 /// Cedar's entity parser reads an escape and ignores keys beside it (or inside it):
 /// a reader in front of the sidecar could take those for the value. Refused, as in
 /// the context.
@@ -520,19 +533,12 @@ fn request_entities_violating_the_schema_are_refused() {
 fn a_request_entitys_escape_with_other_keys_is_refused() {
     let server = Server::start();
     let file = |rsa_last_date: Value, caf: Value| {
-        let mut request = consult(
-            "dep-t18",
-            "dep-t18-01",
-            "departement-rsa-contentieux",
-            &["rsa"],
-            "dossier-59-new",
-        );
-        request["entities"] = json!([{
+        let request = consultation_of_a_brought_file(json!({
             "uid": entity("File", "dossier-59-new"),
             "attrs": {"caf": caf, "department": "59", "rsa_now": false,
                       "rsa_last_date": rsa_last_date, "categories": ["rsa"]},
             "parents": []
-        }]);
+        }));
         server.post("/v1/is_authorized", &request)
     };
     let date = |arg: &str| json!({"__extn": {"fn": "datetime", "arg": arg}});
@@ -570,17 +576,8 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
 #[test]
 fn a_request_entitys_key_that_would_not_be_read_is_refused() {
     let server = Server::start();
-    let brought = |entity_json: Value| {
-        let mut request = consult(
-            "dep-t18",
-            "dep-t18-01",
-            "departement-rsa-contentieux",
-            &["rsa"],
-            "dossier-59-new",
-        );
-        request["entities"] = json!([entity_json]);
-        server.post("/v1/is_authorized", &request)
-    };
+    let brought =
+        |file: Value| server.post("/v1/is_authorized", &consultation_of_a_brought_file(file));
     let file = json!({
         "uid": entity("File", "dossier-59-new"),
         "attrs": {"caf": entity("Caf", "caf-nord"), "department": "59", "rsa_now": false,
