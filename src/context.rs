@@ -1,4 +1,6 @@
-//! Request contexts built from wire JSON by the types the schema declares.
+//! Request contexts built from wire JSON by the types the schema declares, and the
+//! entity types' attribute types ([`EntityShapes`]) that a request's own entities
+//! are checked against.
 //!
 //! Cedar's JSON context parser is general and costs 6–18 µs a request, and even
 //! `Context::from_pairs` evaluates its restricted expressions again (≈4.5 µs for a
@@ -99,6 +101,47 @@ impl ContextTypes {
     /// The context type of `action`, when this module can build its contexts.
     pub fn get(&self, action: &EntityUid) -> Option<&RecordType> {
         self.by_action.get(action)
+    }
+}
+
+/// The attribute types of every entity type whose shape [`attr_type`] reads: what a
+/// request's own entities are checked against before Cedar parses them.
+#[derive(Debug, Default)]
+pub struct EntityShapes {
+    by_type: HashMap<String, RecordType>,
+}
+
+impl EntityShapes {
+    /// Reads the entity types' shapes from a schema as [`resolved_schema_json`]
+    /// gives it; a type whose shape holds a type this module does not read is left
+    /// out.
+    pub fn from_resolved_schema(json: &Value) -> Self {
+        let enums = enumerated_entity_types(json);
+        let mut by_type = HashMap::default();
+        for (namespace, body) in json.as_object().into_iter().flatten() {
+            let declared = Declared {
+                common: body.get("commonTypes"),
+                enums: &enums,
+            };
+            for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
+                let shape = match entity.get("shape") {
+                    None => Some(RecordType::default()),
+                    Some(ty) => match attr_type(ty, &declared) {
+                        Some(AttrType::Record(record)) => Some(record),
+                        _ => None,
+                    },
+                };
+                if let Some(shape) = shape {
+                    by_type.insert(qualified(namespace, name), shape);
+                }
+            }
+        }
+        Self { by_type }
+    }
+
+    /// The attributes of the entity type named `type_name` (qualified).
+    pub fn get(&self, type_name: &str) -> Option<&RecordType> {
+        self.by_type.get(type_name)
     }
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError, WireContext};
-use crate::context::extension_value;
+use crate::context::{extension_value, AttrType, EntityShapes};
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
 use crate::slice::{collect_uids, stored_in_place};
@@ -379,31 +379,64 @@ fn ambiguous_escape(json: &Value) -> Option<&'static str> {
 
 /// A key of a request's entity that Cedar's parser passes over in silence: a field
 /// other than `uid`, `attrs`, `parents` and `tags` (`tag` for `tags` would drop the
-/// tags), or a key beside `type` and `id` in its `uid` or a parent (the `__entity`
-/// form is [`ambiguous_escape`]'s).
-fn unread_key(entity: &Map<String, Value>) -> Option<String> {
-    let reference_key = |reference: &Value| {
-        let fields = reference.as_object()?;
-        if fields.contains_key("__entity") {
-            return None;
-        }
-        fields
-            .keys()
-            .find(|key| !matches!(key.as_str(), "type" | "id"))
-            .cloned()
-    };
+/// tags), or a key beside `type` and `id` in a reference: its `uid`, a parent, or an
+/// attribute its type's `shapes` declare as an entity, in a set or record too (the
+/// `__entity` form is [`ambiguous_escape`]'s).
+fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<String> {
+    let shape = entity
+        .get("uid")
+        .and_then(reference_type)
+        .and_then(|type_name| shapes.get(type_name));
     entity
         .iter()
         .find_map(|(field, value)| match field.as_str() {
-            "attrs" | "tags" => None,
+            "tags" => None,
             "uid" => reference_key(value).map(|key| format!("`{key}` in `uid`")),
             "parents" => value
                 .as_array()?
                 .iter()
                 .find_map(reference_key)
                 .map(|key| format!("`{key}` in a parent")),
+            "attrs" => value.as_object()?.iter().find_map(|(name, value)| {
+                let (ty, _) = shape?.attributes.get(name)?;
+                unread_key_in(value, ty).map(|key| format!("`{key}` in attribute `{name}`"))
+            }),
             _ => Some(format!("`{field}`")),
         })
+}
+
+/// A key beside `type` and `id` in a reference within `value`, of type `ty`.
+fn unread_key_in(value: &Value, ty: &AttrType) -> Option<String> {
+    match ty {
+        AttrType::Entity { .. } => reference_key(value),
+        AttrType::Set(element) => value
+            .as_array()?
+            .iter()
+            .find_map(|item| unread_key_in(item, element)),
+        AttrType::Record(record) => value.as_object()?.iter().find_map(|(name, value)| {
+            let (ty, _) = record.attributes.get(name)?;
+            unread_key_in(value, ty)
+        }),
+        _ => None,
+    }
+}
+
+/// A key other than `type` and `id` in the reference `{"type", "id", …}`.
+fn reference_key(reference: &Value) -> Option<String> {
+    let fields = reference.as_object()?;
+    if fields.contains_key("__entity") {
+        return None;
+    }
+    fields
+        .keys()
+        .find(|key| !matches!(key.as_str(), "type" | "id"))
+        .cloned()
+}
+
+/// The type a reference names, in either object form.
+fn reference_type(reference: &Value) -> Option<&str> {
+    let fields = reference.get("__entity").unwrap_or(reference);
+    fields.get("type")?.as_str()
 }
 
 /// Parses the request's own entities against the schema; they may add to the
@@ -421,10 +454,12 @@ fn request_entities(
             "entity {position} is not a JSON object"
         )));
     }
-    let unread = entities
-        .iter()
-        .enumerate()
-        .find_map(|(position, entity)| Some((position, unread_key(entity.as_object()?)?)));
+    let unread = entities.iter().enumerate().find_map(|(position, entity)| {
+        Some((
+            position,
+            unread_key(entity.as_object()?, &snapshot.entity_shapes)?,
+        ))
+    });
     if let Some((position, key)) = unread {
         return Err(RequestError::InvalidEntities(format!(
             "entity {position}: {key} is not read: an entity has `uid`, `attrs`, `parents` \
@@ -458,4 +493,43 @@ fn request_entities(
         added.push(entity.clone());
     }
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::context::RecordType;
+
+    fn user() -> AttrType {
+        AttrType::Entity {
+            name: "User".into(),
+            type_name: "User".parse().unwrap(),
+            eids: None,
+        }
+    }
+
+    #[test]
+    fn a_key_beside_type_and_id_is_found_in_sets_and_records_of_references() {
+        let members = AttrType::Set(Box::new(user()));
+        let good = json!({"type": "User", "id": "a"});
+        let extra = json!({"type": "User", "id": "b", "x": 1});
+        assert_eq!(
+            unread_key_in(&json!([good, extra]), &members),
+            Some("x".into())
+        );
+        assert_eq!(unread_key_in(&json!([good]), &members), None);
+        let record = AttrType::Record(RecordType {
+            attributes: BTreeMap::from([("owner".to_owned(), (user(), true))]),
+        });
+        let owned = json!({"owner": {"id": "a", "y": 2, "type": "User"}});
+        assert_eq!(unread_key_in(&owned, &record), Some("y".into()));
+        // The escaped form is `ambiguous_escape`'s; a string is no reference.
+        let escaped = json!({"__entity": {"type": "User", "id": "a"}, "z": 3});
+        assert_eq!(unread_key_in(&escaped, &user()), None);
+        assert_eq!(unread_key_in(&json!({"x": 1}), &AttrType::String), None);
+    }
 }

@@ -8,7 +8,7 @@ use cedar_policy::{Entities, EntityTypeName, EntityUid, PolicySet, Schema};
 use chrono::{DateTime, Utc};
 
 use crate::api::TypeNames;
-use crate::context::ContextTypes;
+use crate::context::{ContextTypes, EntityShapes};
 use crate::fast_hash::{HashMap, HashSet};
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub time_attribute: String,
     /// Each action's context type, to build request contexts without Cedar's JSON parser.
     pub context_types: ContextTypes,
+    /// Entity types' attribute types, for the references in request entities.
+    pub entity_shapes: EntityShapes,
     entity_types: HashSet<EntityTypeName>,
     /// The schema's entity and action types, to read references without a parser.
     pub type_names: TypeNames,
@@ -76,6 +78,7 @@ impl Snapshot {
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let context_types = ContextTypes::from_resolved_schema(&model.schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
+        let entity_shapes = EntityShapes::from_resolved_schema(&model.schema_json);
         let derived_types = model.derived.referenced.iter().cloned().collect();
         let derived_ancestor_types = model.derived.ancestors.iter().cloned().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
@@ -104,6 +107,7 @@ impl Snapshot {
             policy_index,
             time_attribute: time_attribute.to_owned(),
             context_types,
+            entity_shapes,
             entity_types,
             type_names,
             scope_types,

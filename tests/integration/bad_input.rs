@@ -595,12 +595,20 @@ fn a_request_entitys_key_that_would_not_be_read_is_refused() {
     typo["tag"] = json!({"x": 1});
     let mut uid_key = file.clone();
     uid_key["uid"]["x"] = json!(1);
-    let mut parent_key = file;
+    let mut parent_key = file.clone();
     parent_key["parents"] = json!([{"type": "Caf", "id": "caf-nord", "x": 1}]);
+    // An attribute the schema declares as an entity: `{"type", "id", "x"}` was read
+    // as the entity, `x` ignored.
+    let mut attribute_key = file;
+    attribute_key["attrs"]["caf"]["x"] = json!(1);
     for (entity_json, expected) in [
         (typo, "entity 0: `tag` is not read"),
         (uid_key, "entity 0: `x` in `uid` is not read"),
         (parent_key, "entity 0: `x` in a parent is not read"),
+        (
+            attribute_key,
+            "entity 0: `x` in attribute `caf` is not read",
+        ),
     ] {
         assert_error(brought(entity_json), 400, "invalid_entities", expected);
     }
