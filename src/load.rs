@@ -80,6 +80,8 @@ pub struct Model {
     pub schema_json: serde_json::Value,
     /// The derivation rules the entities were completed with.
     pub rules: DerivationRules,
+    /// Their text (`derived.json`); empty without one.
+    pub derived_text: String,
     /// The types whose tags the rules derive, read from the schema.
     pub derived: DerivedTypes,
     /// Digest of every input file (its role, or its path within the policy
@@ -102,9 +104,12 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         &mut digest,
         &mut problems,
     );
-    let rules = match &sources.derived {
-        Some(path) => read_rules(path, &mut digest, &mut problems),
-        None => Some(DerivationRules::default()),
+    let (rules, derived_text) = match &sources.derived {
+        Some(path) => match read_rules(path, &mut digest, &mut problems) {
+            Some((rules, text)) => (Some(rules), text),
+            None => (None, String::new()),
+        },
+        None => (Some(DerivationRules::default()), String::new()),
     };
     let derived = schema
         .as_ref()
@@ -136,6 +141,7 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
                 policy_info,
                 entities,
                 rules,
+                derived_text,
                 derived,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
             })
@@ -407,20 +413,22 @@ impl Model {
     }
 }
 
+/// The derivation rules in `path`, and their text.
 fn read_rules(
     path: &Path,
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
-) -> Option<DerivationRules> {
+) -> Option<(DerivationRules, String)> {
     let text = read(path, "derived", digest, problems)?;
-    serde_json::from_str(&text)
+    let rules = serde_json::from_str(&text)
         .map_err(|err| {
             problems.push(Problem {
                 path: path.to_owned(),
                 message: format!("{}:{}:{}: {err}", path.display(), err.line(), err.column()),
             })
         })
-        .ok()
+        .ok()?;
+    Some((rules, text))
 }
 
 /// Renders a Cedar diagnostic against its file: `╭─[file:line:col]` and the source.

@@ -183,16 +183,19 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether anything is newly allowed (or could be: an unknown solver result).
+    /// Whether anything is newly allowed (or could be: an unknown solver result, or
+    /// changed derivation rules, which the solver does not see).
     pub fn widens(&self) -> bool {
         self.semantic.as_ref().is_some_and(|s| s.widens())
             || self.replay.as_ref().is_some_and(|r| r.newly_allowed() > 0)
+            || self.structural.derived.is_some()
     }
 
     /// Whether anything is newly denied (or could be).
     pub fn narrows(&self) -> bool {
         self.semantic.as_ref().is_some_and(|s| s.narrows())
             || self.replay.as_ref().is_some_and(|r| r.newly_denied() > 0)
+            || self.structural.derived.is_some()
     }
 }
 

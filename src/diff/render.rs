@@ -95,6 +95,7 @@ impl Writer {
         for policy in notable {
             self.policy(policy);
         }
+        self.derived(diff.derived.as_deref());
         let Some(schema) = &diff.schema else {
             self.line("schema: unchanged\n");
             return;
@@ -111,6 +112,23 @@ impl Writer {
             }
         }
         self.code("diff", &schema.text_diff);
+        self.line("");
+    }
+
+    fn derived(&mut self, text_diff: Option<&str>) {
+        let Some(text_diff) = text_diff else {
+            self.line("derived data: unchanged\n");
+            return;
+        };
+        let unproven = self.strong(
+            "UNPROVEN: counted as possibly widening and narrowing; replay recorded \
+             requests (--replay) to see its effect",
+        );
+        self.line(&format!(
+            "derived data: changed (the solver compares the policies over every entity \
+             store, so it does not see what these rules count) — {unproven}"
+        ));
+        self.code("diff", text_diff);
         self.line("");
     }
 

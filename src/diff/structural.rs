@@ -59,6 +59,10 @@ pub struct StructuralDiff {
     pub policies: Vec<PolicyChange>,
     /// `None` when the schema text is identical.
     pub schema: Option<SchemaChange>,
+    /// The derivation rules' (`derived.json`) unified diff; `None` when their text
+    /// is identical. The solver compares policies over every entity store, so it
+    /// does not see what these rules write into the stored entities.
+    pub derived: Option<String>,
 }
 
 impl StructuralDiff {
@@ -79,7 +83,13 @@ pub fn compare(old: &Model, new: &Model) -> StructuralDiff {
         .map(|id| policy_change(id, old_policies.get(id), new_policies.get(id)))
         .collect();
     let schema = (old.schema_text != new.schema_text).then(|| schema_change(old, new));
-    StructuralDiff { policies, schema }
+    let derived = (old.derived_text != new.derived_text)
+        .then(|| unified(&old.derived_text, &new.derived_text, "OLD", "NEW"));
+    StructuralDiff {
+        policies,
+        schema,
+        derived,
+    }
 }
 
 /// A policy's info, its text and its layout-free JSON form.

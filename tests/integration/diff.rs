@@ -494,6 +494,51 @@ fn schema_changes_are_listed_and_removed_signatures_skipped() {
     );
 }
 
+/// Derivation rules write data, not policies: counting suspended habilitations
+/// instead of active ones lets grants past the H4 ceilings, with every policy the
+/// same. The solver compares policies over every entity store and cannot see it, so
+/// the change is shown and trips every gate, as an unproven signature does.
+#[test]
+fn a_change_of_derivation_rules_is_shown_and_trips_every_gate() {
+    let (old, new) = (model_copy(), model_copy());
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--no-semantic", "--fail-on", "any"],
+    );
+    assert_eq!((code, &report["structural"]["derived"]), (0, &Value::Null));
+    edit(new.path(), "schema/derived.json", |t| {
+        t.replacen(r#""suspended": false"#, r#""suspended": true"#, 1)
+    });
+    for gate in ["widen", "narrow", "any"] {
+        let (code, report) = diff_json(
+            old.path(),
+            new.path(),
+            &["--no-semantic", "--fail-on", gate],
+        );
+        assert_eq!(code, 4, "--fail-on {gate}: {report:#}");
+        let text_diff = report["structural"]["derived"].as_str().unwrap();
+        assert!(
+            text_diff.contains(r#"-      "where": { "suspended": false },"#)
+                && text_diff.contains(r#"+      "where": { "suspended": true },"#),
+            "{text_diff}"
+        );
+    }
+    let text = cdap_authz(
+        old.path(),
+        &[
+            old.path().to_str().unwrap(),
+            new.path().to_str().unwrap(),
+            "--no-semantic",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("derived data: changed") && text.contains("UNPROVEN"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_signature_the_solver_cannot_compare_trips_every_gate() {
     if !solver_available() {
