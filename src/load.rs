@@ -388,8 +388,15 @@ fn read_entities(
         });
         return None;
     }
+    // Cedar's entity errors carry no position; their causes name the entity and
+    // what is wrong with it (the report's headline alone says neither).
     Entities::from_json_value(json, Some(schema))
-        .map_err(|err| problems.push(problem(path, &text, miette::Report::new(err))))
+        .map_err(|err| {
+            problems.push(Problem {
+                path: path.clone(),
+                message: format!("{}: {}", path.display(), describe(&err)),
+            })
+        })
         .ok()
 }
 

@@ -149,6 +149,40 @@ fn validate_refuses_the_schema_without_its_derivation_rules() {
     );
 }
 
+/// Cedar's entity errors carry no position: the message names the entity and what
+/// is wrong with it, not only "error during entity deserialization".
+#[test]
+fn validate_names_the_entity_an_entities_file_gets_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
+    let mut entities: serde_json::Value = serde_json::from_str(&bundled).unwrap();
+    let undeclared = entities.clone();
+    entities.as_array_mut().unwrap().push(serde_json::json!(
+        {"uid": {"type": "Bogus", "id": "x"}, "attrs": {}, "parents": []}
+    ));
+    let mut with_attribute = undeclared;
+    with_attribute[0]["attrs"]["undeclared"] = serde_json::json!(1);
+    for (json, expected) in [
+        (
+            entities,
+            "entity `Bogus::\"x\"` has type `Bogus` which is not declared",
+        ),
+        (with_attribute, "attribute `undeclared` on `"),
+    ] {
+        let path = dir.path().join("entities.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let output = cdap_authz()
+            .arg("validate")
+            .arg("--entities")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
 #[test]
 fn the_version_does_not_depend_on_how_the_paths_are_written() {
     let absolute = repo(".");
