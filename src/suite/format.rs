@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::AuthzRequest;
+use crate::strict_json::Strict;
 
 /// A suite file that cannot be used; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -196,10 +197,14 @@ fn read_json(path: &Path) -> Result<Value, SuiteError> {
         path: path.to_owned(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| SuiteError::Format {
-        path: path.to_owned(),
-        message: format!("invalid JSON at {}:{}: {e}", e.line(), e.column()),
-    })
+    // A repeated key is refused, as in a request: `"decision": "allow", "decision":
+    // "deny"` would otherwise assert the last one unseen.
+    serde_json::from_str::<Strict>(&text)
+        .map(|strict| strict.0)
+        .map_err(|e| SuiteError::Format {
+            path: path.to_owned(),
+            message: format!("invalid JSON at {}:{}: {e}", e.line(), e.column()),
+        })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, json: Value) -> Result<T, SuiteError> {

@@ -122,6 +122,28 @@ fn a_wrong_expectation_fails_with_expected_and_actual() {
     assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
 }
 
+/// A repeated key is refused, as in a request: the first case says `allow`, then
+/// `deny`, and would otherwise pass on the last one unseen.
+#[test]
+fn a_repeated_key_in_a_suite_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_suite("traces.json", dir.path(), |suite| {
+        assert_eq!(suite["tests"][0]["decision"], "deny");
+    });
+    let text = std::fs::read_to_string(&path).unwrap();
+    let repeated = text.replacen(
+        r#""decision":"deny""#,
+        r#""decision":"allow","decision":"deny""#,
+        1,
+    );
+    assert_ne!(text, repeated);
+    std::fs::write(&path, repeated).unwrap();
+    let output = cdap_authz_test(&[path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("duplicate key `decision`"), "{stderr}");
+}
+
 #[test]
 fn a_case_that_cannot_be_decided_is_an_error_not_a_pass() {
     let dir = tempfile::tempdir().unwrap();
