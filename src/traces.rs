@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::api::{parse_entity_ref, AuthzRequest, RequestError, WireContext};
-use crate::audit::query::Filter;
+use crate::audit::query::{check_decision_filter, check_entity_filter, Filter};
 use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
 
@@ -97,12 +97,18 @@ impl TraceQuery {
         };
         match name {
             "partner" => self.partner = Some(value),
-            "principal" => self.filter.principal = Some(value),
-            "resource" => self.filter.resource = Some(value),
-            "decision" if ["allow", "deny"].contains(&value.to_ascii_lowercase().as_str()) => {
+            "principal" => {
+                check_entity_filter(&value).map_err(bad)?;
+                self.filter.principal = Some(value);
+            }
+            "resource" => {
+                check_entity_filter(&value).map_err(bad)?;
+                self.filter.resource = Some(value);
+            }
+            "decision" => {
+                check_decision_filter(&value).map_err(bad)?;
                 self.filter.decision = Some(value);
             }
-            "decision" => return Err(bad(format!("expected Allow or Deny, got `{value}`"))),
             "since" => self.filter.since = Some(time(&value)?),
             "until" => self.filter.until = Some(time(&value)?),
             "limit" => {

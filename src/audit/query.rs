@@ -55,6 +55,26 @@ impl Filter {
     }
 }
 
+/// Checks an entity filter: a reference (`User::"mau-t1"`, the form records hold) or
+/// a bare id (`mau-t1`). A malformed reference would match nothing, unseen.
+pub fn check_entity_filter(value: &str) -> Result<(), String> {
+    if !value.contains("::") {
+        return Ok(());
+    }
+    value
+        .parse::<cedar_policy::EntityUid>()
+        .map(drop)
+        .map_err(|e| format!("`{value}` is neither an id nor a reference like User::\"id\": {e}"))
+}
+
+/// Checks a decision filter: `Allow` or `Deny`, in any case.
+pub fn check_decision_filter(value: &str) -> Result<(), String> {
+    ["allow", "deny"]
+        .contains(&value.to_ascii_lowercase().as_str())
+        .then_some(())
+        .ok_or_else(|| format!("expected Allow or Deny, got `{value}`"))
+}
+
 fn same_entity(wanted: Option<&str>, recorded: &str) -> bool {
     wanted.is_none_or(|w| recorded == w || recorded.ends_with(&format!("::\"{w}\"")))
 }

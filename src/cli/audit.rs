@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-use crate::audit::query::{query, Filter};
+use crate::audit::query::{check_decision_filter, check_entity_filter, query, Filter};
 use crate::audit::verify::verify;
 use crate::audit::DEFAULT_DIR;
 
@@ -43,13 +43,13 @@ struct QueryArgs {
     #[arg(long)]
     partner: Option<String>,
     /// Principal, as `User::"mau-t1"` or `mau-t1`.
-    #[arg(long)]
+    #[arg(long, value_parser = entity_filter)]
     principal: Option<String>,
     /// Resource, as `File::"dossier-59-0001"` or `dossier-59-0001`.
-    #[arg(long)]
+    #[arg(long, value_parser = entity_filter)]
     resource: Option<String>,
-    /// `Allow` or `Deny`.
-    #[arg(long)]
+    /// `Allow` or `Deny` (any case).
+    #[arg(long, value_parser = decision_filter)]
     decision: Option<String>,
     /// From this time on (RFC 3339).
     #[arg(long, value_name = "TIME")]
@@ -113,4 +113,12 @@ fn run_query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(record)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn entity_filter(value: &str) -> Result<String, String> {
+    check_entity_filter(value).map(|()| value.to_owned())
+}
+
+fn decision_filter(value: &str) -> Result<String, String> {
+    check_decision_filter(value).map(|()| value.to_owned())
 }

@@ -803,6 +803,10 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         ("?since=yesterday", "not an RFC 3339 time"),
         ("?decision=maybe", "expected Allow or Deny"),
         (
+            "?principal=User::%22mau-t1",
+            "neither an id nor a reference",
+        ),
+        (
             "?partner=mairie-bouscat&partner=ville-maubeuge",
             "given more than once",
         ),

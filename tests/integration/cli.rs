@@ -183,6 +183,49 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
     }
 }
 
+/// A filter that could match nothing by a typo is refused (clap's exit 2), as
+/// `GET /v1/traces` refuses it with a 400.
+#[test]
+fn audit_query_refuses_a_malformed_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value, why) in [
+        ("--decision", "maybe", "expected Allow or Deny, got `maybe`"),
+        (
+            "--principal",
+            "User::\"dep-t1",
+            "neither an id nor a reference",
+        ),
+        (
+            "--resource",
+            "File::dossier",
+            "neither an id nor a reference",
+        ),
+    ] {
+        let output = cdap_authz()
+            .args(["audit", "query", "--dir"])
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(why), "{flag} {value}: {stderr}");
+    }
+    let accepted = cdap_authz()
+        .args(["audit", "query", "--dir"])
+        .arg(dir.path())
+        .args(["--decision", "deny", "--principal", "mau-t1", "--resource"])
+        .arg("File::\"dossier-59-0001\"")
+        .output()
+        .unwrap();
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+}
+
 #[test]
 fn the_version_does_not_depend_on_how_the_paths_are_written() {
     let absolute = repo(".");
