@@ -80,6 +80,11 @@ pub enum AuditError {
     },
     #[error("{0}: no whole record found at the end of the file")]
     NoTail(PathBuf),
+    #[error(
+        "{0}: its last whole line is not a decision record (altered, or not written by the \
+         sidecar); run `cdap-authz audit verify`"
+    )]
+    NotARecord(PathBuf),
     #[error("the audit log is closed")]
     Closed,
 }

@@ -3,7 +3,8 @@
 //!
 //! A file ending in an incomplete line (a write torn by a crash or a full disk) is
 //! noted, not a break: the next record must still chain to the last whole one, so
-//! nothing can be hidden there. What a chain alone cannot show is records cut off
+//! nothing can be hidden there (a whole record there whose hash does not match is
+//! reported altered). What a chain alone cannot show is records cut off
 //! at either end; the first kept `seq` is reported (records before it were deleted
 //! by retention, or removed), and `expect_hash` checks the log still holds a record
 //! whose hash was noted elsewhere earlier (`serve` logs the chain head it leaves
@@ -110,6 +111,13 @@ pub fn verify(
         }
         if ends_torn(&text) {
             lines += 1;
+            // A crash leaves part of a line, or a whole record without its newline;
+            // a whole record its hash does not match was altered, its newline
+            // removed to pass for torn.
+            let last = text.rsplit('\n').next().unwrap_or_default();
+            if parse_line(last).is_ok_and(|parsed| parsed.claimed_hash != parsed.actual_hash) {
+                return Ok(Err((segment.path.clone(), lines, Break::Altered)));
+            }
             torn.push((segment.path.clone(), lines));
         }
         if lines > 0 {

@@ -780,12 +780,18 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
         if length == 0 {
             continue;
         }
-        let last_record = |text: &str| whole_lines(text).rev().find_map(|l| parse_line(l).ok());
-        // A record longer than the tail read: read the whole file.
-        let parsed = match last_record(&text) {
-            Some(parsed) => parsed,
-            None if length > TAIL_BYTES => last_record(&read_end(&segment.path, u64::MAX)?.0)
-                .ok_or_else(|| AuditError::NoTail(segment.path.clone()))?,
+        // The chain continues from the last whole line, which must be a record:
+        // continuing past a line that is not would break the chain there for good.
+        let last_line = |text: &str| whole_lines(text).next_back().map(parse_line);
+        let parsed = match last_line(&text) {
+            Some(Ok(parsed)) => parsed,
+            // A record longer than the tail read: read the whole file.
+            _ if length > TAIL_BYTES => match last_line(&read_end(&segment.path, u64::MAX)?.0) {
+                Some(Ok(parsed)) => parsed,
+                Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
+                None => return Err(AuditError::NoTail(segment.path.clone())),
+            },
+            Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
             None => return Err(AuditError::NoTail(segment.path.clone())),
         };
         return Ok(Tail {

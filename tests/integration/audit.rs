@@ -445,6 +445,45 @@ fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
     assert_eq!(ids, ["id-0", "id-1", "id-2", "id-3", "id-5", "id-6"]);
 }
 
+/// A whole record at the end without its newline passes for a torn write only if
+/// its hash matches it: altered, and its newline removed to hide it from queries,
+/// it is reported altered.
+#[test]
+fn an_altered_last_record_without_its_newline_is_altered_not_torn() {
+    let (dir, path, lines) = five_records();
+    let altered = lines[4].replace("\"decision\":\"Deny\"", "\"decision\":\"Allow\"");
+    let altered = if altered == lines[4] {
+        lines[4].replace("\"decision\":\"Allow\"", "\"decision\":\"Deny\"")
+    } else {
+        altered
+    };
+    assert_ne!(altered, lines[4]);
+    std::fs::write(&path, format!("{}\n{altered}", lines[..4].join("\n"))).unwrap();
+    let (file, line, why) = verify(dir.path(), None).unwrap().unwrap_err();
+    assert_eq!((file, line, why), (path.clone(), 5, Break::Altered));
+    // Untouched, it is a torn write (a crash before the newline), noted.
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    assert_eq!(verified(dir.path()).torn, [(path, 5)]);
+}
+
+/// The chain continues from the last whole line of the newest file; one that is
+/// not a record (appended by hand, altered) stops the start, rather than every
+/// later record being chained past a line `audit verify` refuses.
+#[test]
+fn a_log_whose_last_whole_line_is_not_a_record_is_not_continued() {
+    let (dir, path, lines) = five_records();
+    std::fs::write(&path, format!("{}\ngarbage\n", lines.join("\n"))).unwrap();
+    let error = AuditLog::start(AuditConfig::new(dir.path()))
+        .err()
+        .expect("the log is not continued");
+    assert!(
+        error
+            .to_string()
+            .contains("its last whole line is not a decision record"),
+        "{error}"
+    );
+}
+
 /// Records cut off either end leave a valid chain; the first kept seq shows a cut
 /// head, and a hash noted elsewhere shows a cut tail.
 #[test]
