@@ -289,6 +289,17 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Why the policy file `path` holding `text` does not parse, shown against its lines
+/// as `validate` shows it; `None` when it parses.
+pub fn policy_syntax_problem(path: &Path, text: &str) -> Option<String> {
+    let mut problems = Vec::new();
+    parse_policy_file(path, text, &mut problems);
+    (!problems.is_empty()).then(|| {
+        let messages: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+        messages.join("\n")
+    })
+}
+
 fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<PolicySet> {
     PolicySet::from_str(text)
         .map_err(|err| problems.push(problem(path, text, miette::Report::new(err))))

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use cedar_policy_formatter::{policies_str_to_pretty, Config};
 use clap::Args;
 
-use crate::load::policy_files;
+use crate::load::{policy_files, policy_syntax_problem};
 
 #[derive(Debug, Args)]
 pub struct FmtArgs {
@@ -32,8 +32,11 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
     for path in cedar_files(&args.paths)? {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let pretty = policies_str_to_pretty(&text, &STYLE)
-            .map_err(|report| anyhow::anyhow!("{}: cannot format: {report}", path.display()))?;
+        let pretty = policies_str_to_pretty(&text, &STYLE).map_err(|report| {
+            // The formatter's error has no position; the parser's has.
+            let why = policy_syntax_problem(&path, &text).unwrap_or_else(|| report.to_string());
+            anyhow::anyhow!("{}: cannot format:\n{why}", path.display())
+        })?;
         if pretty == text {
             continue;
         }

@@ -273,6 +273,28 @@ fn run_on_policies(args: &[&str], files: &[(&str, &str)]) -> (Option<i32>, Strin
     (output.status.code(), stderr)
 }
 
+/// A file the formatter cannot read is shown against its lines, as `validate`
+/// shows it: the formatter's own error has no position.
+#[test]
+fn fmt_shows_where_a_file_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.cedar");
+    std::fs::write(
+        &file,
+        "@id(\"A\")\npermit (principal, action, resource) when { ",
+    )
+    .unwrap();
+    let output = cdap_authz()
+        .args(["fmt", "--check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.cedar:2:44]"), "{stderr}");
+    assert!(stderr.contains("unexpected end of input"), "{stderr}");
+}
+
 fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
     run_on_policies(&["validate"], files)
 }
