@@ -76,21 +76,10 @@ impl ContextTypes {
     pub fn from_resolved_schema(json: &Value) -> Result<Self, String> {
         let enums = enumerated_entity_types(json);
         let mut by_action = HashMap::default();
-        for (namespace, body) in json.as_object().into_iter().flatten() {
-            let declared = Declared {
-                common: body.get("commonTypes"),
-                enums: &enums,
-            };
+        for (namespace, body, declared) in namespaces(json, &enums) {
             for (name, action) in body["actions"].as_object().into_iter().flatten() {
                 let context = action.pointer("/appliesTo/context");
-                let record = match context {
-                    None => Some(RecordType::default()),
-                    Some(ty) => match attr_type(ty, &declared) {
-                        Some(AttrType::Record(record)) => Some(record),
-                        _ => None,
-                    },
-                };
-                if let Some(record) = record {
+                if let Some(record) = record_type(context, &declared) {
                     by_action.insert(action_uid(namespace, name)?, record);
                 }
             }
@@ -118,20 +107,9 @@ impl EntityShapes {
     pub fn from_resolved_schema(json: &Value) -> Self {
         let enums = enumerated_entity_types(json);
         let mut by_type = HashMap::default();
-        for (namespace, body) in json.as_object().into_iter().flatten() {
-            let declared = Declared {
-                common: body.get("commonTypes"),
-                enums: &enums,
-            };
+        for (namespace, body, declared) in namespaces(json, &enums) {
             for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
-                let shape = match entity.get("shape") {
-                    None => Some(RecordType::default()),
-                    Some(ty) => match attr_type(ty, &declared) {
-                        Some(AttrType::Record(record)) => Some(record),
-                        _ => None,
-                    },
-                };
-                if let Some(shape) = shape {
+                if let Some(shape) = record_type(entity.get("shape"), &declared) {
                     by_type.insert(qualified(namespace, name), shape);
                 }
             }
@@ -199,6 +177,34 @@ fn enumerated_entity_types(schema: &Value) -> HashMap<String, Vec<String>> {
         }
     }
     enums
+}
+
+/// Each namespace of a resolved schema: its name, its body, and what the types
+/// declared in it may name.
+fn namespaces<'a>(
+    json: &'a Value,
+    enums: &'a HashMap<String, Vec<String>>,
+) -> impl Iterator<Item = (&'a String, &'a Value, Declared<'a>)> {
+    json.as_object()
+        .into_iter()
+        .flatten()
+        .map(move |(namespace, body)| {
+            let declared = Declared {
+                common: body.get("commonTypes"),
+                enums,
+            };
+            (namespace, body, declared)
+        })
+}
+
+/// A context or an entity shape: a record type, empty when none is declared;
+/// `None` for what this module does not handle.
+fn record_type(ty: Option<&Value>, declared: &Declared) -> Option<RecordType> {
+    match ty.map(|ty| attr_type(ty, declared)) {
+        None => Some(RecordType::default()),
+        Some(Some(AttrType::Record(record))) => Some(record),
+        Some(_) => None,
+    }
 }
 
 /// Reads a schema JSON type; `None` for what this module does not handle.

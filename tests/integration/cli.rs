@@ -133,20 +133,25 @@ fn validate_refuses_the_schema_without_its_derivation_rules() {
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("cdap.cedarschema");
     std::fs::copy(repo("schema/cdap.cedarschema"), &schema).unwrap();
+    assert_invalid(
+        "--schema",
+        &schema,
+        "the schema marks the tags of `Bulletin` @derived, but no derivation rule writes them",
+    );
+}
+
+/// Runs `validate FLAG PATH` (the bundled model otherwise); asserts it exits 3,
+/// saying `expected`.
+fn assert_invalid(flag: &str, path: &std::path::Path, expected: &str) {
     let output = cdap_authz()
         .arg("validate")
-        .arg("--schema")
-        .arg(&schema)
+        .arg(flag)
+        .arg(path)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(
-        stderr.contains(
-            "the schema marks the tags of `Bulletin` @derived, but no derivation rule writes them"
-        ),
-        "{stderr}"
-    );
+    assert!(stderr.contains(expected), "{stderr}");
 }
 
 /// Cedar's entity errors carry no position: the message names the entity and what
@@ -171,15 +176,7 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
     ] {
         let path = dir.path().join("entities.json");
         std::fs::write(&path, json.to_string()).unwrap();
-        let output = cdap_authz()
-            .arg("validate")
-            .arg("--entities")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(3), "{stderr}");
-        assert!(stderr.contains(expected), "{stderr}");
+        assert_invalid("--entities", &path, expected);
     }
 }
 
