@@ -669,8 +669,8 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 /// Refuses a request addressed to a host name other than `localhost` or those of
 /// `--allow-host` ([`Limits::allowed_hosts`]), or with a port that is no port; an IP
 /// address, or no `Host` (which no browser sends), is the sidecar's own. A request
-/// line in absolute form (`GET http://host/path`) names a host too, which HTTP has
-/// count before `Host`: both are checked. On a Unix-domain socket any host is.
+/// line in absolute form (`GET http://host/path`) names a host too, which HTTP counts
+/// before `Host`: both are checked. On a Unix-domain socket any host is.
 fn check_host<B>(limits: &Limits, request: &Request<B>) -> Result<(), HttpError> {
     if limits.any_host {
         return Ok(());

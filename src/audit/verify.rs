@@ -112,8 +112,8 @@ pub fn verify(
         if ends_torn(&text) {
             lines += 1;
             // A crash leaves part of a line, or a whole record without its newline;
-            // a whole record its hash does not match was altered, its newline
-            // removed to pass for torn.
+            // a whole record that does not match its hash was altered, and its
+            // newline removed so that it would pass for torn.
             let last = text.rsplit('\n').next().unwrap_or_default();
             if parse_line(last).is_ok_and(|parsed| parsed.claimed_hash != parsed.actual_hash) {
                 return Ok(Err((segment.path.clone(), lines, Break::Altered)));
