@@ -105,17 +105,17 @@ enum RawEntities {
 
 /// Reads and parses one suite file.
 pub fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
-    let json: Value = read_json(path)?;
+    let text = read_json(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let raw = if json.is_array() {
+    let raw = if text.trim_start().starts_with('[') {
         RawSuite {
             entities: None,
             now: None,
             description: None,
-            tests: parse(path, json)?,
+            tests: parse(path, &text)?,
         }
     } else {
-        parse(path, json)?
+        parse(path, &text)?
     };
     let base = match &raw.entities {
         Some(file) => Some(entities_file(path, &dir.join(file))?),
@@ -192,35 +192,36 @@ fn collect_json(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_json(path: &Path) -> Result<Value, SuiteError> {
+/// The text of the JSON file `path`, checked to be JSON with no repeated key.
+fn read_json(path: &Path) -> Result<String, SuiteError> {
     let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
         path: path.to_owned(),
         source,
     })?;
     // A repeated key is refused, as in a request: `"decision": "allow", "decision":
     // "deny"` would otherwise assert the last one unseen.
-    serde_json::from_str::<Strict>(&text)
-        .map(|strict| strict.0)
-        .map_err(|e| SuiteError::Format {
-            path: path.to_owned(),
-            message: format!("invalid JSON at {}:{}: {e}", e.line(), e.column()),
-        })
+    serde_json::from_str::<Strict>(&text).map_err(|e| SuiteError::Format {
+        path: path.to_owned(),
+        message: format!("invalid JSON at {}:{}: {e}", e.line(), e.column()),
+    })?;
+    Ok(text)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &Path, json: Value) -> Result<T, SuiteError> {
-    serde_json::from_value(json).map_err(|e| SuiteError::Format {
+/// `text` read as a `T`; an error says where (an unknown or missing field).
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, SuiteError> {
+    serde_json::from_str(text).map_err(|e| SuiteError::Format {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: format!("at {}:{}: {e}", e.line(), e.column()),
     })
 }
 
 /// An entities file named by a suite (an error names the suite, then the file).
 fn entities_file(suite: &Path, file: &Path) -> Result<Vec<Value>, SuiteError> {
-    let json = read_json(file).map_err(|e| SuiteError::Format {
+    let text = read_json(file).map_err(|e| SuiteError::Format {
         path: suite.to_owned(),
         message: e.to_string(),
     })?;
-    parse(file, json).map_err(|e| SuiteError::Format {
+    parse(file, &text).map_err(|e| SuiteError::Format {
         path: suite.to_owned(),
         message: format!("{e} (an entities file is a JSON array of entities)"),
     })

@@ -144,6 +144,20 @@ fn a_repeated_key_in_a_suite_is_refused() {
     assert!(stderr.contains("duplicate key `decision`"), "{stderr}");
 }
 
+/// A field the format does not have is refused, saying where it is.
+#[test]
+fn an_unknown_field_in_a_suite_is_refused_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_suite("traces.json", dir.path(), |suite| {
+        suite["tests"][1]["decison"] = "deny".into();
+    });
+    let output = cdap_authz_test(&[path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("unknown field `decison`"), "{stderr}");
+    assert!(stderr.contains("at 1:"), "{stderr}");
+}
+
 #[test]
 fn a_case_that_cannot_be_decided_is_an_error_not_a_pass() {
     let dir = tempfile::tempdir().unwrap();
