@@ -13,7 +13,9 @@ use cedar_policy_core::ast;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::api::{AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError, WireContext};
+use crate::api::{
+    plain_ref, AuthzRequest, AuthzResponse, Diagnostics, Outcome, RequestError, WireContext,
+};
 use crate::context::{extension_value, AttrType, EntityShapes};
 use crate::diagnostic::describe;
 use crate::policy_index::{self, Bucket};
@@ -385,8 +387,8 @@ fn ambiguous_escape(json: &Value) -> Option<&'static str> {
 fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<String> {
     let shape = entity
         .get("uid")
-        .and_then(reference_type)
-        .and_then(|type_name| shapes.get(type_name));
+        .and_then(plain_ref)
+        .and_then(|(type_name, _)| shapes.get(type_name));
     entity
         .iter()
         .find_map(|(field, value)| match field.as_str() {
@@ -431,12 +433,6 @@ fn reference_key(reference: &Value) -> Option<String> {
         .keys()
         .find(|key| !matches!(key.as_str(), "type" | "id"))
         .cloned()
-}
-
-/// The type a reference names, in either object form.
-fn reference_type(reference: &Value) -> Option<&str> {
-    let fields = reference.get("__entity").unwrap_or(reference);
-    fields.get("type")?.as_str()
 }
 
 /// Parses the request's own entities against the schema; they may add to the
