@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::api::{parse_entity_ref, AuthzRequest, RequestError, WireContext};
-use crate::audit::query::{check_decision_filter, check_entity_filter, Filter};
+use crate::audit::query::{decision_filter, entity_filter, Filter};
 use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
 
@@ -97,18 +97,9 @@ impl TraceQuery {
         };
         match name {
             "partner" => self.partner = Some(value),
-            "principal" => {
-                check_entity_filter(&value).map_err(bad)?;
-                self.filter.principal = Some(value);
-            }
-            "resource" => {
-                check_entity_filter(&value).map_err(bad)?;
-                self.filter.resource = Some(value);
-            }
-            "decision" => {
-                check_decision_filter(&value).map_err(bad)?;
-                self.filter.decision = Some(value);
-            }
+            "principal" => self.filter.principal = Some(entity_filter(&value).map_err(bad)?),
+            "resource" => self.filter.resource = Some(entity_filter(&value).map_err(bad)?),
+            "decision" => self.filter.decision = Some(decision_filter(&value).map_err(bad)?),
             "since" => self.filter.since = Some(time(&value)?),
             "until" => self.filter.until = Some(time(&value)?),
             "limit" => {

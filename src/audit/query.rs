@@ -55,23 +55,22 @@ impl Filter {
     }
 }
 
-/// Checks an entity filter: a reference (`User::"mau-t1"`, the form records hold) or
-/// a bare id (`mau-t1`). A malformed reference would match nothing, unseen.
-pub fn check_entity_filter(value: &str) -> Result<(), String> {
-    if !value.contains("::") {
-        return Ok(());
+/// An entity filter: a reference (`User::"mau-t1"`, the form records hold) or a bare
+/// id (`mau-t1`). A malformed reference, which would match nothing unseen, is refused.
+pub fn entity_filter(value: &str) -> Result<String, String> {
+    if value.contains("::") {
+        value.parse::<cedar_policy::EntityUid>().map_err(|e| {
+            format!("`{value}` is neither an id nor a reference like User::\"id\": {e}")
+        })?;
     }
-    value
-        .parse::<cedar_policy::EntityUid>()
-        .map(drop)
-        .map_err(|e| format!("`{value}` is neither an id nor a reference like User::\"id\": {e}"))
+    Ok(value.to_owned())
 }
 
-/// Checks a decision filter: `Allow` or `Deny`, in any case.
-pub fn check_decision_filter(value: &str) -> Result<(), String> {
+/// A decision filter: `Allow` or `Deny`, in any case.
+pub fn decision_filter(value: &str) -> Result<String, String> {
     ["allow", "deny"]
         .contains(&value.to_ascii_lowercase().as_str())
-        .then_some(())
+        .then(|| value.to_owned())
         .ok_or_else(|| format!("expected Allow or Deny, got `{value}`"))
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-use crate::audit::query::{check_decision_filter, check_entity_filter, query, Filter};
+use crate::audit::query::{decision_filter, entity_filter, query, Filter};
 use crate::audit::verify::verify;
 use crate::audit::DEFAULT_DIR;
 
@@ -113,12 +113,4 @@ fn run_query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(record)?);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn entity_filter(value: &str) -> Result<String, String> {
-    check_entity_filter(value).map(|()| value.to_owned())
-}
-
-fn decision_filter(value: &str) -> Result<String, String> {
-    check_decision_filter(value).map(|()| value.to_owned())
 }
