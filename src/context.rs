@@ -93,32 +93,43 @@ impl ContextTypes {
     }
 }
 
-/// The attribute types of every entity type whose shape [`attr_type`] reads: what a
-/// request's own entities are checked against before Cedar parses them.
+/// The attribute and tag types of every entity type: what a request's own entities
+/// are checked against before Cedar parses them.
 #[derive(Debug, Default)]
 pub struct EntityShapes {
-    by_type: HashMap<String, RecordType>,
+    by_type: HashMap<String, EntityShape>,
+}
+
+/// An entity type's attributes and tags, as far as [`attr_type`] reads them.
+#[derive(Debug, Default)]
+pub struct EntityShape {
+    /// Empty when the type declares none, or a shape holding a type this module
+    /// does not read.
+    pub attributes: RecordType,
+    /// The type of its tags, when it declares tags of a type this module reads.
+    pub tags: Option<AttrType>,
 }
 
 impl EntityShapes {
-    /// Reads the entity types' shapes from a schema as [`resolved_schema_json`]
-    /// gives it; a type whose shape holds a type this module does not read is left
-    /// out.
+    /// Reads the entity types' shapes and tag types from a schema as
+    /// [`resolved_schema_json`] gives it.
     pub fn from_resolved_schema(json: &Value) -> Self {
         let enums = enumerated_entity_types(json);
         let mut by_type = HashMap::default();
         for (namespace, body, declared) in namespaces(json, &enums) {
             for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
-                if let Some(shape) = record_type(entity.get("shape"), &declared) {
-                    by_type.insert(qualified(namespace, name), shape);
-                }
+                let shape = EntityShape {
+                    attributes: record_type(entity.get("shape"), &declared).unwrap_or_default(),
+                    tags: entity.get("tags").and_then(|ty| attr_type(ty, &declared)),
+                };
+                by_type.insert(qualified(namespace, name), shape);
             }
         }
         Self { by_type }
     }
 
-    /// The attributes of the entity type named `type_name` (qualified).
-    pub fn get(&self, type_name: &str) -> Option<&RecordType> {
+    /// The attributes and tags of the entity type named `type_name` (qualified).
+    pub fn get(&self, type_name: &str) -> Option<&EntityShape> {
         self.by_type.get(type_name)
     }
 }

@@ -382,8 +382,8 @@ fn ambiguous_escape(json: &Value) -> Option<&'static str> {
 /// A key of a request's entity that Cedar's parser passes over in silence: a field
 /// other than `uid`, `attrs`, `parents` and `tags` (`tag` for `tags` would drop the
 /// tags), or a key beside `type` and `id` in a reference: its `uid`, a parent, or an
-/// attribute its type's `shapes` declare as an entity, in a set or record too (the
-/// `__entity` form is [`ambiguous_escape`]'s).
+/// attribute or tag its type's `shapes` declare as an entity, in a set or record too
+/// (the `__entity` form is [`ambiguous_escape`]'s).
 fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<String> {
     let shape = entity
         .get("uid")
@@ -392,7 +392,10 @@ fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<Stri
     entity
         .iter()
         .find_map(|(field, value)| match field.as_str() {
-            "tags" => None,
+            "tags" => value.as_object()?.iter().find_map(|(name, value)| {
+                let ty = shape?.tags.as_ref()?;
+                unread_key_in(value, ty).map(|key| format!("`{key}` in tag `{name}`"))
+            }),
             "uid" => reference_key(value).map(|key| format!("`{key}` in `uid`")),
             "parents" => value
                 .as_array()?
@@ -400,7 +403,7 @@ fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<Stri
                 .find_map(reference_key)
                 .map(|key| format!("`{key}` in a parent")),
             "attrs" => value.as_object()?.iter().find_map(|(name, value)| {
-                let (ty, _) = shape?.attributes.get(name)?;
+                let (ty, _) = shape?.attributes.attributes.get(name)?;
                 unread_key_in(value, ty).map(|key| format!("`{key}` in attribute `{name}`"))
             }),
             _ => Some(format!("`{field}`")),
@@ -527,5 +530,31 @@ mod tests {
         let escaped = json!({"__entity": {"type": "User", "id": "a"}, "z": 3});
         assert_eq!(unread_key_in(&escaped, &user()), None);
         assert_eq!(unread_key_in(&json!({"x": 1}), &AttrType::String), None);
+    }
+
+    /// A tag the schema declares as an entity: Cedar's parser reads `{"type", "id",
+    /// "x"}` as the entity and drops `x` without a word.
+    #[test]
+    fn a_key_beside_type_and_id_in_an_entity_typed_tag_is_found() {
+        let text = "entity User; entity Doc tags User;";
+        let schema_json = crate::context::resolved_schema_json(text).unwrap();
+        let shapes = EntityShapes::from_resolved_schema(&schema_json);
+        let doc = |tag: Value| {
+            json!({"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": [],
+                   "tags": {"owner": tag}})
+        };
+        let extra = doc(json!({"type": "User", "id": "a", "x": 1}));
+        let schema: cedar_policy::Schema = text.parse().unwrap();
+        let parsed = Entities::from_json_value(
+            json!([extra, {"uid": {"type": "User", "id": "a"}, "attrs": {}, "parents": []}]),
+            Some(&schema),
+        );
+        assert!(parsed.is_ok(), "Cedar refuses it itself: {parsed:?}");
+        assert_eq!(
+            unread_key(extra.as_object().unwrap(), &shapes),
+            Some("`x` in tag `owner`".into())
+        );
+        let good = doc(json!({"type": "User", "id": "a"}));
+        assert_eq!(unread_key(good.as_object().unwrap(), &shapes), None);
     }
 }
