@@ -74,9 +74,9 @@ impl ContextTypes {
 
     /// Reads the context types from a schema as [`resolved_schema_json`] gives it.
     pub fn from_resolved_schema(json: &Value) -> Result<Self, String> {
-        let enums = enumerated_entity_types(json);
+        let declared = Declared::new(json);
         let mut by_action = HashMap::default();
-        for (namespace, body, declared) in namespaces(json, &enums) {
+        for (namespace, body) in namespaces(json) {
             for (name, action) in body["actions"].as_object().into_iter().flatten() {
                 let context = action.pointer("/appliesTo/context");
                 if let Some(record) = record_type(context, &declared) {
@@ -114,9 +114,9 @@ impl EntityShapes {
     /// Reads the entity types' shapes and tag types from a schema as
     /// [`resolved_schema_json`] gives it.
     pub fn from_resolved_schema(json: &Value) -> Self {
-        let enums = enumerated_entity_types(json);
+        let declared = Declared::new(json);
         let mut by_type = HashMap::default();
-        for (namespace, body, declared) in namespaces(json, &enums) {
+        for (namespace, body) in namespaces(json) {
             for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
                 let shape = EntityShape {
                     attributes: record_type(entity.get("shape"), &declared).unwrap_or_default(),
@@ -153,11 +153,27 @@ pub fn resolved_schema_json(schema_text: &str) -> Result<Value, String> {
     )
 }
 
-/// What a schema namespace declares besides its actions.
+/// What a resolved schema declares that attribute types may name.
 struct Declared<'a> {
-    common: Option<&'a Value>,
+    schema: &'a Value,
     /// Enumerated entity types (qualified names) and their eids.
-    enums: &'a HashMap<String, Vec<String>>,
+    enums: HashMap<String, Vec<String>>,
+}
+
+impl<'a> Declared<'a> {
+    fn new(schema: &'a Value) -> Self {
+        Self {
+            schema,
+            enums: enumerated_entity_types(schema),
+        }
+    }
+
+    /// The definition of the common type `name`, as a resolved schema names it:
+    /// qualified by its namespace (`Ns::Prof`), bare in the empty one.
+    fn common_type(&self, name: &str) -> Option<&'a Value> {
+        let (namespace, base) = name.rsplit_once("::").unwrap_or(("", name));
+        self.schema.get(namespace)?.get("commonTypes")?.get(base)
+    }
 }
 
 fn qualified(namespace: &str, name: &str) -> String {
@@ -179,7 +195,7 @@ fn action_uid(namespace: &str, name: &str) -> Result<EntityUid, String> {
 /// The schema's enumerated entity types (`entity Service enum ["cdap", …]`).
 fn enumerated_entity_types(schema: &Value) -> HashMap<String, Vec<String>> {
     let mut enums = HashMap::default();
-    for (namespace, body) in schema.as_object().into_iter().flatten() {
+    for (namespace, body) in namespaces(schema) {
         for (name, entity) in body["entityTypes"].as_object().into_iter().flatten() {
             if let Some(eids) = entity.get("enum").and_then(Value::as_array) {
                 let eids = eids.iter().filter_map(Value::as_str).map(str::to_owned);
@@ -190,22 +206,9 @@ fn enumerated_entity_types(schema: &Value) -> HashMap<String, Vec<String>> {
     enums
 }
 
-/// Each namespace of a resolved schema: its name, its body, and what the types
-/// declared in it may name.
-fn namespaces<'a>(
-    json: &'a Value,
-    enums: &'a HashMap<String, Vec<String>>,
-) -> impl Iterator<Item = (&'a String, &'a Value, Declared<'a>)> {
-    json.as_object()
-        .into_iter()
-        .flatten()
-        .map(move |(namespace, body)| {
-            let declared = Declared {
-                common: body.get("commonTypes"),
-                enums,
-            };
-            (namespace, body, declared)
-        })
+/// Each namespace of a resolved schema: its name and its body.
+fn namespaces(json: &Value) -> impl Iterator<Item = (&String, &Value)> {
+    json.as_object().into_iter().flatten()
 }
 
 /// A context or an entity shape: a record type, empty when none is declared;
@@ -220,7 +223,6 @@ fn record_type(ty: Option<&Value>, declared: &Declared) -> Option<RecordType> {
 
 /// Reads a schema JSON type; `None` for what this module does not handle.
 fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
-    let common = declared.common;
     let kind = ty.get("type")?.as_str()?;
     Some(match kind {
         "String" => AttrType::String,
@@ -237,8 +239,8 @@ fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
         "Extension" => AttrType::Extension(extension_name(ty.get("name")?.as_str()?)),
         // A common type may take an extension's name (`type ipaddr = String;`), and
         // then Cedar reads the bare name as the common type.
-        name if common.and_then(|c| c.get(name)).is_some() => {
-            attr_type(common?.get(name)?, declared)?
+        name if declared.common_type(name).is_some() => {
+            attr_type(declared.common_type(name)?, declared)?
         }
         "datetime" | "duration" | "decimal" | "ipaddr" | "__cedar::datetime"
         | "__cedar::duration" | "__cedar::decimal" | "__cedar::ipaddr" => {
@@ -257,7 +259,7 @@ fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
             AttrType::Record(RecordType { attributes })
         }
         "EntityOrCommon" | "CommonType" => {
-            attr_type(common?.get(ty.get("name")?.as_str()?)?, declared)?
+            attr_type(declared.common_type(ty.get("name")?.as_str()?)?, declared)?
         }
         _ => return None,
     })
@@ -678,6 +680,34 @@ mod tests {
             |m: serde_json::Value| record.build(json!({ "m": m }).as_object().unwrap(), Vec::new());
         assert!(build(json!({"type": "Ns::Mission", "id": "x"})).is_ok());
         assert!(build(json!({"type": "Mission", "id": "x"})).is_err());
+    }
+
+    /// A resolved schema names a namespace's common types qualified (`Ns::Prof`),
+    /// while its `commonTypes` key them bare.
+    #[test]
+    fn common_types_of_a_namespace_are_read() {
+        let schema = r#"namespace Ns {
+            type Prof = String;
+            type Place = { city: Prof };
+            entity Box;
+            entity Hab = { box: Box, profile: Prof, place: Place, all: Set<Prof> } tags Prof;
+            action go appliesTo { principal: Hab, resource: Hab, context: { place: Place } };
+        }"#;
+        let json = resolved_schema_json(schema).unwrap();
+        let shapes = EntityShapes::from_resolved_schema(&json);
+        let hab = shapes.get("Ns::Hab").unwrap();
+        let names: Vec<&String> = hab.attributes.attributes.keys().collect();
+        assert_eq!(names, ["all", "box", "place", "profile"]);
+        assert_eq!(hab.attributes.attributes["profile"].0, AttrType::String);
+        assert_eq!(hab.tags, Some(AttrType::String));
+        let types = ContextTypes::from_resolved_schema(&json).unwrap();
+        let record = types.get(&"Ns::Action::\"go\"".parse().unwrap()).unwrap();
+        let place = json!({"place": {"city": "Maubeuge"}});
+        assert!(record.build(place.as_object().unwrap(), Vec::new()).is_ok());
+        let wrong = json!({"place": {"city": 59}});
+        assert!(record
+            .build(wrong.as_object().unwrap(), Vec::new())
+            .is_err());
     }
 
     #[test]
