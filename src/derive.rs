@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::context::{AttrType, EntityShapes, RecordType};
+
 /// The contents of a derivation file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -304,11 +306,12 @@ pub struct DerivedTypes {
 /// `source` type, or its `target_ancestors`. A rule naming a type or an attribute the
 /// schema does not declare (its `source`, `target`, `tag_by` or a `where` key) is an
 /// error: it would count nothing, silently, and a policy reading its tags would see
-/// none.
+/// none. `schema` is the resolved schema ([`crate::context::resolved_schema_json`]).
 pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
+    let shapes = EntityShapes::from_resolved_schema(schema);
     let mut types = DerivedTypes::default();
     for rule in &rules.counts {
-        let receiving = receiving_types(rule, schema)?;
+        let receiving = receiving_types(rule, &shapes)?;
         let kind = match rule.receivers()? {
             Receivers::Attribute(_) => &mut types.referenced,
             Receivers::Ancestors(_) => &mut types.ancestors,
@@ -339,31 +342,23 @@ pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTy
 /// attributes checked on the way).
 fn receiving_types(
     rule: &CountRule,
-    schema: &Value,
+    shapes: &EntityShapes,
 ) -> Result<Vec<cedar_policy::EntityTypeName>, DeriveError> {
-    let attributes = source_attributes(rule, schema)?;
+    let attributes = source_attributes(rule, shapes)?;
     match rule.receivers()? {
-        Receivers::Attribute(attribute) => {
-            let target = declared_attribute(rule, &attributes, attribute, AttributeKind::Entity)?;
-            let name = target.get("name").and_then(Value::as_str);
-            let type_name = name.and_then(|n| n.parse().ok());
-            let type_name = type_name.ok_or_else(|| DeriveError::AttributeNotInSchema {
-                rule: rule.id.clone(),
-                source_type: rule.source.clone(),
-                attr: attribute.to_owned(),
-                kind: AttributeKind::Entity,
-            })?;
-            Ok(vec![type_name])
-        }
+        Receivers::Attribute(attribute) => match attributes.attributes.get(attribute) {
+            Some((AttrType::Entity { type_name, .. }, _)) => Ok(vec![type_name.clone()]),
+            _ => Err(not_declared(rule, attribute, AttributeKind::Entity)),
+        },
         Receivers::Ancestors(names) => names
             .iter()
             .map(|name| {
-                declared_entity_type(schema, name)
-                    .and(name.parse().ok())
-                    .ok_or_else(|| DeriveError::TypeNotInSchema {
+                shapes.get(name).and(name.parse().ok()).ok_or_else(|| {
+                    DeriveError::TypeNotInSchema {
                         rule: rule.id.clone(),
                         entity_type: name.clone(),
-                    })
+                    }
+                })
             })
             .collect(),
     }
@@ -387,38 +382,27 @@ fn annotated_derived(schema: &Value) -> Vec<cedar_policy::EntityTypeName> {
     types
 }
 
-/// The source type's attributes, as the schema declares them.
-struct SourceAttributes<'a> {
-    attributes: &'a Value,
-    /// The common types of the source's namespace, which attribute types may name.
-    common: Option<&'a Value>,
-}
-
 /// The attributes the schema declares for the rule's `source` type, once its
 /// `tag_by` and `where` attributes are checked among them (a `where` value must be
 /// of its attribute's type, a Bool, Long or String: a value of another JSON type
 /// would match no entity, and the rule would count nothing, silently).
 fn source_attributes<'a>(
     rule: &CountRule,
-    schema: &'a Value,
-) -> Result<SourceAttributes<'a>, DeriveError> {
-    let source =
-        declared_entity_type(schema, &rule.source).ok_or_else(|| DeriveError::TypeNotInSchema {
+    shapes: &'a EntityShapes,
+) -> Result<&'a RecordType, DeriveError> {
+    let source = shapes
+        .get(&rule.source)
+        .ok_or_else(|| DeriveError::TypeNotInSchema {
             rule: rule.id.clone(),
             entity_type: rule.source.clone(),
         })?;
-    let namespace = rule.source.rsplit_once("::").map_or("", |(ns, _)| ns);
-    let declared = SourceAttributes {
-        attributes: source.pointer("/shape/attributes").unwrap_or(&Value::Null),
-        common: schema.get(namespace).and_then(|ns| ns.get("commonTypes")),
-    };
-    declared_attribute(rule, &declared, &rule.tag_by, AttributeKind::String)?;
+    let attributes = &source.attributes;
+    declared_attribute(rule, attributes, &rule.tag_by, AttributeKind::String)?;
     for (key, value) in &rule.filter {
-        let ty = declared_attribute(rule, &declared, key, AttributeKind::Any)?;
-        let matches = match ty.get("type").and_then(Value::as_str) {
-            Some("Bool" | "Boolean") => value.is_boolean(),
-            Some("Long") => value.is_i64(),
-            Some("String") => value.is_string(),
+        let matches = match declared_attribute(rule, attributes, key, AttributeKind::Any)? {
+            AttrType::Bool => value.is_boolean(),
+            AttrType::Long => value.is_i64(),
+            AttrType::String => value.is_string(),
             _ => false,
         };
         if !matches {
@@ -429,7 +413,7 @@ fn source_attributes<'a>(
             });
         }
     }
-    Ok(declared)
+    Ok(attributes)
 }
 
 /// The type a rule needs an attribute of its source to have.
@@ -451,54 +435,38 @@ impl std::fmt::Display for AttributeKind {
     }
 }
 
-/// The schema type of the source's attribute `name` (a common type replaced by its
-/// definition), which must be of `kind`.
-fn declared_attribute<'a>(
-    rule: &CountRule,
-    source: &SourceAttributes<'a>,
-    name: &str,
-    kind: AttributeKind,
-) -> Result<&'a Value, DeriveError> {
-    let type_name = match kind {
-        AttributeKind::Entity => Some("Entity"),
-        AttributeKind::String => Some("String"),
-        AttributeKind::Any => None,
-    };
-    source
-        .attributes
-        .get(name)
-        .map(|ty| without_common_types(ty, source.common))
-        .filter(|ty| type_name.is_none() || ty.get("type").and_then(Value::as_str) == type_name)
-        .ok_or_else(|| DeriveError::AttributeNotInSchema {
-            rule: rule.id.clone(),
-            source_type: rule.source.clone(),
-            attr: name.to_owned(),
-            kind,
-        })
-}
-
-/// `ty`, or the definition of the common type it names (`{"type": "Prof"}`, or
-/// `{"type": "EntityOrCommon", "name": "Prof"}`), followed a few levels deep.
-fn without_common_types<'a>(mut ty: &'a Value, common: Option<&'a Value>) -> &'a Value {
-    for _ in 0..8 {
-        let kind = ty.get("type").and_then(Value::as_str);
-        let name = match kind {
-            Some("EntityOrCommon" | "CommonType") => ty.get("name").and_then(Value::as_str),
-            other => other,
-        };
-        let base = name.map(|n| n.rsplit("::").next().unwrap_or(n));
-        match base.and_then(|n| common?.get(n)) {
-            Some(definition) => ty = definition,
-            None => break,
+impl AttributeKind {
+    fn admits(self, ty: &AttrType) -> bool {
+        match self {
+            Self::Entity => matches!(ty, AttrType::Entity { .. }),
+            Self::String => *ty == AttrType::String,
+            Self::Any => true,
         }
     }
-    ty
 }
 
-/// The schema's declaration of the entity type `name` (qualified).
-fn declared_entity_type<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
-    let (namespace, base) = name.rsplit_once("::").unwrap_or(("", name));
-    schema.get(namespace)?.get("entityTypes")?.get(base)
+/// The type of the source's attribute `name`, which must be of `kind`.
+fn declared_attribute<'a>(
+    rule: &CountRule,
+    attributes: &'a RecordType,
+    name: &str,
+    kind: AttributeKind,
+) -> Result<&'a AttrType, DeriveError> {
+    attributes
+        .attributes
+        .get(name)
+        .map(|(ty, _)| ty)
+        .filter(|ty| kind.admits(ty))
+        .ok_or_else(|| not_declared(rule, name, kind))
+}
+
+fn not_declared(rule: &CountRule, name: &str, kind: AttributeKind) -> DeriveError {
+    DeriveError::AttributeNotInSchema {
+        rule: rule.id.clone(),
+        source_type: rule.source.clone(),
+        attr: name.to_owned(),
+        kind,
+    }
 }
 
 /// An entity reference in Cedar's entity JSON: `{"type","id"}` or `{"__entity":{…}}`.
@@ -819,6 +787,28 @@ mod tests {
         ]);
         let err = apply(&rules(), &box_types(), &mut entities).unwrap_err();
         assert!(matches!(err, DeriveError::AuthoredTags { .. }), "{err}");
+    }
+
+    #[test]
+    fn common_types_of_a_namespace_are_followed() {
+        let declared = schema(
+            "namespace Ns { type Prof = String; type Flag = Bool; entity Box tags Long; \
+             entity Hab = { box: Box, profile: Prof, suspended: Flag }; }",
+        );
+        let mut rule = rule("Ns::Hab", "box");
+        rule.counts[0]
+            .filter
+            .insert("suspended".into(), json!(false));
+        let types = target_types(&rule, &declared).unwrap();
+        assert_eq!(
+            types.referenced,
+            HashSet::from(["Ns::Box".parse().unwrap()])
+        );
+        rule.counts[0].filter.insert("suspended".into(), json!(0));
+        assert!(matches!(
+            target_types(&rule, &declared),
+            Err(DeriveError::WhereValue { .. })
+        ));
     }
 
     #[test]
