@@ -436,6 +436,7 @@ impl std::fmt::Display for AttributeKind {
 }
 
 impl AttributeKind {
+    /// Whether an attribute of type `ty` is of this kind.
     fn admits(self, ty: &AttrType) -> bool {
         match self {
             Self::Entity => matches!(ty, AttrType::Entity { .. }),
