@@ -225,9 +225,10 @@ fn record_type(ty: Option<&Value>, declared: &Declared) -> Option<RecordType> {
 fn attr_type(ty: &Value, declared: &Declared) -> Option<AttrType> {
     let kind = ty.get("type")?.as_str()?;
     Some(match kind {
-        "String" => AttrType::String,
-        "Long" => AttrType::Long,
-        "Boolean" | "Bool" => AttrType::Bool,
+        // A resolved schema keeps the `__cedar::` a schema wrote before a primitive.
+        "String" | "__cedar::String" => AttrType::String,
+        "Long" | "__cedar::Long" => AttrType::Long,
+        "Boolean" | "Bool" | "__cedar::Bool" => AttrType::Bool,
         "Entity" => {
             let name = ty.get("name")?.as_str()?;
             AttrType::Entity {
@@ -708,6 +709,30 @@ mod tests {
         assert!(record
             .build(wrong.as_object().unwrap(), Vec::new())
             .is_err());
+    }
+
+    #[test]
+    fn primitives_written_with_their_namespace_are_read() {
+        let schema = "entity Hab = { a: __cedar::String, b: __cedar::Long, \
+                      c: __cedar::Bool, d: Set<__cedar::String>, e: __cedar::datetime };";
+        let shapes = EntityShapes::from_resolved_schema(&resolved_schema_json(schema).unwrap());
+        let read: Vec<&AttrType> = shapes
+            .get("Hab")
+            .unwrap()
+            .attributes
+            .attributes
+            .values()
+            .map(|(ty, _)| ty)
+            .collect();
+        let string = AttrType::String;
+        let expected = [
+            &string,
+            &AttrType::Long,
+            &AttrType::Bool,
+            &AttrType::Set(Box::new(AttrType::String)),
+            &AttrType::Extension("datetime".into()),
+        ];
+        assert_eq!(read, expected);
     }
 
     #[test]
