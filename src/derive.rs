@@ -8,7 +8,7 @@
 //! string attribute and by the entity that receives them, and write the counts as
 //! tags of that entity. The receiver is either the entity an attribute references
 //! (`target`), or each ancestor of given types (`target_ancestors`: its parents,
-//! theirs, and so on). The Cdap model counts active habilitations per bulletin for
+//! theirs, and so on). The Cdap model counts the habilitations of each bulletin for
 //! the ceilings (H4), and the roles of the users holding each habilitation and group
 //! (H3).
 
@@ -382,7 +382,8 @@ fn annotated_derived(schema: &Value) -> Vec<cedar_policy::EntityTypeName> {
     types
 }
 
-/// The attributes the schema declares for the rule's `source` type, once its
+/// The attributes the schema declares for the rule's `source` type (as
+/// [`EntityShapes`] reads them), once its
 /// `tag_by` and `where` attributes are checked among them (a `where` value must be
 /// of its attribute's type, a Bool, Long or String: a value of another JSON type
 /// would match no entity, and the rule would count nothing, silently).

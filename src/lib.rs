@@ -6,7 +6,7 @@
 //! - [`load`]: reads schema, policy files, entities and derivation rules from disk,
 //!   with errors that name the file, line and column.
 //! - [`derive`]: data the sidecar computes when a snapshot is built (e.g. the number
-//!   of active habilitations per bulletin), never typed by hand.
+//!   of habilitations per bulletin), never typed by hand.
 //! - [`snapshot`]: one immutable, fully validated model version plus the indexes the
 //!   decision path needs.
 //! - [`slice`]: the few stored entities one decision can reach, so that per-request

@@ -508,7 +508,7 @@ fn a_change_of_derivation_rules_is_shown_and_trips_every_gate() {
     );
     assert_eq!((code, &report["structural"]["derived"]), (0, &Value::Null));
     edit(new.path(), "schema/derived.json", |t| {
-        t.replacen(r#""suspended": false"#, r#""suspended": true"#, 1)
+        t.replacen(r#""total_tag": "*""#, r#""total_tag": "all""#, 1)
     });
     for gate in ["widen", "narrow", "any"] {
         let (code, report) = diff_json(
@@ -519,8 +519,8 @@ fn a_change_of_derivation_rules_is_shown_and_trips_every_gate() {
         assert_eq!(code, 4, "--fail-on {gate}: {report:#}");
         let text_diff = report["structural"]["derived"].as_str().unwrap();
         assert!(
-            text_diff.contains(r#"-      "where": { "suspended": false },"#)
-                && text_diff.contains(r#"+      "where": { "suspended": true },"#),
+            text_diff.contains(r#"-      "total_tag": "*""#)
+                && text_diff.contains(r#"+      "total_tag": "all""#),
             "{text_diff}"
         );
     }
