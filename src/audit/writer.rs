@@ -783,14 +783,13 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
         // The chain continues from the last whole line, which must be a record:
         // continuing past a line that is not would break the chain there for good.
         let last_line = |text: &str| whole_lines(text).next_back().map(parse_line);
-        let parsed = match last_line(&text) {
-            Some(Ok(parsed)) => parsed,
+        let mut last = last_line(&text);
+        if !matches!(last, Some(Ok(_))) && length > TAIL_BYTES {
             // A record longer than the tail read: read the whole file.
-            _ if length > TAIL_BYTES => match last_line(&read_end(&segment.path, u64::MAX)?.0) {
-                Some(Ok(parsed)) => parsed,
-                Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
-                None => return Err(AuditError::NoTail(segment.path.clone())),
-            },
+            last = last_line(&read_end(&segment.path, u64::MAX)?.0);
+        }
+        let parsed = match last {
+            Some(Ok(parsed)) => parsed,
             Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
             None => return Err(AuditError::NoTail(segment.path.clone())),
         };
