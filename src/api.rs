@@ -165,7 +165,11 @@ impl ErrorBody {
     pub fn new(code: &'static str, mut message: String) -> Self {
         if message.len() > MAX_ERROR_MESSAGE {
             let whole = message.len();
-            message.truncate(message.floor_char_boundary(MAX_ERROR_MESSAGE));
+            let cut = (0..=MAX_ERROR_MESSAGE)
+                .rev()
+                .find(|&at| message.is_char_boundary(at))
+                .unwrap_or(0);
+            message.truncate(cut);
             message.push_str(&format!("… (cut: {whole} bytes in all)"));
         }
         Self { code, message }
