@@ -392,22 +392,31 @@ fn unread_key(entity: &Map<String, Value>, shapes: &EntityShapes) -> Option<Stri
     entity
         .iter()
         .find_map(|(field, value)| match field.as_str() {
-            "tags" => value.as_object()?.iter().find_map(|(name, value)| {
-                let ty = shape?.tags.as_ref()?;
-                unread_key_in(value, ty).map(|key| format!("`{key}` in tag `{name}`"))
-            }),
+            "tags" => unread_key_in_fields(value, "tag", |_| shape?.tags.as_ref()),
             "uid" => reference_key(value).map(|key| format!("`{key}` in `uid`")),
             "parents" => value
                 .as_array()?
                 .iter()
                 .find_map(reference_key)
                 .map(|key| format!("`{key}` in a parent")),
-            "attrs" => value.as_object()?.iter().find_map(|(name, value)| {
-                let (ty, _) = shape?.attributes.attributes.get(name)?;
-                unread_key_in(value, ty).map(|key| format!("`{key}` in attribute `{name}`"))
+            "attrs" => unread_key_in_fields(value, "attribute", |name| {
+                shape?.attributes.attributes.get(name).map(|(ty, _)| ty)
             }),
             _ => Some(format!("`{field}`")),
         })
+}
+
+/// A key beside `type` and `id` in a reference among `fields` (an entity's attributes
+/// or tags), each of the type `type_of` gives for its name, said as "`key` in `kind`
+/// `name`".
+fn unread_key_in_fields<'t>(
+    fields: &Value,
+    kind: &str,
+    type_of: impl Fn(&str) -> Option<&'t AttrType>,
+) -> Option<String> {
+    fields.as_object()?.iter().find_map(|(name, value)| {
+        unread_key_in(value, type_of(name)?).map(|key| format!("`{key}` in {kind} `{name}`"))
+    })
 }
 
 /// A key beside `type` and `id` in a reference within `value`, of type `ty`.
