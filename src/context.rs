@@ -95,13 +95,13 @@ impl ContextTypes {
 
 /// The attribute and tag types of every entity type: what a request's own entities
 /// are checked against before Cedar parses them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct EntityShapes {
     by_type: HashMap<String, EntityShape>,
 }
 
 /// An entity type's attributes and tags, as far as [`attr_type`] reads them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct EntityShape {
     /// Empty when the type declares none, or a shape holding a type this module
     /// does not read.

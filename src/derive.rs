@@ -306,12 +306,16 @@ pub struct DerivedTypes {
 /// `source` type, or its `target_ancestors`. A rule naming a type or an attribute the
 /// schema does not declare (its `source`, `target`, `tag_by` or a `where` key) is an
 /// error: it would count nothing, silently, and a policy reading its tags would see
-/// none. `schema` is the resolved schema ([`crate::context::resolved_schema_json`]).
-pub fn target_types(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
-    let shapes = EntityShapes::from_resolved_schema(schema);
+/// none. `schema` is the resolved schema ([`crate::context::resolved_schema_json`]),
+/// and `shapes` its entity types' attributes.
+pub fn target_types(
+    rules: &DerivationRules,
+    schema: &Value,
+    shapes: &EntityShapes,
+) -> Result<DerivedTypes, DeriveError> {
     let mut types = DerivedTypes::default();
     for rule in &rules.counts {
-        let receiving = receiving_types(rule, &shapes)?;
+        let receiving = receiving_types(rule, shapes)?;
         let kind = match rule.receivers()? {
             Receivers::Attribute(_) => &mut types.referenced,
             Receivers::Ancestors(_) => &mut types.ancestors,
@@ -486,6 +490,11 @@ fn display((type_name, id): &Uid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`target_types`] on a resolved schema, its shapes read from it.
+    fn types_of(rules: &DerivationRules, schema: &Value) -> Result<DerivedTypes, DeriveError> {
+        target_types(rules, schema, &EntityShapes::from_resolved_schema(schema))
+    }
     use crate::context::resolved_schema_json;
     use serde_json::json;
 
@@ -502,7 +511,7 @@ mod tests {
         let declared = schema(
             "entity Box tags Long; entity Hab = { box: Box, profile: String, suspended: Bool };",
         );
-        target_types(&rules(), &declared).unwrap()
+        types_of(&rules(), &declared).unwrap()
     }
 
     /// The types `held_by_role()` derives.
@@ -511,7 +520,7 @@ mod tests {
             "entity Partner; entity Hab tags Long; entity Group in [Hab, Group] tags Long; \
              entity User in [Group, Hab, Partner] = { role: String };",
         );
-        target_types(&held_by_role(), &declared).unwrap()
+        types_of(&held_by_role(), &declared).unwrap()
     }
 
     fn hab(id: &str, profile: &str, suspended: bool) -> Value {
@@ -581,16 +590,14 @@ mod tests {
     fn the_target_type_is_read_from_the_schema_with_no_entity_stored() {
         let plain = schema("entity Box tags Long; entity Hab = { box: Box, profile: String };");
         assert_eq!(
-            target_types(&rule("Hab", "box"), &plain)
-                .unwrap()
-                .referenced,
+            types_of(&rule("Hab", "box"), &plain).unwrap().referenced,
             HashSet::from(["Box".parse().unwrap()])
         );
         let namespaced = schema(
             "namespace Ns { entity Box tags Long; entity Hab = { box: Box, profile: String }; }",
         );
         assert_eq!(
-            target_types(&rule("Ns::Hab", "box"), &namespaced)
+            types_of(&rule("Ns::Hab", "box"), &namespaced)
                 .unwrap()
                 .referenced,
             HashSet::from(["Ns::Box".parse().unwrap()])
@@ -646,13 +653,9 @@ mod tests {
             ),
         ];
         for (edit, error) in cases {
-            assert_eq!(
-                target_types(&with(edit.clone()), &plain),
-                Err(error),
-                "{edit}"
-            );
+            assert_eq!(types_of(&with(edit.clone()), &plain), Err(error), "{edit}");
         }
-        assert!(target_types(&with(json!({"where": {"on": false}})), &plain).is_ok());
+        assert!(types_of(&with(json!({"where": {"on": false}})), &plain).is_ok());
     }
 
     fn held_by_role() -> DerivationRules {
@@ -711,7 +714,7 @@ mod tests {
                 serde_json::from_value(json!({ "counts": [rule] })).unwrap();
             let declared = schema("entity User = { role: String };");
             assert_eq!(
-                target_types(&rules, &declared),
+                types_of(&rules, &declared),
                 Err(DeriveError::TargetChoice { rule: "r".into() })
             );
         }
@@ -720,7 +723,7 @@ mod tests {
     #[test]
     fn ancestor_types_are_read_from_the_schema() {
         let plain = schema("entity Hab tags Long; entity Group in [Hab] tags Long; entity User in [Group, Hab] = { role: String };");
-        let types = target_types(&held_by_role(), &plain).unwrap();
+        let types = types_of(&held_by_role(), &plain).unwrap();
         assert_eq!(types.referenced, HashSet::new());
         assert_eq!(
             types.ancestors,
@@ -728,7 +731,7 @@ mod tests {
         );
         let no_group = schema("entity Hab tags Long; entity User in [Hab] = { role: String };");
         assert_eq!(
-            target_types(&held_by_role(), &no_group),
+            types_of(&held_by_role(), &no_group),
             Err(DeriveError::TypeNotInSchema {
                 rule: "held".into(),
                 entity_type: "Group".into()
@@ -742,8 +745,8 @@ mod tests {
             "@derived entity Hab tags Long; @derived entity Group in [Hab] tags Long; \
              entity User in [Group, Hab] = { role: String };",
         );
-        assert!(target_types(&held_by_role(), &marked).is_ok());
-        let underived = |rules: &DerivationRules| match target_types(rules, &marked) {
+        assert!(types_of(&held_by_role(), &marked).is_ok());
+        let underived = |rules: &DerivationRules| match types_of(rules, &marked) {
             Err(DeriveError::Underived { entity_type }) => entity_type,
             other => panic!("{other:?}"),
         };
@@ -770,7 +773,7 @@ mod tests {
                     rule
                 }));
             assert_eq!(
-                target_types(&both, &declared),
+                types_of(&both, &declared),
                 Err(DeriveError::DerivedTwice {
                     rule: "again".into(),
                     entity_type: "Box".into()
@@ -801,14 +804,14 @@ mod tests {
         rule.counts[0]
             .filter
             .insert("suspended".into(), json!(false));
-        let types = target_types(&rule, &declared).unwrap();
+        let types = types_of(&rule, &declared).unwrap();
         assert_eq!(
             types.referenced,
             HashSet::from(["Ns::Box".parse().unwrap()])
         );
         rule.counts[0].filter.insert("suspended".into(), json!(0));
         assert!(matches!(
-            target_types(&rule, &declared),
+            types_of(&rule, &declared),
             Err(DeriveError::WhereValue { .. })
         ));
     }
@@ -819,14 +822,14 @@ mod tests {
             "type Prof = String; type Flag = Bool; entity Box tags Long; \
              entity Hab = { box: Box, profile: Prof, suspended: Flag };",
         );
-        assert!(target_types(&rules(), &declared).is_ok());
+        assert!(types_of(&rules(), &declared).is_ok());
         for value in [json!("false"), json!(0), json!(null)] {
             let mut rule = rules();
             rule.counts[0]
                 .filter
                 .insert("suspended".into(), value.clone());
             assert_eq!(
-                target_types(&rule, &declared),
+                types_of(&rule, &declared),
                 Err(DeriveError::WhereValue {
                     rule: "active".into(),
                     attr: "suspended".into(),

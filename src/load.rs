@@ -16,6 +16,7 @@ use miette::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::context::EntityShapes;
 use crate::derive::{self, DerivationRules, DerivedTypes};
 use crate::diagnostic::describe;
 
@@ -82,6 +83,8 @@ pub struct Model {
     pub rules: DerivationRules,
     /// Their text (`derived.json`); empty without one.
     pub derived_text: String,
+    /// The entity types' attribute and tag types, read from `schema_json`.
+    pub entity_shapes: EntityShapes,
     /// The types whose tags the rules derive, read from the schema.
     pub derived: DerivedTypes,
     /// Digest of every input file (its role, or its path within the policy
@@ -120,7 +123,7 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         .as_ref()
         .zip(rules.as_ref())
         .zip(derived.as_ref())
-        .and_then(|((schema, rules), (_, types))| {
+        .and_then(|((schema, rules), (_, _, types))| {
             read_entities(sources, schema, rules, types, &mut digest, &mut problems)
         });
     match (schema, schema_text, policies, entities, rules, derived) {
@@ -130,7 +133,7 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
             Some((policies, policy_info)),
             Some(entities),
             Some(rules),
-            Some((schema_json, derived)),
+            Some((schema_json, entity_shapes, derived)),
         ) if problems.is_empty() => {
             let hash = digest.finalize();
             Ok(Model {
@@ -142,6 +145,7 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
                 entities,
                 rules,
                 derived_text,
+                entity_shapes,
                 derived,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
             })
@@ -339,13 +343,14 @@ fn validate_file(
     }
 }
 
-/// The schema as resolved JSON, and the types the rules derive (checked against it).
+/// The schema as resolved JSON, its entity shapes, and the types the rules derive
+/// (checked against them).
 fn derived_types(
     sources: &Sources,
     schema_text: &str,
     rules: &DerivationRules,
     problems: &mut Vec<Problem>,
-) -> Option<(serde_json::Value, DerivedTypes)> {
+) -> Option<(serde_json::Value, EntityShapes, DerivedTypes)> {
     let schema_json = crate::context::resolved_schema_json(schema_text)
         .map_err(|err| {
             problems.push(Problem {
@@ -354,8 +359,9 @@ fn derived_types(
             })
         })
         .ok()?;
-    match derive::target_types(rules, &schema_json) {
-        Ok(types) => Some((schema_json, types)),
+    let shapes = EntityShapes::from_resolved_schema(&schema_json);
+    match derive::target_types(rules, &schema_json, &shapes) {
+        Ok(types) => Some((schema_json, shapes, types)),
         Err(err) => {
             let path = sources.derived.as_ref().unwrap_or(&sources.schema);
             problems.push(Problem {

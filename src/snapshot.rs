@@ -78,7 +78,6 @@ impl Snapshot {
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let context_types = ContextTypes::from_resolved_schema(&model.schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
-        let entity_shapes = EntityShapes::from_resolved_schema(&model.schema_json);
         let derived_types = model.derived.referenced.iter().cloned().collect();
         let derived_ancestor_types = model.derived.ancestors.iter().cloned().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
@@ -107,7 +106,7 @@ impl Snapshot {
             policy_index,
             time_attribute: time_attribute.to_owned(),
             context_types,
-            entity_shapes,
+            entity_shapes: model.entity_shapes,
             entity_types,
             type_names,
             scope_types,
