@@ -28,7 +28,9 @@ use cedar_policy::EntityUid;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{
+    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN,
+};
 use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -84,9 +86,10 @@ pub struct Limits {
     /// 127.0.0.1 (DNS rebinding) would otherwise reach the sidecar as its own origin,
     /// free to set the trace headers and read the answers.
     pub allowed_hosts: Vec<String>,
-    /// Any `Host` is accepted: on a Unix-domain socket, which no web page reaches,
-    /// clients put any placeholder name in their URLs.
-    pub any_host: bool,
+    /// The listener is a Unix-domain socket, which no web page reaches: any `Host`
+    /// is accepted (clients put any placeholder name in their URLs), and requests
+    /// are not checked for a browser's headers.
+    pub local_socket: bool,
 }
 
 impl Default for Limits {
@@ -98,7 +101,7 @@ impl Default for Limits {
             trust_request_time: false,
             request_principals: false,
             allowed_hosts: Vec::new(),
-            any_host: false,
+            local_socket: false,
         }
     }
 }
@@ -166,6 +169,8 @@ enum HttpError {
     HostNotAllowed(String),
     #[error("the Host header is sent more than once")]
     HostRepeated,
+    #[error("requests from a web browser ({0}) are refused: the sidecar answers backends, and a page's request would put a decision nobody asked for in the log")]
+    FromBrowser(String),
 }
 
 impl HttpError {
@@ -178,7 +183,8 @@ impl HttpError {
             HttpError::AuditOff => StatusCode::NOT_FOUND,
             HttpError::Forbidden { .. }
             | HttpError::HostNotAllowed(_)
-            | HttpError::HostRepeated => StatusCode::FORBIDDEN,
+            | HttpError::HostRepeated
+            | HttpError::FromBrowser(_) => StatusCode::FORBIDDEN,
             HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::BodyEncoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -203,6 +209,7 @@ impl HttpError {
             HttpError::TraceQuery(_) => "invalid_trace_query",
             HttpError::Forbidden { .. } => "forbidden",
             HttpError::HostNotAllowed(_) | HttpError::HostRepeated => "host_not_allowed",
+            HttpError::FromBrowser(_) => "browser_request",
         }
     }
 }
@@ -340,7 +347,10 @@ async fn route(
     state: &AppState,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, HttpError> {
-    check_host(&state.limits, &request)?;
+    if !state.limits.local_socket {
+        check_host(&state.limits, &request)?;
+        check_not_from_a_browser(&request)?;
+    }
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
@@ -670,11 +680,8 @@ fn policy_set(snapshot: &Snapshot, last_error: Option<&ReloadFailure>) -> serde_
 /// `--allow-host` ([`Limits::allowed_hosts`]), or with a port that is no port; an IP
 /// address, or no `Host` (which no browser sends), is the sidecar's own. A request
 /// line in absolute form (`GET http://host/path`) names a host too, which HTTP counts
-/// before `Host`: both are checked. On a Unix-domain socket any host is.
+/// before `Host`: both are checked.
 fn check_host<B>(limits: &Limits, request: &Request<B>) -> Result<(), HttpError> {
-    if limits.any_host {
-        return Ok(());
-    }
     let refused =
         |host: &[u8]| HttpError::HostNotAllowed(String::from_utf8_lossy(host).into_owned());
     if let Some(authority) = request.uri().authority() {
@@ -696,6 +703,33 @@ fn check_host<B>(limits: &Limits, request: &Request<B>) -> Result<(), HttpError>
         _ => Err(refused(host.as_bytes())),
     }
 }
+
+/// Refuses a request a web browser sent on a page's behalf. Any web page may send a
+/// "simple" POST to `http://127.0.0.1:8180` (`text/plain`, no preflight): it cannot
+/// read the answer, but the decision would be made and logged, a consultation that
+/// never happened in the record of who saw what. Browsers add `Origin` to every
+/// POST and `Sec-Fetch-Site` to every request, and a page cannot remove or forge
+/// either; backends send neither. `Sec-Fetch-Site: none` is a person typing the
+/// address (`/healthz`, `/metrics`), which is left alone.
+fn check_not_from_a_browser<B>(request: &Request<B>) -> Result<(), HttpError> {
+    let headers = request.headers();
+    if let Some(origin) = headers.get(ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        return Err(HttpError::FromBrowser(format!("Origin: {origin}")));
+    }
+    match headers.get(SEC_FETCH_SITE) {
+        Some(site) if site.as_bytes() != b"none" => Err(HttpError::FromBrowser(format!(
+            "Sec-Fetch-Site: {}",
+            String::from_utf8_lossy(site.as_bytes())
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A header browsers send with every request: where it comes from relative to the
+/// target (`same-origin`, `same-site`, `cross-site`, or `none` for one a person
+/// started). `hyper::header` has no constant for it.
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// Whether `authority` names the sidecar: `localhost`, an IP address or an
 /// `--allow-host` name, with no port or a port from 0 to 65535, and no user name

@@ -132,7 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             trust_request_time: args.trust_request_time,
             request_principals: args.request_principals,
             allowed_hosts: args.allowed_hosts.clone(),
-            any_host: matches!(args.listen, ListenAddr::Unix(_)),
+            local_socket: matches!(args.listen, ListenAddr::Unix(_)),
         });
         state.audit = args.audit.start()?;
         let state = Arc::new(state);

@@ -122,6 +122,55 @@ fn a_record_says_who_what_which_file_why_and_keeps_only_the_chosen_context() {
     }
 }
 
+/// A web page may POST to the sidecar from a browser on the backend's host (a
+/// `text/plain` body needs no preflight); the answer is unreadable to it, but the
+/// decision would be logged, a consultation that never happened. Browsers mark such
+/// requests with `Origin` and `Sec-Fetch-Site`: they are refused, and leave no
+/// record. A backend's request (neither header, or `Sec-Fetch-Site: none`, which is
+/// a person typing the address) is decided and logged.
+#[test]
+fn a_web_pages_request_is_refused_and_leaves_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let page_post = |header: &str, value: &str| {
+        let reply = ureq::post(&server.url("/v1/is_authorized"))
+            .set("content-type", "text/plain;charset=UTF-8")
+            .set(header, value)
+            .send_string(&allowed_consultation().to_string());
+        crate::util::status_and_json(reply)
+    };
+    for (header, value) in [
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let (status, body) = page_post(header, value);
+        assert_eq!(status, 403, "{header}: {body}");
+        assert_eq!(body["error"]["code"], "browser_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(value), "{message}");
+        assert!(body.get("decision").is_none(), "{body}");
+    }
+    assert!(
+        records(dir.path()).is_empty(),
+        "a refused request was logged"
+    );
+    let (status, body) = page_post("sec-fetch-site", "none");
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("Allow")),
+        "{body}"
+    );
+    let (status, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("Allow")),
+        "{body}"
+    );
+    assert_eq!(records(dir.path()).len(), 2);
+}
+
 /// The log keeps what the backend sent, whatever the request's layout: the same
 /// consultation written compactly, pretty-printed, with escapes, or with `__entity`
 /// (which the handler reads the general way) leaves the same recorded context, as

@@ -14,15 +14,16 @@ use serde_json::Value;
 use crate::util::{allowed_consultation, repo, spawn_serve_on, terminate, ServeChild};
 
 /// One HTTP/1.1 POST over the socket; the status code and the JSON body.
-/// POSTs `body` addressed to `host` (the name a client puts in its URL).
-fn post(socket: &Path, host: &str, path: &str, body: &str) -> (u16, Value) {
+/// POSTs `body` with the header lines `headers` (`host: …`, the name a client puts
+/// in its URL, and any others).
+fn post(socket: &Path, headers: &str, path: &str, body: &str) -> (u16, Value) {
     let mut stream = UnixStream::connect(socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\n{headers}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -66,18 +67,23 @@ fn decisions_are_served_over_a_unix_socket_and_the_file_is_removed_on_shutdown()
         "the private staging directory is gone"
     );
 
-    // No web page reaches a Unix socket: any placeholder host is served.
-    for host in ["localhost", "cdap-authz"] {
+    // No web page reaches a Unix socket: any placeholder host is served, and a
+    // browser's header, passed on by a backend, is not looked for.
+    for headers in [
+        "host: localhost",
+        "host: cdap-authz",
+        "host: localhost\r\norigin: https://cdap.caf.fr",
+    ] {
         let (status, reply) = post(
             &socket,
-            host,
+            headers,
             "/v1/is_authorized",
             &allowed_consultation().to_string(),
         );
-        assert_eq!(status, 200, "{host}: {reply}");
+        assert_eq!(status, 200, "{headers}: {reply}");
         assert_eq!(reply["decision"], "Allow", "{reply}");
     }
-    let (status, reply) = post(&socket, "localhost", "/v1/is_authorized", "{not json");
+    let (status, reply) = post(&socket, "host: localhost", "/v1/is_authorized", "{not json");
     assert_eq!(status, 400, "{reply}");
 
     stop(child);
@@ -92,7 +98,7 @@ fn a_stale_socket_file_is_replaced() {
     let (child, _stderr) = serve_on(&socket);
     let (status, reply) = post(
         &socket,
-        "localhost",
+        "host: localhost",
         "/v1/is_authorized",
         &allowed_consultation().to_string(),
     );
