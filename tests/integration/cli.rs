@@ -1,7 +1,7 @@
 //! The binary: `authorize` exit codes, model errors, and `serve` with SIGTERM.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,18 @@ fn cdap_authz() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cdap-authz"));
     command.current_dir(repo("."));
     command
+}
+
+/// Asserts the command exited with `code`, showing its output when not.
+#[track_caller]
+fn assert_exit(output: &Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -23,12 +35,7 @@ fn authorize_exits_0_on_allow_and_2_on_deny() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        allowed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&allowed.stderr)
-    );
+    assert_exit(&allowed, 0);
     assert!(String::from_utf8_lossy(&allowed.stdout).contains("\"Allow\""));
     let denied = cdap_authz()
         .args([
@@ -38,12 +45,7 @@ fn authorize_exits_0_on_allow_and_2_on_deny() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        denied.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&denied.stderr)
-    );
+    assert_exit(&denied, 2);
     assert!(String::from_utf8_lossy(&denied.stdout).contains("\"Deny\""));
 }
 
@@ -117,12 +119,7 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
 #[test]
 fn validate_accepts_the_bundled_model() {
     let output = cdap_authz().arg("validate").output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_exit(&output, 0);
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: "));
 }
 
@@ -215,12 +212,7 @@ fn audit_query_refuses_a_malformed_filter() {
         .arg("File::\"dossier-59-0001\"")
         .output()
         .unwrap();
-    assert_eq!(
-        accepted.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&accepted.stderr)
-    );
+    assert_exit(&accepted, 0);
 }
 
 #[test]
@@ -330,12 +322,7 @@ fn fmt_check_passes_on_the_bundled_policies_and_fails_on_unformatted_input() {
         .args(["fmt", "--check", "policies"])
         .output()
         .unwrap();
-    assert_eq!(
-        bundled.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&bundled.stdout)
-    );
+    assert_exit(&bundled, 0);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("messy.cedar");
@@ -454,12 +441,7 @@ fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_exit(&output, 2);
     assert!(stdout.contains("decision: Deny"), "{stdout}");
     assert!(stdout.contains("the fail-closed rule"), "{stdout}");
     assert!(stdout.contains("permit read-all"), "{stdout}");
