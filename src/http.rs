@@ -529,9 +529,8 @@ fn decide_unlogged(
             request,
             decision: &decision,
             response: &response,
-            // The entities the decision saw: a principal or file the request
-            // brings is recorded with its partner and Caf, as a stored one is.
             entities: &prepared.entities,
+            stored: &snapshot.entities,
             found: prepared.found(),
             time: now,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),

@@ -106,13 +106,22 @@ pub struct Decided<'a> {
     pub response: &'a AuthzResponse,
     /// The entities the decision was made on (stored, plus the request's own).
     pub entities: &'a Entities,
-    /// Entities of `entities` already looked up (the principal and the resource).
+    /// The stored entities alone (the snapshot's).
+    pub stored: &'a Entities,
+    /// Stored entities already looked up (the principal and the resource).
     pub found: &'a [&'a ast::Entity],
     pub time: DateTime<Utc>,
     pub latency_us: u64,
 }
 
-impl Decided<'_> {
+impl<'a> Decided<'a> {
+    /// The record. Its `partner`, which decides whose administrators read it
+    /// (`/v1/traces`), is the principal's partner (a principal is stored, or brought
+    /// under `--request-principals`, which trusts the backend with it), else the
+    /// stored resource's: an entity the request brings, which a denied decision
+    /// has not vouched for, cannot file a record under another partner. Its `caf`
+    /// is the file's, as the request describes it when it brings the file (files
+    /// usually come with the request), else the partner's, else the principal's.
     pub fn entry(&self, context_fields: &[String]) -> Entry {
         let Decision {
             principal,
@@ -120,19 +129,13 @@ impl Decided<'_> {
             resource,
             ..
         } = self.decision;
-        let entity_ref = |uid: &EntityUid, name| {
-            let uid = uid.as_ref();
-            let found = self
-                .found
-                .iter()
-                .copied()
-                .find(|entity| entity.uid() == uid);
-            entity_ref_attribute(found.or_else(|| stored_in_place(self.entities, uid))?, name)
-        };
-        let partner = entity_ref(principal, "partner").or_else(|| entity_ref(resource, "partner"));
-        let caf = entity_ref(resource, "caf")
-            .or_else(|| partner.and_then(|p| caf_of(self.entities, p)))
-            .or_else(|| entity_ref(principal, "caf"));
+        let partner = self
+            .attribute(self.entities, principal, "partner")
+            .or_else(|| self.attribute(self.stored, resource, "partner"));
+        let caf = self
+            .attribute(self.entities, resource, "caf")
+            .or_else(|| partner.and_then(|p| caf_of(self.stored, p)))
+            .or_else(|| self.attribute(self.entities, principal, "caf"));
         let diagnostics = &self.response.diagnostics;
         Entry::new(&Fields {
             time: &self.time.to_rfc3339_opts(SecondsFormat::Micros, true),
@@ -152,6 +155,23 @@ impl Decided<'_> {
             policy_version: &self.response.policy_version,
             latency_us: self.latency_us,
         })
+    }
+
+    /// The entity attribute `name` of `uid`, looked up among the entities already
+    /// found, else in `entities`.
+    fn attribute(
+        &self,
+        entities: &'a Entities,
+        uid: &EntityUid,
+        name: &str,
+    ) -> Option<&'a ast::EntityUID> {
+        let uid = uid.as_ref();
+        let found = self
+            .found
+            .iter()
+            .copied()
+            .find(|entity| entity.uid() == uid);
+        entity_ref_attribute(found.or_else(|| stored_in_place(entities, uid))?, name)
     }
 }
 

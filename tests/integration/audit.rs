@@ -246,6 +246,53 @@ fn a_record_names_the_files_caf_whether_stored_or_brought() {
     }
 }
 
+/// A record's partner decides whose administrators read it. Caf staff have no
+/// partner, so their record takes the stored resource's; a resource the request
+/// brings, which a denied decision has not vouched for, cannot file the record under
+/// the partner it claims (a Caf du Nord agent's act would show in the Gironde
+/// partner's traces). The record still names the agent's Caf.
+#[test]
+fn a_caf_agents_record_takes_the_partner_of_a_stored_resource_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig::new(dir.path()));
+    let manage = |resource: &str| {
+        json!({
+            "principal": "User::\"caf-nord-agent\"",
+            "action": "Action::\"manage_user\"",
+            "resource": format!("User::\"{resource}\""),
+            "context": {"authentication": "password"},
+        })
+    };
+    let mut planted = manage("planted");
+    planted["entities"] = json!([{
+        "uid": {"type": "User", "id": "planted"},
+        "attrs": {"role": "user", "suspended": false, "must_change_password": false,
+                  "trace_reader": false, "habilitation_admin": false,
+                  "partner": {"type": "Partner", "id": "mairie-bouscat"}},
+        "parents": []
+    }]);
+    for request in [manage("mau-t2"), planted] {
+        let (status, body) = server.post("/v1/is_authorized", &request);
+        assert_eq!(status, 200, "{body}");
+    }
+    let records = records(dir.path());
+    let filed: Vec<_> = records
+        .iter()
+        .map(|r| (r.resource.as_str(), r.partner.as_deref(), r.caf.as_deref()))
+        .collect();
+    assert_eq!(
+        filed,
+        [
+            (
+                r#"User::"mau-t2""#,
+                Some("ville-maubeuge"),
+                Some("caf-nord")
+            ),
+            (r#"User::"planted""#, None, Some("caf-nord")),
+        ]
+    );
+}
+
 #[test]
 fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
