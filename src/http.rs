@@ -29,7 +29,8 @@ use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    ORIGIN, TRANSFER_ENCODING,
 };
 use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
@@ -737,9 +738,11 @@ fn host_allowed(limits: &Limits, authority: &Authority) -> bool {
     let name = authority.host();
     let port_valid = match authority.as_str().strip_prefix(name) {
         Some("") => true,
-        Some(port) => port
-            .strip_prefix(':')
-            .is_some_and(|port| port.is_empty() || port.parse::<u16>().is_ok()),
+        Some(port) => port.strip_prefix(':').is_some_and(|port| {
+            // `parse` alone would take `+80`.
+            port.bytes().all(|b| b.is_ascii_digit())
+                && (port.is_empty() || port.parse::<u16>().is_ok())
+        }),
         None => false, // a user name before the host
     };
     let address = name.trim_start_matches('[').trim_end_matches(']');
@@ -755,15 +758,14 @@ fn host_allowed(limits: &Limits, authority: &Authority) -> bool {
 async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes, HttpError> {
     let max = limits.max_body;
     // A gzip body would otherwise be refused as malformed JSON, saying nothing useful.
-    // Every line counts: `identity` on one and `gzip` on the next is still gzip.
-    if let Some(encoding) = request
-        .headers()
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .find(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
-        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
-        return Err(HttpError::BodyEncoded(encoding));
+    // hyper undoes `chunked` only: `Transfer-Encoding: gzip, chunked` leaves gzip too.
+    for (header, plain) in [
+        (CONTENT_ENCODING, "identity"),
+        (TRANSFER_ENCODING, "chunked"),
+    ] {
+        if let Some(coding) = coding_other_than(request.headers(), &header, plain) {
+            return Err(HttpError::BodyEncoded(coding));
+        }
     }
     let declared = request
         .headers()
@@ -784,6 +786,19 @@ async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes,
         }
         Err(error) => Err(HttpError::BodyRead(error.to_string())),
     }
+}
+
+/// The first coding `header` lists, over all its lines, other than `plain`: every
+/// line and every comma-separated item counts (`identity` on one line and `gzip` on
+/// the next is still gzip).
+fn coding_other_than(headers: &HeaderMap, header: &HeaderName, plain: &str) -> Option<String> {
+    headers
+        .get_all(header)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii())
+        .find(|coding| !coding.eq_ignore_ascii_case(plain.as_bytes()))
+        .map(|coding| String::from_utf8_lossy(coding).into_owned())
 }
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {

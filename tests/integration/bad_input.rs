@@ -659,6 +659,7 @@ fn a_request_addressed_to_another_host_name_is_refused() {
         "authz.internal.rebind.example",
         "localhost:99999999",
         "localhost:http",
+        "localhost:+80",
         "rebind.example@localhost",
     ] {
         assert_error(addressed_to(host), 403, "host_not_allowed", host);
@@ -730,6 +731,32 @@ fn an_encoding_on_a_second_header_line_gets_415_too() {
     ));
     assert!(reply.starts_with("HTTP/1.1 415"), "{reply}");
     assert!(reply.contains("body_encoded"), "{reply}");
+}
+
+/// hyper undoes `chunked` and no other transfer coding: a body sent with
+/// `Transfer-Encoding: gzip, chunked` would reach the reader still gzipped. Refused
+/// as a content coding is; a plain chunked body is decided.
+#[test]
+fn a_transfer_coding_other_than_chunked_gets_415() {
+    let server = Server::start_with(pinned_time());
+    let body = allowed_consultation().to_string();
+    let send = |codings: &str| {
+        server.exchange_raw(&format!(
+            "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\n\
+             Transfer-Encoding: {codings}\r\nConnection: close\r\n\r\n\
+             {:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        ))
+    };
+    let gzip = send("gzip, chunked");
+    assert!(gzip.starts_with("HTTP/1.1 415"), "{gzip}");
+    assert!(
+        gzip.contains("body_encoded") && gzip.contains("(gzip)"),
+        "{gzip}"
+    );
+    let chunked = send("chunked");
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    assert!(chunked.contains(r#""decision":"Allow""#), "{chunked}");
 }
 
 /// An error quoting the request quotes at most 1 KiB of it: a megabyte-long id is
