@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::context::EntityShapes;
 use crate::derive::{self, DerivationRules, DerivedTypes};
 use crate::diagnostic::describe;
+use crate::strict_json::Strict;
 
 /// Where a model lives on disk.
 #[derive(Debug, Clone)]
@@ -385,7 +386,9 @@ fn read_entities(
         return Some(Entities::empty());
     };
     let text = read(path, "entities", digest, problems)?;
-    let mut json: serde_json::Value = serde_json::from_str(&text)
+    // A repeated key is refused: serde_json keeps the last, so `"suspended": true,
+    // "suspended": false` would load as not suspended while a reader sees both.
+    let Strict(mut json) = serde_json::from_str(&text)
         .map_err(|err| {
             problems.push(Problem {
                 path: path.clone(),

@@ -177,6 +177,30 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
     }
 }
 
+/// serde_json keeps the last of repeated keys: `"suspended": true, "suspended":
+/// false` would load a suspended user as active, while a reader of the file sees
+/// both. Refused, at the repeated key's line.
+#[test]
+fn validate_refuses_a_key_repeated_in_the_entities_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
+    let repeated = bundled.replacen(
+        r#""suspended": true,"#,
+        "\"suspended\": true,\n\"suspended\": false,",
+        1,
+    );
+    assert_ne!(repeated, bundled, "the demo data has a suspended entity");
+    // The repeated key is on the line after the first suspended entity's.
+    let line = bundled[..bundled.find(r#""suspended": true,"#).unwrap()]
+        .lines()
+        .count()
+        + 1;
+    let path = dir.path().join("entities.json");
+    std::fs::write(&path, repeated).unwrap();
+    assert_invalid("--entities", &path, &format!("entities.json:{line}:"));
+    assert_invalid("--entities", &path, "duplicate key `suspended`");
+}
+
 /// A filter that could match nothing by a typo is refused (clap's exit 2), as
 /// `GET /v1/traces` refuses it with a 400.
 #[test]
