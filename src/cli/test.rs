@@ -14,7 +14,7 @@ use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use serde_json::{json, Value};
 
 use super::PolicyArgs;
-use crate::suite::{self, CaseResult, Coverage, Verdict};
+use crate::suite::{self, CaseResult, Coverage, ExpectedErrors, Verdict};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -99,10 +99,13 @@ fn text(
     let failed: Vec<&CaseResult> = results.iter().filter(|r| !r.passed()).collect();
     for result in &failed {
         out += &format!("\n--- {} :: {}\n", short(&result.suite), result.name);
+        let reason = match &result.expected.reason {
+            Some(reason) => format!("{reason:?}"),
+            None => "any".to_owned(),
+        };
         out += &format!(
-            "    expected: {:?}, reason {:?}\n",
-            result.expected.decision,
-            result.expected.reason.as_deref().unwrap_or_default()
+            "    expected: {:?}, reason {reason}, errors {}\n",
+            result.expected.decision, result.expected.errors
         );
         if let Some(actual) = &result.actual {
             out += &format!(
@@ -195,7 +198,10 @@ fn case_json(result: &CaseResult) -> Value {
         "expected": {
             "decision": format!("{:?}", result.expected.decision).to_lowercase(),
             "reason": result.expected.reason,
-            "num_errors": result.expected.num_errors,
+            "num_errors": match result.expected.errors {
+                ExpectedErrors::Exactly(count) => json!(count),
+                ExpectedErrors::AtLeastOne => json!("at least 1"),
+            },
         },
         "actual": result.actual.as_ref().map(|d| json!({
             "decision": d.outcome.as_str().to_lowercase(),

@@ -52,7 +52,44 @@ pub struct Expected {
     pub decision: ExpectedDecision,
     /// Policy ids that must determine the decision, compared as a set.
     pub reason: Option<Vec<String>>,
-    pub num_errors: Option<usize>,
+    pub errors: ExpectedErrors,
+}
+
+/// The evaluation errors a case expects. A case that says nothing expects none: a
+/// Deny that only an error gave (an entity that does not exist, an attribute
+/// missing) is the fail-closed rule at work, not the policy the case means to test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedErrors {
+    /// `num_errors: N`, or none said (0), or `has_error: false` (0).
+    Exactly(usize),
+    /// `has_error: true` (older Cedar CLI files): one or more.
+    AtLeastOne,
+}
+
+impl ExpectedErrors {
+    fn of(num_errors: Option<usize>, has_error: Option<bool>) -> Self {
+        match (num_errors, has_error) {
+            (Some(count), _) => ExpectedErrors::Exactly(count),
+            (None, Some(true)) => ExpectedErrors::AtLeastOne,
+            (None, Some(false) | None) => ExpectedErrors::Exactly(0),
+        }
+    }
+
+    pub fn allows(self, count: usize) -> bool {
+        match self {
+            ExpectedErrors::Exactly(expected) => count == expected,
+            ExpectedErrors::AtLeastOne => count > 0,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ExpectedErrors::Exactly(count) => write!(f, "{count}"),
+            ExpectedErrors::AtLeastOne => f.write_str("at least 1"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -133,7 +170,6 @@ pub fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
             Some(RawEntities::Inline(entities)) => entities,
             Some(RawEntities::File(file)) => entities_file(path, &dir.join(file))?,
         };
-        let num_errors = case.num_errors.or(case.has_error.map(usize::from));
         cases.push(Case {
             name,
             request: case.request,
@@ -141,7 +177,7 @@ pub fn load_suite(path: &Path) -> Result<Suite, SuiteError> {
             expected: Expected {
                 decision: case.decision,
                 reason: case.reason,
-                num_errors,
+                errors: ExpectedErrors::of(case.num_errors, case.has_error),
             },
             rules: case.rules,
         });

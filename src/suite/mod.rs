@@ -5,7 +5,8 @@
 //! each with an optional `name`, a `request` (`principal`, `action`, `resource`,
 //! `context`), `entities` (an array, or the path of an entities file relative to the
 //! suite), the expected `decision` (`allow`/`deny`), and optionally the expected
-//! `reason` (policy ids, compared as a set) and `num_errors`.
+//! `reason` (policy ids, compared as a set) and `num_errors` (`has_error: true` in
+//! older files: one or more). A case without either expects no error.
 //!
 //! Two extensions, both optional:
 //! - a suite may be an object `{"entities": "base.json", "now": "…", "tests": [...]}`:
@@ -22,5 +23,7 @@ mod format;
 mod run;
 
 pub use coverage::{rule_of, Coverage, RuleCoverage};
-pub use format::{discover, load_suite, Case, Expected, ExpectedDecision, Suite, SuiteError};
+pub use format::{
+    discover, load_suite, Case, Expected, ExpectedDecision, ExpectedErrors, Suite, SuiteError,
+};
 pub use run::{run, CaseResult, Verdict};

@@ -173,6 +173,52 @@ fn a_case_that_cannot_be_decided_is_an_error_not_a_pass() {
     );
 }
 
+/// A case that says nothing about errors expects none: a Deny that only an
+/// evaluation error gave (here the habilitation the context names does not exist)
+/// is the fail-closed rule, not the policy the case tests, and fails the case.
+/// Older Cedar files' `has_error: true` means one error or more.
+#[test]
+fn a_deny_that_only_an_evaluation_error_gave_fails_unless_errors_are_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |edit: &dyn Fn(&mut Value)| {
+        let path = copy_suite("profiles.json", dir.path(), |suite| {
+            let tests = suite["tests"].as_array_mut().unwrap();
+            tests.retain(|case| {
+                case["decision"] == "deny" && case["request"]["context"]["habilitation"].is_object()
+            });
+            tests.truncate(1);
+            let case = &mut tests[0];
+            case.as_object_mut().unwrap().remove("num_errors");
+            case.as_object_mut().unwrap().remove("reason");
+            edit(case);
+        });
+        let output = cdap_authz_test(&[path.to_str().unwrap()]);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let nonexistent = |case: &mut Value| {
+        case["request"]["context"]["habilitation"]["id"] = "nope".into();
+    };
+    let (code, stdout) = run(&nonexistent);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("errors: expected 0, got 17\n"), "{stdout}");
+    assert!(stdout.contains("reason any, errors 0"), "{stdout}");
+
+    let (code, stdout) = run(&|case| {
+        nonexistent(case);
+        case["has_error"] = true.into();
+    });
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = run(&|case| case["has_error"] = true.into());
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("errors: expected at least 1, got 0"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn min_coverage_fails_a_partial_suite() {
     let output = cdap_authz_test(&["tests/policies/traces.json", "--min-coverage", "90"]);
