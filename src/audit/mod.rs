@@ -87,6 +87,8 @@ pub enum AuditError {
     NotARecord(PathBuf),
     #[error("the audit log is closed")]
     Closed,
+    #[error("{0}: no decision log file (decisions-*.jsonl) here")]
+    NoLog(PathBuf),
 }
 
 impl AuditError {

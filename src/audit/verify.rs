@@ -8,9 +8,13 @@
 //! at either end; the first kept `seq` is reported (records before it were deleted
 //! by retention, or removed), and `expect_hash` checks the log still holds a record
 //! whose hash was noted elsewhere earlier (`serve` logs the chain head it leaves
-//! behind at every rotation and on shutdown).
+//! behind at every rotation and on shutdown). Retention deletes whole days, so when
+//! the oldest file kept is not its day's first, the records before it were removed:
+//! that is a break. A directory with no log file is an error, not an empty chain.
 
 use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
 
 use super::record::{ends_torn, parse_line, whole_lines, GENESIS};
 use super::rotate::segments;
@@ -23,6 +27,8 @@ pub struct Verified {
     pub records: u64,
     /// `seq` of the first record kept (0 unless records before it are gone).
     pub first_seq: u64,
+    /// The day of the oldest file kept.
+    pub first_day: NaiveDate,
     /// Files ending in an incomplete line, with its line number.
     pub torn: Vec<(PathBuf, usize)>,
     /// `prev` of the first record kept: [`GENESIS`] unless retention deleted
@@ -42,6 +48,9 @@ pub enum Break {
     OutOfChain { expected_seq: u64, found_seq: u64 },
     /// No record has the hash expected to be in the log.
     HashNotFound(String),
+    /// The oldest file kept starts past seq 0 and is not its day's first: the
+    /// records before it were removed (retention deletes whole days).
+    HeadRemoved { found_seq: u64 },
 }
 
 impl std::fmt::Display for Break {
@@ -60,6 +69,11 @@ impl std::fmt::Display for Break {
                 f,
                 "no record has hash {hash}: the log was cut back before it, or rewritten"
             ),
+            Break::HeadRemoved { found_seq } => write!(
+                f,
+                "records removed before this one (seq {found_seq}): this file is not its \
+                 day's first, and retention deletes whole days"
+            ),
         }
     }
 }
@@ -71,6 +85,9 @@ pub fn verify(
     expect_hash: Option<&str>,
 ) -> Result<Result<Verified, (PathBuf, usize, Break)>, AuditError> {
     let files = segments(dir)?;
+    let Some(oldest) = files.first() else {
+        return Err(AuditError::NoLog(dir.to_owned()));
+    };
     let mut state: Option<(u64, String)> = None;
     let mut anchor = GENESIS.to_owned();
     let mut first_seq = 0;
@@ -100,12 +117,18 @@ pub fn verify(
                     });
                 }
                 Some(_) => {}
+                None if record.seq > 0 && segment.index > 0 => {
+                    return broken(Break::HeadRemoved {
+                        found_seq: record.seq,
+                    });
+                }
                 None => {
                     anchor.clone_from(&record.prev);
                     first_seq = record.seq;
                 }
             }
-            expected_found |= expect_hash == Some(parsed.claimed_hash.as_str());
+            expected_found |=
+                expect_hash.is_some_and(|hash| hash.eq_ignore_ascii_case(&parsed.claimed_hash));
             state = Some((record.seq + 1, parsed.claimed_hash));
             records += 1;
         }
@@ -133,6 +156,7 @@ pub fn verify(
         files: files.len(),
         records,
         first_seq,
+        first_day: oldest.day,
         torn,
         anchor,
         last_hash: state.map_or_else(|| GENESIS.to_owned(), |(_, hash)| hash),

@@ -82,8 +82,9 @@ fn run_verify(dir: &std::path::Path, expect_hash: Option<&str>) -> anyhow::Resul
             if verified.first_seq > 0 {
                 println!(
                     "note: the chain starts at seq {}: the {} records before it are not \
-                     here (deleted by retention, or removed)",
-                    verified.first_seq, verified.first_seq
+                     here (files of days before {} deleted by retention, or records \
+                     removed: if that day is within the retention period, removed)",
+                    verified.first_seq, verified.first_seq, verified.first_day
                 );
             }
             println!(

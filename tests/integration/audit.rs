@@ -598,7 +598,22 @@ fn cut_ends_show_in_the_first_seq_and_in_an_expected_hash() {
         .unwrap()
         .is_ok());
     let (_, line, why) = verify(dir.path(), Some(&last)).unwrap().unwrap_err();
-    assert_eq!((line, why), (3, Break::HashNotFound(last)));
+    assert_eq!((line, why), (3, Break::HashNotFound(last.clone())));
+    // A hash noted elsewhere may have been written in capitals.
+    assert!(verify(dir.path(), Some(&hash_of(&lines[1]).to_uppercase()))
+        .unwrap()
+        .is_ok());
+}
+
+/// A directory with no log file is an error (a mistyped path), not an empty chain.
+#[test]
+fn verifying_a_directory_without_a_log_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = verify(dir.path(), None).unwrap_err();
+    assert!(
+        error.to_string().contains("no decision log file"),
+        "{error}"
+    );
 }
 
 /// A log rotated every few records (1,200 bytes a file).
@@ -629,6 +644,16 @@ fn size_rotation_and_restarts_keep_one_chain_across_files() {
     std::fs::remove_file(&files[2].path).unwrap();
     let (path, line, _) = verify(dir.path(), None).unwrap().unwrap_err();
     assert_eq!((path, line), (files[3].path.clone(), 1));
+    // Retention deletes whole days: with the day's first files gone, the next file
+    // of the same day cannot start the chain.
+    std::fs::remove_file(&files[0].path).unwrap();
+    std::fs::remove_file(&files[1].path).unwrap();
+    let (path, line, why) = verify(dir.path(), None).unwrap().unwrap_err();
+    assert_eq!((path, line), (files[3].path.clone(), 1));
+    assert!(
+        matches!(why, Break::HeadRemoved { found_seq } if found_seq > 0),
+        "{why}"
+    );
 }
 
 /// A log in `dir` with the default settings and `clock`.
