@@ -1,5 +1,6 @@
 //! `cdap-authz fmt`: format `.cedar` files with Cedar's own formatter. With
 //! `--check`, change nothing, list the files that are not formatted and exit 1.
+//! A file that does not parse is reported (exit 1), and the others still done.
 //! A file is rewritten by renaming a complete new one over it.
 
 use std::io::Write as _;
@@ -28,31 +29,44 @@ const STYLE: Config = Config {
 };
 
 pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
-    let mut unformatted = 0;
+    let (mut unformatted, mut failed) = (0, 0);
+    // A file that does not parse is reported, and the others are still formatted
+    // or checked.
     for path in cedar_files(&args.paths)? {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let pretty = policies_str_to_pretty(&text, &STYLE).map_err(|report| {
-            // The formatter's error has no position; the parser's has.
-            let why = policy_syntax_problem(&path, &text).unwrap_or_else(|| report.to_string());
-            anyhow::anyhow!("{}: cannot format:\n{why}", path.display())
-        })?;
-        if pretty == text {
-            continue;
-        }
-        unformatted += 1;
-        if args.check {
-            println!("not formatted: {}", path.display());
-        } else {
-            replace(&path, &pretty).with_context(|| format!("cannot write {}", path.display()))?;
-            println!("formatted: {}", path.display());
+        match format_file(&path, args.check) {
+            Ok(changed) => unformatted += usize::from(changed),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                failed += 1;
+            }
         }
     }
-    Ok(if args.check && unformatted > 0 {
+    Ok(if failed > 0 || (args.check && unformatted > 0) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Formats one file, or with `check` only reports it; whether it was not formatted.
+fn format_file(path: &Path, check: bool) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let pretty = policies_str_to_pretty(&text, &STYLE).map_err(|report| {
+        // The formatter's error has no position; the parser's has.
+        let why = policy_syntax_problem(path, &text).unwrap_or_else(|| report.to_string());
+        anyhow::anyhow!("{}: cannot format:\n{why}", path.display())
+    })?;
+    if pretty == text {
+        return Ok(false);
+    }
+    if check {
+        println!("not formatted: {}", path.display());
+    } else {
+        replace(path, &pretty).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("formatted: {}", path.display());
+    }
+    Ok(true)
 }
 
 /// Writes `text` to a hidden temporary file beside `path` (with `path`'s

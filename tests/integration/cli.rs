@@ -297,15 +297,28 @@ fn fmt_shows_where_a_file_does_not_parse() {
         "@id(\"A\")\npermit (principal, action, resource) when { ",
     )
     .unwrap();
-    let output = cdap_authz()
-        .args(["fmt", "--check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("bad.cedar:2:44]"), "{stderr}");
-    assert!(stderr.contains("unexpected end of input"), "{stderr}");
+    // The files after it are still checked, and formatted.
+    let messy = dir.path().join("messy.cedar");
+    std::fs::write(&messy, "permit(principal,action,resource);\n").unwrap();
+    for check in [true, false] {
+        let output = cdap_authz()
+            .arg("fmt")
+            .args(check.then_some("--check"))
+            .arg(&file)
+            .arg(&messy)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("bad.cedar:2:44]"), "{stderr}");
+        assert!(stderr.contains("unexpected end of input"), "{stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let said = if check { "not formatted" } else { "formatted" };
+        assert!(stdout.starts_with(&format!("{said}: ")), "{stdout}");
+        assert!(stdout.contains("messy.cedar"), "{stdout}");
+    }
+    let formatted = std::fs::read_to_string(&messy).unwrap();
+    assert_eq!(formatted, "permit (principal, action, resource);\n");
 }
 
 fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
