@@ -33,11 +33,14 @@ pub struct DiffArgs {
     /// Output format (markdown suits a merge-request comment).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// Exit 4 when the change widens (newly allows), narrows, or either. An
-    /// "unknown" solver answer counts: nothing was proven.
+    /// Exit 4 when the change widens (newly allows), narrows, or either. What is
+    /// not proven counts: an "unknown" solver answer, changed derivation rules or
+    /// stored entities, changed policies or schema with `--no-semantic`.
     #[arg(long, value_enum, value_name = "WHAT")]
     fail_on: Option<Gate>,
-    /// Only the structural (and replay) parts: no solver.
+    /// Only the structural (and replay) parts: no solver, so a change of policies
+    /// or schema (beyond annotations, layout and comments) proves nothing and
+    /// trips `--fail-on`.
     #[arg(long)]
     no_semantic: bool,
     /// Time limit per solver query, in milliseconds; a query that reaches it is

@@ -6,7 +6,9 @@
 //! revision materialised into a temporary directory. The diff has three parts:
 //!
 //! - [`structural`]: policies added, removed, changed, moved or reformatted,
-//!   matched by `@id`, with a unified diff of their text; schema changes.
+//!   matched by `@id`, with a unified diff of their text; schema changes; the
+//!   text diffs of the derivation rules and of the stored entities, which the
+//!   solver does not see (counted as unproven).
 //! - [`semantic`]: for each request signature of the schema, whether NEW is
 //!   equivalent to OLD, narrows it, widens it or both, proven by the SMT solver
 //!   cvc5 through `cedar-policy-symcc`, with counterexamples confirmed by the real
@@ -23,10 +25,15 @@ use serde::Serialize;
 
 use crate::load::{self, LoadError, Model, Sources};
 
+pub mod groups;
 pub mod render;
 pub mod replay;
 pub mod semantic;
 pub mod structural;
+
+/// Where a side keeps its stored entities, if it has any: read by the replay, and
+/// compared as text.
+const STORED_ENTITIES: &str = "examples/entities.json";
 
 /// Everything that can keep a diff from being made.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +91,8 @@ impl Side {
     }
 
     /// A git revision of the repository at `repo`: its `policies/` and `schema/`
-    /// (and `examples/entities.json`, if any, for the replay) in a temporary
-    /// directory.
+    /// (and `examples/entities.json`, if any: compared, and read by the replay) in
+    /// a temporary directory.
     pub fn git_revision(repo: &Path, rev: &str) -> Result<Self, DiffError> {
         let archive = git(
             repo,
@@ -96,11 +103,12 @@ impl Side {
             args: format!("archive {rev} | tar -x"),
             reason,
         })?;
-        // Optional: only the replay reads it.
-        if let Ok(bytes) = git(repo, &["show", &format!("{rev}:examples/entities.json")]) {
-            let examples = checkout.path().join("examples");
-            std::fs::create_dir_all(&examples)
-                .and_then(|()| std::fs::write(examples.join("entities.json"), bytes))
+        // Optional: the replay reads it; the structural part compares its text.
+        if let Ok(bytes) = git(repo, &["show", &format!("{rev}:{STORED_ENTITIES}")]) {
+            let path = checkout.path().join(STORED_ENTITIES);
+            path.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&path, bytes))
                 .map_err(DiffError::TempDir)?;
         }
         Ok(Self {
@@ -131,7 +139,7 @@ impl Side {
             ));
         };
         let derived = schema_dir.join("derived.json");
-        let bundled = self.root.join("examples/entities.json");
+        let bundled = self.root.join(STORED_ENTITIES);
         Ok(Sources {
             policies: self.root.join("policies"),
             schema: schema.clone(),
@@ -142,9 +150,23 @@ impl Side {
         })
     }
 
-    /// Loads schema, policies and derivation rules (not entities: the structural and
-    /// semantic parts do not read them; the rules are checked against the schema,
-    /// which may require them).
+    /// The text of this side's stored entities (`examples/entities.json`), empty
+    /// without one.
+    pub fn entities_text(&self) -> Result<String, DiffError> {
+        let path = self.root.join(STORED_ENTITIES);
+        if !path.exists() {
+            return Ok(String::new());
+        }
+        std::fs::read_to_string(&path).map_err(|e| DiffError::Layout {
+            side: self.label.clone(),
+            path,
+            reason: format!("cannot read: {e}"),
+        })
+    }
+
+    /// Loads schema, policies and derivation rules (not entities: the semantic part
+    /// does not read them and the structural part only compares their text; the
+    /// rules are checked against the schema, which may require them).
     pub fn load_model(&self) -> Result<Model, DiffError> {
         let sources = Sources {
             entities: None,
@@ -183,19 +205,34 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether anything is newly allowed (or could be: an unknown solver result, or
-    /// changed derivation rules, which the solver does not see).
+    /// Whether anything is newly allowed (or could be: an unknown solver result,
+    /// changed derivation rules or stored entities, which the solver does not see,
+    /// or changed policies with the solver not run).
     pub fn widens(&self) -> bool {
         self.semantic.as_ref().is_some_and(|s| s.widens())
             || self.replay.as_ref().is_some_and(|r| r.newly_allowed() > 0)
-            || self.structural.derived.is_some()
+            || self.unproven()
     }
 
     /// Whether anything is newly denied (or could be).
     pub fn narrows(&self) -> bool {
         self.semantic.as_ref().is_some_and(|s| s.narrows())
             || self.replay.as_ref().is_some_and(|r| r.newly_denied() > 0)
-            || self.structural.derived.is_some()
+            || self.unproven()
+    }
+
+    /// The semantic part was skipped (`--no-semantic`) while policies or the
+    /// schema changed in meaning: nothing about them was proven (a replay only
+    /// samples), so the gates count them as possibly widening and narrowing.
+    pub fn unproven_without_solver(&self) -> bool {
+        self.semantic.is_none() && self.structural.meaning_may_differ()
+    }
+
+    /// A change that no part of the diff could judge.
+    fn unproven(&self) -> bool {
+        self.structural.derived.is_some()
+            || self.structural.entities.is_some()
+            || self.unproven_without_solver()
     }
 }
 
@@ -203,7 +240,12 @@ impl Report {
 pub fn diff(old: &Side, new: &Side, options: &Options) -> Result<Report, DiffError> {
     let old_model = old.load_model()?;
     let new_model = new.load_model()?;
-    let structural = structural::compare(&old_model, &new_model);
+    let structural = structural::compare(
+        &old_model,
+        &new_model,
+        &old.entities_text()?,
+        &new.entities_text()?,
+    );
     let semantic = if options.semantic {
         Some(semantic::compare(
             &old_model,

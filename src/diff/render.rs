@@ -78,7 +78,7 @@ impl Writer {
             Some(semantic) => self.semantic(semantic),
             None => {
                 self.heading(1, "Semantic");
-                self.line("not run (--no-semantic)\n");
+                self.skipped_semantic(report.unproven_without_solver());
             }
         }
         if let Some(replay) = &report.replay {
@@ -95,12 +95,24 @@ impl Writer {
         for policy in notable {
             self.policy(policy);
         }
-        self.derived(diff.derived.as_deref());
+        self.data(
+            "derived data",
+            "what these rules count",
+            diff.derived.as_deref(),
+        );
+        self.data(
+            "stored entities",
+            "what this data allows",
+            diff.entities.as_deref(),
+        );
         let Some(schema) = &diff.schema else {
             self.line("schema: unchanged\n");
             return;
         };
-        self.line("schema: changed");
+        self.line(match schema.reformatted {
+            true => "schema: reformatted (layout or comments only: same meaning)",
+            false => "schema: changed",
+        });
         for (label, items) in [
             ("signature added", &schema.signatures_added),
             ("signature removed", &schema.signatures_removed),
@@ -115,9 +127,27 @@ impl Writer {
         self.line("");
     }
 
-    fn derived(&mut self, text_diff: Option<&str>) {
+    /// The semantic part was not run; when policies or the schema changed in
+    /// meaning, nothing about them was proven.
+    fn skipped_semantic(&mut self, unproven: bool) {
+        if !unproven {
+            self.line("not run (--no-semantic)\n");
+            return;
+        }
+        let unproven = self.strong(
+            "UNPROVEN: the policy and schema changes above are counted as possibly \
+             widening and narrowing",
+        );
+        self.line(&format!(
+            "not run (--no-semantic), so nothing was proven — {unproven}\n"
+        ));
+    }
+
+    /// A change of data the solver does not see (derivation rules, stored
+    /// entities): shown, and UNPROVEN.
+    fn data(&mut self, what: &str, unseen: &str, text_diff: Option<&str>) {
         let Some(text_diff) = text_diff else {
-            self.line("derived data: unchanged\n");
+            self.line(&format!("{what}: unchanged\n"));
             return;
         };
         let unproven = self.strong(
@@ -125,8 +155,8 @@ impl Writer {
              requests (--replay) to see its effect",
         );
         self.line(&format!(
-            "derived data: changed (the solver compares the policies over every entity \
-             store, so it does not see what these rules count) — {unproven}"
+            "{what}: changed (the solver compares the policies over every entity \
+             store, so it does not see {unseen}) — {unproven}"
         ));
         self.code("diff", text_diff);
         self.line("");
@@ -137,6 +167,7 @@ impl Writer {
             Change::Added => "added",
             Change::Removed => "removed",
             Change::Changed => "changed",
+            Change::Annotated => "annotations changed (same meaning)",
             Change::Reformatted => "reformatted (same meaning as text)",
             Change::Unchanged => "unchanged",
         };
@@ -176,6 +207,11 @@ impl Writer {
             };
             let name = self.strong(&signature.signature);
             self.bullet(&format!("{name}: {verdict} [{} ms]", signature.millis));
+            if let Some(regrouped) = &signature.regrouped {
+                self.line(&format!(
+                    "  {regrouped}: OLD's policies were read with OLD's action groups"
+                ));
+            }
             self.direction(
                 "newly allowed (NEW allows, OLD denies)",
                 &signature.widening,

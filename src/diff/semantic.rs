@@ -10,8 +10,12 @@
 //!
 //! Both policy sets are compiled against NEW's schema. When the schemas differ,
 //! signatures only in OLD are skipped (NEW has no such requests), and so is any
-//! signature for which OLD's policies do not type-check under NEW's schema.
+//! signature for which OLD's policies do not type-check under NEW's schema. For a
+//! signature whose action NEW's schema moves into or out of an action group, OLD's
+//! policies are first pinned to that action under OLD's groups ([`groups::pin`]),
+//! so that OLD's `action in G` keeps the meaning it had.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,7 @@ use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet, Env};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::groups::{self, ActionGroups};
 use super::structural::{signature_name, signatures};
 use crate::load::Model;
 
@@ -39,6 +44,12 @@ pub enum SemanticError {
     SolverStart { path: PathBuf, reason: String },
     #[error("cannot start the async runtime for the solver: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("{side}: {source}")]
+    Groups {
+        side: &'static str,
+        #[source]
+        source: groups::GroupsError,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +105,9 @@ pub struct SignatureDiff {
     pub widening: Direction,
     /// A request OLD allows and NEW denies.
     pub narrowing: Direction,
+    /// How NEW's schema moves the action into or out of action groups, when it
+    /// does: OLD's policies were then read with OLD's groups.
+    pub regrouped: Option<String>,
     pub millis: u128,
 }
 
@@ -182,10 +196,15 @@ async fn compare_all(
     solver_path: &Path,
     timeout_ms: u64,
 ) -> Result<SemanticDiff, SemanticError> {
+    let action_groups = |model: &Model, side| {
+        ActionGroups::of(&model.schema).map_err(|source| SemanticError::Groups { side, source })
+    };
     let mut checker = Checker {
         compiler: start_solver(solver_path, timeout_ms)?,
         old,
         new,
+        old_groups: action_groups(old, "OLD")?,
+        new_groups: action_groups(new, "NEW")?,
     };
     let mut skipped = removed_signatures(&old.schema, &new.schema);
     let mut signatures = Vec::new();
@@ -239,11 +258,11 @@ fn removed_signatures(old: &Schema, new: &Schema) -> Vec<Skipped> {
 
 /// Both policy sets compiled for one signature under NEW's schema.
 fn compile_pair(
-    old: &Model,
+    old_policies: &PolicySet,
     new: &Model,
     env: &RequestEnv,
 ) -> Result<(CompiledPolicySet, CompiledPolicySet), String> {
-    let old_set = CompiledPolicySet::compile(&old.policies, env, &new.schema)
+    let old_set = CompiledPolicySet::compile(old_policies, env, &new.schema)
         .map_err(|e| format!("OLD's policies do not compile under NEW's schema: {e}"))?;
     let new_set = CompiledPolicySet::compile(&new.policies, env, &new.schema)
         .map_err(|e| format!("NEW's policies do not compile: {e}"))?;
@@ -272,29 +291,61 @@ struct Checker<'a> {
     compiler: CedarSymCompiler<LocalSolver>,
     old: &'a Model,
     new: &'a Model,
+    old_groups: ActionGroups,
+    new_groups: ActionGroups,
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
     /// Both directions for one signature; `Err` says why it cannot be compared.
     async fn signature(&mut self, env: &RequestEnv) -> Result<SignatureDiff, String> {
-        let (old_set, new_set) = compile_pair(self.old, self.new, env)?;
+        let regrouped = groups::regrouping(&self.old_groups, &self.new_groups, env.action());
+        let old_policies = self.old_policies(env, regrouped.as_deref())?;
+        let (old_set, new_set) = compile_pair(&old_policies, self.new, env)?;
         let started = std::time::Instant::now();
-        let widening = self.direction(&new_set, &old_set, Towards::New).await;
-        let narrowing = self.direction(&old_set, &new_set, Towards::Old).await;
+        let widening = self
+            .direction(&new_set, &old_set, &old_policies, Towards::New)
+            .await;
+        let narrowing = self
+            .direction(&old_set, &new_set, &old_policies, Towards::Old)
+            .await;
         Ok(SignatureDiff {
             signature: signature_name(env),
             verdict: verdict(&widening, &narrowing),
             widening,
             narrowing,
+            regrouped,
             millis: started.elapsed().as_millis(),
         })
     }
 
-    /// Looks for a request `allowing` allows and `denying` denies.
+    /// OLD's policies for the signature: as they are, or, when NEW's schema
+    /// regroups its action, pinned to the action under OLD's groups.
+    fn old_policies(
+        &self,
+        env: &RequestEnv,
+        regrouped: Option<&str>,
+    ) -> Result<Cow<'a, PolicySet>, String> {
+        let old: &'a Model = self.old;
+        let Some(regrouped) = regrouped else {
+            return Ok(Cow::Borrowed(&old.policies));
+        };
+        groups::pin(&old.policies, env.action(), &self.old_groups)
+            .map(Cow::Owned)
+            .map_err(|e| {
+                format!(
+                    "{regrouped}, and OLD's policies cannot be read with OLD's groups \
+                     (they are compiled under NEW's): {e}"
+                )
+            })
+    }
+
+    /// Looks for a request `allowing` allows and `denying` denies; an example is
+    /// decided again with `old_policies` (OLD's, as compared) and NEW's.
     async fn direction(
         &mut self,
         allowing: &CompiledPolicySet,
         denying: &CompiledPolicySet,
+        old_policies: &PolicySet,
         towards: Towards,
     ) -> Direction {
         match self
@@ -304,7 +355,7 @@ impl Checker<'_> {
         {
             Ok(None) => Direction::None,
             Ok(Some(env)) => Direction::Found {
-                example: Box::new(self.confirm(&env, towards)),
+                example: Box::new(self.confirm(&env, old_policies, towards)),
             },
             Err(SymccError::SolverUnknown) => Direction::Unknown {
                 reason: "solver answered unknown (time limit per query reached)".to_owned(),
@@ -316,8 +367,8 @@ impl Checker<'_> {
     }
 
     /// Decides the counterexample with the real authorizer on both sides.
-    fn confirm(&self, env: &Env, towards: Towards) -> Example {
-        let (old_allows, old_reasons) = decide(&self.old.policies, &env.request, &env.entities);
+    fn confirm(&self, env: &Env, old_policies: &PolicySet, towards: Towards) -> Example {
+        let (old_allows, old_reasons) = decide(old_policies, &env.request, &env.entities);
         let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, &env.entities);
         let confirmed = match towards {
             Towards::New => new_allows && !old_allows,

@@ -1,9 +1,11 @@
 //! The structural part of a diff: policies matched by `@id` (added, removed,
 //! changed, reformatted, moved between files) and schema changes (signatures and
-//! entity types added or removed, with the text diff).
+//! entity types added or removed, with the text diff); changes of the derivation
+//! rules and of the stored entities (text diffs).
 //!
 //! "Changed" compares the policies' JSON form, which ignores layout and comments;
-//! text that differs only in layout is "reformatted".
+//! a policy whose JSON differs only in its annotations is "annotated", and text
+//! that differs only in layout is "reformatted": neither changes a decision.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,6 +22,8 @@ pub enum Change {
     Added,
     Removed,
     Changed,
+    /// Only annotations differ (`@source`, …): the same meaning.
+    Annotated,
     Reformatted,
     Unchanged,
 }
@@ -50,6 +54,8 @@ pub struct SchemaChange {
     pub signatures_removed: Vec<String>,
     pub entity_types_added: Vec<String>,
     pub entity_types_removed: Vec<String>,
+    /// Only layout or comments differ: the schemas' JSON forms are equal.
+    pub reformatted: bool,
     pub text_diff: String,
 }
 
@@ -63,6 +69,9 @@ pub struct StructuralDiff {
     /// is identical. The solver compares policies over every entity store, so it
     /// does not see what these rules write into the stored entities.
     pub derived: Option<String>,
+    /// The stored entities' (`examples/entities.json`) unified diff; `None` when
+    /// their text is identical. The solver does not see them either.
+    pub entities: Option<String>,
 }
 
 impl StructuralDiff {
@@ -72,9 +81,20 @@ impl StructuralDiff {
             .iter()
             .filter(|p| p.change != Change::Unchanged || p.moved())
     }
+
+    /// Whether a policy or the schema changed beyond annotations, layout and
+    /// comments, so that only the solver can tell whether a decision changes.
+    pub fn meaning_may_differ(&self) -> bool {
+        let policy_changed = self
+            .policies
+            .iter()
+            .any(|p| matches!(p.change, Change::Added | Change::Removed | Change::Changed));
+        policy_changed || self.schema.as_ref().is_some_and(|s| !s.reformatted)
+    }
 }
 
-pub fn compare(old: &Model, new: &Model) -> StructuralDiff {
+/// Compares two models, and the text of their stored entities (empty without).
+pub fn compare(old: &Model, new: &Model, old_entities: &str, new_entities: &str) -> StructuralDiff {
     let old_policies = by_id(old);
     let new_policies = by_id(new);
     let ids: BTreeSet<&String> = old_policies.keys().chain(new_policies.keys()).collect();
@@ -85,10 +105,13 @@ pub fn compare(old: &Model, new: &Model) -> StructuralDiff {
     let schema = (old.schema_text != new.schema_text).then(|| schema_change(old, new));
     let derived = (old.derived_text != new.derived_text)
         .then(|| unified(&old.derived_text, &new.derived_text, "OLD", "NEW"));
+    let entities =
+        (old_entities != new_entities).then(|| unified(old_entities, new_entities, "OLD", "NEW"));
     StructuralDiff {
         policies,
         schema,
         derived,
+        entities,
     }
 }
 
@@ -97,6 +120,15 @@ struct Entry<'a> {
     info: &'a PolicyInfo,
     text: String,
     json: Option<serde_json::Value>,
+}
+
+impl Entry<'_> {
+    /// The JSON form without annotations: what decides.
+    fn meaning(&self) -> Option<serde_json::Value> {
+        let mut json = self.json.clone()?;
+        json.as_object_mut()?.remove("annotations");
+        Some(json)
+    }
 }
 
 fn by_id(model: &Model) -> BTreeMap<String, Entry<'_>> {
@@ -119,7 +151,8 @@ fn policy_change(id: &str, old: Option<&Entry>, new: Option<&Entry>) -> PolicyCh
     let change = match (old, new) {
         (None, _) => Change::Added,
         (_, None) => Change::Removed,
-        (Some(o), Some(n)) if o.json.is_none() || o.json != n.json => Change::Changed,
+        (Some(o), Some(n)) if o.json.is_none() || o.meaning() != n.meaning() => Change::Changed,
+        (Some(o), Some(n)) if o.json != n.json => Change::Annotated,
         (Some(o), Some(n)) if o.text != n.text => Change::Reformatted,
         _ => Change::Unchanged,
     };
@@ -158,6 +191,7 @@ fn schema_change(old: &Model, new: &Model) -> SchemaChange {
         signatures_removed: old_sigs.difference(&new_sigs).cloned().collect(),
         entity_types_added: new_types.difference(&old_types).cloned().collect(),
         entity_types_removed: old_types.difference(&new_types).cloned().collect(),
+        reformatted: old.schema_json == new.schema_json,
         text_diff: unified(&old.schema_text, &new.schema_text, "OLD", "NEW"),
     }
 }

@@ -258,8 +258,12 @@ fn assert_structurally_unchanged_but_moved(report: &Value) {
 fn moving_rules_is_matched_by_id_without_the_solver() {
     let (old, new) = (model_copy(), model_copy());
     reorder_reformat_and_move(new.path());
-    let (code, report) = diff_json(old.path(), new.path(), &["--no-semantic"]);
-    assert_eq!(code, 0);
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--no-semantic", "--fail-on", "any"],
+    );
+    assert_eq!(code, 0, "nothing changed in meaning: {report:#}");
     assert_eq!(report["semantic"], Value::Null);
     assert_structurally_unchanged_but_moved(&report);
 }
@@ -592,4 +596,183 @@ fn a_query_over_its_time_limit_is_unknown_and_trips_the_gate() {
         .unwrap_or_else(|| panic!("no query reached 1 ms: {report:#}"));
     let reason = unknown["widening"]["reason"].as_str().unwrap();
     assert!(reason.contains("time limit"), "{reason}");
+}
+
+const GRANT: &str = "(User, Action::\"grant_habilitation\", Habilitation)";
+
+/// Makes `change_password` a member of the `manage_user` action group.
+fn group_change_password_under_manage_user(dir: &Path) {
+    edit(dir, "schema/cdap.cedarschema", |t| {
+        t.replace(
+            "action change_password appliesTo",
+            "action change_password in [manage_user] appliesTo",
+        )
+    });
+}
+
+/// Takes `grant_habilitation` out of the `manage_habilitations` action group.
+fn ungroup_grant_habilitation(dir: &Path) {
+    edit(dir, "schema/cdap.cedarschema", |t| {
+        t.replace(
+            "action grant_habilitation, revoke_habilitation, suspend_habilitation in [\"manage_habilitations\"] appliesTo {",
+            "action grant_habilitation appliesTo {\n  principal: User,\n  resource: Habilitation,\n  context: Session,\n};\n\
+             action revoke_habilitation, suspend_habilitation in [\"manage_habilitations\"] appliesTo {",
+        )
+    });
+}
+
+/// Both policy sets are compiled under NEW's schema; OLD's `action in G` must still
+/// mean OLD's group, or moving an action into a group would read "equivalent".
+#[test]
+fn moving_an_action_into_a_group_widens_through_policies_on_that_group() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    group_change_password_under_manage_user(new.path());
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "--fail-on widen must trip: {report:#}");
+    let change = signature(&report, CHANGE_PASSWORD);
+    assert!(
+        ["widens", "widens_and_narrows"].contains(&change["verdict"].as_str().unwrap()),
+        "{change:#}"
+    );
+    assert!(
+        change["regrouped"]
+            .as_str()
+            .unwrap()
+            .contains("moves Action::\"change_password\" into Action::\"manage_user\""),
+        "{change:#}"
+    );
+    let example = &change["widening"]["example"];
+    assert_eq!(example["confirmed"], true, "{example:#}");
+    assert_eq!(
+        (&example["old_decision"], &example["new_decision"]),
+        (&json!("Deny"), &json!("Allow"))
+    );
+    assert_eq!(signature(&report, CONSULT)["verdict"], "equivalent");
+}
+
+#[test]
+fn taking_an_action_out_of_a_group_narrows() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    ungroup_grant_habilitation(new.path());
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "narrow"]);
+    assert_eq!(code, 4, "--fail-on narrow must trip: {report:#}");
+    let grant = signature(&report, GRANT);
+    assert!(
+        ["narrows", "widens_and_narrows"].contains(&grant["verdict"].as_str().unwrap()),
+        "{grant:#}"
+    );
+    assert!(
+        grant["regrouped"]
+            .as_str()
+            .unwrap()
+            .contains("out of Action::\"manage_habilitations\""),
+        "{grant:#}"
+    );
+    let example = &grant["narrowing"]["example"];
+    assert_eq!(example["confirmed"], true, "{example:#}");
+    assert_eq!(example["new_decision"], "Deny");
+}
+
+/// `--no-semantic` proves nothing: a changed permit (or action groups) must not
+/// pass a gate silently, while annotation-only and comment-only changes still do.
+#[test]
+fn without_the_solver_a_changed_policy_or_schema_trips_every_gate() {
+    let (old, new) = (model_copy(), model_copy());
+    edit(new.path(), "policies/account.cedar", |t| {
+        t.replace("(S2): the one action", "(S2): the only action")
+    });
+    edit(new.path(), "schema/cdap.cedarschema", |t| {
+        t.replace("entity Caf = {", "// a comment\nentity Caf = {")
+    });
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--no-semantic", "--fail-on", "any"],
+    );
+    assert_eq!(code, 0, "only annotations and comments changed: {report:#}");
+    assert_eq!(
+        policy(&report, "S2-change-own-password")["change"],
+        "annotated"
+    );
+    assert_eq!(report["structural"]["schema"]["reformatted"], true);
+
+    let (tightened, regrouped) = (model_copy(), model_copy());
+    edit(tightened.path(), "policies/account.cedar", |t| {
+        t.replace(
+            "when { principal == resource };",
+            "when { principal == resource && context.authentication == \"password\" };",
+        )
+    });
+    group_change_password_under_manage_user(regrouped.path());
+    for (new, what) in [(&tightened, "a permit"), (&regrouped, "the action groups")] {
+        for gate in ["widen", "narrow", "any"] {
+            let (code, report) = diff_json(
+                old.path(),
+                new.path(),
+                &["--no-semantic", "--fail-on", gate],
+            );
+            assert_eq!(code, 4, "{what} changed, --fail-on {gate}: {report:#}");
+        }
+    }
+    let text = cdap_authz(
+        old.path(),
+        &[
+            old.path().to_str().unwrap(),
+            tightened.path().to_str().unwrap(),
+            "--no-semantic",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("not run (--no-semantic), so nothing was proven")
+            && text.contains("UNPROVEN"),
+        "{text}"
+    );
+}
+
+/// Stored entities are data the solver does not see (it compares the policies
+/// over every entity store): a mission granted one more data category lets its
+/// users consult more, with every policy the same, so the change trips the gates.
+#[test]
+fn a_change_of_stored_entities_is_shown_and_trips_the_gate() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    edit(new.path(), "examples/entities.json", |t| {
+        t.replacen(
+            "\"ressources\",\n    \"composition_familiale\"\n",
+            "\"ressources\",\n    \"composition_familiale\",\n    \"rsa\"\n",
+            1,
+        )
+    });
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "{report:#}");
+    for (signature, verdict) in verdicts(&report) {
+        assert_eq!(
+            verdict, "equivalent",
+            "{signature}: the policies are the same"
+        );
+    }
+    let text_diff = report["structural"]["entities"].as_str().unwrap();
+    assert!(text_diff.contains("+    \"rsa\""), "{text_diff}");
+    let text = cdap_authz(
+        old.path(),
+        &[
+            old.path().to_str().unwrap(),
+            new.path().to_str().unwrap(),
+            "--no-semantic",
+        ],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("stored entities: changed") && text.contains("UNPROVEN"),
+        "{text}"
+    );
 }
