@@ -257,6 +257,9 @@ impl Writer {
                 "!!! UNCONFIRMED: the real authorizer does not reproduce this difference\n",
             );
         }
+        if let Some(note) = &example.note {
+            let _ = writeln!(text, "!!! {note}");
+        }
         let _ = writeln!(
             text,
             "request: {} {} {}",

@@ -6,7 +6,10 @@
 //! not imply OLD; narrowing is the reverse. Each counterexample the solver gives
 //! is decided again by Cedar's real authorizer on both sides, with the sidecar's
 //! fail-closed rule (an evaluation error denies); an example whose decisions do
-//! not differ is reported as unconfirmed.
+//! not differ is reported as unconfirmed. The solver picks the tags a side's
+//! derivation rules compute as freely as any data (a negative count): they are
+//! recounted over the example's entities, as the sidecar would store them, before
+//! the example is decided again.
 //!
 //! Both policy sets are compiled against NEW's schema. When the schemas differ,
 //! signatures only in OLD are skipped (NEW has no such requests), and so is any
@@ -85,6 +88,10 @@ pub struct Example {
     pub new_decision: &'static str,
     /// The decisions really differ in the expected direction.
     pub confirmed: bool,
+    /// Why an example is not confirmed, beyond its decisions: its derived tags,
+    /// recounted, no longer give the difference, or the sidecar would not store its
+    /// entities.
+    pub note: Option<String>,
     /// The policies that decided on each side.
     pub old_reasons: Vec<String>,
     pub new_reasons: Vec<String>,
@@ -368,12 +375,23 @@ impl<'a> Checker<'a> {
 
     /// Decides the counterexample with the real authorizer on both sides.
     fn confirm(&self, env: &Env, old_policies: &PolicySet, towards: Towards) -> Example {
-        let (old_allows, old_reasons) = decide(old_policies, &env.request, &env.entities);
-        let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, &env.entities);
-        let confirmed = match towards {
+        let (old_stored, new_stored) = (
+            as_stored(&env.entities, self.old),
+            as_stored(&env.entities, self.new),
+        );
+        let new_entities = recounted_or(&new_stored, &env.entities);
+        let (old_allows, old_reasons) = decide(
+            old_policies,
+            &env.request,
+            recounted_or(&old_stored, &env.entities),
+        );
+        let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, new_entities);
+        let differs = match towards {
             Towards::New => new_allows && !old_allows,
             Towards::Old => old_allows && !new_allows,
         };
+        let note = unconfirmed_note(&old_stored, &new_stored, differs);
+        let confirmed = differs && note.is_none();
         let uid = |u: Option<&cedar_policy::EntityUid>| u.map(ToString::to_string);
         let principal = uid(env.request.principal()).unwrap_or_default();
         let resource = uid(env.request.resource()).unwrap_or_default();
@@ -381,6 +399,7 @@ impl<'a> Checker<'a> {
             old_decision: outcome(old_allows),
             new_decision: outcome(new_allows),
             confirmed,
+            note,
             old_reasons,
             new_reasons,
             action: uid(env.request.action()).unwrap_or_default(),
@@ -389,7 +408,7 @@ impl<'a> Checker<'a> {
                 .context()
                 .and_then(|c| c.to_json_value().ok())
                 .unwrap_or(Value::Null),
-            entities: ordered_entities(&env.entities, &env.request),
+            entities: ordered_entities(new_entities, &env.request),
             principal,
             resource,
         }
@@ -401,6 +420,71 @@ fn outcome(allowed: bool) -> &'static str {
         "Allow"
     } else {
         "Deny"
+    }
+}
+
+/// The example's entities as `model`'s sidecar would store them: the tags its
+/// derivation rules compute recounted over them, in place of the solver's. `None`
+/// when the model derives nothing.
+fn as_stored(entities: &Entities, model: &Model) -> Result<Option<Entities>, String> {
+    if model.rules.counts.is_empty() {
+        return Ok(None);
+    }
+    let derived = &model.derived;
+    let mut json: Vec<Value> = Vec::new();
+    for entity in entities.iter() {
+        let type_name = entity.uid().type_name().clone();
+        // Action entities come from the schema.
+        if type_name.basename() == "Action" {
+            continue;
+        }
+        let mut entity = entity.to_json_value().map_err(|e| e.to_string())?;
+        if derived.referenced.contains(&type_name) || derived.ancestors.contains(&type_name) {
+            if let Some(object) = entity.as_object_mut() {
+                object.remove("tags");
+            }
+        }
+        json.push(entity);
+    }
+    let mut json = Value::Array(json);
+    crate::derive::apply(&model.rules, derived, &mut json).map_err(|e| e.to_string())?;
+    Entities::from_json_value(json, Some(&model.schema))
+        .map(Some)
+        .map_err(|e| crate::diagnostic::describe(&e))
+}
+
+/// Why an example is not confirmed beyond its decisions: a side would not store
+/// its entities, or, recounted, they no longer give the difference.
+fn unconfirmed_note(
+    old: &Result<Option<Entities>, String>,
+    new: &Result<Option<Entities>, String>,
+    differs: bool,
+) -> Option<String> {
+    let recounted = matches!(old, Ok(Some(_))) || matches!(new, Ok(Some(_)));
+    match (old, new) {
+        (Err(why), _) => Some(format!(
+            "OLD's sidecar would not store these entities: {why}"
+        )),
+        (_, Err(why)) => Some(format!(
+            "NEW's sidecar would not store these entities: {why}"
+        )),
+        _ if !differs && recounted => Some(
+            "with the derived tags recounted over these entities (the solver chose them \
+             freely), both sides decide alike; a store with more entities may differ"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
+/// The recounted entities, else the solver's.
+fn recounted_or<'e>(
+    stored: &'e Result<Option<Entities>, String>,
+    raw: &'e Entities,
+) -> &'e Entities {
+    match stored {
+        Ok(Some(recounted)) => recounted,
+        Ok(None) | Err(_) => raw,
     }
 }
 
@@ -480,6 +564,7 @@ mod tests {
                 old_decision: "Deny",
                 new_decision: "Allow",
                 confirmed: true,
+                note: None,
                 old_reasons: Vec::new(),
                 new_reasons: Vec::new(),
                 principal: String::new(),

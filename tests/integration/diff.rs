@@ -776,3 +776,37 @@ fn a_change_of_stored_entities_is_shown_and_trips_the_gate() {
         "{text}"
     );
 }
+
+/// The solver picks derived tags as freely as any data: for a ceiling test moved
+/// from `>=` to `>` its example has a ceiling of i64::MAX, reached with one
+/// habilitation. Recounted over the example's entities, as the sidecar would store
+/// them, the tags no longer reach the ceiling: the example is not confirmed, and
+/// says why. The widening still trips the gate.
+#[test]
+fn an_example_that_rests_on_derived_tags_the_sidecar_would_not_compute_is_unconfirmed() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    edit(new.path(), "policies/habilitations.cedar", |t| {
+        t.replacen(
+            r#"resource.bulletin.getTag("*") else 0) >= resource.bulletin"#,
+            r#"resource.bulletin.getTag("*") else 0) > resource.bulletin"#,
+            1,
+        )
+    });
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "{report:#}");
+    let example = &signature(&report, GRANT)["widening"]["example"];
+    assert_eq!(example["confirmed"], false, "{example:#}");
+    let note = example["note"].as_str().unwrap();
+    assert!(note.contains("derived tags recounted"), "{note}");
+    // The entities shown carry the recounted tags, not the solver's.
+    let bulletin = example["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["uid"]["type"] == "Bulletin")
+        .unwrap();
+    assert_eq!(bulletin["tags"]["*"], 1, "{bulletin:#}");
+}
