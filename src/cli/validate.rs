@@ -1,11 +1,14 @@
 //! `cdap-authz validate`: parse and strictly validate a model, reporting every
-//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures.
+//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures. Stored
+//! entities naming entities that are not stored are warned about (Cedar allows
+//! them; the decisions that read them are denied).
 
 use std::process::ExitCode;
 
 use clap::Args;
 
 use super::ModelArgs;
+use crate::load::dangling_references;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -13,8 +16,21 @@ pub struct ValidateArgs {
     pub model: ModelArgs,
 }
 
+/// Dangling references listed before "and N more".
+const LISTED: usize = 20;
+
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
+    let dangling = dangling_references(&snapshot.entities);
+    for reference in dangling.iter().take(LISTED) {
+        eprintln!(
+            "warning: {reference}, which is not a stored entity (a misspelt id?): a \
+             decision that reads its attributes is denied"
+        );
+    }
+    if dangling.len() > LISTED {
+        eprintln!("warning: and {} more", dangling.len() - LISTED);
+    }
     println!(
         "valid: {} policies, {} stored entities, version {}",
         snapshot.policy_info.len(),

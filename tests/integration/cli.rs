@@ -177,6 +177,47 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
     }
 }
 
+/// Cedar allows a stored entity to name one that is not stored, but every decision
+/// reading its attributes is denied: `validate` warns, naming the entity, what it
+/// names and where, and still exits 0. The bundled data names none.
+#[test]
+fn validate_warns_of_references_to_entities_that_are_not_stored() {
+    let bundled = cdap_authz().arg("validate").output().unwrap();
+    assert_exit(&bundled, 0);
+    assert!(!String::from_utf8_lossy(&bundled.stderr).contains("warning"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
+    let mut entities: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let user = entities
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["uid"]["id"] == "dep-t18")
+        .unwrap();
+    user["attrs"]["partner"]["id"] = "departement-nrod".into();
+    user["parents"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "Group", "id": "no-such-group"}));
+    let path = dir.path().join("entities.json");
+    std::fs::write(&path, entities.to_string()).unwrap();
+    let output = cdap_authz()
+        .arg("validate")
+        .arg("--entities")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        r#"warning: User::"dep-t18" names Partner::"departement-nrod" (attribute `partner`)"#,
+        r#"warning: User::"dep-t18" names Group::"no-such-group" (parent)"#,
+    ] {
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
 /// serde_json keeps the last of repeated keys: `"suspended": true, "suspended":
 /// false` would load a suspended user as active, while a reader of the file sees
 /// both. Refused, at the repeated key's line.
