@@ -238,10 +238,16 @@ fn read_policies(
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("{}#{}", relative.display(), policy.id()));
             if let Some(first) = seen.insert(id.clone(), path.clone()) {
+                // The repeat is this file's first `@id`, or its second when the
+                // first use is in this file too.
+                let nth = usize::from(first == path);
+                let at = id_position(&text, &id, nth)
+                    .map(|(line, column)| format!(":{line}:{column}"))
+                    .unwrap_or_default();
                 problems.push(Problem {
                     path: path.clone(),
                     message: format!(
-                        "{}: policy id `{id}` is already used in {}",
+                        "{}{at}: policy id `{id}` is already used in {}",
                         path.display(),
                         first.display()
                     ),
@@ -268,6 +274,16 @@ fn read_policies(
             .expect("policy ids are unique: checked above");
     }
     (problems.len() == before).then_some((all, info))
+}
+
+/// Line and column (from 1) of the `nth` (from 0) `@id("id")` written in `text`.
+fn id_position(text: &str, id: &str, nth: usize) -> Option<(usize, usize)> {
+    let written = format!("@id({})", serde_json::Value::from(id));
+    let (offset, _) = text.match_indices(&written).nth(nth)?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    Some((line, column))
 }
 
 /// The `.cedar` files under `dir`, recursively, in path order (hidden entries skipped).

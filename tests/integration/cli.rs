@@ -366,6 +366,27 @@ fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
     run_on_policies(&["validate"], files)
 }
 
+/// A repeated `@id` is shown where it is repeated: in another file, at that file's
+/// `@id`; in the same file, at its second.
+#[test]
+fn validate_shows_where_a_policy_id_is_repeated() {
+    let policy =
+        "@id(\"P\")\npermit (principal, action, resource)\nwhen { principal == resource };\n";
+    let (code, stderr) =
+        validate_policies(&[("a.cedar", policy), ("b.cedar", &format!("\n{policy}"))]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("b.cedar:2:1: policy id `P` is already used in"),
+        "{stderr}"
+    );
+    let (code, stderr) = validate_policies(&[("a.cedar", &format!("{policy}  {policy}"))]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("a.cedar:4:3: policy id `P` is already used in"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn validate_refuses_a_template_that_would_never_apply() {
     let (code, stderr) = validate_policies(&[(
