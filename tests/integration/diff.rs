@@ -73,6 +73,19 @@ fn cdap_authz(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The text report of `diff OLD NEW --no-semantic`.
+fn text_without_solver(old: &Path, new: &Path) -> String {
+    let output = cdap_authz(
+        old,
+        &[
+            old.to_str().unwrap(),
+            new.to_str().unwrap(),
+            "--no-semantic",
+        ],
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Runs `diff OLD NEW --format json ARGS`; returns the exit code and the report.
 fn diff_json(old: &Path, new: &Path, args: &[&str]) -> (i32, Value) {
     let mut all = vec![
@@ -528,15 +541,7 @@ fn a_change_of_derivation_rules_is_shown_and_trips_every_gate() {
             "{text_diff}"
         );
     }
-    let text = cdap_authz(
-        old.path(),
-        &[
-            old.path().to_str().unwrap(),
-            new.path().to_str().unwrap(),
-            "--no-semantic",
-        ],
-    );
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = text_without_solver(old.path(), new.path());
     assert!(
         text.contains("derived data: changed") && text.contains("UNPROVEN"),
         "{text}"
@@ -720,15 +725,7 @@ fn without_the_solver_a_changed_policy_or_schema_trips_every_gate() {
             assert_eq!(code, 4, "{what} changed, --fail-on {gate}: {report:#}");
         }
     }
-    let text = cdap_authz(
-        old.path(),
-        &[
-            old.path().to_str().unwrap(),
-            tightened.path().to_str().unwrap(),
-            "--no-semantic",
-        ],
-    );
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = text_without_solver(old.path(), tightened.path());
     assert!(
         text.contains("not run (--no-semantic), so nothing was proven")
             && text.contains("UNPROVEN"),
@@ -762,15 +759,7 @@ fn a_change_of_stored_entities_is_shown_and_trips_the_gate() {
     }
     let text_diff = report["structural"]["entities"].as_str().unwrap();
     assert!(text_diff.contains("+    \"rsa\""), "{text_diff}");
-    let text = cdap_authz(
-        old.path(),
-        &[
-            old.path().to_str().unwrap(),
-            new.path().to_str().unwrap(),
-            "--no-semantic",
-        ],
-    );
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = text_without_solver(old.path(), new.path());
     assert!(
         text.contains("stored entities: changed") && text.contains("UNPROVEN"),
         "{text}"
