@@ -33,7 +33,7 @@ use cedar_policy_core::extensions::Extensions;
 use serde_json::{Map, Value};
 
 use crate::api::{parse_entity_ref, plain_ref};
-use crate::fast_hash::HashMap;
+use crate::fast_hash::{HashMap, HashSet};
 
 /// A context attribute's type, as the schema declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +98,9 @@ impl ContextTypes {
 #[derive(Debug, Default, Clone)]
 pub struct EntityShapes {
     by_type: HashMap<String, EntityShape>,
+    /// The enumerated entity types (qualified names), whose entities are never
+    /// stored: the schema lists them.
+    enumerated: HashSet<String>,
 }
 
 /// An entity type's attributes and tags, as far as [`attr_type`] reads them.
@@ -125,12 +128,21 @@ impl EntityShapes {
                 by_type.insert(qualified(namespace, name), shape);
             }
         }
-        Self { by_type }
+        let enumerated = declared.enums.into_keys().collect();
+        Self {
+            by_type,
+            enumerated,
+        }
     }
 
     /// The attributes and tags of the entity type named `type_name` (qualified).
     pub fn get(&self, type_name: &str) -> Option<&EntityShape> {
         self.by_type.get(type_name)
+    }
+
+    /// Whether the schema enumerates the entities of `type_name` (qualified).
+    pub fn is_enumerated(&self, type_name: &str) -> bool {
+        self.enumerated.contains(type_name)
     }
 }
 

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::{
     Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceCode,
 };
@@ -453,57 +453,6 @@ impl Model {
         self.entities = Entities::from_json_value(json, Some(&self.schema))
             .map_err(|err| EntitiesError::Schema(describe(&err)))?;
         Ok(())
-    }
-}
-
-/// Stored entities' references (a parent, an attribute or tag holding an entity)
-/// to entities that are not stored, each as `User::"a" names Partner::"b"`
-/// followed by where (`(parent)`, `(attribute ...)`). Cedar allows them, but a
-/// decision that reads such an entity's attributes errs, so is denied: mostly a
-/// misspelt id. Action entities, which the schema brings, are not listed.
-pub fn dangling_references(entities: &Entities) -> Vec<String> {
-    let mut dangling = Vec::new();
-    for entity in entities.iter() {
-        let Ok(json) = entity.to_json_value() else {
-            continue;
-        };
-        let mut named = Vec::new();
-        for parent in json["parents"].as_array().into_iter().flatten() {
-            named.push((parent.clone(), "parent".to_owned()));
-        }
-        for field in ["attrs", "tags"] {
-            let kind = if field == "attrs" { "attribute" } else { "tag" };
-            for (name, value) in json[field].as_object().into_iter().flatten() {
-                references_in(value, &format!("{kind} `{name}`"), &mut named);
-            }
-        }
-        for (reference, place) in named {
-            let Ok(uid) = EntityUid::from_json(reference) else {
-                continue;
-            };
-            if uid.type_name().basename() != "Action" && entities.get(&uid).is_none() {
-                dangling.push(format!("{} names {uid} ({place})", entity.uid()));
-            }
-        }
-    }
-    dangling
-}
-
-/// The entity references (`{"__entity": …}`) within an attribute or tag value.
-fn references_in(
-    value: &serde_json::Value,
-    place: &str,
-    found: &mut Vec<(serde_json::Value, String)>,
-) {
-    match value {
-        serde_json::Value::Object(map) => match map.get("__entity") {
-            Some(reference) => found.push((reference.clone(), place.to_owned())),
-            None => map.values().for_each(|v| references_in(v, place, found)),
-        },
-        serde_json::Value::Array(items) => {
-            items.iter().for_each(|v| references_in(v, place, found))
-        }
-        _ => {}
     }
 }
 

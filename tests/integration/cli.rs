@@ -178,8 +178,8 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
 }
 
 /// Cedar allows a stored entity to name one that is not stored, but every decision
-/// reading its attributes is denied: `validate` warns, naming the entity, what it
-/// names and where, and still exits 0. The bundled data names none.
+/// reading its attributes is denied: `validate` warns, naming the missing entity,
+/// and still exits 0. The bundled data names none.
 #[test]
 fn validate_warns_of_references_to_entities_that_are_not_stored() {
     let bundled = cdap_authz().arg("validate").output().unwrap();
@@ -211,11 +211,49 @@ fn validate_warns_of_references_to_entities_that_are_not_stored() {
     assert_exit(&output, 0);
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
-        r#"warning: User::"dep-t18" names Partner::"departement-nrod" (attribute `partner`)"#,
-        r#"warning: User::"dep-t18" names Group::"no-such-group" (parent)"#,
+        r#"warning: stored entities name Partner::"departement-nrod", which is not"#,
+        r#"warning: stored entities name Group::"no-such-group", which is not"#,
     ] {
         assert!(stderr.contains(expected), "{stderr}");
     }
+
+    // An enumerated entity is never stored: the schema lists it.
+    let files = [
+        (
+            "schema.cedarschema",
+            "entity Color enum [\"red\", \"blue\"];\nentity User = { favourite: Color };\n\
+             entity Doc;\naction view appliesTo { principal: User, resource: Doc };\n",
+        ),
+        (
+            "entities.json",
+            r#"[{"uid": {"type": "User", "id": "u"}, "parents": [],
+                 "attrs": {"favourite": {"__entity": {"type": "Color", "id": "red"}}}}]"#,
+        ),
+        (
+            "policies/p.cedar",
+            "permit (principal, action, resource) when { principal.favourite == Color::\"red\" };\n",
+        ),
+    ];
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let output = cdap_authz()
+        .arg("validate")
+        .args([
+            "--schema",
+            "schema.cedarschema",
+            "--entities",
+            "entities.json",
+        ])
+        .args(["--policies", "policies"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&output, 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("warning"), "{stderr}");
 }
 
 /// serde_json keeps the last of repeated keys: `"suspended": true, "suspended":
