@@ -232,16 +232,17 @@ fn read_policies(
         };
         refuse_templates(&path, &parsed, problems);
         let mut file_set = PolicySet::new();
+        let mut used_in_file: HashMap<String, usize> = HashMap::new();
         for policy in parsed.policies() {
             let id = policy
                 .annotation("id")
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("{}#{}", relative.display(), policy.id()));
+            let uses_here = used_in_file.entry(id.clone()).or_insert(0);
+            *uses_here += 1;
             if let Some(first) = seen.insert(id.clone(), path.clone()) {
-                // The repeat is this file's first `@id`, or its second when the
-                // first use is in this file too.
-                let nth = usize::from(first == path);
-                let at = id_position(&text, &id, nth)
+                // The repeat is this file's latest `@id("id")`.
+                let at = id_position(&text, &id, *uses_here - 1)
                     .map(|(line, column)| format!(":{line}:{column}"))
                     .unwrap_or_default();
                 problems.push(Problem {

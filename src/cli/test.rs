@@ -198,10 +198,12 @@ fn case_json(result: &CaseResult) -> Value {
         "expected": {
             "decision": format!("{:?}", result.expected.decision).to_lowercase(),
             "reason": result.expected.reason,
+            // A number, as in the suite; `null` with `has_error` for "one or more".
             "num_errors": match result.expected.errors {
-                ExpectedErrors::Exactly(count) => json!(count),
-                ExpectedErrors::AtLeastOne => json!("at least 1"),
+                ExpectedErrors::Exactly(count) => Some(count),
+                ExpectedErrors::AtLeastOne => None,
             },
+            "has_error": result.expected.errors == ExpectedErrors::AtLeastOne,
         },
         "actual": result.actual.as_ref().map(|d| json!({
             "decision": d.outcome.as_str().to_lowercase(),

@@ -180,7 +180,7 @@ fn a_case_that_cannot_be_decided_is_an_error_not_a_pass() {
 #[test]
 fn a_deny_that_only_an_evaluation_error_gave_fails_unless_errors_are_expected() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |edit: &dyn Fn(&mut Value)| {
+    let run_with = |edit: &dyn Fn(&mut Value), format: &str| {
         let path = copy_suite("profiles.json", dir.path(), |suite| {
             let tests = suite["tests"].as_array_mut().unwrap();
             tests.retain(|case| {
@@ -192,12 +192,13 @@ fn a_deny_that_only_an_evaluation_error_gave_fails_unless_errors_are_expected() 
             case.as_object_mut().unwrap().remove("reason");
             edit(case);
         });
-        let output = cdap_authz_test(&[path.to_str().unwrap()]);
+        let output = cdap_authz_test(&[path.to_str().unwrap(), "--format", format]);
         (
             output.status.code(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
         )
     };
+    let run = |edit: &dyn Fn(&mut Value)| run_with(edit, "text");
     let nonexistent = |case: &mut Value| {
         case["request"]["context"]["habilitation"]["id"] = "nope".into();
     };
@@ -206,11 +207,19 @@ fn a_deny_that_only_an_evaluation_error_gave_fails_unless_errors_are_expected() 
     assert!(stdout.contains("errors: expected 0, got 17\n"), "{stdout}");
     assert!(stdout.contains("reason any, errors 0"), "{stdout}");
 
-    let (code, stdout) = run(&|case| {
+    let one_or_more = |case: &mut Value| {
         nonexistent(case);
         case["has_error"] = true.into();
-    });
+    };
+    let (code, stdout) = run(&one_or_more);
     assert_eq!(code, Some(0), "{stdout}");
+    // The JSON report keeps `num_errors` a number or null, as suites write it.
+    let (_, json) = run_with(&one_or_more, "json");
+    let expected = &serde_json::from_str::<Value>(&json).unwrap()["cases"][0]["expected"];
+    assert_eq!(
+        (&expected["num_errors"], &expected["has_error"]),
+        (&Value::Null, &Value::Bool(true))
+    );
     let (code, stdout) = run(&|case| case["has_error"] = true.into());
     assert_eq!(code, Some(1), "{stdout}");
     assert!(
