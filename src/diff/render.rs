@@ -253,12 +253,11 @@ impl Writer {
     fn example(&mut self, example: &Example) {
         let mut text = String::new();
         if !example.confirmed {
-            text.push_str(
-                "!!! UNCONFIRMED: the real authorizer does not reproduce this difference\n",
-            );
-        }
-        if let Some(note) = &example.note {
-            let _ = writeln!(text, "!!! {note}");
+            let why = example
+                .note
+                .as_deref()
+                .unwrap_or("the real authorizer does not reproduce this difference");
+            let _ = writeln!(text, "!!! UNCONFIRMED: {why}");
         }
         let _ = writeln!(
             text,

@@ -293,6 +293,16 @@ enum Towards {
     Old,
 }
 
+impl Towards {
+    /// Whether OLD's and NEW's decisions differ this way.
+    fn differs(self, old_allows: bool, new_allows: bool) -> bool {
+        match self {
+            Towards::New => new_allows && !old_allows,
+            Towards::Old => old_allows && !new_allows,
+        }
+    }
+}
+
 /// The solver and the two sides it compares.
 struct Checker<'a> {
     compiler: CedarSymCompiler<LocalSolver>,
@@ -375,22 +385,39 @@ impl<'a> Checker<'a> {
 
     /// Decides the counterexample with the real authorizer on both sides.
     fn confirm(&self, env: &Env, old_policies: &PolicySet, towards: Towards) -> Example {
-        let (old_stored, new_stored) = (
-            as_stored(&env.entities, self.old),
-            as_stored(&env.entities, self.new),
-        );
-        let new_entities = recounted_or(&new_stored, &env.entities);
-        let (old_allows, old_reasons) = decide(
-            old_policies,
-            &env.request,
-            recounted_or(&old_stored, &env.entities),
-        );
-        let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, new_entities);
-        let differs = match towards {
-            Towards::New => new_allows && !old_allows,
-            Towards::Old => old_allows && !new_allows,
+        // The example was made under NEW's schema, so both sides' entities are
+        // built under it, each with its own side's derived tags. When a side would
+        // not store them, both are decided on the solver's entities.
+        let schema = &self.new.schema;
+        let stored = as_stored(&env.entities, self.old, schema)
+            .and_then(|old| Ok((old, as_stored(&env.entities, self.new, schema)?)));
+        let (old_entities, new_entities) = match &stored {
+            Ok((old, new)) => (
+                old.as_ref().unwrap_or(&env.entities),
+                new.as_ref().unwrap_or(&env.entities),
+            ),
+            Err(_) => (&env.entities, &env.entities),
         };
-        let note = unconfirmed_note(&old_stored, &new_stored, differs);
+        let (old_allows, old_reasons) = decide(old_policies, &env.request, old_entities);
+        let (new_allows, new_reasons) = decide(&self.new.policies, &env.request, new_entities);
+        let differs = towards.differs(old_allows, new_allows);
+        let note = match &stored {
+            Err(why) => Some(format!("the sidecar would not store these entities: {why}")),
+            Ok((None, None)) => None,
+            Ok(_) if differs => None,
+            Ok(_) => {
+                let on_solvers_tags = towards.differs(
+                    decide(old_policies, &env.request, &env.entities).0,
+                    decide(&self.new.policies, &env.request, &env.entities).0,
+                );
+                on_solvers_tags.then(|| {
+                    "the difference rests on derived tags the solver chose freely: recounted \
+                     over these entities, as the sidecar stores them, both sides decide alike \
+                     (a store with more entities may still differ)"
+                        .to_owned()
+                })
+            }
+        };
         let confirmed = differs && note.is_none();
         let uid = |u: Option<&cedar_policy::EntityUid>| u.map(ToString::to_string);
         let principal = uid(env.request.principal()).unwrap_or_default();
@@ -423,10 +450,15 @@ fn outcome(allowed: bool) -> &'static str {
     }
 }
 
-/// The example's entities as `model`'s sidecar would store them: the tags its
-/// derivation rules compute recounted over them, in place of the solver's. `None`
-/// when the model derives nothing.
-fn as_stored(entities: &Entities, model: &Model) -> Result<Option<Entities>, String> {
+/// The example's entities as `model`'s sidecar would store them under `schema`
+/// (the one the example was made under): the tags `model`'s derivation rules
+/// compute recounted over them, in place of the solver's. `None` when the model
+/// derives nothing.
+fn as_stored(
+    entities: &Entities,
+    model: &Model,
+    schema: &Schema,
+) -> Result<Option<Entities>, String> {
     if model.rules.counts.is_empty() {
         return Ok(None);
     }
@@ -448,44 +480,9 @@ fn as_stored(entities: &Entities, model: &Model) -> Result<Option<Entities>, Str
     }
     let mut json = Value::Array(json);
     crate::derive::apply(&model.rules, derived, &mut json).map_err(|e| e.to_string())?;
-    Entities::from_json_value(json, Some(&model.schema))
+    Entities::from_json_value(json, Some(schema))
         .map(Some)
         .map_err(|e| crate::diagnostic::describe(&e))
-}
-
-/// Why an example is not confirmed beyond its decisions: a side would not store
-/// its entities, or, recounted, they no longer give the difference.
-fn unconfirmed_note(
-    old: &Result<Option<Entities>, String>,
-    new: &Result<Option<Entities>, String>,
-    differs: bool,
-) -> Option<String> {
-    let recounted = matches!(old, Ok(Some(_))) || matches!(new, Ok(Some(_)));
-    match (old, new) {
-        (Err(why), _) => Some(format!(
-            "OLD's sidecar would not store these entities: {why}"
-        )),
-        (_, Err(why)) => Some(format!(
-            "NEW's sidecar would not store these entities: {why}"
-        )),
-        _ if !differs && recounted => Some(
-            "with the derived tags recounted over these entities (the solver chose them \
-             freely), both sides decide alike; a store with more entities may differ"
-                .to_owned(),
-        ),
-        _ => None,
-    }
-}
-
-/// The recounted entities, else the solver's.
-fn recounted_or<'e>(
-    stored: &'e Result<Option<Entities>, String>,
-    raw: &'e Entities,
-) -> &'e Entities {
-    match stored {
-        Ok(Some(recounted)) => recounted,
-        Ok(None) | Err(_) => raw,
-    }
 }
 
 /// Cedar's decision with the sidecar's fail-closed rule, and its reasons.

@@ -789,7 +789,7 @@ fn an_example_that_rests_on_derived_tags_the_sidecar_would_not_compute_is_unconf
     let example = &signature(&report, GRANT)["widening"]["example"];
     assert_eq!(example["confirmed"], false, "{example:#}");
     let note = example["note"].as_str().unwrap();
-    assert!(note.contains("derived tags recounted"), "{note}");
+    assert!(note.contains("rests on derived tags the solver chose"), "{note}");
     // The entities shown carry the recounted tags, not the solver's.
     let bulletin = example["entities"]
         .as_array()
@@ -798,4 +798,25 @@ fn an_example_that_rests_on_derived_tags_the_sidecar_would_not_compute_is_unconf
         .find(|e| e["uid"]["type"] == "Bulletin")
         .unwrap();
     assert_eq!(bulletin["tags"]["*"], 1, "{bulletin:#}");
+}
+
+/// A counterexample is made under NEW's schema: with a User attribute only NEW
+/// declares, OLD's side is still decided on the example's entities built under
+/// NEW's schema (with OLD's derived tags), and a real widening stays confirmed.
+#[test]
+fn an_example_under_a_schema_with_a_new_attribute_is_still_confirmed() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    drop_suspension_forbid(new.path());
+    edit(new.path(), "schema/cdap.cedarschema", |t| {
+        t.replace("  role: String,\n", "  role: String,\n  archived: Bool,\n")
+    });
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "{report:#}");
+    let example = &signature(&report, CONSULT)["widening"]["example"];
+    assert_eq!(example["confirmed"], true, "{example:#}");
+    assert_eq!(example["note"], Value::Null, "{example:#}");
+    assert!(example["entities"][0]["attrs"]["archived"].is_boolean(), "{example:#}");
 }
