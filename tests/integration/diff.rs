@@ -789,7 +789,10 @@ fn an_example_that_rests_on_derived_tags_the_sidecar_would_not_compute_is_unconf
     let example = &signature(&report, GRANT)["widening"]["example"];
     assert_eq!(example["confirmed"], false, "{example:#}");
     let note = example["note"].as_str().unwrap();
-    assert!(note.contains("rests on derived tags the solver chose"), "{note}");
+    assert!(
+        note.contains("rests on derived tags the solver chose"),
+        "{note}"
+    );
     // The entities shown carry the recounted tags, not the solver's.
     let bulletin = example["entities"]
         .as_array()
@@ -818,5 +821,8 @@ fn an_example_under_a_schema_with_a_new_attribute_is_still_confirmed() {
     let example = &signature(&report, CONSULT)["widening"]["example"];
     assert_eq!(example["confirmed"], true, "{example:#}");
     assert_eq!(example["note"], Value::Null, "{example:#}");
-    assert!(example["entities"][0]["attrs"]["archived"].is_boolean(), "{example:#}");
+    assert!(
+        example["entities"][0]["attrs"]["archived"].is_boolean(),
+        "{example:#}"
+    );
 }
