@@ -10,10 +10,13 @@
 //! every reload the watches are added again, then the files are read: a swapped-in
 //! directory is watched before it is read, so a change made to it during the load
 //! is seen. Bursts are debounced.
+//! A file being written in place is not read until its writer closes it (on Linux,
+//! where inotify says so): an empty or cut policy file is valid Cedar, and loading
+//! one mid-write would drop its forbids.
 //! A refused reload keeps the current snapshot, logs the rendered error (file, line,
 //! column), and shows it in `/v1/policy-set` and `/metrics`. SIGHUP forces a reload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -151,6 +154,20 @@ impl Reloader {
             || path.starts_with(&self.sources.policies)
             || self.sources().any(|source| source.starts_with(path))
     }
+
+    /// Whether a load reads the file at `path`: a source file, or a `.cedar` file
+    /// in the policy directory outside hidden entries ([`crate::load::policy_files`]).
+    fn is_read(&self, path: &Path) -> bool {
+        let policy_file = path
+            .strip_prefix(&self.sources.policies)
+            .is_ok_and(|within| {
+                path.extension().is_some_and(|e| e == "cedar")
+                    && !within
+                        .components()
+                        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+            });
+        policy_file || self.sources().skip(1).any(|source| source == path)
+    }
 }
 
 /// Waits (on the reload thread) until in-flight requests release the old snapshot,
@@ -164,10 +181,78 @@ fn drop_when_unused(old: Arc<Snapshot>) {
 }
 
 enum Trigger {
-    Changed(Vec<PathBuf>),
+    Changed(Change),
     Force,
     Stop,
 }
+
+/// A file event, by what it says of a writer.
+struct Change {
+    paths: Vec<PathBuf>,
+    writes: Writes,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    /// Data was written to the files (or they were created, or truncated): their
+    /// writer may still be writing.
+    Started,
+    /// Their writer closed them.
+    Finished,
+    /// Anything else (a rename, a delete, a directory swapped): complete as it is.
+    Neither,
+}
+
+impl Change {
+    /// What a watcher event says; `None` for one that changes nothing (a read).
+    fn of(event: notify::Event) -> Option<Self> {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        let writes = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Writes::Finished,
+            // Reading a file (as every reload does) is not a change: without this,
+            // each reload's own reads would schedule the next one.
+            EventKind::Access(_) => return None,
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(CreateKind::File)
+                if TRACKS_WRITERS =>
+            {
+                Writes::Started
+            }
+            _ => Writes::Neither,
+        };
+        Some(Self {
+            paths: event.paths,
+            writes,
+        })
+    }
+
+    /// Records which relevant files are open for writing; whether the change is
+    /// relevant at all.
+    fn apply(self, reloader: &Reloader, writing: &mut HashSet<PathBuf>) -> bool {
+        let relevant: Vec<PathBuf> = self
+            .paths
+            .into_iter()
+            .filter(|p| reloader.is_relevant(p))
+            .collect();
+        for path in &relevant {
+            match self.writes {
+                // Only files a load reads: an editor keeps its swap file open.
+                Writes::Started if reloader.is_read(path) => {
+                    writing.insert(path.clone());
+                }
+                Writes::Started => {}
+                // A file renamed or deleted has no writer left to wait for here.
+                Writes::Finished | Writes::Neither => {
+                    writing.remove(path);
+                }
+            }
+        }
+        !relevant.is_empty()
+    }
+}
+
+/// Whether the platform's watcher reports a writer closing a file (inotify's
+/// `IN_CLOSE_WRITE`); elsewhere a write is taken as complete, as before.
+const TRACKS_WRITERS: bool = cfg!(target_os = "linux");
 
 /// A running watcher; dropping it stops the watch thread.
 pub struct WatchHandle {
@@ -197,11 +282,10 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
     let events = triggers.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Reading a file (as every reload does) is not a change: without this,
-            // each reload's own reads would schedule the next one.
-            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
             Ok(event) => {
-                let _ = events.send(Trigger::Changed(event.paths));
+                if let Some(change) = Change::of(event) {
+                    let _ = events.send(Trigger::Changed(change));
+                }
             }
             Err(error) => tracing::warn!(%error, "file watch error"),
         })?;
@@ -223,30 +307,31 @@ fn run_watch_loop(
     triggers: Receiver<Trigger>,
     debounce: Duration,
 ) {
+    let mut writing = HashSet::new();
     let mut retries_left = 0;
+    // When a refused reload is tried again; events in between do not postpone it.
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let trigger = if retries_left > 0 {
-            let delay = RETRY_DELAY * 2u32.pow(RETRIES - retries_left);
-            match triggers.recv_timeout(delay) {
+        let trigger = match retry_at {
+            Some(at) => match triggers.recv_timeout(at.saturating_duration_since(Instant::now())) {
                 Err(RecvTimeoutError::Timeout) => Trigger::Force,
                 Err(RecvTimeoutError::Disconnected) => return,
                 Ok(trigger) => trigger,
-            }
-        } else {
-            match triggers.recv() {
+            },
+            None => match triggers.recv() {
                 Ok(trigger) => trigger,
                 Err(_) => return,
-            }
+            },
         };
         let reload = match trigger {
             Trigger::Stop => return,
             Trigger::Force => true,
-            Trigger::Changed(paths) => paths.iter().any(|p| reloader.is_relevant(p)),
+            Trigger::Changed(change) => change.apply(&reloader, &mut writing),
         };
         if !reload {
             continue;
         }
-        if !settle(&reloader, &triggers, debounce) {
+        if !settle(&reloader, &triggers, debounce, &mut writing) {
             return;
         }
         // Watch first, then read: a directory swapped in since is watched before
@@ -258,22 +343,45 @@ fn run_watch_loop(
             Err(_) if retries_left == 0 => RETRIES,
             Err(_) => retries_left - 1,
         };
+        retry_at = (retries_left > 0)
+            .then(|| Instant::now() + RETRY_DELAY * 2u32.pow(RETRIES - retries_left));
     }
 }
 
-/// Waits for a quiet period; false when asked to stop.
-fn settle(reloader: &Reloader, triggers: &Receiver<Trigger>, debounce: Duration) -> bool {
+/// Waits for a quiet period with no relevant file open for writing; false when
+/// asked to stop. A forced reload (SIGHUP) waits for no writer: the operator asked.
+fn settle(
+    reloader: &Reloader,
+    triggers: &Receiver<Trigger>,
+    debounce: Duration,
+    writing: &mut HashSet<PathBuf>,
+) -> bool {
     let deadline = Instant::now() + MAX_DEBOUNCE.max(debounce);
+    let mut waited_for_writer = false;
     loop {
-        let wait = debounce.min(deadline.saturating_duration_since(Instant::now()));
+        let wait = if writing.is_empty() {
+            debounce.min(deadline.saturating_duration_since(Instant::now()))
+        } else {
+            debounce
+        };
         match triggers.recv_timeout(wait) {
             Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-            Ok(Trigger::Force) => {}
-            Ok(Trigger::Changed(paths)) if paths.iter().any(|p| reloader.is_relevant(p)) => {}
-            Ok(Trigger::Changed(_)) => continue,
-            Err(RecvTimeoutError::Timeout) => return true,
+            Ok(Trigger::Force) => writing.clear(),
+            Ok(Trigger::Changed(change)) => {
+                if !change.apply(reloader, writing) {
+                    continue;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if writing.is_empty() => return true,
+            Err(RecvTimeoutError::Timeout) => {
+                if !waited_for_writer {
+                    waited_for_writer = true;
+                    tracing::info!(files = ?writing, "reload waits for the files' writer to close them");
+                }
+                continue;
+            }
         }
-        if Instant::now() >= deadline {
+        if writing.is_empty() && Instant::now() >= deadline {
             return true;
         }
     }

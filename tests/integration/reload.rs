@@ -390,3 +390,64 @@ fn a_reload_does_not_trigger_the_next_one() {
     std::thread::sleep(DEBOUNCE * 10);
     assert_eq!(unchanged(&live), 1, "reloads went on with no file change");
 }
+
+/// A policy file written in place is not read until its writer closes it: cut off
+/// midway (or emptied), it is still valid Cedar, and loading it would drop its
+/// forbids (a suspended habilitation was allowed for the 2.5 s such a write took).
+#[test]
+fn a_policy_file_is_not_loaded_while_its_writer_still_writes_it() {
+    use std::io::Write as _;
+    let live = Live::copy_of_bundled_model(true);
+    let before = live.policy_set();
+    let count = |set: &Value| set["policies"].as_array().unwrap().len();
+    let path = live.path("policies/suspension.cedar");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Cut after its first policy: valid Cedar, the other forbids missing.
+    let cut = text.find("};\n").unwrap() + 3;
+    let mut writer = std::fs::File::create(&path).unwrap(); // truncates it
+    writer.write_all(&text.as_bytes()[..cut]).unwrap();
+    writer.flush().unwrap();
+    // Longer than the debounce and its one-second cap.
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = live.policy_set();
+    assert_eq!(
+        (&during["policy_version"], count(&during)),
+        (&before["policy_version"], count(&before)),
+        "a file still being written was loaded"
+    );
+    writer.write_all(&text.as_bytes()[cut..]).unwrap();
+    writer.write_all(b"// edited\n").unwrap();
+    drop(writer);
+    within_or_report(&live, "the closed file is loaded", || {
+        live.policy_set()["policy_version"] != before["policy_version"]
+    });
+    assert_eq!(count(&live.policy_set()), count(&before));
+}
+
+/// The reloads a sidecar refused so far, from `/metrics`.
+fn refused_reloads(live: &Live) -> u64 {
+    let metrics = live.server.get("/metrics").1;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(r#"cdap_authz_reloads_total{outcome="failure"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A refused reload is tried again after 250 ms, 500 ms and 1 s (files caught
+/// mid-swap load on a retry), whatever else happens in the watched directories:
+/// a file touched every 100 ms beside the model does not postpone the retries.
+#[test]
+fn unrelated_file_activity_does_not_postpone_the_retries() {
+    let live = Live::copy_of_bundled_model(true);
+    std::fs::write(live.path("policies/broken.cedar"), "permit (principal,\n").unwrap();
+    let noise = live.path("noise.txt");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        std::fs::write(&noise, format!("{:?}", started.elapsed())).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first attempt and its three retries, 1.75 s after it plus the loads.
+    let refused = refused_reloads(&live);
+    assert_eq!(refused, 4, "{}", live.policy_set()["last_reload_error"]);
+}
