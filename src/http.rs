@@ -164,8 +164,8 @@ enum HttpError {
     AuditOff,
     #[error(transparent)]
     TraceQuery(#[from] TraceQueryError),
-    #[error("{caller} may not read these traces{why}")]
-    Forbidden { caller: String, why: String },
+    #[error("{caller} may not read these traces (the decision log records why)")]
+    Forbidden { caller: String },
     #[error("requests addressed to host `{0}` are refused: localhost, an IP address, or a name given with --allow-host")]
     HostNotAllowed(String),
     #[error("the Host header is sent more than once")]
@@ -605,28 +605,28 @@ async fn traces(
         single_header(request, AUTHENTICATION_HEADER)?,
         request.uri().query(),
     )?;
+    // The answer must not tell a caller without rights which partners exist, nor
+    // how many: a caller that is not stored is refused before any partner is
+    // looked at, a partner with no traces gets the 403 of one the caller may not
+    // read, and the 403 gives no reasons (one per partner refused would count
+    // them). The decision log keeps each refusal's reasons.
+    if snapshot.entities.get(&query.caller).is_none() {
+        return Err(RequestError::UnknownEntity {
+            field: "principal",
+            uid: query.caller.to_string(),
+        }
+        .into());
+    }
     let mut allowed = Vec::new();
-    let mut refusals = Vec::new();
-    // A partner with no traces gets the 403 of one the caller may not read: the
-    // answer does not tell a caller without rights which partners exist.
     for (partner, read) in read_requests(&snapshot, &query) {
         let answer = decide(state, &snapshot, &read)?.answer(state).await;
         if answer.decision == crate::api::Outcome::Allow {
             allowed.push(partner);
-        } else {
-            refusals.extend(answer.diagnostics.reason);
-            refusals.extend(answer.diagnostics.errors);
         }
     }
     if allowed.is_empty() {
-        let why = if refusals.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", refusals.join("; "))
-        };
         return Err(HttpError::Forbidden {
             caller: query.caller.to_string(),
-            why,
         });
     }
     // The query may read for a while: a reload need not wait for it to free the

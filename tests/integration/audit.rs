@@ -926,14 +926,28 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         assert_eq!(status, 403, "{caller}{query}: {body}");
         assert_eq!(body["error"]["code"], "forbidden");
     }
-    // H6 applies to trace reads: a manager on a shared account is refused.
-    let (status, body) =
-        traces_authenticated(&server, Some("mau-admin"), Some("shared_account"), "");
+    // H6 applies to trace reads: a manager on a shared account is refused. The 403
+    // gives no reasons, which would differ between a partner that exists and one
+    // that does not (and count the partners of an unscoped listing); the decision
+    // log has them.
+    let shared = |query: &str| {
+        traces_authenticated(&server, Some("mau-admin"), Some("shared_account"), query)
+    };
+    let (status, body) = shared("");
     assert_eq!(status, 403, "{body}");
-    assert!(
-        body.to_string().contains("H6-authentication-not-personal"),
-        "{body}"
-    );
+    assert_eq!(body, shared("?partner=nowhere").1);
+    assert!(!body.to_string().contains("H6"), "{body}");
+    let refusal = records(dir.path())
+        .into_iter()
+        .rfind(|r| r.principal == r#"User::"mau-admin""# && r.decision == "Deny")
+        .expect("the refusal is logged");
+    assert_eq!(refusal.reason, ["H6-authentication-not-personal"]);
+    // A caller that is not stored is refused alike, whether the partner exists.
+    for query in ["?partner=ville-maubeuge", "?partner=nowhere"] {
+        let (status, body) = traces_as(&server, Some("nobody"), query);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "unknown_entity", "{body}");
+    }
     let (status, body) = traces_authenticated(&server, Some("mau-admin"), None, "");
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("x-cdap-authentication"), "{body}");
