@@ -125,6 +125,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = Listener::bind(&args.listen).await?;
+        let address = listener.local_addr()?;
+        // Caught from now on: a signal that arrives while the model loads is acted
+        // on once it has loaded, instead of killing the process.
+        let shutdown = shutdown_signal()?;
+        let hangup = hangup_signal()?;
         let mut state = AppState::new(Limits {
             max_body: args.max_body,
             max_batch: args.max_batch,
@@ -141,62 +146,95 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             args.model.time_attribute(),
             state.clone(),
         ));
+        // Requests are answered while the model loads: 503 `not_ready` (health
+        // checks get an answer, and no decision is made without a model).
+        tracing::info!(address = %address, "loading the model");
         let first = reloader.clone();
-        tokio::task::spawn_blocking(move || first.reload()).await??;
+        let loading = tokio::task::spawn_blocking(move || first.reload());
+        let server = http::serve(listener, state.clone(), args.workers, shutdown);
+        tokio::pin!(server);
+        tokio::select! {
+            loaded = loading => loaded??,
+            served = &mut server => {
+                served?;
+                return Ok(stopped(&state));
+            }
+        };
         let watch = Arc::new(
             reload::watch(reloader, DEFAULT_DEBOUNCE).context("cannot watch the model's files")?,
         );
         // A change made between the first load and the watches is picked up by one
         // more load now (which finds the version unchanged when there was none).
         watch.force_reload();
-        tokio::spawn(reload_on_sighup(watch.clone()));
+        tokio::spawn(reload_on_sighup(watch.clone(), hangup));
         let version = state
             .store
             .current()
             .map(|s| s.version.clone())
             .unwrap_or_default();
-        tracing::info!(listen = %listener.local_addr()?, workers = args.workers, policy_version = %version, "serving");
-        http::serve(listener, state.clone(), args.workers, shutdown_signal()).await?;
-        if let Some(log) = &state.audit {
-            log.close();
-        }
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
+        tracing::info!(listen = %address, workers = args.workers, policy_version = %version, "serving");
+        server.await?;
+        Ok(stopped(&state))
     })
 }
 
-/// Forces a reload on every SIGHUP.
-async fn reload_on_sighup(watch: Arc<WatchHandle>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot install a SIGHUP handler");
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading");
-            watch.force_reload();
-        }
+/// Closes the decision log once the server has stopped.
+fn stopped(state: &AppState) -> ExitCode {
+    if let Some(log) = &state.audit {
+        log.close();
     }
-    #[cfg(not(unix))]
-    let _ = watch;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+/// SIGHUP, caught from the moment this is called (`None` where there is none).
+#[cfg(unix)]
+fn hangup_signal() -> anyhow::Result<Option<tokio::signal::unix::Signal>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok(Some(
+        signal(SignalKind::hangup()).context("cannot catch SIGHUP")?,
+    ))
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> anyhow::Result<Option<()>> {
+    Ok(None)
+}
+
+/// Forces a reload on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(watch: Arc<WatchHandle>, hangup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangup) = hangup else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        watch.force_reload();
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown signal received: draining");
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_watch: Arc<WatchHandle>, _hangup: Option<()>) {}
+
+/// Completes on SIGINT or SIGTERM, caught from the moment this is called.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        tracing::info!("shutdown signal received: draining");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received: draining");
+    })
 }

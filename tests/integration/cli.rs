@@ -87,33 +87,106 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     let ready = ureq::get(&format!("http://{addr}/readyz")).call().unwrap();
     assert_eq!(ready.status(), 200);
     // SIGHUP forces a reload; the files are unchanged, so the same version stays.
-    let hangup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hangup.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    // Startup makes one such reload itself (for changes made while it loaded).
+    let unchanged = || {
         let metrics = ureq::get(&format!("http://{addr}/metrics"))
             .call()
             .unwrap()
             .into_string()
             .unwrap();
-        if metrics.contains(r#"cdap_authz_reloads_total{outcome="unchanged"} 1"#) {
-            break;
+        metrics
+            .lines()
+            .find(|l| l.starts_with(r#"cdap_authz_reloads_total{outcome="unchanged"}"#))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let wait_for = |count: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while unchanged() < count {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not reload: {metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    wait_for(1, "the startup's own reload");
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    wait_for(2, "SIGHUP did not reload");
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
     assert!(
         ureq::get(&format!("http://{addr}/healthz")).call().is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// While the first load runs, the sidecar already answers: `/readyz` gets 503
+/// `not_ready` rather than hanging, and a SIGHUP (or SIGTERM) is caught rather than
+/// killing the process; it then serves.
+#[test]
+fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
+    // 4,000 more stored users: a load of about a second in a debug build.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
+    let mut entities: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let users = entities.as_array_mut().unwrap();
+    for n in 0..4000 {
+        users.push(serde_json::json!({
+            "uid": {"type": "User", "id": format!("filler-{n}")}, "parents": [],
+            "attrs": {"role": "user", "suspended": false, "must_change_password": false,
+                      "trace_reader": false, "habilitation_admin": false}
+        }));
+    }
+    let path = dir.path().join("entities.json");
+    std::fs::write(&path, entities.to_string()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = crate::util::ServeChild(
+        Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+            .current_dir(repo("."))
+            .args(["serve", "--listen", &addr, "--no-audit", "--entities"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let readyz = || {
+        match ureq::get(&format!("http://{addr}/readyz"))
+            .timeout(Duration::from_millis(500))
+            .call()
+        {
+            Ok(reply) => Some(reply.status()),
+            Err(ureq::Error::Status(code, _)) => Some(code),
+            Err(ureq::Error::Transport(_)) => None, // not listening yet
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(status) = readyz() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(first, 503, "the first answer, during the load");
+    let hangup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    while readyz() != Some(200) {
+        assert!(child.try_wait().unwrap().is_none(), "the sidecar died");
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[test]

@@ -268,7 +268,7 @@ pub fn entity(type_name: &str, id: &str) -> Value {
 /// A spawned `cdap-authz serve`, killed (SIGKILL) when dropped if it still runs: a
 /// test that fails before stopping it leaves no server behind, holding the test
 /// run's output open.
-pub struct ServeChild(Child);
+pub struct ServeChild(pub Child);
 
 impl std::ops::Deref for ServeChild {
     type Target = Child;
