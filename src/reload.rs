@@ -186,6 +186,17 @@ enum Trigger {
     Stop,
 }
 
+impl Trigger {
+    /// What a watcher event calls for. Events lost (inotify's queue overflowed)
+    /// call for a reload, and nothing known of writers still holds.
+    fn of(event: notify::Event) -> Option<Self> {
+        if event.need_rescan() {
+            return Some(Trigger::Force);
+        }
+        Change::of(event).map(Trigger::Changed)
+    }
+}
+
 /// A file event, by what it says of a writer.
 struct Change {
     paths: Vec<PathBuf>,
@@ -283,8 +294,8 @@ pub fn watch(reloader: Arc<Reloader>, debounce: Duration) -> notify::Result<Watc
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) => {
-                if let Some(change) = Change::of(event) {
-                    let _ = events.send(Trigger::Changed(change));
+                if let Some(trigger) = Trigger::of(event) {
+                    let _ = events.send(trigger);
                 }
             }
             Err(error) => tracing::warn!(%error, "file watch error"),
@@ -325,7 +336,10 @@ fn run_watch_loop(
         };
         let reload = match trigger {
             Trigger::Stop => return,
-            Trigger::Force => true,
+            Trigger::Force => {
+                writing.clear();
+                true
+            }
             Trigger::Changed(change) => change.apply(&reloader, &mut writing),
         };
         if !reload {
@@ -349,7 +363,7 @@ fn run_watch_loop(
 }
 
 /// Waits for a quiet period with no relevant file open for writing; false when
-/// asked to stop. A forced reload (SIGHUP) waits for no writer: the operator asked.
+/// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer.
 fn settle(
     reloader: &Reloader,
     triggers: &Receiver<Trigger>,
@@ -395,5 +409,36 @@ fn rewatch(reloader: &Reloader, watcher: &mut RecommendedWatcher) {
         if let Err(error) = watcher.watch(&path, mode) {
             tracing::warn!(path = %path.display(), %error, "cannot watch");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, DataChange, EventKind, Flag, ModifyKind};
+
+    fn event(kind: EventKind) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from("/model/policies/a.cedar"))
+    }
+
+    #[test]
+    fn events_are_read_as_writes_started_finished_reads_or_lost_events() {
+        let writes = |kind| match Trigger::of(event(kind)) {
+            Some(Trigger::Changed(change)) => Some(change.writes),
+            _ => None,
+        };
+        let started = if TRACKS_WRITERS {
+            Writes::Started
+        } else {
+            Writes::Neither
+        };
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(writes(data) == Some(started));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(writes(closed) == Some(Writes::Finished));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(Trigger::of(event(read)).is_none());
+        let lost = notify::Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert!(matches!(Trigger::of(lost), Some(Trigger::Force)));
     }
 }
