@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,23 @@ pub struct Reloader {
     sources: Sources,
     time_attribute: String,
     state: Arc<AppState>,
+    /// Where the sources lead through symlinks, as of the last [`rewatch`]: a
+    /// symlinked file's target is edited there.
+    targets: Mutex<Targets>,
+}
+
+/// Where sources lead through symlinks, for those that lead elsewhere.
+#[derive(Default)]
+struct Targets {
+    policies: Option<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl Targets {
+    /// The policy directory's target, then the files'.
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.policies.iter().chain(&self.files)
+    }
 }
 
 impl Reloader {
@@ -73,6 +90,7 @@ impl Reloader {
             sources,
             time_attribute: time_attribute.to_owned(),
             state,
+            targets: Mutex::default(),
         }
     }
 
@@ -129,44 +147,80 @@ impl Reloader {
     }
 
     /// Directories to watch, and how: the policy directory and its tree, and each
-    /// directory above a source, up to the root (a few watches, seldom an event).
+    /// directory above a source, up to the root (a few watches, seldom an event);
+    /// the same where a source leads through symlinks, read anew here.
     fn watch_targets(&self) -> BTreeMap<PathBuf, RecursiveMode> {
+        let resolved = self.resolve();
         let mut targets = BTreeMap::new();
-        targets.insert(self.sources.policies.clone(), RecursiveMode::Recursive);
-        for source in self.sources() {
+        for policies in std::iter::once(&self.sources.policies).chain(&resolved.policies) {
+            targets.insert(policies.clone(), RecursiveMode::Recursive);
+        }
+        for source in self.sources().chain(resolved.paths()) {
             for ancestor in source.ancestors().skip(1) {
                 targets
                     .entry(ancestor.to_owned())
                     .or_insert(RecursiveMode::NonRecursive);
             }
         }
+        *self.targets.lock().unwrap_or_else(PoisonError::into_inner) = resolved;
         targets
+    }
+
+    /// Where the sources lead through symlinks, for those that lead elsewhere (a
+    /// source that does not exist leads nowhere).
+    fn resolve(&self) -> Targets {
+        let elsewhere = |source: &PathBuf| {
+            std::fs::canonicalize(source)
+                .ok()
+                .filter(|target| target != source)
+        };
+        Targets {
+            policies: elsewhere(&self.sources.policies),
+            files: self.sources().skip(1).filter_map(elsewhere).collect(),
+        }
     }
 
     /// Whether a changed path can affect the model: a source file, anything in
     /// the policy directory, a directory on a source's path (replaced, renamed or a
-    /// symlink flipped), or a ConfigMap's `..` entry.
+    /// symlink flipped), or a ConfigMap's `..` entry; or the same where a source
+    /// leads through symlinks.
     fn is_relevant(&self, path: &Path) -> bool {
         let config_map_swap = path
             .file_name()
             .is_some_and(|name| name.to_string_lossy().starts_with(".."));
+        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
         config_map_swap
             || path.starts_with(&self.sources.policies)
-            || self.sources().any(|source| source.starts_with(path))
+            || targets
+                .policies
+                .as_ref()
+                .is_some_and(|p| path.starts_with(p))
+            || self
+                .sources()
+                .chain(targets.files.iter())
+                .any(|source| source.starts_with(path))
     }
 
     /// Whether a load reads the file at `path`: a source file, or a `.cedar` file
     /// in the policy directory outside hidden entries ([`crate::load::policy_files`]).
     fn is_read(&self, path: &Path) -> bool {
-        let policy_file = path
-            .strip_prefix(&self.sources.policies)
-            .is_ok_and(|within| {
+        let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let policy_file = |dir: &PathBuf| {
+            path.strip_prefix(dir).is_ok_and(|within| {
                 path.extension().is_some_and(|e| e == "cedar")
                     && !within
                         .components()
                         .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-            });
-        policy_file || self.sources().skip(1).any(|source| source == path)
+            })
+        };
+        std::iter::once(&self.sources.policies)
+            .chain(&targets.policies)
+            .any(policy_file)
+            || self
+                .sources()
+                .skip(1)
+                .chain(targets.files.iter())
+                .any(|source| source == path)
     }
 }
 

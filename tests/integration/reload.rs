@@ -451,3 +451,36 @@ fn unrelated_file_activity_does_not_postpone_the_retries() {
     let refused = refused_reloads(&live);
     assert_eq!(refused, 4, "{}", live.policy_set()["last_reload_error"]);
 }
+
+/// A source file that is a symlink into a directory the watches would not reach
+/// (`/etc/cdap-authz/entities.json` → a deployment's own directory): an edit where
+/// it leads is picked up, and so is a flip of the symlink to another target.
+#[test]
+fn an_edit_where_a_symlinked_source_leads_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("etc");
+    copy_model(&model);
+    let real = root.path().join("deploy/v1");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::rename(model.join("entities.json"), real.join("entities.json")).unwrap();
+    std::os::unix::fs::symlink(real.join("entities.json"), model.join("entities.json")).unwrap();
+    let live = Live::start(root, &model, true);
+    assert!(!mau_t2_suspended(&live));
+    set_mau_t2_suspended(&real.join("entities.json"), true);
+    within_or_report(&live, "the edit where the symlink leads", || {
+        mau_t2_suspended(&live)
+    });
+    // The symlink flipped to another target, then that target edited.
+    let other = live.path("deploy/v2");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(real.join("entities.json"), other.join("entities.json")).unwrap();
+    let link = model.join("entities.json");
+    std::os::unix::fs::symlink(other.join("entities.json"), model.join("entities.json.new"))
+        .unwrap();
+    std::fs::rename(model.join("entities.json.new"), &link).unwrap();
+    std::thread::sleep(DEBOUNCE * 10);
+    set_mau_t2_suspended(&other.join("entities.json"), false);
+    within_or_report(&live, "the edit where the flipped symlink leads", || {
+        !mau_t2_suspended(&live)
+    });
+}
