@@ -405,7 +405,9 @@ async fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<By
         .as_ref()
         .map_or(&[][..], |log| log.context_fields());
     let request = engine::read_request(&snapshot, body, recorded)?;
-    let response = decide(state, &snapshot, &request)?.answer(state).await;
+    let response = decide(state, &snapshot, &request, Filing::ByResource)?
+        .answer(state)
+        .await;
     Ok(json_response(StatusCode::OK, &response))
 }
 
@@ -428,7 +430,7 @@ async fn batch_is_authorized(
         .into_iter()
         .map(|item| {
             AuthzRequest::from_value(item)
-                .and_then(|request| decide_unlogged(state, &snapshot, &request))
+                .and_then(|request| decide_unlogged(state, &snapshot, &request, Filing::ByResource))
         })
         .collect();
     let entries = decided
@@ -501,8 +503,9 @@ fn decide(
     state: &AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
+    filing: Filing,
 ) -> Result<Pending, RequestError> {
-    let (mut pending, entry) = decide_unlogged(state, snapshot, request)?;
+    let (mut pending, entry) = decide_unlogged(state, snapshot, request, filing)?;
     pending.logged = state
         .audit
         .as_ref()
@@ -511,11 +514,25 @@ fn decide(
     Ok(pending)
 }
 
+/// Under which partner a record is filed when its principal has none (Caf staff).
+#[derive(Clone, Copy, PartialEq)]
+enum Filing {
+    /// The stored resource's: the partner whose user, habilitation or traces the
+    /// request is about.
+    ByResource,
+    /// The stored resource's when allowed, else none. For the `read_traces`
+    /// decisions of an unscoped trace listing: the listing asks about every partner
+    /// to find those the caller may read, and a refusal for another Caf's partner
+    /// belongs in no partner's traces.
+    ByResourceWhenAllowed,
+}
+
 /// Decides one request; with a log, also returns its record.
 fn decide_unlogged(
     state: &AppState,
     snapshot: &Snapshot,
     request: &AuthzRequest,
+    filing: Filing,
 ) -> Result<(Pending, Option<Entry>), RequestError> {
     let started = Instant::now();
     let now = Utc::now();
@@ -532,6 +549,8 @@ fn decide_unlogged(
             response: &response,
             entities: &prepared.entities,
             stored: &snapshot.entities,
+            resource_partner: filing == Filing::ByResource
+                || decision.outcome == crate::api::Outcome::Allow,
             found: prepared.found(),
             time: now,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -617,9 +636,14 @@ async fn traces(
         }
         .into());
     }
+    let filing = if query.partner.is_some() {
+        Filing::ByResource
+    } else {
+        Filing::ByResourceWhenAllowed
+    };
     let mut allowed = Vec::new();
     for (partner, read) in read_requests(&snapshot, &query) {
-        let answer = decide(state, &snapshot, &read)?.answer(state).await;
+        let answer = decide(state, &snapshot, &read, filing)?.answer(state).await;
         if answer.decision == crate::api::Outcome::Allow {
             allowed.push(partner);
         }

@@ -110,6 +110,9 @@ pub struct Decided<'a> {
     pub entities: &'a Entities,
     /// The stored entities alone (the snapshot's).
     pub stored: &'a Entities,
+    /// Whether the stored resource's partner files the record when the principal
+    /// has none.
+    pub resource_partner: bool,
     /// Stored entities already looked up (the principal and the resource).
     pub found: &'a [&'a ast::Entity],
     pub time: DateTime<Utc>,
@@ -120,8 +123,9 @@ impl<'a> Decided<'a> {
     /// The record. Its `partner`, which decides whose administrators read it
     /// (`/v1/traces`), is the principal's partner (a principal is stored, or brought
     /// under `--request-principals`, which trusts the backend with it), else the
-    /// stored resource's: an entity the request brings, which a denied decision
-    /// has not vouched for, cannot file a record under another partner. Its `caf`
+    /// stored resource's when [`Self::resource_partner`] allows: an entity the
+    /// request brings, which a denied decision has not vouched for, cannot file a
+    /// record under another partner. Its `caf`
     /// is the file's, as the request describes it when it brings the file (files
     /// usually come with the request), else the partner's, else the principal's.
     pub fn entry(&self, context_fields: &[String]) -> Entry {
@@ -133,7 +137,11 @@ impl<'a> Decided<'a> {
         } = self.decision;
         let partner = self
             .attribute(self.entities, principal, "partner")
-            .or_else(|| self.attribute(self.stored, resource, "partner"));
+            .or_else(|| {
+                self.resource_partner
+                    .then(|| self.attribute(self.stored, resource, "partner"))
+                    .flatten()
+            });
         let caf = self
             .attribute(self.entities, resource, "caf")
             .or_else(|| partner.and_then(|p| caf_of(self.stored, p)))

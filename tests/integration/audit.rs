@@ -904,6 +904,19 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         "{seen:?}"
     );
     assert!(!seen.contains("mairie-bouscat"), "{seen:?}");
+    // That unscoped listing asked about every partner; its refusal for Bouscat (of
+    // another Caf) is logged under no partner, so it is not in Bouscat's traces.
+    let (status, body) = traces_as(&server, Some("bou-admin"), "?limit=1000");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("caf-nord-traces"), "{body}");
+    let refusal = records(dir.path())
+        .into_iter()
+        .find(|r| r.principal == r#"User::"caf-nord-traces""# && r.decision == "Deny")
+        .expect("the refusal is logged");
+    assert_eq!(
+        (refusal.resource.as_str(), refusal.partner),
+        (r#"Trace::"mairie-bouscat""#, None)
+    );
     let (status, body) = traces_as(
         &server,
         Some("caf-nord-traces"),
