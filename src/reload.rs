@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,9 @@ use crate::store::ReloadFailure;
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+/// A file written in place is waited for this long at most, from the reload's
+/// first wait for its writer.
+const MAX_WRITER_WAIT: Duration = Duration::from_secs(10);
 /// A refused reload is retried this many times, after 250 ms, 500 ms and 1 s, even
 /// with no new event: files caught mid-swap (a ConfigMap's old directory being
 /// deleted while it is read) then load on a retry.
@@ -98,22 +101,28 @@ impl Reloader {
     /// keeps serving and the error is recorded.
     pub fn reload(&self) -> Result<Reloaded, LoadError> {
         let started = Instant::now();
-        let snapshot = match Snapshot::load(&self.sources, &self.time_attribute) {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                if self.state.store.current().is_some() {
-                    tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
-                } else {
-                    tracing::error!(error = %error, "load refused: no snapshot to serve");
-                }
-                self.state.metrics.record_reload("failure");
-                self.state.store.set_last_error(Some(ReloadFailure {
-                    at: Utc::now(),
-                    message: error.to_string(),
-                }));
-                return Err(error);
+        self.load().map(|snapshot| self.install(snapshot, started))
+    }
+
+    /// Builds a complete snapshot; on an error, records it (the current snapshot
+    /// keeps serving).
+    fn load(&self) -> Result<Snapshot, LoadError> {
+        Snapshot::load(&self.sources, &self.time_attribute).inspect_err(|error| {
+            if self.state.store.current().is_some() {
+                tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
+            } else {
+                tracing::error!(error = %error, "load refused: no snapshot to serve");
             }
-        };
+            self.state.metrics.record_reload("failure");
+            self.state.store.set_last_error(Some(ReloadFailure {
+                at: Utc::now(),
+                message: error.to_string(),
+            }));
+        })
+    }
+
+    /// Swaps `snapshot` in, unless it is the version serving.
+    fn install(&self, snapshot: Snapshot, started: Instant) -> Reloaded {
         self.state.store.set_last_error(None);
         let unchanged = self
             .state
@@ -122,7 +131,7 @@ impl Reloader {
             .is_some_and(|current| current.version == snapshot.version);
         if unchanged {
             self.state.metrics.record_reload("unchanged");
-            return Ok(Reloaded::Unchanged);
+            return Reloaded::Unchanged;
         }
         let version = snapshot.version.clone();
         let old = self.state.install(Arc::new(snapshot));
@@ -132,7 +141,7 @@ impl Reloader {
         if let Some(old) = old {
             drop_when_unused(old);
         }
-        Ok(Reloaded::Swapped { version, took })
+        Reloaded::Swapped { version, took }
     }
 
     /// The sources: the policy directory, then the files.
@@ -259,8 +268,8 @@ struct Change {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Writes {
-    /// Data was written to the files (or they were created, or truncated): their
-    /// writer may still be writing.
+    /// Data was written to the files (or they were truncated): their writer may
+    /// still be writing.
     Started,
     /// Their writer closed them.
     Finished,
@@ -271,17 +280,15 @@ enum Writes {
 impl Change {
     /// What a watcher event says; `None` for one that changes nothing (a read).
     fn of(event: notify::Event) -> Option<Self> {
-        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
         let writes = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => Writes::Finished,
             // Reading a file (as every reload does) is not a change: without this,
             // each reload's own reads would schedule the next one.
             EventKind::Access(_) => return None,
-            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(CreateKind::File)
-                if TRACKS_WRITERS =>
-            {
-                Writes::Started
-            }
+            // A create alone is no write: `ln`, `ln -s` (a ConfigMap's per-key
+            // links) create without opening.
+            EventKind::Modify(ModifyKind::Data(_)) if TRACKS_WRITERS => Writes::Started,
             _ => Writes::Neither,
         };
         Some(Self {
@@ -305,10 +312,12 @@ impl Change {
                     writing.insert(path.clone());
                 }
                 Writes::Started => {}
-                // A file renamed or deleted has no writer left to wait for here.
-                Writes::Finished | Writes::Neither => {
+                Writes::Finished => {
                     writing.remove(path);
                 }
+                // A file, or a directory, renamed or deleted: no writer is left to
+                // wait for there (its close would not be reported).
+                Writes::Neither => writing.retain(|file| !file.starts_with(path)),
             }
         }
         !relevant.is_empty()
@@ -376,28 +385,34 @@ fn run_watch_loop(
     let mut retries_left = 0;
     // When a refused reload is tried again; events in between do not postpone it.
     let mut retry_at: Option<Instant> = None;
+    // A change arrived during the last load, whose snapshot was dropped.
+    let mut changed_during_load = false;
     loop {
-        let trigger = match retry_at {
-            Some(at) => match triggers.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Err(RecvTimeoutError::Timeout) => Trigger::Force,
-                Err(RecvTimeoutError::Disconnected) => return,
-                Ok(trigger) => trigger,
-            },
-            None => match triggers.recv() {
-                Ok(trigger) => trigger,
-                Err(_) => return,
-            },
-        };
-        let reload = match trigger {
-            Trigger::Stop => return,
-            Trigger::Force => {
-                writing.clear();
-                true
+        if !changed_during_load {
+            let trigger = match retry_at {
+                Some(at) => {
+                    match triggers.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Err(RecvTimeoutError::Timeout) => Trigger::Force,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                        Ok(trigger) => trigger,
+                    }
+                }
+                None => match triggers.recv() {
+                    Ok(trigger) => trigger,
+                    Err(_) => return,
+                },
+            };
+            let reload = match trigger {
+                Trigger::Stop => return,
+                Trigger::Force => {
+                    writing.clear();
+                    true
+                }
+                Trigger::Changed(change) => change.apply(&reloader, &mut writing),
+            };
+            if !reload {
+                continue;
             }
-            Trigger::Changed(change) => change.apply(&reloader, &mut writing),
-        };
-        if !reload {
-            continue;
         }
         if !settle(&reloader, &triggers, debounce, &mut writing) {
             return;
@@ -406,8 +421,23 @@ fn run_watch_loop(
         // its files are read, so a write into it during the load is an event (and
         // notify itself drops the watches of a directory moved or deleted).
         rewatch(&reloader, &mut watcher);
-        retries_left = match reloader.reload() {
-            Ok(_) => 0,
+        let started = Instant::now();
+        let loaded = reloader.load();
+        // A file changed, or a writer started, while it was read: what was read
+        // may be cut. The snapshot is dropped, and the change waited for.
+        changed_during_load = match changes_since(&reloader, &triggers, &mut writing) {
+            None => return,
+            Some(changed) => changed,
+        };
+        if changed_during_load {
+            tracing::info!("files changed while they were read: reading them again");
+            continue;
+        }
+        retries_left = match loaded {
+            Ok(snapshot) => {
+                reloader.install(snapshot, started);
+                0
+            }
             Err(_) if retries_left == 0 => RETRIES,
             Err(_) => retries_left - 1,
         };
@@ -416,8 +446,28 @@ fn run_watch_loop(
     }
 }
 
+/// Takes the events queued since the last look; whether any is a relevant change
+/// (`None` when asked to stop).
+fn changes_since(
+    reloader: &Reloader,
+    triggers: &Receiver<Trigger>,
+    writing: &mut HashSet<PathBuf>,
+) -> Option<bool> {
+    let mut changed = false;
+    loop {
+        match triggers.try_recv() {
+            Ok(Trigger::Stop) | Err(TryRecvError::Disconnected) => return None,
+            Ok(Trigger::Force) => changed = true,
+            Ok(Trigger::Changed(change)) => changed |= change.apply(reloader, writing),
+            Err(TryRecvError::Empty) => return Some(changed),
+        }
+    }
+}
+
 /// Waits for a quiet period with no relevant file open for writing; false when
-/// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer.
+/// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer, and
+/// no writer is waited for longer than [`MAX_WRITER_WAIT`]: a file truncated by
+/// path (`truncate(2)`), or a close the kernel did not report, has none to wait for.
 fn settle(
     reloader: &Reloader,
     triggers: &Receiver<Trigger>,
@@ -425,8 +475,21 @@ fn settle(
     writing: &mut HashSet<PathBuf>,
 ) -> bool {
     let deadline = Instant::now() + MAX_DEBOUNCE.max(debounce);
-    let mut waited_for_writer = false;
+    let mut writer_wait: Option<Instant> = None;
     loop {
+        if writing.is_empty() {
+            writer_wait = None;
+        } else {
+            let since = *writer_wait.get_or_insert_with(|| {
+                tracing::info!(files = ?writing, "reload waits for the files' writer to close them");
+                Instant::now()
+            });
+            if since.elapsed() >= MAX_WRITER_WAIT {
+                tracing::warn!(files = ?writing, "no close reported: reading the files as they are");
+                writing.clear();
+                return true;
+            }
+        }
         let wait = if writing.is_empty() {
             debounce.min(deadline.saturating_duration_since(Instant::now()))
         } else {
@@ -441,13 +504,7 @@ fn settle(
                 }
             }
             Err(RecvTimeoutError::Timeout) if writing.is_empty() => return true,
-            Err(RecvTimeoutError::Timeout) => {
-                if !waited_for_writer {
-                    waited_for_writer = true;
-                    tracing::info!(files = ?writing, "reload waits for the files' writer to close them");
-                }
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
         }
         if writing.is_empty() && Instant::now() >= deadline {
             return true;

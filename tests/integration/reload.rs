@@ -484,3 +484,43 @@ fn an_edit_where_a_symlinked_source_leads_is_picked_up() {
         !mau_t2_suspended(&live)
     });
 }
+
+/// Waiting for writers never holds a reload back for good: a link created without
+/// any open (a ConfigMap's per-key symlink, `ln`), or a directory moved away while a
+/// file in it is still open for writing (its close is then never reported), is
+/// picked up at once.
+#[test]
+fn a_link_or_a_moved_directory_does_not_leave_the_reload_waiting() {
+    use std::io::Write as _;
+    let live = Live::copy_of_bundled_model(true);
+    let count = |live: &Live| live.policy_set()["policies"].as_array().unwrap().len();
+    let before = count(&live);
+    let staging = live.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(
+        staging.join("extra.cedar"),
+        "@id(\"extra\")\nforbid (principal, action, resource) when { false };\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        staging.join("extra.cedar"),
+        live.path("policies/extra.cedar"),
+    )
+    .unwrap();
+    within_or_report(&live, "the symlinked policy file", || {
+        count(&live) == before + 1
+    });
+
+    let team = live.path("policies/team");
+    std::fs::create_dir_all(&team).unwrap();
+    let mut writer = std::fs::File::create(team.join("notes.cedar")).unwrap();
+    writer
+        .write_all(b"@id(\"notes\")\nforbid (principal, action, resource) when { false };\n")
+        .unwrap();
+    writer.flush().unwrap();
+    std::fs::rename(&team, live.path("policies/team2")).unwrap();
+    within_or_report(&live, "the moved directory, its file still open", || {
+        count(&live) == before + 2
+    });
+    drop(writer);
+}
