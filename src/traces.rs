@@ -115,6 +115,20 @@ impl TraceQuery {
     }
 }
 
+/// The action a trace read is decided on.
+pub const READ_TRACES: &str = "Action::\"read_traces\"";
+
+/// Whether `caller` is of a type the schema lets ask `read_traces` at all: asked
+/// before any partner is looked at, so that the answer to one that is not does not
+/// depend on which partners exist.
+pub fn may_ask(snapshot: &Snapshot, caller: &EntityUid) -> bool {
+    READ_TRACES.parse::<EntityUid>().is_ok_and(|action| {
+        snapshot
+            .scope_types(&action)
+            .is_some_and(|types| types.principals.contains(caller.type_name()))
+    })
+}
+
 /// One `read_traces` request per partner whose traces are asked for: the one
 /// named, else the caller's own partner, else every partner with traces.
 pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, AuthzRequest)> {
@@ -144,7 +158,7 @@ fn read_request(query: &TraceQuery, trace: &EntityUid) -> AuthzRequest {
     );
     AuthzRequest {
         principal: Value::String(query.caller.to_string()),
-        action: json!("Action::\"read_traces\""),
+        action: json!(READ_TRACES),
         resource: Value::String(trace.to_string()),
         context: Some(WireContext::Json(context)),
         entities: None,

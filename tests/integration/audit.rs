@@ -955,11 +955,19 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         .rfind(|r| r.principal == r#"User::"mau-admin""# && r.decision == "Deny")
         .expect("the refusal is logged");
     assert_eq!(refusal.reason, ["H6-authentication-not-personal"]);
-    // A caller that is not stored is refused alike, whether the partner exists.
+    // A caller that is not stored, or of a type that may not read traces, is
+    // refused alike, whether the partner exists.
     for query in ["?partner=ville-maubeuge", "?partner=nowhere"] {
         let (status, body) = traces_as(&server, Some("nobody"), query);
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "unknown_entity", "{body}");
+        let partner = ureq::get(&server.url(&format!("/v1/traces{query}")))
+            .set("x-cdap-principal", r#"Partner::"ville-maubeuge""#)
+            .set("x-cdap-authentication", "password")
+            .call();
+        let (status, body) = crate::util::status_and_json(partner);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
     }
     let (status, body) = traces_authenticated(&server, Some("mau-admin"), None, "");
     assert_eq!(status, 400, "{body}");
