@@ -273,7 +273,11 @@ enum Writes {
     Started,
     /// Their writer closed them.
     Finished,
-    /// Anything else (a rename, a delete, a directory swapped): complete as it is.
+    /// They were renamed, replaced by a rename or deleted (a file or a
+    /// directory): a writer there, if any, is writing elsewhere now, and its close
+    /// would not be reported here.
+    Gone,
+    /// Anything else (a create, a change of mode): says nothing of a writer.
     Neither,
 }
 
@@ -289,6 +293,7 @@ impl Change {
             // A create alone is no write: `ln`, `ln -s` (a ConfigMap's per-key
             // links) create without opening.
             EventKind::Modify(ModifyKind::Data(_)) if TRACKS_WRITERS => Writes::Started,
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Writes::Gone,
             _ => Writes::Neither,
         };
         Some(Self {
@@ -315,9 +320,8 @@ impl Change {
                 Writes::Finished => {
                     writing.remove(path);
                 }
-                // A file, or a directory, renamed or deleted: no writer is left to
-                // wait for there (its close would not be reported).
-                Writes::Neither => writing.retain(|file| !file.starts_with(path)),
+                Writes::Gone => writing.retain(|file| !file.starts_with(path)),
+                Writes::Neither => {}
             }
         }
         !relevant.is_empty()

@@ -407,6 +407,9 @@ fn a_policy_file_is_not_loaded_while_its_writer_still_writes_it() {
     let mut writer = std::fs::File::create(&path).unwrap(); // truncates it
     writer.write_all(&text.as_bytes()[..cut]).unwrap();
     writer.flush().unwrap();
+    // A change of mode meanwhile says nothing of the writer.
+    let mode = std::fs::metadata(&path).unwrap().permissions();
+    std::fs::set_permissions(&path, mode).unwrap();
     // Longer than the debounce and its one-second cap.
     std::thread::sleep(Duration::from_millis(1500));
     let during = live.policy_set();
