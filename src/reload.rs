@@ -35,8 +35,7 @@ use crate::store::ReloadFailure;
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
-/// A file written in place is waited for this long at most, from the reload's
-/// first wait for its writer.
+/// A writer still writing after this long is reported (and still waited for).
 const MAX_WRITER_WAIT: Duration = Duration::from_secs(10);
 /// A refused reload is retried this many times, after 250 ms, 500 ms and 1 s, even
 /// with no new event: files caught mid-swap (a ConfigMap's old directory being
@@ -142,6 +141,21 @@ impl Reloader {
             drop_when_unused(old);
         }
         Reloaded::Swapped { version, took }
+    }
+
+    /// Reports files whose writer has not closed them for a while: the current
+    /// snapshot keeps serving until it does (or SIGHUP).
+    fn report_writers(&self, writing: &HashSet<PathBuf>) {
+        let files: Vec<String> = writing.iter().map(|f| f.display().to_string()).collect();
+        let message = format!(
+            "waiting for the writer of {} to close it (kill -HUP reads it as it is)",
+            files.join(", ")
+        );
+        tracing::warn!("{message}");
+        self.state.store.set_last_error(Some(ReloadFailure {
+            at: Utc::now(),
+            message,
+        }));
     }
 
     /// The sources: the policy directory, then the files.
@@ -427,14 +441,16 @@ fn run_watch_loop(
         rewatch(&reloader, &mut watcher);
         let started = Instant::now();
         let loaded = reloader.load();
-        // A file changed, or a writer started, while it was read: what was read
-        // may be cut. The snapshot is dropped, and the change waited for.
+        // Events that came during the load: any relevant one calls for another
+        // reload after this one; a writer that started on a file the load reads
+        // means what was read may be cut, so the snapshot is dropped.
         changed_during_load = match changes_since(&reloader, &triggers, &mut writing) {
             None => return,
             Some(changed) => changed,
         };
-        if changed_during_load {
-            tracing::info!("files changed while they were read: reading them again");
+        if !writing.is_empty() {
+            tracing::info!(files = ?writing, "a file was being written while it was read: reading it again once closed");
+            changed_during_load = true;
             continue;
         }
         retries_left = match loaded {
@@ -461,7 +477,10 @@ fn changes_since(
     loop {
         match triggers.try_recv() {
             Ok(Trigger::Stop) | Err(TryRecvError::Disconnected) => return None,
-            Ok(Trigger::Force) => changed = true,
+            Ok(Trigger::Force) => {
+                writing.clear();
+                changed = true;
+            }
             Ok(Trigger::Changed(change)) => changed |= change.apply(reloader, writing),
             Err(TryRecvError::Empty) => return Some(changed),
         }
@@ -469,9 +488,11 @@ fn changes_since(
 }
 
 /// Waits for a quiet period with no relevant file open for writing; false when
-/// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer, and
-/// no writer is waited for longer than [`MAX_WRITER_WAIT`]: a file truncated by
-/// path (`truncate(2)`), or a close the kernel did not report, has none to wait for.
+/// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer. A
+/// writer still writing after [`MAX_WRITER_WAIT`] is reported (`last_reload_error`,
+/// a warning) and still waited for: the current snapshot keeps serving, and SIGHUP
+/// reads the files as they are (a file truncated by path, `truncate(2)`, has no
+/// close to wait for).
 fn settle(
     reloader: &Reloader,
     triggers: &Receiver<Trigger>,
@@ -480,6 +501,7 @@ fn settle(
 ) -> bool {
     let deadline = Instant::now() + MAX_DEBOUNCE.max(debounce);
     let mut writer_wait: Option<Instant> = None;
+    let mut reported = false;
     loop {
         if writing.is_empty() {
             writer_wait = None;
@@ -488,10 +510,9 @@ fn settle(
                 tracing::info!(files = ?writing, "reload waits for the files' writer to close them");
                 Instant::now()
             });
-            if since.elapsed() >= MAX_WRITER_WAIT {
-                tracing::warn!(files = ?writing, "no close reported: reading the files as they are");
-                writing.clear();
-                return true;
+            if since.elapsed() >= MAX_WRITER_WAIT && !reported {
+                reported = true;
+                reloader.report_writers(writing);
             }
         }
         let wait = if writing.is_empty() {

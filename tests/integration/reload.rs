@@ -527,3 +527,35 @@ fn a_link_or_a_moved_directory_does_not_leave_the_reload_waiting() {
     });
     drop(writer);
 }
+
+/// Changes that keep coming (a notes file in the policy directory written every
+/// 100 ms, faster than a load) do not hold a reload back: each load is swapped in,
+/// then the files are read again.
+#[test]
+fn changes_faster_than_a_load_do_not_hold_the_reload_back() {
+    let live = Live::copy_of_bundled_model(true);
+    let traces = live.path("policies/traces.cedar");
+    let notes = live.path("policies/NOTES.txt");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(8) {
+                std::fs::write(&notes, format!("{:?}", started.elapsed())).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        write_atomically(
+            &traces,
+            &without_partner_trace_permit(&std::fs::read_to_string(&traces).unwrap()),
+        );
+        // A failure here still ends: the writer stops after 8 s at most.
+        within(
+            Duration::from_secs(4),
+            "the edit applied while the notes kept changing",
+            || !live.server.decide(&admin_reads_traces()).allowed,
+        );
+        stop.store(true, Ordering::Relaxed);
+    });
+}
