@@ -113,11 +113,16 @@ impl Reloader {
                 tracing::error!(error = %error, "load refused: no snapshot to serve");
             }
             self.state.metrics.record_reload("failure");
-            self.state.store.set_last_error(Some(ReloadFailure {
-                at: Utc::now(),
-                message: error.to_string(),
-            }));
+            self.set_last_error(error.to_string());
         })
+    }
+
+    /// What `/v1/policy-set` shows as `last_reload_error` until a load succeeds.
+    fn set_last_error(&self, message: String) {
+        self.state.store.set_last_error(Some(ReloadFailure {
+            at: Utc::now(),
+            message,
+        }));
     }
 
     /// Swaps `snapshot` in, unless it is the version serving.
@@ -152,10 +157,7 @@ impl Reloader {
             files.join(", ")
         );
         tracing::warn!("{message}");
-        self.state.store.set_last_error(Some(ReloadFailure {
-            at: Utc::now(),
-            message,
-        }));
+        self.set_last_error(message);
     }
 
     /// The sources: the policy directory, then the files.
@@ -271,6 +273,19 @@ impl Trigger {
             return Some(Trigger::Force);
         }
         Change::of(event).map(Trigger::Changed)
+    }
+
+    /// Applies the trigger to the files open for writing; whether it calls for a
+    /// reload, or `None` to stop. A forced reload waits for no writer.
+    fn take(self, reloader: &Reloader, writing: &mut HashSet<PathBuf>) -> Option<bool> {
+        match self {
+            Trigger::Stop => None,
+            Trigger::Force => {
+                writing.clear();
+                Some(true)
+            }
+            Trigger::Changed(change) => Some(change.apply(reloader, writing)),
+        }
     }
 }
 
@@ -403,7 +418,8 @@ fn run_watch_loop(
     let mut retries_left = 0;
     // When a refused reload is tried again; events in between do not postpone it.
     let mut retry_at: Option<Instant> = None;
-    // A change arrived during the last load, whose snapshot was dropped.
+    // A change arrived during the last load: read the files again, without
+    // waiting for another event.
     let mut changed_during_load = false;
     loop {
         if !changed_during_load {
@@ -420,16 +436,10 @@ fn run_watch_loop(
                     Err(_) => return,
                 },
             };
-            let reload = match trigger {
-                Trigger::Stop => return,
-                Trigger::Force => {
-                    writing.clear();
-                    true
-                }
-                Trigger::Changed(change) => change.apply(&reloader, &mut writing),
-            };
-            if !reload {
-                continue;
+            match trigger.take(&reloader, &mut writing) {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
             }
         }
         if !settle(&reloader, &triggers, debounce, &mut writing) {
@@ -476,12 +486,8 @@ fn changes_since(
     let mut changed = false;
     loop {
         match triggers.try_recv() {
-            Ok(Trigger::Stop) | Err(TryRecvError::Disconnected) => return None,
-            Ok(Trigger::Force) => {
-                writing.clear();
-                changed = true;
-            }
-            Ok(Trigger::Changed(change)) => changed |= change.apply(reloader, writing),
+            Ok(trigger) => changed |= trigger.take(reloader, writing)?,
+            Err(TryRecvError::Disconnected) => return None,
             Err(TryRecvError::Empty) => return Some(changed),
         }
     }
@@ -521,13 +527,12 @@ fn settle(
             debounce
         };
         match triggers.recv_timeout(wait) {
-            Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
-            Ok(Trigger::Force) => writing.clear(),
-            Ok(Trigger::Changed(change)) => {
-                if !change.apply(reloader, writing) {
-                    continue;
-                }
-            }
+            Ok(trigger) => match trigger.take(reloader, writing) {
+                None => return false,
+                Some(false) => continue,
+                Some(true) => {}
+            },
+            Err(RecvTimeoutError::Disconnected) => return false,
             Err(RecvTimeoutError::Timeout) if writing.is_empty() => return true,
             Err(RecvTimeoutError::Timeout) => continue,
         }
