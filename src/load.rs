@@ -291,24 +291,34 @@ fn id_position(text: &str, id: &str, nth: usize) -> Option<(usize, usize)> {
 pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir)? {
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next)? {
             let path = entry?.path();
-            let hidden = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if hidden {
-                continue;
-            }
+            let within = path.strip_prefix(dir).unwrap_or(&path);
             if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "cedar") {
+                if !is_hidden(within) {
+                    pending.push(path);
+                }
+            } else if is_policy_file(within) {
                 files.push(path);
             }
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether `within`, a path inside the policy directory, is a file a load reads
+/// ([`policy_files`]): a `.cedar` file, with no hidden entry on its way.
+pub fn is_policy_file(within: &Path) -> bool {
+    within.extension().is_some_and(|e| e == "cedar") && !is_hidden(within)
+}
+
+/// Whether an entry on `within` is hidden (its name starts with `.`).
+fn is_hidden(within: &Path) -> bool {
+    within
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
 }
 
 /// Why the policy file `path` holding `text` does not parse, shown against its lines

@@ -27,7 +27,7 @@ use chrono::Utc;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::http::AppState;
-use crate::load::{LoadError, Sources};
+use crate::load::{is_policy_file, LoadError, Sources};
 use crate::snapshot::Snapshot;
 use crate::store::ReloadFailure;
 
@@ -230,17 +230,9 @@ impl Reloader {
     /// in the policy directory outside hidden entries ([`crate::load::policy_files`]).
     fn is_read(&self, path: &Path) -> bool {
         let targets = self.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        let policy_file = |dir: &PathBuf| {
-            path.strip_prefix(dir).is_ok_and(|within| {
-                path.extension().is_some_and(|e| e == "cedar")
-                    && !within
-                        .components()
-                        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
-            })
-        };
         std::iter::once(&self.sources.policies)
             .chain(&targets.policies)
-            .any(policy_file)
+            .any(|dir| path.strip_prefix(dir).is_ok_and(is_policy_file))
             || self
                 .sources()
                 .skip(1)
