@@ -446,11 +446,12 @@ fn unrelated_file_activity_does_not_postpone_the_retries() {
     std::fs::write(live.path("policies/broken.cedar"), "permit (principal,\n").unwrap();
     let noise = live.path("noise.txt");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(3500) {
+    while started.elapsed() < Duration::from_secs(6) {
         std::fs::write(&noise, format!("{:?}", started.elapsed())).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The first attempt and its three retries, 1.75 s after it plus the loads.
+    // The first attempt and its three retries, 1.75 s after it plus the loads
+    // (each up to a second in a debug build with other tests on both cores).
     let refused = refused_reloads(&live);
     assert_eq!(refused, 4, "{}", live.policy_set()["last_reload_error"]);
 }
