@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entities, Entity, EntityUid, Request};
+use cedar_policy::{Context, Entities, Entity, EntityTypeName, EntityUid, Request};
 use cedar_policy_core::ast;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::context::{extension_value, AttrType, EntityShapes};
 use crate::diagnostic::describe;
+use crate::fast_hash::HashSet;
 use crate::policy_index::{self, Bucket};
 use crate::slice::{collect_uids, stored_in_place};
 use crate::snapshot::{ScopeTypes, Snapshot};
@@ -317,25 +318,44 @@ fn check_applies_to(
     principal: &EntityUid,
     resource: &EntityUid,
 ) -> Result<(), RequestError> {
-    for (field, uid, allowed) in [
-        ("principal", principal, &types.principals),
-        ("resource", resource, &types.resources),
-    ] {
-        if allowed.is_empty() {
-            return Err(RequestError::InvalidRequest(format!(
-                "{action} applies to no {field} type (an action group?): ask about one of \
-                 the actions that apply to one"
-            )));
-        }
-        if !allowed.contains(uid.type_name()) {
-            let mut expected: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            expected.sort();
-            return Err(RequestError::InvalidRequest(format!(
-                "{field} type `{}` is not valid for {action} (expected: {})",
-                uid.type_name(),
-                expected.join(", ")
-            )));
-        }
+    check_scope_type(&types.principals, "principal", action, principal)?;
+    check_scope_type(&types.resources, "resource", action, resource)
+}
+
+/// Checks that `principal` is of a type `action` applies to, before any request
+/// for it is built (a trace read asks about each partner's traces in turn).
+pub fn check_principal_type(
+    snapshot: &Snapshot,
+    action: &EntityUid,
+    principal: &EntityUid,
+) -> Result<(), RequestError> {
+    let types = snapshot
+        .scope_types(action)
+        .ok_or_else(|| RequestError::UnknownAction(action.to_string()))?;
+    check_scope_type(&types.principals, "principal", action, principal)
+}
+
+/// Checks that `uid`, the request's `field`, is of a type `action` applies to.
+fn check_scope_type(
+    allowed: &HashSet<EntityTypeName>,
+    field: &str,
+    action: &EntityUid,
+    uid: &EntityUid,
+) -> Result<(), RequestError> {
+    if allowed.is_empty() {
+        return Err(RequestError::InvalidRequest(format!(
+            "{action} applies to no {field} type (an action group?): ask about one of \
+             the actions that apply to one"
+        )));
+    }
+    if !allowed.contains(uid.type_name()) {
+        let mut expected: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        expected.sort();
+        return Err(RequestError::InvalidRequest(format!(
+            "{field} type `{}` is not valid for {action} (expected: {})",
+            uid.type_name(),
+            expected.join(", ")
+        )));
     }
     Ok(())
 }

@@ -636,14 +636,7 @@ async fn traces(
         }
         .into());
     }
-    if !crate::traces::may_ask(&snapshot, &query.caller) {
-        return Err(RequestError::InvalidRequest(format!(
-            "principal type `{}` is not valid for {}",
-            query.caller.type_name(),
-            crate::traces::READ_TRACES
-        ))
-        .into());
-    }
+    engine::check_principal_type(&snapshot, &crate::traces::read_traces(), &query.caller)?;
     let filing = if query.partner.is_some() {
         Filing::ByResource
     } else {

@@ -116,17 +116,11 @@ impl TraceQuery {
 }
 
 /// The action a trace read is decided on.
-pub const READ_TRACES: &str = "Action::\"read_traces\"";
+const READ_TRACES: &str = "Action::\"read_traces\"";
 
-/// Whether `caller` is of a type the schema lets ask `read_traces` at all: asked
-/// before any partner is looked at, so that the answer to one that is not does not
-/// depend on which partners exist.
-pub fn may_ask(snapshot: &Snapshot, caller: &EntityUid) -> bool {
-    READ_TRACES.parse::<EntityUid>().is_ok_and(|action| {
-        snapshot
-            .scope_types(&action)
-            .is_some_and(|types| types.principals.contains(caller.type_name()))
-    })
+/// [`READ_TRACES`] as a uid.
+pub fn read_traces() -> EntityUid {
+    READ_TRACES.parse().expect("a well-formed action uid")
 }
 
 /// One `read_traces` request per partner whose traces are asked for: the one
