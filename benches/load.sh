@@ -29,7 +29,10 @@
 #
 # Needs oha (`cargo install oha`) and, for part 5, cedar-agent (`cargo install
 # cedar-agent`); part 5 is skipped, saying so, without it.
-# Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16); ROUNDS (default 4).
+# The sidecar measured is `cargo build --release`'s, or with BIN set, that binary
+# (`BIN=target/pgo/cdap-authz`: the profile-guided build of scripts/build-pgo.sh).
+# Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16); ROUNDS
+# (default 4); BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,8 +43,11 @@ PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
-cargo build --release --quiet --bin cdap-authz --example constant_server
-BIN=target/release/cdap-authz
+cargo build --release --quiet --example constant_server
+if [[ -z ${BIN:-} ]]; then
+  cargo build --release --quiet --bin cdap-authz
+  BIN=target/release/cdap-authz
+fi
 
 wait_for() { # until something listens on $1 (host:port, or a socket path)
   local via=(); [[ $1 == /* ]] && via=(--unix-socket "$1")
@@ -98,7 +104,7 @@ PY
 
 rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$OUT/$1.json"; }
 
-echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}')"
+echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}'), sidecar $BIN"
 
 target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!); CONSTANT=$!
 # The request pins `now` (examples/requests/consult-allowed.json), which serve
