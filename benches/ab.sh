@@ -24,8 +24,8 @@ REQUEST=examples/requests/consult-allowed.json
 target/release/examples/constant_server 127.0.0.1:8381 2>/dev/null & PIDS+=($!); PID_C=$!
 "$A" serve --listen 127.0.0.1:8382 --trust-request-time --audit-dir "$OUT/a" 2>/dev/null & PIDS+=($!); PID_A=$!
 "$B" serve --listen 127.0.0.1:8383 --trust-request-time --audit-dir "$OUT/b" 2>/dev/null & PIDS+=($!); PID_B=$!
-for port in 8381 8382 8383; do
-  for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
+for port in 8381 8382 8383; do # until each is ready (a sidecar answers 503 while it loads)
+  for _ in $(seq 400); do curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break; sleep 0.05; done
 done
 for port in 8382 8383; do
   reply=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$REQUEST" \

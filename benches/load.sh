@@ -49,13 +49,16 @@ if [[ -z ${BIN:-} ]]; then
   BIN=target/release/cdap-authz
 fi
 
-wait_for() { # until something listens on $1 (host:port, or a socket path)
-  local via=(); [[ $1 == /* ]] && via=(--unix-socket "$1")
-  for _ in $(seq 200); do
-    curl -s -o /dev/null "${via[@]}" "http://${via:+localhost}${via:-$1}/" && return 0
+wait_for() { # until $1 (host:port, or a socket path) answers /readyz with other than 503
+  # (a sidecar's answer until its model is loaded; the others answer 200 or 404)
+  local via=() url="http://$1/readyz" code
+  [[ $1 == /* ]] && via=(--unix-socket "$1") && url=http://localhost/readyz
+  for _ in $(seq 400); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${via[@]}" "$url") || true
+    [[ $code != 000 && $code != 503 ]] && return 0
     sleep 0.05
   done
-  echo "nothing listens on $1" >&2
+  echo "nothing ready on $1" >&2
   exit 1
 }
 
