@@ -8,7 +8,7 @@
 #      training load of scripts/pgo_train.py (every request of the policy test
 #      suites, singly and in batches; not the benchmarked requests);
 #   3. the release build again, laid out and inlined by those counts
-#      (`-Cprofile-use`).
+#      (`-Cprofile-use`), which must then pass the policy test suites.
 # Each build has its own target directory under target/pgo/ (their RUSTFLAGS differ
 # from the plain build's, which is left as it is). Output: target/pgo/cdap-authz.
 # Needs python3 and llvm-profdata of the Rust toolchain (`rustup component add
@@ -50,5 +50,7 @@ SERVER=""
 echo "== 3. optimised build"
 RUSTFLAGS="-Cprofile-use=$WORK/cdap-authz.profdata" \
   cargo build --release --quiet --bin cdap-authz --target-dir "$WORK/optimized"
+# The optimised build decides the policy suites as the plain one does.
+"$WORK/optimized/release/cdap-authz" test tests/policies >/dev/null
 cp "$WORK/optimized/release/cdap-authz" "$WORK/cdap-authz"
 echo "built $WORK/cdap-authz"
