@@ -24,16 +24,11 @@ REQUEST=examples/requests/consult-allowed.json
 target/release/examples/constant_server 127.0.0.1:8381 2>/dev/null & PIDS+=($!); PID_C=$!
 "$A" serve --listen 127.0.0.1:8382 --trust-request-time --audit-dir "$OUT/a" 2>/dev/null & PIDS+=($!); PID_A=$!
 "$B" serve --listen 127.0.0.1:8383 --trust-request-time --audit-dir "$OUT/b" 2>/dev/null & PIDS+=($!); PID_B=$!
-for port in 8381 8382 8383; do # until each is ready (a sidecar answers 503 while it loads)
-  for _ in $(seq 400); do curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break; sleep 0.05; done
-done
+source benches/servers.sh
+for port in 8381 8382 8383; do wait_for "127.0.0.1:$port"; done
 for port in 8382 8383; do
-  reply=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$REQUEST" \
-    "http://127.0.0.1:$port/v1/is_authorized")
-  grep -q '"decision":"Allow"' <<<"$reply" || { echo "port $port answered $reply" >&2; exit 1; }
+  expect_decision "http://127.0.0.1:$port/v1/is_authorized" "$REQUEST" '"decision":"Allow"'
 done
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 load() { # port pid → "req/s µs-of-CPU-a-request"
   local before; before=$(cpu_ticks "$2")

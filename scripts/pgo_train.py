@@ -35,7 +35,7 @@ def suite_requests(root):
             request = dict(case["request"])
             if "entities" in case:
                 request["entities"] = case["entities"]
-            requests.append(json.dumps(request).encode())
+            requests.append(request)
     return requests
 
 
@@ -50,10 +50,11 @@ def main():
     base = urllib.parse.urlsplit(sys.argv[1])
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    requests = suite_requests(root)
+    cases = suite_requests(root)
+    requests = [json.dumps(request).encode() for request in cases]
     batches = [
-        json.dumps({"requests": [json.loads(r) for r in requests[i : i + BATCH]]}).encode()
-        for i in range(0, len(requests), BATCH)
+        json.dumps({"requests": cases[i : i + BATCH]}).encode()
+        for i in range(0, len(cases), BATCH)
     ]
     statuses = {}
     lock = threading.Lock()
