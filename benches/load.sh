@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load runs on this machine, over loopback, in one go:
+#   0. the machine's own stalls, before any server starts (examples/stalls.rs, 5 s):
+#      the floor under every p99 below,
 #   1. a minimal hyper endpoint answering a constant body (examples/constant_server.rs),
 #   2. `cdap-authz serve` on the bundled model (decision log on, in a temp dir), at
 #      full speed, then at half its measured throughput (for the p99 under moderate
@@ -25,7 +27,9 @@
 # the cores are shared, the CPU a request costs the server much less. And how often
 # the server's threads were preempted a request (switched out while runnable, from
 # /proc/PID/task/*/status): on loopback a response wakes oha's thread, which then
-# often preempts a server thread (BENCHMARKS.md, session 21).
+# often preempts a server thread (BENCHMARKS.md, session 21). And the hypervisor's
+# steal during the run: the share of both cores' time in which this VM was ready to
+# run and another guest ran instead (/proc/stat).
 #
 # Needs oha (`cargo install oha`) and, for part 5, cedar-agent (`cargo install
 # cedar-agent`); part 5 is skipped, saying so, without it.
@@ -43,7 +47,7 @@ PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
-cargo build --release --quiet --example constant_server
+cargo build --release --quiet --example constant_server --example stalls
 if [[ -z ${BIN:-} ]]; then
   cargo build --release --quiet --bin cdap-authz
   BIN=target/release/cdap-authz
@@ -60,6 +64,7 @@ preemptions() { # times the process's threads were switched out while still runn
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
   local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0 preempted_before=0
   [[ -n $pid ]] && before=$(cpu_ticks "$pid") && preempted_before=$(preemptions "$pid")
+  local machine_before; machine_before=$(grep '^cpu ' /proc/stat)
   # At a fixed rate, latency counts from when each request was due (oha's
   # correction), or with FROM_SENT set, from when it left.
   local correction=--latency-correction
@@ -70,9 +75,14 @@ load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) serve
   local ticks="" preempted=""
   [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before )) \
     && preempted=$(( $(preemptions "$pid") - preempted_before ))
-  python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" <<'PY'
+  python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" \
+    "$machine_before" "$(grep '^cpu ' /proc/stat)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal, in ticks
+before, after = ([int(t) for t in line.split()[1:9]] for line in sys.argv[6:8])
+ticks = [b - a for a, b in zip(before, after)]
+steal = ticks[7] / max(sum(ticks), 1) * 100
 codes = r.get("statusCodeDistribution", {})
 bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 p = r["latencyPercentiles"]
@@ -83,13 +93,14 @@ if sys.argv[3]:
            f', preempted {int(sys.argv[5]) / requests:4.2f}/req')
 print(f'{sys.argv[2]:<40} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
       f'p50 {p["p50"]*1000:6.3f} ms   p99 {p["p99"]*1000:6.3f} ms{cpu}   '
-      f'{"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
+      f'steal {steal:4.1f}%   {"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
 PY
 }
 
 rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$OUT/$1.json"; }
 
 echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}'), sidecar $BIN"
+target/release/examples/stalls 5
 
 target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!); CONSTANT=$!
 # The request pins `now` (examples/requests/consult-allowed.json), which serve
