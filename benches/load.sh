@@ -12,7 +12,8 @@
 #      on 4 connections instead of CONCURRENCY; then
 #      `serve --no-audit` at full speed (the decision log's cost),
 #      then the three again in alternating rounds (ROUNDS, default 4), each ratio
-#      taken within its round, since this VM's speed drifts between runs,
+#      taken within its round, since this VM's speed drifts between runs, with the
+#      half-rate pair (from when sent) in each round,
 #   3. the constant endpoint again, keeping the CPU busy 10, 15, 20 and 25 µs a
 #      request: the throughput a handler of a given cost reaches on this machine, to
 #      read the sidecar's against,
@@ -83,6 +84,7 @@ r = json.load(open(sys.argv[1]))
 before, after = ([int(t) for t in line.split()[1:9]] for line in sys.argv[6:8])
 ticks = [b - a for a, b in zip(before, after)]
 steal = ticks[7] / max(sum(ticks), 1) * 100
+open(sys.argv[1].removesuffix(".json") + ".steal", "w").write(f"{steal:.1f}")
 codes = r.get("statusCodeDistribution", {})
 bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 p = r["latencyPercentiles"]
@@ -95,6 +97,11 @@ print(f'{sys.argv[2]:<40} {r["summary"]["requestsPerSec"]:>8.0f} req/s   '
       f'p50 {p["p50"]*1000:6.3f} ms   p99 {p["p99"]*1000:6.3f} ms{cpu}   '
       f'steal {steal:4.1f}%   {"all 2xx" if not bad else "NON-2xx: " + str(bad)}')
 PY
+}
+
+p99_and_steal() { # the run's p99 in ms, and the steal during it in percent
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["latencyPercentiles"]["p99"] * 1000)' "$OUT/$1.json"
+  cat "$OUT/$1.steal"
 }
 
 rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$OUT/$1.json"; }
@@ -134,19 +141,26 @@ echo "throughput without the decision log / with it: $(python3 -c "print(f'{$(rp
 
 # The runs above follow one another, and this VM's speed drifts by tens of percent
 # within minutes; so the same three servers again, in ROUNDS alternating rounds
-# (the order reversed every other round), each ratio taken within its round.
+# (the order reversed every other round), each ratio taken within its round; and in
+# each round the half-rate pair again (counted from when each request left, the
+# two runs next to each other), each p99 beside the steal during its run.
 ROUNDS=${ROUNDS:-4}
 RATIOS=()
+HALF_RATE_P99=()
 for round in $(seq "$ROUNDS"); do
-  ORDER=(constant serve no-audit); (( round % 2 == 0 )) && ORDER=(no-audit serve constant)
+  ORDER=(constant serve no-audit half constant-half)
+  (( round % 2 == 0 )) && ORDER=(constant-half half no-audit serve constant)
   for server in "${ORDER[@]}"; do
     case $server in
       constant) load "round-$round-constant" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "" "" "$CONSTANT" ;;
       serve) load "round-$round-cdap-authz" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "" "" "$SERVE" ;;
       no-audit) load "round-$round-no-audit" http://127.0.0.1:8183/v1/is_authorized "$REQUEST" "" "" "$NO_AUDIT" ;;
+      half) FROM_SENT=1 load "round-$round-half-rate-from-sent" http://127.0.0.1:8180/v1/is_authorized "$REQUEST" "$HALF" "" "$SERVE" ;;
+      constant-half) FROM_SENT=1 load "round-$round-constant-that-rate-from-sent" http://127.0.0.1:8181/v1/is_authorized "$REQUEST" "$HALF" "" "$CONSTANT" ;;
     esac
   done
   RATIOS+=("$(rps "round-$round-cdap-authz") $(rps "round-$round-constant") $(rps "round-$round-no-audit")")
+  HALF_RATE_P99+=("$(p99_and_steal "round-$round-half-rate-from-sent") $(p99_and_steal "round-$round-constant-that-rate-from-sent")")
 done
 python3 - "${RATIOS[@]}" <<'PY'
 import statistics, sys
@@ -156,6 +170,14 @@ for name, pick in (("cdap-authz / constant endpoint", lambda s, c, n: s / c),
     ratios = [pick(*r) for r in rounds]
     print(f"{name}, per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
           f"median {statistics.median(ratios):.2f}")
+PY
+python3 - "${HALF_RATE_P99[@]}" <<'PY'
+import statistics, sys
+rounds = [list(map(float, r.split())) for r in sys.argv[1:]]
+for name, at in (("cdap-authz", 0), ("constant endpoint", 2)):
+    runs = ", ".join(f"{r[at]:.2f} ms (steal {r[at + 1]:.0f}%)" for r in rounds)
+    print(f"half-rate p99 from when sent, {name}, per round: {runs}; "
+          f"median {statistics.median(r[at] for r in rounds):.2f} ms")
 PY
 
 for BUSY in 10 15 20 25; do
