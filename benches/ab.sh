@@ -8,6 +8,8 @@
 # a request (user + system of the whole process, from /proc/PID/stat); then the
 # medians of B/A (throughput, and CPU a request) and of each build against the
 # constant endpoint.
+# ARGS_A and ARGS_B add arguments to each build's `serve`: one binary against itself
+# with an option on (`ARGS_B=--pin-workers benches/ab.sh BIN BIN`).
 # Needs oha (`cargo install oha`).
 # Usage: benches/ab.sh BIN_A BIN_B [ROUNDS (default 6)] [SECONDS (default 5)]
 set -euo pipefail
@@ -22,8 +24,10 @@ cargo build --release --quiet --example constant_server
 
 REQUEST=examples/requests/consult-allowed.json
 target/release/examples/constant_server 127.0.0.1:8381 2>/dev/null & PIDS+=($!); PID_C=$!
-"$A" serve --listen 127.0.0.1:8382 --trust-request-time --audit-dir "$OUT/a" 2>/dev/null & PIDS+=($!); PID_A=$!
-"$B" serve --listen 127.0.0.1:8383 --trust-request-time --audit-dir "$OUT/b" 2>/dev/null & PIDS+=($!); PID_B=$!
+read -ra EXTRA_A <<<"${ARGS_A:-}"
+read -ra EXTRA_B <<<"${ARGS_B:-}"
+"$A" serve --listen 127.0.0.1:8382 --trust-request-time --audit-dir "$OUT/a" "${EXTRA_A[@]}" 2>/dev/null & PIDS+=($!); PID_A=$!
+"$B" serve --listen 127.0.0.1:8383 --trust-request-time --audit-dir "$OUT/b" "${EXTRA_B[@]}" 2>/dev/null & PIDS+=($!); PID_B=$!
 source benches/servers.sh
 for port in 8381 8382 8383; do wait_for "127.0.0.1:$port"; done
 for port in 8382 8383; do
@@ -45,8 +49,8 @@ print(f'{r["summary"]["requestsPerSec"]:.0f} {int(sys.argv[2]) / int(sys.argv[3]
 PY
 }
 
-echo "A = $A"
-echo "B = $B"
+echo "A = $A ${ARGS_A:-}"
+echo "B = $B ${ARGS_B:-}"
 : >"$OUT/rounds"
 for round in $(seq "$ROUNDS"); do
   order=(constant a b); (( round % 2 == 0 )) && order=(b a constant)

@@ -36,8 +36,9 @@
 # cedar-agent`); part 5 is skipped, saying so, without it.
 # The sidecar measured is `cargo build --release`'s, or with BIN set, that binary
 # (`BIN=target/pgo/cdap-authz`: the profile-guided build of scripts/build-pgo.sh).
+# SERVE_ARGS adds arguments to every sidecar's `serve` (`SERVE_ARGS=--pin-workers`).
 # Usage: benches/load.sh [SECONDS] (default 10); CONCURRENCY (default 16); ROUNDS
-# (default 4); BIN.
+# (default 4); BIN; SERVE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,7 @@ if [[ -z ${BIN:-} ]]; then
 fi
 
 source benches/servers.sh
+read -ra EXTRA <<<"${SERVE_ARGS:-}"
 
 preemptions() { # times the process's threads were switched out while still runnable
   # (a thread that ends while this reads is left out)
@@ -106,14 +108,14 @@ p99_and_steal() { # the run's p99 in ms, and the steal during it in percent
 
 rps() { python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$OUT/$1.json"; }
 
-echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}'), sidecar $BIN"
+echo "== $(nproc) cores, ${SECONDS_PER_RUN}s per run, $CONCURRENCY connections, oha $(oha --version | awk '{print $2}'), sidecar $BIN ${SERVE_ARGS:-}"
 target/release/examples/stalls 5
 
 target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!); CONSTANT=$!
 # The request pins `now` (examples/requests/consult-allowed.json), which serve
 # accepts only with --trust-request-time.
-"$BIN" serve --listen 127.0.0.1:8180 --trust-request-time --audit-dir "$OUT/audit" 2>/dev/null & PIDS+=($!); SERVE=$!
-"$BIN" serve --listen 127.0.0.1:8183 --trust-request-time --no-audit 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
+"$BIN" serve --listen 127.0.0.1:8180 --trust-request-time --audit-dir "$OUT/audit" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); SERVE=$!
+"$BIN" serve --listen 127.0.0.1:8183 --trust-request-time --no-audit "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
 wait_for 127.0.0.1:8181
 wait_for 127.0.0.1:8180
 wait_for 127.0.0.1:8183
@@ -188,7 +190,7 @@ for BUSY in 10 15 20 25; do
 done
 
 SOCKET="$OUT/authz.sock"
-"$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!)
 wait_for "$SOCKET"
 expect_decision http://localhost/v1/is_authorized "$REQUEST" '"decision":"Allow"' "$SOCKET"
 CONCURRENCY=1 load tcp-one-connection http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
@@ -204,7 +206,7 @@ fi
 POLICIES="$OUT/policies"; mkdir -p "$POLICIES"
 cp benches/agent/policies.cedar "$POLICIES/"
 python3 benches/agent/to_agent.py "$POLICIES/policies.cedar" examples/entities.json "$OUT"
-"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" --audit-dir "$OUT/audit-agent-run" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" --audit-dir "$OUT/audit-agent-run" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!)
 cedar-agent --addr 127.0.0.1 --port 8182 --log-level error \
   --policies "$OUT/agent-policies.json" --data "$OUT/agent-entities.json" >/dev/null 2>&1 & PIDS+=($!)
 wait_for 127.0.0.1:8180

@@ -52,7 +52,7 @@ fn main() {
     runtime.spawn(http::serve(
         listener,
         state,
-        workers::default_count(),
+        workers::Plan::default(),
         std::future::pending(),
     ));
 

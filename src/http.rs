@@ -19,7 +19,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,7 @@ use crate::store::{ReloadFailure, Store};
 use crate::traces::{
     read_requests, TraceQuery, TraceQueryError, AUTHENTICATION_HEADER, CALLER_HEADER,
 };
-use crate::workers::Workers;
+use crate::workers::{self, Workers};
 
 /// Default cap on a request body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
@@ -215,13 +214,13 @@ impl HttpError {
     }
 }
 
-/// Serves connections from `listener` on `workers` threads ([`Workers`]) until
-/// `shutdown` completes, then stops accepting and lets in-flight requests finish
-/// (up to a deadline).
+/// Serves connections from `listener` on the threads of `workers` ([`Workers`])
+/// until `shutdown` completes, then stops accepting and lets in-flight requests
+/// finish (up to a deadline).
 pub async fn serve(
     listener: impl Into<Listener>,
     state: Arc<AppState>,
-    workers: NonZeroUsize,
+    workers: workers::Plan,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = listener.into();

@@ -12,6 +12,12 @@
 //! second or better, in every alternated round, than tokio's work-stealing pool
 //! (BENCHMARKS.md). The price: a worker whose connections are busy gets no help
 //! from an idle one (the p99 at full speed is higher).
+//!
+//! Pinned ([`Plan::pinned`], `serve --pin-workers`), each worker runs on one CPU of
+//! those the process may use, so that two workers never wait for the same core
+//! while another is free of them. Not the default: under a CPU quota without a
+//! cpuset the CPUs the process may use are the whole host's, and a pinned worker
+//! cannot move away from a core that other work keeps busy.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +32,25 @@ use tokio::sync::oneshot;
 /// The number of workers when none is given: one per core available to the process.
 pub fn default_count() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// How many workers to start, and where they run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub count: NonZeroUsize,
+    /// Each worker on one CPU: the i-th worker on the i-th CPU the process may use,
+    /// going round them again when there are more workers than CPUs.
+    pub pinned: bool,
+}
+
+impl Default for Plan {
+    /// One worker per core available, each free to run on any of them.
+    fn default() -> Self {
+        Self {
+            count: default_count(),
+            pinned: false,
+        }
+    }
 }
 
 /// The running workers; dropping this stops them (their remaining connections are
@@ -44,10 +69,18 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts `count` worker threads, each with its own runtime (I/O and timers).
-    pub fn start(count: NonZeroUsize) -> io::Result<Self> {
-        let workers = (0..count.get())
-            .map(Worker::start)
+    /// Starts the plan's worker threads, each with its own runtime (I/O and timers).
+    pub fn start(plan: Plan) -> io::Result<Self> {
+        let cpus = if plan.pinned {
+            Some(cpus_allowed()?)
+        } else {
+            None
+        };
+        let workers = (0..plan.count.get())
+            .map(|index| {
+                let cpu = cpus.as_ref().map(|cpus| cpus[index % cpus.len()]);
+                Worker::start(index, cpu)
+            })
             .collect::<io::Result<_>>()?;
         Ok(Self { workers })
     }
@@ -70,18 +103,20 @@ impl Workers {
 }
 
 impl Worker {
-    /// Starts the worker's thread, which builds its runtime: a runtime is never
-    /// dropped here, inside the caller's (which tokio refuses) if the thread
-    /// cannot start.
-    fn start(index: usize) -> io::Result<Self> {
+    /// Starts the worker's thread, on `cpu` if given, which builds its runtime: a
+    /// runtime is never dropped here, inside the caller's (which tokio refuses) if
+    /// the thread cannot start.
+    fn start(index: usize, cpu: Option<usize>) -> io::Result<Self> {
         let (started, handle) = mpsc::sync_channel::<io::Result<Handle>>(1);
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("http-worker-{index}"))
             .spawn(move || {
-                let built = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
+                let built = cpu.map_or(Ok(()), pin_this_thread).and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                });
                 match built {
                     Ok(runtime) => {
                         let _ = started.send(Ok(runtime.handle().clone()));
@@ -115,6 +150,43 @@ impl Drop for Workers {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// The CPUs the calling thread may run on (at the start, the process's), in order.
+fn cpus_allowed() -> io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the kernel writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let read = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if read != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let size = usize::try_from(libc::CPU_SETSIZE).expect("a positive set size");
+    // SAFETY: every index is below the set's size.
+    let cpus: Vec<usize> = (0..size)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    if cpus.is_empty() {
+        return Err(io::Error::other("the process may run on no CPU"));
+    }
+    Ok(cpus)
+}
+
+/// Keeps the calling thread on `cpu` from now on.
+fn pin_this_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; `cpu` comes from a set read from
+    // the kernel, so it is below the set's size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    let pinned = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if pinned == 0 {
+        Ok(())
+    } else {
+        let error = io::Error::last_os_error();
+        Err(io::Error::new(
+            error.kind(),
+            format!("cannot pin a worker to CPU {cpu}: {error}"),
+        ))
     }
 }
 
@@ -167,6 +239,50 @@ mod tests {
         end
     }
 
+    fn two_workers(pinned: bool) -> Plan {
+        Plan {
+            count: NonZeroUsize::new(2).unwrap(),
+            pinned,
+        }
+    }
+
+    #[test]
+    fn pinned_workers_each_run_on_their_own_cpu_of_the_process() {
+        let allowed = cpus_allowed().unwrap();
+        let workers = Workers::start(two_workers(true)).unwrap();
+        let (ran_on, reports) = mpsc::channel();
+        let (end, ended) = tokio::sync::watch::channel(());
+        for _ in 0..2 {
+            let ran_on = ran_on.clone();
+            let mut ended = ended.clone();
+            workers.spawn(async move {
+                let name = std::thread::current().name().unwrap_or_default().to_owned();
+                ran_on.send((name, cpus_allowed().unwrap())).unwrap();
+                let _ = ended.changed().await;
+            });
+        }
+        let mut seen: Vec<_> = (0..2)
+            .map(|_| reports.recv_timeout(WAIT).unwrap())
+            .collect();
+        seen.sort();
+        let expected: Vec<_> = (0..2)
+            .map(|i| (format!("http-worker-{i}"), vec![allowed[i % allowed.len()]]))
+            .collect();
+        assert_eq!(seen, expected);
+        drop(end);
+    }
+
+    #[test]
+    fn unpinned_workers_may_run_on_any_cpu_of_the_process() {
+        let allowed = cpus_allowed().unwrap();
+        let workers = Workers::start(two_workers(false)).unwrap();
+        let (ran_on, reports) = mpsc::channel();
+        workers.spawn(async move {
+            ran_on.send(cpus_allowed().unwrap()).unwrap();
+        });
+        assert_eq!(reports.recv_timeout(WAIT).unwrap(), allowed);
+    }
+
     fn serving(workers: &Workers) -> Vec<usize> {
         let count = |w: &Worker| w.connections.load(Ordering::Relaxed);
         workers.workers.iter().map(count).collect()
@@ -174,7 +290,7 @@ mod tests {
 
     #[test]
     fn connections_go_to_the_worker_serving_the_fewest() {
-        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let workers = Workers::start(two_workers(false)).unwrap();
         let (ran_on, threads) = mpsc::channel();
         let (dropped, drops) = mpsc::channel();
         let mut ends: Vec<_> = (0..4)
@@ -217,7 +333,7 @@ mod tests {
 
     #[test]
     fn stopping_the_workers_drops_their_connections() {
-        let workers = Workers::start(NonZeroUsize::new(2).unwrap()).unwrap();
+        let workers = Workers::start(two_workers(false)).unwrap();
         let (ran_on, threads) = mpsc::channel();
         let (dropped, drops) = mpsc::channel();
         let _ends: Vec<_> = (0..3)

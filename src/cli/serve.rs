@@ -32,6 +32,14 @@ pub struct ServeArgs {
     /// default one per core).
     #[arg(long, value_name = "N", default_value_t = workers::default_count())]
     pub workers: NonZeroUsize,
+    /// Keep each worker on one CPU of those the process may use (the i-th worker on
+    /// the i-th), for a sidecar given cores of its own (taskset, a cpuset). On the
+    /// 2-core dev VM, sharing its cores with the load generator, it cut the p99 at
+    /// half rate by about a seventh, at the same throughput (BENCHMARKS.md). Not
+    /// under a CPU quota alone: the CPUs the process may use are then the whole
+    /// host's, and a pinned worker cannot leave a core other work keeps busy.
+    #[arg(long)]
+    pub pin_workers: bool,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
@@ -151,7 +159,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(address = %address, "loading the model");
         let first = reloader.clone();
         let loading = tokio::task::spawn_blocking(move || first.reload());
-        let server = http::serve(listener, state.clone(), args.workers, shutdown);
+        let plan = workers::Plan {
+            count: args.workers,
+            pinned: args.pin_workers,
+        };
+        let server = http::serve(listener, state.clone(), plan, shutdown);
         tokio::pin!(server);
         tokio::select! {
             loaded = loading => loaded??,
@@ -172,7 +184,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .current()
             .map(|s| s.version.clone())
             .unwrap_or_default();
-        tracing::info!(listen = %address, workers = args.workers, policy_version = %version, "serving");
+        tracing::info!(listen = %address, workers = args.workers, pinned = args.pin_workers, policy_version = %version, "serving");
         server.await?;
         Ok(stopped(&state))
     })

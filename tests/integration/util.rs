@@ -66,7 +66,7 @@ impl Server {
                 .block_on(http::serve(
                     listener,
                     state,
-                    workers::default_count(),
+                    workers::Plan::default(),
                     async {
                         let _ = stopped.await;
                     },
