@@ -763,6 +763,52 @@ fn serve_on_one_worker_answers_several_connections_at_once() {
     assert!(terminate(&mut child).success());
 }
 
+/// `--pin-workers`: the i-th worker thread may run only on the i-th CPU the process
+/// may use (going round them again: three workers on this 2-core machine), as
+/// `/proc` reports them; and the pinned workers answer.
+#[test]
+fn serve_pins_each_worker_to_one_cpu_when_asked() {
+    let (mut child, _stderr, addr) =
+        spawn_serve(&["--no-audit", "--workers", "3", "--pin-workers"]);
+    let reply: serde_json::Value = ureq::post(&format!("http://{addr}/v1/is_authorized"))
+        .send_json(allowed_consultation())
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(reply["decision"], "Allow");
+    let process = Path::new("/proc").join(child.id().to_string());
+    let allowed = cpus_allowed(&process);
+    let mut pinned = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(process.join("task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        if let Some(index) = name.trim().strip_prefix("http-worker-") {
+            pinned.insert(index.parse::<usize>().unwrap(), cpus_allowed(&task));
+        }
+    }
+    let expected = (0..3)
+        .map(|i| (i, vec![allowed[i % allowed.len()]]))
+        .collect();
+    assert_eq!(pinned, expected, "the process may use CPUs {allowed:?}");
+    assert!(terminate(&mut child).success());
+}
+
+/// The CPUs a process or thread may run on: its `Cpus_allowed_list` (`0-1,4`).
+fn cpus_allowed(proc_dir: &Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    list.trim()
+        .split(',')
+        .flat_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            first.parse::<usize>().unwrap()..=last.parse().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn serve_refuses_zero_workers() {
     let output = cdap_authz()
