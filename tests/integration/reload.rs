@@ -427,6 +427,51 @@ fn a_policy_file_is_not_loaded_while_its_writer_still_writes_it() {
     assert_eq!(count(&live.policy_set()), count(&before));
 }
 
+/// A writer that keeps a policy file open for 10 s is reported (`last_reload_error`
+/// names the file, and SIGHUP) while the snapshot loaded before keeps serving; it is
+/// still waited for, and the file is loaded once it closes it.
+#[test]
+fn a_writer_holding_a_file_open_for_10_s_is_reported_and_still_waited_for() {
+    use std::io::Write as _;
+    let live = Live::copy_of_bundled_model(true);
+    let before = live.policy_set();
+    let path = live.path("policies/suspension.cedar");
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writer.write_all(b"// being edited\n").unwrap();
+    writer.flush().unwrap();
+    let opened = Instant::now();
+    let reported = |live: &Live| {
+        let error = &live.policy_set()["last_reload_error"]["message"];
+        error.as_str().is_some_and(|message| {
+            message.contains("waiting for the writer of")
+                && message.contains("suspension.cedar")
+                && message.contains("kill -HUP")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !reported(&live),
+        "reported before 10 s: {}",
+        live.policy_set()
+    );
+    within(Duration::from_secs(10), "the writer reported", || {
+        reported(&live)
+    });
+    assert!(opened.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        live.policy_set()["policy_version"],
+        before["policy_version"]
+    );
+    drop(writer);
+    within_or_report(&live, "the closed file is loaded", || {
+        live.policy_set()["policy_version"] != before["policy_version"]
+    });
+    assert_eq!(live.policy_set()["last_reload_error"], Value::Null);
+}
+
 /// The reloads a sidecar refused so far, from `/metrics`.
 fn refused_reloads(live: &Live) -> u64 {
     let metrics = live.server.get("/metrics").1;
