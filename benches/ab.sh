@@ -5,9 +5,14 @@
 # round, not by two runs minutes apart. Each round runs `oha -z SECONDS -c 16`
 # against the three servers (the order reversed every other round), each started
 # once, with its decision log on, and prints each one's requests a second and CPU
-# a request (user + system of the whole process, from /proc/PID/stat); then the
-# medians of B/A (throughput, and CPU a request) and of each build against the
-# constant endpoint.
+# a request (user + system of the whole process, from /proc/PID/stat), its p99 and
+# the hypervisor's steal during the run (/proc/stat); then the medians of B/A
+# (throughput, and CPU a request), of each build against the constant endpoint, and
+# of each server's p99.
+# With RATE set, every run is paced at RATE requests a second (`oha -q`, latency
+# counted from when each request left), to compare the p99 at a given load: the
+# summary then leaves out the throughput ratios and says in how many rounds B's p99
+# was below A's.
 # ARGS_A and ARGS_B add arguments to each build's `serve`: one binary against itself
 # with an option on (`ARGS_B=--pin-workers benches/ab.sh BIN BIN`).
 # Needs oha (`cargo install oha`).
@@ -34,44 +39,62 @@ for port in 8382 8383; do
   expect_decision "http://127.0.0.1:$port/v1/is_authorized" "$REQUEST" '"decision":"Allow"'
 done
 
-load() { # port pid → "req/s µs-of-CPU-a-request"
-  local before; before=$(cpu_ticks "$2")
-  oha -z "${SECONDS_PER_RUN}s" -c 16 --no-tui --output-format json -m POST \
-    -T application/json -D "$REQUEST" "http://127.0.0.1:$1/v1/is_authorized" >"$OUT/run.json"
-  python3 - "$OUT/run.json" "$(( $(cpu_ticks "$2") - before ))" "$(getconf CLK_TCK)" <<'PY'
+load() { # port pid → "req/s µs-of-CPU-a-request p99-in-ms steal-in-percent"
+  local before machine_before
+  before=$(cpu_ticks "$2") machine_before=$(machine_ticks)
+  oha -z "${SECONDS_PER_RUN}s" -c 16 ${RATE:+-q "$RATE"} --no-tui --output-format json \
+    -m POST -T application/json -D "$REQUEST" "http://127.0.0.1:$1/v1/is_authorized" \
+    >"$OUT/run.json"
+  python3 - "$OUT/run.json" "$(( $(cpu_ticks "$2") - before ))" "$(getconf CLK_TCK)" \
+    "$(steal_percent "$machine_before" "$(machine_ticks)")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 codes = r["statusCodeDistribution"]
 bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 if bad:
     sys.exit(f"non-2xx answers: {bad}")
-print(f'{r["summary"]["requestsPerSec"]:.0f} {int(sys.argv[2]) / int(sys.argv[3]) / sum(codes.values()) * 1e6:.1f}')
+cpu = int(sys.argv[2]) / int(sys.argv[3]) / sum(codes.values()) * 1e6
+p99 = r["latencyPercentiles"]["p99"] * 1000
+print(f'{r["summary"]["requestsPerSec"]:.0f} {cpu:.1f} {p99:.3f} {sys.argv[4]}')
 PY
 }
 
 echo "A = $A ${ARGS_A:-}"
 echo "B = $B ${ARGS_B:-}"
+[[ -n ${RATE:-} ]] && echo "every run at $RATE req/s"
 : >"$OUT/rounds"
 for round in $(seq "$ROUNDS"); do
   order=(constant a b); (( round % 2 == 0 )) && order=(b a constant)
   for server in "${order[@]}"; do
     case $server in
-      constant) result=$(load 8381 "$PID_C"); read -r c_rps c_cpu <<<"$result" ;;
-      a) result=$(load 8382 "$PID_A"); read -r a_rps a_cpu <<<"$result" ;;
-      b) result=$(load 8383 "$PID_B"); read -r b_rps b_cpu <<<"$result" ;;
+      constant) read -r c_rps c_cpu c_p99 c_steal <<<"$(load 8381 "$PID_C")" ;;
+      a) read -r a_rps a_cpu a_p99 a_steal <<<"$(load 8382 "$PID_A")" ;;
+      b) read -r b_rps b_cpu b_p99 b_steal <<<"$(load 8383 "$PID_B")" ;;
     esac
   done
-  echo "$c_rps $c_cpu $a_rps $a_cpu $b_rps $b_cpu" >>"$OUT/rounds"
-  echo "round $round: constant $c_rps req/s ($c_cpu µs), A $a_rps ($a_cpu µs), B $b_rps ($b_cpu µs)"
+  echo "$c_rps $c_cpu $c_p99 $a_rps $a_cpu $a_p99 $b_rps $b_cpu $b_p99" >>"$OUT/rounds"
+  echo "round $round: constant $c_rps req/s ($c_cpu µs, p99 $c_p99 ms, steal $c_steal%)," \
+    "A $a_rps ($a_cpu µs, $a_p99 ms, $a_steal%), B $b_rps ($b_cpu µs, $b_p99 ms, $b_steal%)"
 done
-python3 - "$OUT/rounds" <<'PY'
+python3 - "$OUT/rounds" "${RATE:-}" <<'PY'
 import statistics, sys
 rounds = [list(map(float, line.split())) for line in open(sys.argv[1])]
-for name, pick in (("B / A, throughput", lambda c, cc, a, ac, b, bc: b / a),
-                   ("B / A, CPU a request", lambda c, cc, a, ac, b, bc: bc / ac),
-                   ("A / constant endpoint", lambda c, cc, a, ac, b, bc: a / c),
-                   ("B / constant endpoint", lambda c, cc, a, ac, b, bc: b / c)):
-    ratios = [pick(*r) for r in rounds]
-    print(f"{name}, per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
-          f"median {statistics.median(ratios):.2f}")
+paced = bool(sys.argv[2])
+# each round: constant, A, B, each as requests a second, CPU a request, p99
+c, a, b = ([r[i:i + 3] for r in rounds] for i in (0, 3, 6))
+ratios = [("B / A, throughput", [y[0] / x[0] for x, y in zip(a, b)]),
+          ("B / A, CPU a request", [y[1] / x[1] for x, y in zip(a, b)]),
+          ("A / constant endpoint", [x[0] / k[0] for x, k in zip(a, c)]),
+          ("B / constant endpoint", [y[0] / k[0] for y, k in zip(b, c)])]
+for name, values in ratios:
+    if paced and "CPU" not in name:
+        continue  # every server ran at the same rate
+    print(f"{name}, per round: {' '.join(f'{v:.2f}' for v in values)}; "
+          f"median {statistics.median(values):.2f}")
+print("p99 medians: " + ", ".join(
+    f"{name} {statistics.median(r[2] for r in runs):.2f} ms"
+    for name, runs in (("A", a), ("B", b), ("constant endpoint", c))))
+if paced:
+    lower = sum(y[2] < x[2] for x, y in zip(a, b))
+    print(f"B's p99 below A's in {lower} of {len(rounds)} rounds")
 PY

@@ -67,7 +67,7 @@ preemptions() { # times the process's threads were switched out while still runn
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
   local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0 preempted_before=0
   [[ -n $pid ]] && before=$(cpu_ticks "$pid") && preempted_before=$(preemptions "$pid")
-  local machine_before; machine_before=$(grep '^cpu ' /proc/stat)
+  local machine_before; machine_before=$(machine_ticks)
   # At a fixed rate, latency counts from when each request was due (oha's
   # correction), or with FROM_SENT set, from when it left.
   local correction=--latency-correction
@@ -78,15 +78,12 @@ load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) serve
   local ticks="" preempted=""
   [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before )) \
     && preempted=$(( $(preemptions "$pid") - preempted_before ))
+  steal_percent "$machine_before" "$(machine_ticks)" >"$OUT/$name.steal"
   python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" \
-    "$machine_before" "$(grep '^cpu ' /proc/stat)" <<'PY'
+    "$(cat "$OUT/$name.steal")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-# /proc/stat's cpu line: user nice system idle iowait irq softirq steal, in ticks
-before, after = ([int(t) for t in line.split()[1:9]] for line in sys.argv[6:8])
-ticks = [b - a for a, b in zip(before, after)]
-steal = ticks[7] / max(sum(ticks), 1) * 100
-open(sys.argv[1].removesuffix(".json") + ".steal", "w").write(f"{steal:.1f}")
+steal = float(sys.argv[6])
 codes = r.get("statusCodeDistribution", {})
 bad = {k: v for k, v in codes.items() if not k.startswith("2")}
 p = r["latencyPercentiles"]

@@ -1,5 +1,5 @@
 # Sourced by the load scripts (load.sh, ab.sh): waiting for a server, checking its
-# decision, reading its CPU time.
+# decision, reading its CPU time and the hypervisor's steal.
 
 wait_for() { # until $1 (host:port, or a socket path) answers /readyz with other than 503
   # (a sidecar's answer until its model is loaded; the others answer 200 or 404)
@@ -21,3 +21,16 @@ expect_decision() { # url body expected-substring [socket]
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+
+machine_ticks() { grep '^cpu ' /proc/stat; } # both cores' time by kind, in ticks
+
+steal_percent() { # machine_ticks before, and after → the share of that time in which
+  # this VM was ready to run and another guest ran instead, in percent
+  python3 - "$1" "$2" <<'PY'
+import sys
+# user nice system idle iowait irq softirq steal
+before, after = ([int(t) for t in line.split()[1:9]] for line in sys.argv[1:3])
+ticks = [b - a for a, b in zip(before, after)]
+print(f"{ticks[7] / max(sum(ticks), 1) * 100:.1f}")
+PY
+}
