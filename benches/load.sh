@@ -78,9 +78,10 @@ load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) serve
   local ticks="" preempted=""
   [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before )) \
     && preempted=$(( $(preemptions "$pid") - preempted_before ))
-  steal_percent "$machine_before" "$(machine_ticks)" >"$OUT/$name.steal"
+  local steal; steal=$(steal_percent "$machine_before" "$(machine_ticks)")
+  echo "$steal" >"$OUT/$name.steal" # for p99_and_steal
   python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" \
-    "$(cat "$OUT/$name.steal")" <<'PY'
+    "$steal" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 steal = float(sys.argv[6])
