@@ -25,10 +25,12 @@
 //! `unary_app`, `Set::contains` / `is_subset` / `is_disjoint`, extension
 //! functions, `Pattern::wildcard_match`, `Entity::is_descendant_of`); variables,
 //! attribute access, `has`, `in`, tags and short-circuits follow Cedar's
-//! `Evaluator::partial_interpret_internal` case by case. Two exceptions, for speed:
-//! `contains` on a set of at most 8 members (`SCAN_AT_MOST`), and `in` on an entity
-//! with at most that many ancestors, compare each member in turn (membership by
-//! the same equality) instead of hashing. A property test holds the two
+//! `Evaluator::partial_interpret_internal` case by case. Three exceptions, for
+//! speed: `==` in a condition is `binary_relation`'s value equality, compared
+//! without building its boolean `Value`; `contains` on a set of at most 8 members
+//! (`SCAN_AT_MOST`), and `in` on an entity with at most that many ancestors,
+//! compare each member in turn (membership by the same equality) instead of
+//! hashing. A property test holds the two
 //! evaluators equal on random expressions over random entities (`tests` below),
 //! and the slicing property test compares whole decisions with Cedar's
 //! `Authorizer`.
@@ -159,6 +161,16 @@ impl Condition {
             return None;
         }
         self.boolean(self.root(), env)
+    }
+
+    /// The value of a condition that is a variable's attribute path alone (a
+    /// guard's path), read once a request as every path is; `None` where Cedar would
+    /// raise an error, or when the condition is not such a path.
+    pub fn path_value<'e>(&self, env: &Env<'e>) -> Option<&'e Value> {
+        match self.nodes[self.root() as usize] {
+            Node::Path(at) => self.step(at, env),
+            _ => None,
+        }
     }
 
     /// The last node: each node comes after its operands.
@@ -484,7 +496,7 @@ impl Condition {
     }
 
     /// The node's value when it is a boolean (`None` where Cedar errors, as
-    /// [`Condition::eval`]); the boolean operators are computed here without
+    /// [`Condition::eval`]); the boolean operators and `==` are computed here without
     /// building a `Value` for each step.
     fn boolean(&self, id: NodeId, env: &Env<'_>) -> Option<bool> {
         match &self.nodes[id as usize] {
@@ -497,6 +509,11 @@ impl Condition {
                 Some(self.boolean(*left, env)? || self.boolean(*right, env)?)
             }
             Node::Unary(UnaryOp::Not, arg) => Some(!self.boolean(*arg, env)?),
+            // Cedar's `==` is value equality (`binary_relation`), which cannot fail
+            // once both sides have values; `!=` is its negation.
+            Node::Binary(BinaryOp::Eq, [left, right]) => {
+                Some(*self.eval(*left, env)? == *self.eval(*right, env)?)
+            }
             Node::If([test, then, otherwise]) => {
                 if self.boolean(*test, env)? {
                     self.boolean(*then, env)

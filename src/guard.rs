@@ -10,6 +10,7 @@
 //! (then every guarded policy is evaluated, and Cedar reports what it finds).
 
 use cedar_policy::{Entities, EvalResult, Request};
+use cedar_policy_core::ast::{Expr, Var};
 use serde_json::Value;
 
 use crate::slice::stored_attr;
@@ -82,6 +83,18 @@ impl AttrPath {
         }
         attrs.reverse();
         Some(Self { root, attrs })
+    }
+
+    /// The path as the expression Cedar evaluates.
+    pub fn expr(&self) -> Expr {
+        let var = match self.root {
+            Root::Principal => Var::Principal,
+            Root::Resource => Var::Resource,
+            Root::Context => Var::Context,
+        };
+        self.attrs.iter().fold(Expr::var(var), |expr, attr| {
+            Expr::get_attr(expr, attr.into())
+        })
     }
 
     /// The path's value on this request, or `None` if evaluating it could fail.

@@ -13,7 +13,9 @@
 //! attribute path against a string (the profile permits: `context.habilitation.
 //! profile == "T2" && …`) are filed by that string (see [`crate::guard`]): a request
 //! evaluates the bucket's other policies and only those filed under the value the
-//! path has for it (all of them when the path cannot be evaluated safely).
+//! path has for it (all of them when the path cannot be evaluated safely). The path
+//! is read by the borrowing evaluator where it answers, which remembers it for the
+//! guarded conditions that read it again.
 //!
 //! Each policy is compiled once, at load, into the expression Cedar itself evaluates
 //! for it (its scope constraints, its `when` clauses and its negated `unless`
@@ -31,6 +33,7 @@
 //! property test checks that this equals Cedar's `Authorizer` on the whole set:
 //! decision, determining policies and error messages.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
@@ -62,6 +65,9 @@ pub struct Bucket {
 
 struct Guarded {
     path: AttrPath,
+    /// The path, for the borrowing evaluator, which reads it once a request (the
+    /// guarded conditions read it again).
+    fast: Option<fast_eval::Condition>,
     by_literal: HashMap<String, Vec<Rule>>,
 }
 
@@ -200,7 +206,11 @@ impl Bucket {
         }
         Self {
             unguarded,
-            guarded: path.map(|path| Guarded { path, by_literal }),
+            guarded: path.map(|path| Guarded {
+                fast: fast_eval::Condition::compile(&path.expr()),
+                path,
+                by_literal,
+            }),
             literals: literals.into_iter().cloned().collect(),
         }
     }
@@ -210,21 +220,51 @@ impl Bucket {
         &'a self,
         request: &Request,
         entities: &Entities,
+        fast: Option<&fast_eval::Env<'_>>,
     ) -> impl Iterator<Item = &'a Rule> {
         let guarded: Vec<&[Rule]> = match &self.guarded {
             None => Vec::new(),
-            Some(guarded) => match guarded.path.resolve(request, entities) {
-                Some(EvalResult::String(value)) => guarded
+            Some(guarded) => match guarded.value(request, entities, fast) {
+                Some(Some(value)) => guarded
                     .by_literal
-                    .get(&value)
+                    .get(&*value)
                     .map(Vec::as_slice)
                     .into_iter()
                     .collect(),
-                Some(_) => Vec::new(),
+                Some(None) => Vec::new(),
                 None => guarded.by_literal.values().map(Vec::as_slice).collect(),
             },
         };
         self.unguarded.iter().chain(guarded.into_iter().flatten())
+    }
+}
+
+impl Guarded {
+    /// The guarded path's value for the request: `Some(Some(text))` for a string,
+    /// `Some(None)` for any other value (no guarded policy applies), `None` when it
+    /// cannot be evaluated safely (every guarded policy is then evaluated). Read by
+    /// the borrowing evaluator where it answers, else by [`AttrPath::resolve`].
+    fn value<'v>(
+        &self,
+        request: &Request,
+        entities: &Entities,
+        fast: Option<&fast_eval::Env<'v>>,
+    ) -> Option<Option<Cow<'v, str>>> {
+        let string = |value: &'v ast::Value| match &value.value {
+            ast::ValueKind::Lit(ast::Literal::String(text)) => Some(Cow::Borrowed(text.as_str())),
+            _ => None,
+        };
+        let read_fast = self.fast.as_ref().zip(fast);
+        match read_fast.and_then(|(path, env)| path.path_value(env)) {
+            Some(value) => Some(string(value)),
+            None => self
+                .path
+                .resolve(request, entities)
+                .map(|value| match value {
+                    EvalResult::String(text) => Some(Cow::Owned(text)),
+                    _ => None,
+                }),
+        }
     }
 }
 
@@ -427,7 +467,7 @@ pub fn authorize(
     let mut errors = Vec::new();
     for rule in buckets
         .iter()
-        .flat_map(|bucket| bucket.applicable(request, entities))
+        .flat_map(|bucket| bucket.applicable(request, entities, fast.as_ref()))
     {
         match rule.satisfied(fast.as_ref(), cedar) {
             Ok(true) if rule.forbid => forbids.push(rule.id.clone()),
