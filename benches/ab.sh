@@ -21,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 A=$1 B=$2 ROUNDS=${3:-6} SECONDS_PER_RUN=${4:-5}
+CONCURRENCY=16 FROM_SENT=1 # a paced run counts from when each request left
 OUT=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$OUT"' EXIT
@@ -34,19 +35,17 @@ read -ra EXTRA_B <<<"${ARGS_B:-}"
 "$A" serve --listen 127.0.0.1:8382 --trust-request-time --audit-dir "$OUT/a" "${EXTRA_A[@]}" 2>/dev/null & PIDS+=($!); PID_A=$!
 "$B" serve --listen 127.0.0.1:8383 --trust-request-time --audit-dir "$OUT/b" "${EXTRA_B[@]}" 2>/dev/null & PIDS+=($!); PID_B=$!
 source benches/servers.sh
-for port in 8381 8382 8383; do wait_for "127.0.0.1:$port"; done
+wait_for 127.0.0.1:8381 "$PID_C"
+wait_for 127.0.0.1:8382 "$PID_A"
+wait_for 127.0.0.1:8383 "$PID_B"
 for port in 8382 8383; do
   expect_decision "http://127.0.0.1:$port/v1/is_authorized" "$REQUEST" '"decision":"Allow"'
 done
 
 load() { # port pid → "req/s µs-of-CPU-a-request p99-in-ms steal-in-percent"
-  local before machine_before
-  before=$(cpu_ticks "$2") machine_before=$(machine_ticks)
-  oha -z "${SECONDS_PER_RUN}s" -c 16 ${RATE:+-q "$RATE"} --no-tui --output-format json \
-    -m POST -T application/json -D "$REQUEST" "http://127.0.0.1:$1/v1/is_authorized" \
-    >"$OUT/run.json"
-  python3 - "$OUT/run.json" "$(( $(cpu_ticks "$2") - before ))" "$(getconf CLK_TCK)" \
-    "$(steal_percent "$machine_before" "$(machine_ticks)")" <<'PY'
+  measure run "http://127.0.0.1:$1/v1/is_authorized" "$REQUEST" "${RATE:-}" "" "$2"
+  python3 - "$OUT/run.json" "$(<"$OUT/run.cpu")" "$(getconf CLK_TCK)" \
+    "$(<"$OUT/run.steal")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 codes = r["statusCodeDistribution"]

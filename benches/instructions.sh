@@ -26,7 +26,7 @@ valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr
   "$BIN" serve --listen "$ADDRESS" --trust-request-time --audit-dir "$OUT/audit" \
   >"$OUT/serve.log" 2>&1 &
 SERVER=$!
-wait_for "$ADDRESS"
+wait_for "$ADDRESS" "$SERVER"
 send() { # count connections
   oha -n "$1" -c "$2" --no-tui --output-format json -m POST -T application/json \
     -D "$REQUEST" "$URL" >"$OUT/oha.json"

@@ -65,23 +65,11 @@ preemptions() { # times the process's threads were switched out while still runn
 }
 
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
-  local name=$1 url=$2 body=$3 rate=${4:-} socket=${5:-} pid=${6:-} before=0 preempted_before=0
-  [[ -n $pid ]] && before=$(cpu_ticks "$pid") && preempted_before=$(preemptions "$pid")
-  local machine_before; machine_before=$(machine_ticks)
-  # At a fixed rate, latency counts from when each request was due (oha's
-  # correction), or with FROM_SENT set, from when it left.
-  local correction=--latency-correction
-  [[ -n ${FROM_SENT:-} ]] && correction=""
-  oha -z "${SECONDS_PER_RUN}s" -c "$CONCURRENCY" ${rate:+-q "$rate" $correction} \
-    ${socket:+--unix-socket "$socket"} --no-tui \
-    --output-format json -m POST -T application/json -D "$body" "$url" >"$OUT/$name.json"
-  local ticks="" preempted=""
-  [[ -n $pid ]] && ticks=$(( $(cpu_ticks "$pid") - before )) \
-    && preempted=$(( $(preemptions "$pid") - preempted_before ))
-  local steal; steal=$(steal_percent "$machine_before" "$(machine_ticks)")
-  echo "$steal" >"$OUT/$name.steal" # for p99_and_steal
+  measure "$@"
+  local name=$1 ticks="" preempted=""
+  [[ -n ${6:-} ]] && ticks=$(<"$OUT/$name.cpu") && preempted=$(<"$OUT/$name.preempted")
   python3 - "$OUT/$name.json" "$name" "$ticks" "$(getconf CLK_TCK)" "$preempted" \
-    "$steal" <<'PY'
+    "$(<"$OUT/$name.steal")" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 steal = float(sys.argv[6])
@@ -114,9 +102,9 @@ target/release/examples/constant_server 127.0.0.1:8181 2>/dev/null & PIDS+=($!);
 # accepts only with --trust-request-time.
 "$BIN" serve --listen 127.0.0.1:8180 --trust-request-time --audit-dir "$OUT/audit" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); SERVE=$!
 "$BIN" serve --listen 127.0.0.1:8183 --trust-request-time --no-audit "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); NO_AUDIT=$!
-wait_for 127.0.0.1:8181
-wait_for 127.0.0.1:8180
-wait_for 127.0.0.1:8183
+wait_for 127.0.0.1:8181 "$CONSTANT"
+wait_for 127.0.0.1:8180 "$SERVE"
+wait_for 127.0.0.1:8183 "$NO_AUDIT"
 REQUEST=examples/requests/consult-allowed.json
 expect_decision http://127.0.0.1:8180/v1/is_authorized "$REQUEST" '"decision":"Allow"'
 expect_decision http://127.0.0.1:8183/v1/is_authorized "$REQUEST" '"decision":"Allow"'
@@ -183,13 +171,13 @@ PY
 for BUSY in 10 15 20 25; do
   target/release/examples/constant_server "127.0.0.1:$((8190 + BUSY))" "$BUSY" 2>/dev/null & PIDS+=($!)
   BUSY_PID=$!
-  wait_for "127.0.0.1:$((8190 + BUSY))"
+  wait_for "127.0.0.1:$((8190 + BUSY))" "$BUSY_PID"
   load "constant-busy-${BUSY}us" "http://127.0.0.1:$((8190 + BUSY))/v1/is_authorized" "$REQUEST" "" "" "$BUSY_PID"
 done
 
 SOCKET="$OUT/authz.sock"
-"$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!)
-wait_for "$SOCKET"
+"$BIN" serve --listen "unix:$SOCKET" --trust-request-time --audit-dir "$OUT/audit-unix" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); UNIX_SERVE=$!
+wait_for "$SOCKET" "$UNIX_SERVE"
 expect_decision http://localhost/v1/is_authorized "$REQUEST" '"decision":"Allow"' "$SOCKET"
 CONCURRENCY=1 load tcp-one-connection http://127.0.0.1:8180/v1/is_authorized "$REQUEST"
 CONCURRENCY=1 load unix-one-connection http://localhost/v1/is_authorized "$REQUEST" "" "$SOCKET"
@@ -204,11 +192,11 @@ fi
 POLICIES="$OUT/policies"; mkdir -p "$POLICIES"
 cp benches/agent/policies.cedar "$POLICIES/"
 python3 benches/agent/to_agent.py "$POLICIES/policies.cedar" examples/entities.json "$OUT"
-"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" --audit-dir "$OUT/audit-agent-run" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!)
+"$BIN" serve --listen 127.0.0.1:8180 --policies "$POLICIES" --audit-dir "$OUT/audit-agent-run" "${EXTRA[@]}" 2>/dev/null & PIDS+=($!); SAME_POLICIES=$!
 cedar-agent --addr 127.0.0.1 --port 8182 --log-level error \
-  --policies "$OUT/agent-policies.json" --data "$OUT/agent-entities.json" >/dev/null 2>&1 & PIDS+=($!)
-wait_for 127.0.0.1:8180
-wait_for 127.0.0.1:8182
+  --policies "$OUT/agent-policies.json" --data "$OUT/agent-entities.json" >/dev/null 2>&1 & PIDS+=($!); AGENT=$!
+wait_for 127.0.0.1:8180 "$SAME_POLICIES"
+wait_for 127.0.0.1:8182 "$AGENT"
 TRACES=benches/agent/request.json
 expect_decision http://127.0.0.1:8180/v1/is_authorized "$TRACES" '"decision":"Allow"'
 expect_decision http://127.0.0.1:8182/v1/is_authorized "$TRACES" '"decision":"Allow"'
