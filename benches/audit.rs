@@ -12,12 +12,18 @@
 //! ([`common::interleaved_ratio`]): after one warm-up pass, rounds timing the same
 //! work off-on-on-off or on-off-off-on (alternately), and the median of the
 //! per-round ratios.
+//!
+//! `query/*` times reading the log back (`cdap-authz audit query`, `GET
+//! /v1/traces`) over a log of [`QUERY_LOG_RECORDS`] records: the newest 100 records
+//! of a principal who made them all, and a principal who made none (the whole log is
+//! read).
 
 mod common;
 
 use std::sync::Arc;
 
 use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::audit::query::{query, Filter};
 use cdap_authz::audit::record::GENESIS;
 use cdap_authz::audit::{AuditConfig, AuditLog, Decided};
 use cdap_authz::engine;
@@ -34,6 +40,8 @@ const CONCURRENT: usize = 16;
 const AB_ROUNDS: usize = 21;
 const AB_SEQUENTIAL_ITERATIONS: usize = 1_000;
 const AB_CONCURRENT_ITERATIONS: usize = 60;
+/// Records in the log the query benches read (about 60 MB).
+const QUERY_LOG_RECORDS: usize = 100_000;
 
 fn shared_snapshot() -> Arc<Snapshot> {
     Arc::new(snapshot(bundled_model()))
@@ -197,7 +205,59 @@ fn record_parts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, record_parts);
+/// Reading the log back: a log of [`QUERY_LOG_RECORDS`] consultations by `mau-t2`,
+/// queried for its newest 100 records, and for a principal with none.
+fn queries(c: &mut Criterion) {
+    let snapshot = shared_snapshot();
+    let request = AuthzRequest::from_slice(&consultation()).unwrap();
+    let now = Utc::now();
+    let prepared = engine::prepare(&snapshot, &request, now).unwrap();
+    let decision = engine::evaluate(&prepared);
+    let response = decision.response(&snapshot.version);
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    let entry = Decided {
+        request: &request,
+        decision: &decision,
+        response: &response,
+        entities: &prepared.entities,
+        stored: &snapshot.entities,
+        resource_partner: true,
+        found: prepared.found(),
+        time: now,
+        latency_us: 12,
+    }
+    .entry(log.context_fields());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let entries = vec![entry; QUERY_LOG_RECORDS];
+    for ack in log.submit_all(entries) {
+        runtime.block_on(ack.wait()).unwrap();
+    }
+    drop(log);
+    let by = |principal: &str| Filter {
+        principal: Some(principal.into()),
+        ..Filter::default()
+    };
+    let (everyone, nobody) = (by("mau-t2"), by("nobody"));
+    assert_eq!(
+        query(dir.path(), &everyone, 100).unwrap().records.len(),
+        100
+    );
+    assert!(query(dir.path(), &nobody, 100).unwrap().records.is_empty());
+    let mut group = c.benchmark_group("query");
+    group.sample_size(10);
+    group.bench_function("newest_100", |b| {
+        b.iter(|| query(dir.path(), &everyone, 100).unwrap())
+    });
+    group.bench_function("no_match", |b| {
+        b.iter(|| query(dir.path(), &nobody, 100).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, record_parts, queries);
 
 fn main() {
     interleaved();

@@ -1,12 +1,17 @@
 //! Filters over the decision log, shared by `cdap-authz audit query` and
-//! `GET /v1/traces`. A query reads the files whose day can match, newest first,
-//! until it has its newest `limit` records.
+//! `GET /v1/traces`. A query reads the files whose day can match, newest first and
+//! each from its end, until it has its newest `limit` records. A line is parsed
+//! only if it holds the texts the filter's principal, resource and partners must
+//! appear as ([`Needles`]): a query that matches few records reads the log at the
+//! speed of a substring search, not of a JSON parser.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use memchr::memmem::Finder;
 
-use super::record::{parse_line, whole_lines, Record};
+use super::record::{parse_record, Record};
 use super::rotate::segments;
 use super::AuditError;
 
@@ -79,29 +84,38 @@ fn same_entity(wanted: Option<&str>, recorded: &str) -> bool {
 }
 
 /// Runs `filter` over the log in `dir`: reads the files whose day can match,
-/// newest first, one at a time, and stops at the `limit`-th match from the end (a
-/// query for the latest records does not read six months of log).
+/// newest first, each from its end, and stops at the `limit`-th match from the end
+/// (a query for the latest records reads the end of the newest file, not six
+/// months of log).
 pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditError> {
+    let needles = Needles::new(filter);
     let mut newest_first = Vec::new();
     let mut truncated = false;
-    'files: for segment in segments(dir)?.into_iter().rev() {
+    for segment in segments(dir)?.into_iter().rev() {
         let too_old = filter.since.is_some_and(|s| segment.day < s.date_naive());
         let too_new = filter.until.is_some_and(|u| segment.day > u.date_naive());
         if too_old || too_new {
             continue;
         }
-        let text = segment.read_text()?;
-        let matching = whole_lines(&text)
-            .rev()
-            .filter_map(|line| parse_line(line).ok())
-            .map(|parsed| parsed.record)
-            .filter(|record| filter.matches(record));
-        for record in matching {
-            if newest_first.len() == limit {
-                truncated = true;
-                break 'files;
+        let flow = segment.lines_from_end(|line| {
+            let line = String::from_utf8_lossy(line);
+            if !needles.all_in(&line) {
+                return ControlFlow::Continue(());
             }
-            newest_first.push(record);
+            match parse_record(&line) {
+                Ok(record) if filter.matches(&record) => {
+                    if newest_first.len() == limit {
+                        truncated = true;
+                        return ControlFlow::Break(());
+                    }
+                    newest_first.push(record);
+                    ControlFlow::Continue(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        })?;
+        if flow.is_break() {
+            break;
         }
     }
     newest_first.reverse();
@@ -109,6 +123,60 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
         records: newest_first,
         truncated,
     })
+}
+
+/// Texts that the line of every record a filter matches contains: for the principal
+/// and the resource, the text asked for; for the partners, one of their ids as a
+/// whole JSON string. Each is searched for as the writer escapes it, which is
+/// serde_json's escaping, character by character: a text inside a field's value
+/// is inside that value's JSON. A line without them cannot match, and is skipped
+/// unparsed.
+struct Needles {
+    /// Each group: the line holds at least one of them.
+    all_of: Vec<Vec<Finder<'static>>>,
+}
+
+impl Needles {
+    fn new(filter: &Filter) -> Self {
+        let entities = [&filter.principal, &filter.resource];
+        let mut all_of: Vec<Vec<Finder<'static>>> = entities
+            .into_iter()
+            .flatten()
+            .map(|text| vec![finder(json_inner(text))])
+            .collect();
+        if !filter.partners.is_empty() {
+            all_of.push(
+                filter
+                    .partners
+                    .iter()
+                    .map(|p| finder(json_string(p)))
+                    .collect(),
+            );
+        }
+        Self { all_of }
+    }
+
+    fn all_in(&self, line: &str) -> bool {
+        self.all_of.iter().all(|any_of| {
+            any_of
+                .iter()
+                .any(|needle| needle.find(line.as_bytes()).is_some())
+        })
+    }
+}
+
+fn finder(text: String) -> Finder<'static> {
+    Finder::new(text.as_bytes()).into_owned()
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string always serializes")
+}
+
+/// `text` escaped as inside a JSON string, without the quotes.
+fn json_inner(text: &str) -> String {
+    let quoted = json_string(text);
+    quoted[1..quoted.len() - 1].to_owned()
 }
 
 #[cfg(test)]
@@ -238,5 +306,63 @@ mod tests {
             ..Filter::default()
         };
         assert!(!by_partner.matches(&no_partner));
+    }
+
+    proptest::proptest! {
+        /// The needles never skip a line whose record the filter matches, whatever
+        /// the ids hold (quotes, backslashes, control characters, non-ASCII).
+        #[test]
+        fn needles_keep_every_line_a_filter_matches(
+            principal in "[a\"\\\\é\n-]{0,4}",
+            resource in "[a\"\\\\é\n-]{0,4}",
+            partner in proptest::option::of("[a\"\\\\é\n-]{0,4}"),
+            by_reference in proptest::bool::ANY,
+            asked in proptest::collection::vec("[a\"\\\\é\n-]{0,3}", 0..3),
+        ) {
+            let mut r = record(&principal, partner.as_deref(), "Allow", "2026-11-23T10:00:00Z");
+            r.principal = format!("User::\"{}\"", principal.escape_debug());
+            r.resource = format!("File::\"{}\"", resource.escape_debug());
+            let line = serde_json::to_string(&r).unwrap();
+            let entity = |id: &str, kind: &str| if by_reference {
+                format!("{kind}::\"{}\"", id.escape_debug())
+            } else {
+                id.to_owned()
+            };
+            let filters = [
+                Filter { principal: Some(entity(&principal, "User")), ..Filter::default() },
+                Filter { resource: Some(entity(&resource, "File")), ..Filter::default() },
+                Filter { partners: asked.clone(), ..Filter::default() },
+                Filter {
+                    partners: asked.iter().cloned().chain(partner.clone()).collect(),
+                    principal: asked.first().cloned(),
+                    ..Filter::default()
+                },
+            ];
+            for filter in filters {
+                if filter.matches(&r) {
+                    proptest::prop_assert!(Needles::new(&filter).all_in(&line), "{filter:?} on {line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn needles_skip_lines_without_the_principal_or_partner_asked_for() {
+        let r = record(
+            "mau-t1",
+            Some("ville-maubeuge"),
+            "Allow",
+            "2026-11-23T10:00:00Z",
+        );
+        let line = serde_json::to_string(&r).unwrap();
+        let by = |principal: &str, partner: &str| Filter {
+            principal: Some(principal.into()),
+            partners: vec![partner.into()],
+            ..Filter::default()
+        };
+        assert!(Needles::new(&by("mau-t1", "ville-maubeuge")).all_in(&line));
+        assert!(!Needles::new(&by("mau-t2", "ville-maubeuge")).all_in(&line));
+        // A partner id only inside another field is not the partner's.
+        assert!(!Needles::new(&by("mau-t1", "maubeuge")).all_in(&line));
     }
 }

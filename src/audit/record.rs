@@ -288,20 +288,34 @@ pub struct ParsedLine {
 
 /// Parses one line and recomputes its hash from its text.
 pub fn parse_line(line: &str) -> Result<ParsedLine, LineError> {
-    let start = line.rfind(HASH_KEY).ok_or(LineError::NoHash)?;
-    let claimed_hash = line[start + HASH_KEY.len()..]
-        .strip_suffix("\"}")
-        .ok_or(LineError::NoHash)?
-        .to_owned();
-    let canonical = format!("{}}}", &line[..start]);
-    let record: Record =
-        serde_json::from_str(&canonical).map_err(|e| LineError::Json(e.to_string()))?;
+    let (canonical, claimed_hash) = split_hash(line)?;
+    let record = parse_canonical(&canonical)?;
     let actual_hash = chain_hash(&record.prev, &canonical);
     Ok(ParsedLine {
         record,
-        claimed_hash,
+        claimed_hash: claimed_hash.to_owned(),
         actual_hash,
     })
+}
+
+/// Parses one line's record, as [`parse_line`] does, without hashing it (for
+/// reading the log back, where the chain is not checked).
+pub fn parse_record(line: &str) -> Result<Record, LineError> {
+    parse_canonical(&split_hash(line)?.0)
+}
+
+/// A line's canonical text (the record without its trailing hash field, which is
+/// what the hash covers) and the hash it claims.
+fn split_hash(line: &str) -> Result<(String, &str), LineError> {
+    let start = line.rfind(HASH_KEY).ok_or(LineError::NoHash)?;
+    let claimed_hash = line[start + HASH_KEY.len()..]
+        .strip_suffix("\"}")
+        .ok_or(LineError::NoHash)?;
+    Ok((format!("{}}}", &line[..start]), claimed_hash))
+}
+
+fn parse_canonical(canonical: &str) -> Result<Record, LineError> {
+    serde_json::from_str(canonical).map_err(|e| LineError::Json(e.to_string()))
 }
 
 fn chain_hash(prev: &str, canonical: &str) -> String {

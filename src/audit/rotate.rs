@@ -5,6 +5,10 @@
 //! order of the chain. Retention deletes whole files whose day is older than the
 //! retention period, and never touches a file with any other name.
 
+use std::fs::File;
+use std::io;
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{Duration, NaiveDate};
@@ -13,6 +17,8 @@ use super::AuditError;
 
 const PREFIX: &str = "decisions-";
 const SUFFIX: &str = ".jsonl";
+/// How much of a file [`Segment::lines_from_end`] reads at a time.
+const BLOCK: usize = 256 << 10;
 
 /// One log file.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +56,67 @@ impl Segment {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Calls `visit` on the file's complete lines, newest first: the lines
+    /// [`whole_lines`](super::record::whole_lines) gives of [`Self::read_text`], but
+    /// as bytes, read backwards a block at a time. A query for the newest records
+    /// reads the end of a file only, and memory stays at a block and a line. Stops
+    /// when `visit` breaks, and says so.
+    pub fn lines_from_end(
+        &self,
+        visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, AuditError> {
+        self.lines_from_end_by(BLOCK, visit)
+    }
+
+    fn lines_from_end_by(
+        &self,
+        block: usize,
+        mut visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, AuditError> {
+        let io = |source| AuditError::io(self.path.clone(), source);
+        let file = File::open(&self.path).map_err(io)?;
+        let start = file.metadata().map_err(io)?.len();
+        let mut unread = Backwards {
+            file,
+            start,
+            block,
+            pending: Vec::new(),
+        };
+        // The end that holds no whole line: a live file's NUL bytes (space reserved,
+        // not yet written), then a torn piece after the last newline.
+        while unread.pending.is_empty() && unread.read_more().map_err(io)? {
+            let written = unread
+                .pending
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1);
+            unread.pending.truncate(written);
+        }
+        loop {
+            if let Some(newline) = memchr::memrchr(b'\n', &unread.pending) {
+                unread.pending.truncate(newline + 1);
+                break;
+            }
+            if !unread.read_more().map_err(io)? {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        // `pending` now ends with a newline: the last line not yet visited ends there.
+        loop {
+            let end = unread.pending.len() - 1;
+            let Some(newline) = memchr::memrchr(b'\n', &unread.pending[..end]) else {
+                if unread.read_more().map_err(io)? {
+                    continue;
+                }
+                return Ok(visit(without_cr(&unread.pending[..end])));
+            };
+            if visit(without_cr(&unread.pending[newline + 1..end])).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            unread.pending.truncate(newline + 1);
+        }
+    }
+
     fn parse(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_str()?;
         let stem = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
@@ -59,6 +126,50 @@ impl Segment {
             index: index.parse().ok()?,
             path: path.to_owned(),
         })
+    }
+}
+
+/// A line without the carriage return of a CRLF ending, as `str::lines` gives it.
+fn without_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// A file read from its end: `pending` holds the bytes from `start` on that have
+/// not been visited yet.
+struct Backwards {
+    file: File,
+    start: u64,
+    block: usize,
+    pending: Vec<u8>,
+}
+
+impl Backwards {
+    /// Reads the block before `start` in front of `pending`; false at the file's
+    /// start. A file cut back since it was opened (a live file is cut to its
+    /// records when it is rotated) reads short: only its NUL end is gone.
+    fn read_more(&mut self) -> io::Result<bool> {
+        if self.start == 0 {
+            return Ok(false);
+        }
+        let from = self.start.saturating_sub(self.block as u64);
+        let mut bytes = vec![0; usize::try_from(self.start - from).expect("at most a block")];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match self
+                .file
+                .read_at(&mut bytes[filled..], from + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        bytes.truncate(filled);
+        bytes.extend_from_slice(&self.pending);
+        self.pending = bytes;
+        self.start = from;
+        Ok(true)
     }
 }
 
@@ -94,6 +205,8 @@ pub fn apply_retention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::record::whole_lines;
+    use proptest::prelude::*;
 
     fn day(text: &str) -> NaiveDate {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
@@ -110,5 +223,63 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(c.index, 0);
         assert_eq!(Segment::parse(Path::new("/x/notes.txt")), None);
+    }
+
+    fn file_of(content: &[u8]) -> (tempfile::TempDir, Segment) {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::new(dir.path(), day("2026-11-23"), 0);
+        std::fs::write(&segment.path, content).unwrap();
+        (dir, segment)
+    }
+
+    fn lines_read_backwards(segment: &Segment, block: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        let flow = segment
+            .lines_from_end_by(block, |line| {
+                seen.push(String::from_utf8_lossy(line).into_owned());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Continue(()));
+        seen
+    }
+
+    proptest! {
+        /// Whatever the bytes (torn pieces, NUL ends, CRLF, broken UTF-8) and the
+        /// block size, reading backwards gives the lines reading the whole text gives.
+        #[test]
+        fn lines_from_end_are_the_whole_lines_newest_first(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'"', b'\n', b'\n', 0, b'\r', 0xff, 0xe2, 0x82]),
+                0..600,
+            ),
+            nul_end in 0usize..300,
+            block in 1usize..80,
+        ) {
+            let mut content = bytes;
+            content.extend(std::iter::repeat_n(0, nul_end));
+            let (_dir, segment) = file_of(&content);
+            let text = segment.read_text().unwrap();
+            let expected: Vec<String> = whole_lines(&text).rev().map(str::to_owned).collect();
+            prop_assert_eq!(lines_read_backwards(&segment, block), expected);
+        }
+    }
+
+    #[test]
+    fn reading_backwards_stops_when_told() {
+        let (_dir, segment) = file_of(b"one\ntwo\nthree\nfour\ntorn");
+        let mut seen = Vec::new();
+        let flow = segment
+            .lines_from_end(|line| {
+                seen.push(line.to_vec());
+                if seen.len() == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Break(()));
+        assert_eq!(seen, [b"four".to_vec(), b"three".to_vec()]);
     }
 }
