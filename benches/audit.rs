@@ -165,19 +165,15 @@ fn interleaved() {
     }
 }
 
-/// The parts of what the log adds to a decision, one at a time: building the record
-/// from the decision, placing it in the chain (its line and hash), and the whole
-/// hand-off (line, hash, one `write`, ack) for a record built beforehand.
-fn record_parts(c: &mut Criterion) {
+/// Calls `f` with the decided consultation, as the HTTP handler hands it to the log.
+fn with_decided<R>(f: impl FnOnce(&Decided<'_>) -> R) -> R {
     let snapshot = shared_snapshot();
     let request = AuthzRequest::from_slice(&consultation()).unwrap();
     let now = Utc::now();
     let prepared = engine::prepare(&snapshot, &request, now).unwrap();
     let decision = engine::evaluate(&prepared);
     let response = decision.response(&snapshot.version);
-    let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
-    let decided = Decided {
+    f(&Decided {
         request: &request,
         decision: &decision,
         response: &response,
@@ -187,47 +183,40 @@ fn record_parts(c: &mut Criterion) {
         found: prepared.found(),
         time: now,
         latency_us: 12,
-    };
-    let entry = decided.entry(log.context_fields());
+    })
+}
+
+/// The parts of what the log adds to a decision, one at a time: building the record
+/// from the decision, placing it in the chain (its line and hash), and the whole
+/// hand-off (line, hash, one `write`, ack) for a record built beforehand.
+fn record_parts(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group("record");
-    group.bench_function("build", |b| b.iter(|| decided.entry(log.context_fields())));
-    group.bench_function("line_and_hash", |b| b.iter(|| entry.to_line(41, GENESIS)));
-    group.bench_function("submit_write_ack", |b| {
-        b.iter_batched(
-            || entry.clone(),
-            |entry| runtime.block_on(log.submit(entry).wait()).unwrap(),
-            BatchSize::SmallInput,
-        )
+    with_decided(|decided| {
+        let entry = decided.entry(log.context_fields());
+        let mut group = c.benchmark_group("record");
+        group.bench_function("build", |b| b.iter(|| decided.entry(log.context_fields())));
+        group.bench_function("line_and_hash", |b| b.iter(|| entry.to_line(41, GENESIS)));
+        group.bench_function("submit_write_ack", |b| {
+            b.iter_batched(
+                || entry.clone(),
+                |entry| runtime.block_on(log.submit(entry).wait()).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        group.finish();
     });
-    group.finish();
 }
 
 /// Reading the log back: a log of [`QUERY_LOG_RECORDS`] consultations by `mau-t2`,
 /// queried for its newest 100 records, and for a principal with none.
 fn queries(c: &mut Criterion) {
-    let snapshot = shared_snapshot();
-    let request = AuthzRequest::from_slice(&consultation()).unwrap();
-    let now = Utc::now();
-    let prepared = engine::prepare(&snapshot, &request, now).unwrap();
-    let decision = engine::evaluate(&prepared);
-    let response = decision.response(&snapshot.version);
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
-    let entry = Decided {
-        request: &request,
-        decision: &decision,
-        response: &response,
-        entities: &prepared.entities,
-        stored: &snapshot.entities,
-        resource_partner: true,
-        found: prepared.found(),
-        time: now,
-        latency_us: 12,
-    }
-    .entry(log.context_fields());
+    let entry = with_decided(|decided| decided.entry(log.context_fields()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
