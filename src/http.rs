@@ -40,6 +40,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 
 use crate::api::{
     AuthzRequest, AuthzResponse, BatchItem, BatchRequest, BatchResponse, ErrorBody, RequestError,
@@ -62,6 +63,11 @@ pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// idle keep-alive connection is closed after it too (hyper's header timer runs
 /// while a connection waits for its next request).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default number of `GET /v1/traces` log reads that may run at once (each a
+/// blocking thread reading the log): one, so that on a small host the decisions,
+/// which are the product, keep a core while a long query (a principal with no
+/// record reads six months of log) runs.
+pub const DEFAULT_MAX_TRACE_QUERIES: usize = 1;
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -90,6 +96,8 @@ pub struct Limits {
     /// is accepted (clients put any placeholder name in their URLs), and requests
     /// are not checked for a browser's headers.
     pub local_socket: bool,
+    /// `GET /v1/traces` log reads that may run at once; one more gets 429.
+    pub max_trace_queries: usize,
 }
 
 impl Default for Limits {
@@ -102,6 +110,7 @@ impl Default for Limits {
             request_principals: false,
             allowed_hosts: Vec::new(),
             local_socket: false,
+            max_trace_queries: DEFAULT_MAX_TRACE_QUERIES,
         }
     }
 }
@@ -113,6 +122,10 @@ pub struct AppState {
     pub limits: Limits,
     /// The decision log; `None` when serving with `--no-audit`.
     pub audit: Option<AuditLog>,
+    /// One permit for each log read `GET /v1/traces` may run now
+    /// (`limits.max_trace_queries`); a read holds its permit until it ends, even
+    /// if its client has gone.
+    pub trace_queries: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -120,6 +133,7 @@ impl AppState {
         Self {
             store: Store::new(),
             metrics: Metrics::new(),
+            trace_queries: Arc::new(Semaphore::new(limits.max_trace_queries)),
             limits,
             audit: None,
         }
@@ -165,6 +179,8 @@ enum HttpError {
     TraceQuery(#[from] TraceQueryError),
     #[error("{caller} may not read these traces (the decision log records why)")]
     Forbidden { caller: String },
+    #[error("trace queries are limited to {0} at once (--max-trace-queries), and that many are reading the decision log: retry shortly")]
+    TraceQueriesBusy(usize),
     #[error("requests addressed to host `{0}` are refused: localhost, an IP address, or a name given with --allow-host")]
     HostNotAllowed(String),
     #[error("the Host header is sent more than once")]
@@ -191,6 +207,7 @@ impl HttpError {
             HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::TraceQueriesBusy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -208,6 +225,7 @@ impl HttpError {
             HttpError::AuditOff => "audit_off",
             HttpError::TraceQuery(_) => "invalid_trace_query",
             HttpError::Forbidden { .. } => "forbidden",
+            HttpError::TraceQueriesBusy(_) => "too_many_trace_queries",
             HttpError::HostNotAllowed(_) | HttpError::HostRepeated => "host_not_allowed",
             HttpError::FromBrowser(_) => "browser_request",
         }
@@ -658,13 +676,20 @@ async fn traces(
     drop(snapshot);
     let mut filter = query.filter;
     filter.partners.clone_from(&allowed);
+    let permit = state
+        .trace_queries
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| HttpError::TraceQueriesBusy(state.limits.max_trace_queries))?;
     let dir = log.dir().to_owned();
     let limit = query.limit;
-    let found =
-        tokio::task::spawn_blocking(move || crate::audit::query::query(&dir, &filter, limit))
-            .await
-            .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?
-            .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?;
+    let found = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::audit::query::query(&dir, &filter, limit)
+    })
+    .await
+    .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?
+    .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"partners": allowed, "records": found.records, "truncated": found.truncated}),

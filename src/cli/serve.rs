@@ -15,7 +15,9 @@ use crate::audit::{
     AuditConfig, AuditLog, DEFAULT_CONTEXT_FIELDS, DEFAULT_DIR, DEFAULT_MAX_FILE_BYTES,
     DEFAULT_RETENTION_DAYS,
 };
-use crate::http::{self, AppState, Limits, DEFAULT_MAX_BODY, DEFAULT_READ_TIMEOUT};
+use crate::http::{
+    self, AppState, Limits, DEFAULT_MAX_BODY, DEFAULT_MAX_TRACE_QUERIES, DEFAULT_READ_TIMEOUT,
+};
 use crate::listen::{ListenAddr, Listener};
 use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 use crate::workers;
@@ -46,6 +48,15 @@ pub struct ServeArgs {
     /// Most requests in one batch.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
+    /// `GET /v1/traces` log reads that may run at once (each reads the log on a
+    /// thread of its own); one more gets 429 `too_many_trace_queries`.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_TRACE_QUERIES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    pub max_trace_queries: usize,
     /// Seconds a request's headers, then its body, may each take to arrive (a
     /// slower client is cut off: the body gets 408); an idle keep-alive connection
     /// is closed after it too.
@@ -146,6 +157,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             request_principals: args.request_principals,
             allowed_hosts: args.allowed_hosts.clone(),
             local_socket: matches!(args.listen, ListenAddr::Unix(_)),
+            max_trace_queries: args.max_trace_queries,
         });
         state.audit = args.audit.start()?;
         let state = Arc::new(state);

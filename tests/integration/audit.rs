@@ -24,11 +24,16 @@ use crate::util::{allowed_consultation, bundled_sources, consult, pinned_time, S
 
 /// A sidecar serving the bundled model with a decision log.
 fn audited(config: AuditConfig) -> Server {
+    Server::serve(audited_state(config))
+}
+
+/// The state of such a sidecar, for a test that reaches into it while it serves.
+fn audited_state(config: AuditConfig) -> Arc<AppState> {
     let snapshot =
         Snapshot::load(&bundled_sources(), DEFAULT_TIME_ATTRIBUTE).expect("bundled model loads");
     let state = AppState::new(pinned_time()).with_audit(AuditLog::start(config).unwrap());
     state.install(Arc::new(snapshot));
-    Server::serve(Arc::new(state))
+    Arc::new(state)
 }
 
 fn records(dir: &Path) -> Vec<Record> {
@@ -863,6 +868,34 @@ fn partners_seen(body: &Value) -> HashSet<String> {
         .iter()
         .map(|r| r["partner"].as_str().unwrap_or("").to_owned())
         .collect()
+}
+
+#[test]
+fn a_trace_query_beyond_the_limit_is_refused_with_429_until_one_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = audited_state(AuditConfig::new(dir.path()));
+    let server = Server::serve(state.clone());
+    server.post("/v1/is_authorized", &allowed_consultation());
+    // The default limit is one log read at a time: the test holds that one.
+    let running = state.trace_queries.clone().try_acquire_owned().unwrap();
+    let (status, body) = traces_as(&server, Some("mau-admin"), "");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_trace_queries", "{body}");
+    // Refused before the log is read, but after the caller was authorised: a caller
+    // without rights still gets 403, not a hint that someone is reading.
+    let (status, _) = traces_as(&server, Some("bou-t2a"), "");
+    assert_eq!(status, 403);
+    drop(running);
+    for _ in 0..2 {
+        let (status, body) = traces_as(&server, Some("mau-admin"), "");
+        assert_eq!(status, 200, "each read gives its permit back: {body}");
+        let consulted = body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["principal"] == r#"User::"mau-t2""#);
+        assert!(consulted, "the consultation is among the traces: {body}");
+    }
 }
 
 #[test]
