@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use memchr::memmem::Finder;
 
-use super::record::{parse_record, Record};
+use super::record::{json_string, parse_record, Record};
 use super::rotate::segments;
 use super::AuditError;
 
@@ -127,9 +127,9 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
 
 /// Texts that the line of every record a filter matches contains: for the principal
 /// and the resource, the text asked for; for the partners, one of their ids as a
-/// whole JSON string. Each is searched for as the writer escapes it, which is
-/// serde_json's escaping, character by character: a text inside a field's value
-/// is inside that value's JSON. A line without them cannot match, and is skipped
+/// whole JSON string. Each is searched for as the writer escapes it
+/// ([`json_string`]: serde_json's escaping, character by character), so a text
+/// inside a field's value is inside that value's JSON. A line without them cannot match, and is skipped
 /// unparsed.
 struct Needles {
     /// Each group: the line holds at least one of them.
@@ -167,10 +167,6 @@ impl Needles {
 
 fn finder(text: String) -> Finder<'static> {
     Finder::new(text.as_bytes()).into_owned()
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).expect("a string always serializes")
 }
 
 /// `text` escaped as inside a JSON string, without the quotes.

@@ -171,6 +171,13 @@ fn push_json_string(out: &mut Vec<u8>, text: &str) {
     }
 }
 
+/// `text` as the writer writes it in a line: a JSON string, quotes included.
+pub(super) fn json_string(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    push_json_string(&mut out, text);
+    String::from_utf8(out).expect("written from UTF-8 text")
+}
+
 /// `"name":` for one of the record's own field names (nothing to escape), after a
 /// comma unless it is the object's first key.
 fn push_key(out: &mut Vec<u8>, name: &'static str) {
