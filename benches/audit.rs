@@ -32,7 +32,7 @@ use chrono::Utc;
 use criterion::{criterion_group, BatchSize, Criterion};
 use serde_json::json;
 
-use common::{bundled_model, interleaved_ratio, snapshot};
+use common::{bundled_model, interleaved_ratio, logged_path, snapshot};
 
 const CONCURRENT: usize = 16;
 /// Interleaved A/B rounds, and iterations a side and round for each shape (about
@@ -63,38 +63,11 @@ fn consultation() -> Vec<u8> {
     .unwrap()
 }
 
-/// What the HTTP handler does for one request body, minus hyper.
-async fn decide(snapshot: &Snapshot, body: &[u8], log: Option<&AuditLog>) -> (Outcome, Vec<u8>) {
-    let request = &AuthzRequest::from_slice(body).unwrap();
-    let now = Utc::now();
-    let prepared = engine::prepare(snapshot, request, now).unwrap();
-    let decision = engine::evaluate(&prepared);
-    let response = decision.response(&snapshot.version);
-    if let Some(log) = log {
-        let decided = Decided {
-            request,
-            decision: &decision,
-            response: &response,
-            entities: &prepared.entities,
-            stored: &snapshot.entities,
-            resource_partner: true,
-            found: prepared.found(),
-            time: now,
-            latency_us: 0,
-        };
-        log.submit(decided.entry(log.context_fields()))
-            .wait()
-            .await
-            .unwrap();
-    }
-    (response.decision, serde_json::to_vec(&response).unwrap())
-}
-
 async fn concurrent(snapshot: &Arc<Snapshot>, body: &Arc<Vec<u8>>, log: &Option<Arc<AuditLog>>) {
     let tasks: Vec<_> = (0..CONCURRENT)
         .map(|_| {
             let (snapshot, body, log) = (snapshot.clone(), body.clone(), log.clone());
-            tokio::spawn(async move { decide(&snapshot, &body, log.as_deref()).await })
+            tokio::spawn(async move { logged_path(&snapshot, &body, log.as_deref()).await })
         })
         .collect();
     for task in tasks {
@@ -113,14 +86,14 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     for (name, log) in [("off", None), ("on", Some(log))] {
-        let (outcome, _) = runtime.block_on(decide(&snapshot, &request, log.as_deref()));
+        let (outcome, _) = runtime.block_on(logged_path(&snapshot, &request, log.as_deref()));
         assert_eq!(
             outcome,
             Outcome::Allow,
             "the bench decides an allowed consultation"
         );
         c.bench_function(&format!("decision_path/sequential/log_{name}"), |b| {
-            b.iter(|| runtime.block_on(decide(&snapshot, &request, log.as_deref())))
+            b.iter(|| runtime.block_on(logged_path(&snapshot, &request, log.as_deref())))
         });
         c.bench_function(
             &format!("decision_path/{CONCURRENT}_concurrent/log_{name}"),
@@ -146,7 +119,7 @@ fn interleaved() {
         if concurrent_shape {
             runtime.block_on(concurrent(&snapshot, &request, log));
         } else {
-            runtime.block_on(decide(&snapshot, &request, log.as_deref()));
+            runtime.block_on(logged_path(&snapshot, &request, log.as_deref()));
         }
     };
     for (shape, concurrent_shape, iterations) in [

@@ -22,12 +22,7 @@ fn repo(path: &str) -> PathBuf {
 }
 
 fn main() {
-    let sources = Sources {
-        policies: repo("policies"),
-        schema: repo("schema/cdap.cedarschema"),
-        entities: Some(repo("examples/entities.json")),
-        derived: Some(repo("schema/derived.json")),
-    };
+    let sources = Sources::bundled(&repo(""));
     let snapshot = Snapshot::load(&sources, DEFAULT_TIME_ATTRIBUTE).expect("bundled model");
     let bytes = std::fs::read(repo("examples/requests/consult-allowed.json")).expect("request");
     for gap in GAPS_US {

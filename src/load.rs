@@ -34,6 +34,19 @@ pub struct Sources {
     pub derived: Option<PathBuf>,
 }
 
+impl Sources {
+    /// The bundled Cdap model and its demo entities, in a checkout of this
+    /// repository at `root`: what `serve` reads by default from the repository root.
+    pub fn bundled(root: &Path) -> Self {
+        Self {
+            policies: root.join("policies"),
+            schema: root.join("schema/cdap.cedarschema"),
+            entities: Some(root.join("examples/entities.json")),
+            derived: Some(root.join("schema/derived.json")),
+        }
+    }
+}
+
 /// One problem found while loading, already rendered for a human.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {

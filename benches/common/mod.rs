@@ -1,6 +1,6 @@
 //! What the decision benches share: the timed cases (from `tests/policies/`), the
-//! bundled model, the full in-process path, and the interleaved A/B timing of two
-//! paths.
+//! bundled model, the full in-process path (with or without a decision log), and
+//! the interleaved A/B timing of two paths. `examples/footprint.rs` uses it too.
 
 // Each bench compiles this module and uses its own part of it.
 #![allow(dead_code)]
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cdap_authz::api::Outcome;
+use cdap_authz::audit::{AuditLog, Decided};
 use cdap_authz::engine;
 use cdap_authz::load::{self, Model, Sources};
 use cdap_authz::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
@@ -98,13 +99,7 @@ pub fn now() -> DateTime<Utc> {
 }
 
 pub fn bundled_model() -> Model {
-    load::load(&Sources {
-        policies: repo("policies"),
-        schema: repo("schema/cdap.cedarschema"),
-        entities: Some(repo("examples/entities.json")),
-        derived: Some(repo("schema/derived.json")),
-    })
-    .unwrap()
+    load::load(&Sources::bundled(&repo(""))).unwrap()
 }
 
 pub fn snapshot(model: Model) -> Snapshot {
@@ -129,6 +124,41 @@ pub fn full_path_at(snapshot: &Snapshot, bytes: &[u8], now: DateTime<Utc>) -> (O
     let outcome = decision.outcome;
     let response = decision.response(&snapshot.version);
     (outcome, serde_json::to_vec(&response).unwrap())
+}
+
+/// [`full_path`] as the HTTP handler runs it with a decision log: the request read
+/// with the fields the log records, the record built, appended and acknowledged
+/// before the response is serialised; without a log, [`full_path`] at the clock's
+/// time.
+pub async fn logged_path(
+    snapshot: &Snapshot,
+    bytes: &[u8],
+    log: Option<&AuditLog>,
+) -> (Outcome, Vec<u8>) {
+    let recorded = log.map_or(&[][..], AuditLog::context_fields);
+    let request = engine::read_request(snapshot, bytes, recorded).unwrap();
+    let now = Utc::now();
+    let prepared = engine::prepare(snapshot, &request, now).unwrap();
+    let decision = engine::evaluate(&prepared);
+    let response = decision.response(&snapshot.version);
+    if let Some(log) = log {
+        let decided = Decided {
+            request: &request,
+            decision: &decision,
+            response: &response,
+            entities: &prepared.entities,
+            stored: &snapshot.entities,
+            resource_partner: true,
+            found: prepared.found(),
+            time: now,
+            latency_us: 0,
+        };
+        log.submit(decided.entry(log.context_fields()))
+            .wait()
+            .await
+            .unwrap();
+    }
+    (response.decision, serde_json::to_vec(&response).unwrap())
 }
 
 /// The ratio of `b`'s time to `a`'s, robust to the load shifts of a shared machine:
