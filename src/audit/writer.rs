@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -43,12 +43,10 @@ use chrono::NaiveDate;
 use memmap2::{MmapMut, MmapOptions};
 use tokio::sync::watch;
 
-use super::record::{ends_torn, parse_line, whole_lines, Entry, GENESIS};
+use super::record::{parse_line, Entry, GENESIS};
 use super::rotate::{apply_retention, segments, Segment};
 use super::{AuditConfig, AuditError};
 
-/// How much of the newest file is read at startup to find the last record.
-const TAIL_BYTES: u64 = 1 << 20;
 /// How much file space is reserved at a time.
 const RESERVE_STEP: usize = 1 << 20;
 /// The most of a file mapped at once (a larger size limit maps this much, and
@@ -769,25 +767,29 @@ impl SyncShared {
     }
 }
 
-/// The end of the chain: the last whole record of the newest non-empty file.
+/// The end of the chain: the last whole record of the newest non-empty file, read
+/// from the file's end a block at a time ([`Segment::lines_from_end`]), however long
+/// the record.
 fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     let mut clean = true;
     for (n, segment) in existing.iter().enumerate().rev() {
-        let (text, length) = read_end(&segment.path, TAIL_BYTES)?;
+        let io = |source| AuditError::io(segment.path.clone(), source);
+        let file = File::open(&segment.path).map_err(io)?;
+        let length = records_length(&file).map_err(io)?;
         if n + 1 == existing.len() {
-            clean = !ends_torn(&text);
+            clean = !ends_torn_at(&file, length).map_err(io)?;
         }
         if length == 0 {
             continue;
         }
         // The chain continues from the last whole line, which must be a record:
         // continuing past a line that is not would break the chain there for good.
-        let last_line = |text: &str| whole_lines(text).next_back().map(parse_line);
-        let mut last = last_line(&text);
-        if !matches!(last, Some(Ok(_))) && length > TAIL_BYTES {
-            // A record longer than the tail read: read the whole file.
-            last = last_line(&read_end(&segment.path, u64::MAX)?.0);
-        }
+        let mut last = None;
+        // Whether the reading stopped early does not matter: `last` tells.
+        let _ = segment.lines_from_end(|line| {
+            last = Some(parse_line(&String::from_utf8_lossy(line)));
+            ControlFlow::Break(())
+        })?;
         let parsed = match last {
             Some(Ok(parsed)) => parsed,
             Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
@@ -806,18 +808,17 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     })
 }
 
-/// The last `bytes` of a file's records, and their length.
-fn read_end(path: &Path, bytes: u64) -> Result<(String, u64), AuditError> {
-    let io = |source| AuditError::io(path.to_owned(), source);
-    let mut file = File::open(path).map_err(io)?;
-    let length = records_length(&file).map_err(io)?;
-    let start = length.saturating_sub(bytes);
-    file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(length - start)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    Ok((String::from_utf8_lossy(&bytes).into_owned(), length))
+/// Whether a file whose records are `length` bytes long ends with a torn line (its
+/// last record byte not a newline).
+fn ends_torn_at(file: &File, length: u64) -> io::Result<bool> {
+    if length == 0 {
+        return Ok(false);
+    }
+    let mut last = [0];
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(length - 1))?;
+    reader.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 #[cfg(test)]

@@ -424,10 +424,10 @@ fn an_fsync_log_acknowledges_after_its_sync_and_loses_no_dropped_record() {
     assert_eq!(verified(dir.path()).records, 6);
 }
 
-/// A record longer than the end of the file the writer reads at startup (1 MiB)
-/// still gives the chain its next sequence number and hash.
+/// A record longer than the block the writer reads at a time from the file's end
+/// at startup (256 KiB) still gives the chain its next sequence number and hash.
 #[test]
-fn a_record_longer_than_the_tail_read_at_startup_still_continues_the_chain() {
+fn a_record_longer_than_a_block_read_at_startup_still_continues_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
     write_all(&log, vec![entry_with_id(0, &"x".repeat(1_200_000))]);
