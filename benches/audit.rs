@@ -1,8 +1,10 @@
 //! The decision path with the decision log on and off. The path is the one the
 //! decision bench times (`full_path`: request bytes → decision → response bytes),
-//! for one bundled consultation; with the log, the record is built, appended to
-//! the log (a temp dir, no fsync) and acknowledged before the response is
-//! serialised, as the HTTP handler does. `record/*` times the log's parts alone.
+//! for one bundled consultation; with the log, the record is built and appended to
+//! the log (a temp dir, no fsync) and acknowledged, as in the HTTP handler
+//! ([`common::logged_path`]; the handler serialises the response after the
+//! acknowledgement, this path before waiting for it, which without fsync returns at
+//! once: the same work). `record/*` times the log's parts alone.
 //!
 //! Two shapes: one decision at a time, and 16 concurrent decisions on a 2-worker
 //! runtime (the server's case, where appends meet on the writer's lock).
@@ -22,17 +24,15 @@ mod common;
 
 use std::sync::Arc;
 
-use cdap_authz::api::{AuthzRequest, Outcome};
+use cdap_authz::api::Outcome;
 use cdap_authz::audit::query::{query, Filter};
 use cdap_authz::audit::record::GENESIS;
-use cdap_authz::audit::{AuditConfig, AuditLog, Decided};
-use cdap_authz::engine;
+use cdap_authz::audit::{AuditConfig, AuditLog};
 use cdap_authz::snapshot::Snapshot;
-use chrono::Utc;
 use criterion::{criterion_group, BatchSize, Criterion};
 use serde_json::json;
 
-use common::{bundled_model, interleaved_ratio, logged_path, snapshot};
+use common::{bundled_model, interleaved_ratio, logged_path, snapshot, with_decided};
 
 const CONCURRENT: usize = 16;
 /// Interleaved A/B rounds, and iterations a side and round for each shape (about
@@ -138,27 +138,6 @@ fn interleaved() {
     }
 }
 
-/// Calls `f` with the decided consultation, as the HTTP handler hands it to the log.
-fn with_decided<R>(f: impl FnOnce(&Decided<'_>) -> R) -> R {
-    let snapshot = shared_snapshot();
-    let request = AuthzRequest::from_slice(&consultation()).unwrap();
-    let now = Utc::now();
-    let prepared = engine::prepare(&snapshot, &request, now).unwrap();
-    let decision = engine::evaluate(&prepared);
-    let response = decision.response(&snapshot.version);
-    f(&Decided {
-        request: &request,
-        decision: &decision,
-        response: &response,
-        entities: &prepared.entities,
-        stored: &snapshot.entities,
-        resource_partner: true,
-        found: prepared.found(),
-        time: now,
-        latency_us: 12,
-    })
-}
-
 /// The parts of what the log adds to a decision, one at a time: building the record
 /// from the decision, placing it in the chain (its line and hash), and the whole
 /// hand-off (line, hash, one `write`, ack) for a record built beforehand.
@@ -168,20 +147,25 @@ fn record_parts(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    with_decided(|decided| {
-        let entry = decided.entry(log.context_fields());
-        let mut group = c.benchmark_group("record");
-        group.bench_function("build", |b| b.iter(|| decided.entry(log.context_fields())));
-        group.bench_function("line_and_hash", |b| b.iter(|| entry.to_line(41, GENESIS)));
-        group.bench_function("submit_write_ack", |b| {
-            b.iter_batched(
-                || entry.clone(),
-                |entry| runtime.block_on(log.submit(entry).wait()).unwrap(),
-                BatchSize::SmallInput,
-            )
-        });
-        group.finish();
-    });
+    with_decided(
+        &shared_snapshot(),
+        &consultation(),
+        log.context_fields(),
+        |decided| {
+            let entry = decided.entry(log.context_fields());
+            let mut group = c.benchmark_group("record");
+            group.bench_function("build", |b| b.iter(|| decided.entry(log.context_fields())));
+            group.bench_function("line_and_hash", |b| b.iter(|| entry.to_line(41, GENESIS)));
+            group.bench_function("submit_write_ack", |b| {
+                b.iter_batched(
+                    || entry.clone(),
+                    |entry| runtime.block_on(log.submit(entry).wait()).unwrap(),
+                    BatchSize::SmallInput,
+                )
+            });
+            group.finish();
+        },
+    );
 }
 
 /// Reading the log back: a log of [`QUERY_LOG_RECORDS`] consultations by `mau-t2`,
@@ -189,7 +173,12 @@ fn record_parts(c: &mut Criterion) {
 fn queries(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
-    let entry = with_decided(|decided| decided.entry(log.context_fields()));
+    let entry = with_decided(
+        &shared_snapshot(),
+        &consultation(),
+        log.context_fields(),
+        |decided| decided.entry(log.context_fields()),
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -126,39 +126,51 @@ pub fn full_path_at(snapshot: &Snapshot, bytes: &[u8], now: DateTime<Utc>) -> (O
     (outcome, serde_json::to_vec(&response).unwrap())
 }
 
-/// [`full_path`] as the HTTP handler runs it with a decision log: the request read
-/// with the fields the log records, the record built, appended and acknowledged
-/// before the response is serialised; without a log, [`full_path`] at the clock's
-/// time.
+/// Decides `bytes` as the HTTP handler does (the request read by type, with the
+/// `recorded` context fields kept for the log) and calls `f` with the decision as
+/// the handler hands it to the log.
+pub fn with_decided<R>(
+    snapshot: &Snapshot,
+    bytes: &[u8],
+    recorded: &[String],
+    f: impl FnOnce(&Decided<'_>) -> R,
+) -> R {
+    let request = engine::read_request(snapshot, bytes, recorded).unwrap();
+    let now = Utc::now();
+    let prepared = engine::prepare(snapshot, &request, now).unwrap();
+    let decision = engine::evaluate(&prepared);
+    let response = decision.response(&snapshot.version);
+    f(&Decided {
+        request: &request,
+        decision: &decision,
+        response: &response,
+        entities: &prepared.entities,
+        stored: &snapshot.entities,
+        resource_partner: true,
+        found: prepared.found(),
+        time: now,
+        latency_us: 0,
+    })
+}
+
+/// [`full_path`] as the HTTP handler runs it with a decision log: the record built
+/// and appended, the response serialised, and the record's acknowledgement awaited;
+/// without a log, [`full_path`] at the clock's time.
 pub async fn logged_path(
     snapshot: &Snapshot,
     bytes: &[u8],
     log: Option<&AuditLog>,
 ) -> (Outcome, Vec<u8>) {
     let recorded = log.map_or(&[][..], AuditLog::context_fields);
-    let request = engine::read_request(snapshot, bytes, recorded).unwrap();
-    let now = Utc::now();
-    let prepared = engine::prepare(snapshot, &request, now).unwrap();
-    let decision = engine::evaluate(&prepared);
-    let response = decision.response(&snapshot.version);
-    if let Some(log) = log {
-        let decided = Decided {
-            request: &request,
-            decision: &decision,
-            response: &response,
-            entities: &prepared.entities,
-            stored: &snapshot.entities,
-            resource_partner: true,
-            found: prepared.found(),
-            time: now,
-            latency_us: 0,
-        };
-        log.submit(decided.entry(log.context_fields()))
-            .wait()
-            .await
-            .unwrap();
+    let (ack, outcome, body) = with_decided(snapshot, bytes, recorded, |decided| {
+        let ack = log.map(|log| log.submit(decided.entry(log.context_fields())));
+        let body = serde_json::to_vec(decided.response).unwrap();
+        (ack, decided.response.decision, body)
+    });
+    if let Some(ack) = ack {
+        ack.wait().await.unwrap();
     }
-    (response.decision, serde_json::to_vec(&response).unwrap())
+    (outcome, body)
 }
 
 /// The ratio of `b`'s time to `a`'s, robust to the load shifts of a shared machine:
