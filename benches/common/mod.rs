@@ -161,15 +161,15 @@ pub async fn logged_path(
     bytes: &[u8],
     log: Option<&AuditLog>,
 ) -> (Outcome, Vec<u8>) {
-    let recorded = log.map_or(&[][..], AuditLog::context_fields);
-    let (ack, outcome, body) = with_decided(snapshot, bytes, recorded, |decided| {
-        let ack = log.map(|log| log.submit(decided.entry(log.context_fields())));
+    let Some(log) = log else {
+        return full_path_at(snapshot, bytes, Utc::now());
+    };
+    let (ack, outcome, body) = with_decided(snapshot, bytes, log.context_fields(), |decided| {
+        let ack = log.submit(decided.entry(log.context_fields()));
         let body = serde_json::to_vec(decided.response).unwrap();
         (ack, decided.response.decision, body)
     });
-    if let Some(ack) = ack {
-        ack.wait().await.unwrap();
-    }
+    ack.wait().await.unwrap();
     (outcome, body)
 }
 

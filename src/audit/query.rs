@@ -129,8 +129,8 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
 /// and the resource, the text asked for; for the partners, one of their ids as a
 /// whole JSON string. Each is searched for as the writer escapes it
 /// ([`json_string`]: serde_json's escaping, character by character), so a text
-/// inside a field's value is inside that value's JSON. A line without them cannot match, and is skipped
-/// unparsed.
+/// inside a field's value is inside that value's JSON. A line without them cannot
+/// match, and is skipped unparsed.
 struct Needles {
     /// Each group: the line holds at least one of them.
     all_of: Vec<Vec<Finder<'static>>>,
