@@ -58,12 +58,6 @@ fi
 source benches/servers.sh
 read -ra EXTRA <<<"${SERVE_ARGS:-}"
 
-preemptions() { # times the process's threads were switched out while still runnable
-  # (a thread that ends while this reads is left out)
-  { cat "/proc/$1"/task/*/status 2>/dev/null || true; } |
-    awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n + 0}'
-}
-
 load() { # name url body [rate] [socket] [pid] → name req/s p50 p99 (ms) server CPU and preemptions a request
   measure "$@"
   local name=$1 ticks="" preempted=""

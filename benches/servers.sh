@@ -26,6 +26,12 @@ expect_decision() { # url body expected-substring [socket]
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
 
+preemptions() { # times the process's threads were switched out while still runnable
+  # (a thread that ends while this reads is left out)
+  { cat "/proc/$1"/task/*/status 2>/dev/null || true; } |
+    awk '/^nonvoluntary_ctxt_switches/ {n += $2} END {print n + 0}'
+}
+
 machine_ticks() { grep '^cpu ' /proc/stat; } # both cores' time by kind, in ticks
 
 steal_percent() { # machine_ticks before, and after → the share of that time in which
