@@ -28,6 +28,13 @@ pub struct Segment {
     pub path: PathBuf,
 }
 
+/// The end of a log file: see [`Segment::end`].
+#[derive(Debug)]
+pub struct End {
+    pub last_line: Option<Vec<u8>>,
+    pub torn: bool,
+}
+
 impl Segment {
     pub fn new(dir: &Path, day: NaiveDate, index: u32) -> Self {
         let name = format!("{PREFIX}{}.{index:03}{SUFFIX}", day.format("%Y-%m-%d"));
@@ -71,8 +78,33 @@ impl Segment {
     fn lines_from_end_by(
         &self,
         block: usize,
-        mut visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+        visit: impl FnMut(&[u8]) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, AuditError> {
+        let io = |source| AuditError::io(self.path.clone(), source);
+        self.written(block)?.lines(visit).map_err(io)
+    }
+
+    /// What the writer continues from: the file's last complete line, and whether
+    /// written bytes that are not a complete line follow it (a torn write). Reads
+    /// the file's end once, as [`Self::lines_from_end`] does.
+    pub fn end(&self) -> Result<End, AuditError> {
+        let io = |source| AuditError::io(self.path.clone(), source);
+        let written = self.written(BLOCK)?;
+        let torn = written.pending.last().is_some_and(|&b| b != b'\n');
+        let mut last_line = None;
+        // Whether the reading stopped early does not matter: `last_line` tells.
+        let _ = written
+            .lines(|line| {
+                last_line = Some(line.to_vec());
+                ControlFlow::Break(())
+            })
+            .map_err(io)?;
+        Ok(End { last_line, torn })
+    }
+
+    /// The file read from its end, past its NUL end (a live file's space reserved,
+    /// not yet written): `pending` is empty only for a file with nothing written.
+    fn written(&self, block: usize) -> Result<Backwards, AuditError> {
         let io = |source| AuditError::io(self.path.clone(), source);
         let file = File::open(&self.path).map_err(io)?;
         let start = file.metadata().map_err(io)?.len();
@@ -82,8 +114,6 @@ impl Segment {
             block,
             pending: Vec::new(),
         };
-        // The end that holds no whole line: a live file's NUL bytes (space reserved,
-        // not yet written), then a torn piece after the last newline.
         while unread.pending.is_empty() && unread.read_more().map_err(io)? {
             let written = unread
                 .pending
@@ -92,29 +122,7 @@ impl Segment {
                 .map_or(0, |i| i + 1);
             unread.pending.truncate(written);
         }
-        loop {
-            if let Some(newline) = memchr::memrchr(b'\n', &unread.pending) {
-                unread.pending.truncate(newline + 1);
-                break;
-            }
-            if !unread.read_more().map_err(io)? {
-                return Ok(ControlFlow::Continue(()));
-            }
-        }
-        // `pending` now ends with a newline: the last line not yet visited ends there.
-        loop {
-            let end = unread.pending.len() - 1;
-            let Some(newline) = memchr::memrchr(b'\n', &unread.pending[..end]) else {
-                if unread.read_more().map_err(io)? {
-                    continue;
-                }
-                return Ok(visit(without_cr(&unread.pending[..end])));
-            };
-            if visit(without_cr(&unread.pending[newline + 1..end])).is_break() {
-                return Ok(ControlFlow::Break(()));
-            }
-            unread.pending.truncate(newline + 1);
-        }
+        Ok(unread)
     }
 
     fn parse(path: &Path) -> Option<Self> {
@@ -144,6 +152,38 @@ struct Backwards {
 }
 
 impl Backwards {
+    /// Calls `visit` on the complete lines before `start` and in `pending`, newest
+    /// first (a torn piece after the last newline is not one); stops when `visit`
+    /// breaks, and says so.
+    fn lines(
+        mut self,
+        mut visit: impl FnMut(&[u8]) -> ControlFlow<()>,
+    ) -> io::Result<ControlFlow<()>> {
+        loop {
+            if let Some(newline) = memchr::memrchr(b'\n', &self.pending) {
+                self.pending.truncate(newline + 1);
+                break;
+            }
+            if !self.read_more()? {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        // `pending` now ends with a newline: the last line not yet visited ends there.
+        loop {
+            let end = self.pending.len() - 1;
+            let Some(newline) = memchr::memrchr(b'\n', &self.pending[..end]) else {
+                if self.read_more()? {
+                    continue;
+                }
+                return Ok(visit(without_cr(&self.pending[..end])));
+            };
+            if visit(without_cr(&self.pending[newline + 1..end])).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            self.pending.truncate(newline + 1);
+        }
+    }
+
     /// Reads the block before `start` in front of `pending`; false at the file's
     /// start. A file cut back since it was opened (a live file is cut to its
     /// records when it is rotated) reads short: only its NUL end is gone.
@@ -263,6 +303,23 @@ mod tests {
             let expected: Vec<String> = whole_lines(&text).rev().map(str::to_owned).collect();
             prop_assert_eq!(lines_read_backwards(&segment, block), expected);
         }
+    }
+
+    #[test]
+    fn the_end_is_the_last_whole_line_and_whether_a_torn_piece_follows() {
+        let end = |content: &[u8]| {
+            let (_dir, segment) = file_of(content);
+            let end = segment.end().unwrap();
+            (
+                end.last_line.map(|l| String::from_utf8(l).unwrap()),
+                end.torn,
+            )
+        };
+        assert_eq!(end(b""), (None, false));
+        assert_eq!(end(&[0; 10]), (None, false));
+        assert_eq!(end(b"torn"), (None, true));
+        assert_eq!(end(b"one\ntwo\n\0\0"), (Some("two".into()), false));
+        assert_eq!(end(b"one\ntwo\r\ntor\0\0"), (Some("two".into()), true));
     }
 
     #[test]

@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::ops::{ControlFlow, Range};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -768,32 +768,22 @@ impl SyncShared {
 }
 
 /// The end of the chain: the last whole record of the newest non-empty file, read
-/// from the file's end a block at a time ([`Segment::lines_from_end`]), however long
-/// the record.
+/// from the file's end a block at a time ([`Segment::end`]), however long the
+/// record.
 fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
     let mut clean = true;
     for (n, segment) in existing.iter().enumerate().rev() {
-        let io = |source| AuditError::io(segment.path.clone(), source);
-        let file = File::open(&segment.path).map_err(io)?;
-        let length = records_length(&file).map_err(io)?;
+        let end = segment.end()?;
         if n + 1 == existing.len() {
-            clean = !ends_torn_at(&file, length).map_err(io)?;
-        }
-        if length == 0 {
-            continue;
+            clean = !end.torn;
         }
         // The chain continues from the last whole line, which must be a record:
         // continuing past a line that is not would break the chain there for good.
-        let mut last = None;
-        // Whether the reading stopped early does not matter: `last` tells.
-        let _ = segment.lines_from_end(|line| {
-            last = Some(parse_line(&String::from_utf8_lossy(line)));
-            ControlFlow::Break(())
-        })?;
-        let parsed = match last {
-            Some(Ok(parsed)) => parsed,
-            Some(Err(_)) => return Err(AuditError::NotARecord(segment.path.clone())),
-            None => return Err(AuditError::NoTail(segment.path.clone())),
+        let parsed = match end.last_line {
+            Some(line) => parse_line(&String::from_utf8_lossy(&line))
+                .map_err(|_| AuditError::NotARecord(segment.path.clone()))?,
+            None if end.torn => return Err(AuditError::NoTail(segment.path.clone())),
+            None => continue, // nothing written
         };
         return Ok(Tail {
             seq: parsed.record.seq + 1,
@@ -806,19 +796,6 @@ fn find_tail(existing: &[Segment]) -> Result<Tail, AuditError> {
         last_hash: GENESIS.to_owned(),
         clean,
     })
-}
-
-/// Whether a file whose records are `length` bytes long ends with a torn line (its
-/// last record byte not a newline).
-fn ends_torn_at(file: &File, length: u64) -> io::Result<bool> {
-    if length == 0 {
-        return Ok(false);
-    }
-    let mut last = [0];
-    let mut reader = file;
-    reader.seek(SeekFrom::Start(length - 1))?;
-    reader.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
 }
 
 #[cfg(test)]
