@@ -102,27 +102,12 @@ impl Segment {
         Ok(End { last_line, torn })
     }
 
-    /// The file read from its end, past its NUL end (a live file's space reserved,
-    /// not yet written): `pending` is empty only for a file with nothing written.
+    /// The file read from its end, past its NUL end: `pending` is empty only for a
+    /// file with nothing written.
     fn written(&self, block: usize) -> Result<Backwards, AuditError> {
         let io = |source| AuditError::io(self.path.clone(), source);
         let file = File::open(&self.path).map_err(io)?;
-        let start = file.metadata().map_err(io)?.len();
-        let mut unread = Backwards {
-            file,
-            start,
-            block,
-            pending: Vec::new(),
-        };
-        while unread.pending.is_empty() && unread.read_more().map_err(io)? {
-            let written = unread
-                .pending
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |i| i + 1);
-            unread.pending.truncate(written);
-        }
-        Ok(unread)
+        Backwards::past_nul_end(file, block).map_err(io)
     }
 
     fn parse(path: &Path) -> Option<Self> {
@@ -152,6 +137,28 @@ struct Backwards {
 }
 
 impl Backwards {
+    /// `file` read from its end, past its NUL end (a live file's space reserved,
+    /// not yet written, or what a crash left of it): `pending` holds the last
+    /// written block, and is empty only for a file with nothing written.
+    fn past_nul_end(file: File, block: usize) -> io::Result<Self> {
+        let start = file.metadata()?.len();
+        let mut unread = Self {
+            file,
+            start,
+            block,
+            pending: Vec::new(),
+        };
+        while unread.pending.is_empty() && unread.read_more()? {
+            let written = unread
+                .pending
+                .iter()
+                .rposition(|&b| b != 0)
+                .map_or(0, |i| i + 1);
+            unread.pending.truncate(written);
+        }
+        Ok(unread)
+    }
+
     /// Calls `visit` on the complete lines before `start` and in `pending`, newest
     /// first (a torn piece after the last newline is not one); stops when `visit`
     /// breaks, and says so.
@@ -211,6 +218,13 @@ impl Backwards {
         self.start = from;
         Ok(true)
     }
+}
+
+/// The length of a file's records: the file without its NUL end (see
+/// [`Backwards::past_nul_end`]).
+pub fn records_length(file: &File) -> io::Result<u64> {
+    let written = Backwards::past_nul_end(file.try_clone()?, BLOCK)?;
+    Ok(written.start + written.pending.len() as u64)
 }
 
 /// The log files of `dir`, oldest first.
@@ -320,6 +334,18 @@ mod tests {
         assert_eq!(end(b"torn"), (None, true));
         assert_eq!(end(b"one\ntwo\n\0\0"), (Some("two".into()), false));
         assert_eq!(end(b"one\ntwo\r\ntor\0\0"), (Some("two".into()), true));
+    }
+
+    #[test]
+    fn the_records_length_leaves_out_the_nul_end_only() {
+        let length = |content: &[u8]| {
+            let (_dir, segment) = file_of(content);
+            records_length(&File::open(&segment.path).unwrap()).unwrap()
+        };
+        assert_eq!(length(b""), 0);
+        assert_eq!(length(&[0; 10]), 0);
+        assert_eq!(length(b"one\ntor\0\0"), 7);
+        assert_eq!(length(b"a\0b\n"), 4);
     }
 
     #[test]

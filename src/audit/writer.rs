@@ -31,7 +31,7 @@
 //! opened is opened again for the next record.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ use memmap2::{MmapMut, MmapOptions};
 use tokio::sync::watch;
 
 use super::record::{parse_line, Entry, GENESIS};
-use super::rotate::{apply_retention, segments, Segment};
+use super::rotate::{apply_retention, records_length, segments, Segment};
 use super::{AuditConfig, AuditError};
 
 /// How much file space is reserved at a time.
@@ -618,25 +618,6 @@ fn allocate(file: &File, offset: usize, len: usize) -> io::Result<()> {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
-}
-
-/// The length of a file's records: without the NUL bytes a crash left at its end.
-fn records_length(file: &File) -> io::Result<u64> {
-    const CHUNK: u64 = 64 << 10;
-    let mut end = file.metadata()?.len();
-    let mut reader = file;
-    let mut chunk = vec![0; CHUNK as usize];
-    while end > 0 {
-        let start = end.saturating_sub(CHUNK);
-        let piece = &mut chunk[..(end - start) as usize];
-        reader.seek(SeekFrom::Start(start))?;
-        reader.read_exact(piece)?;
-        if let Some(last) = piece.iter().rposition(|&b| b != 0) {
-            return Ok(start + last as u64 + 1);
-        }
-        end = start;
-    }
-    Ok(0)
 }
 
 /// How far the syncs have gone, and which records they failed.
