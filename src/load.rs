@@ -21,6 +21,17 @@ use crate::derive::{self, DerivationRules, DerivedTypes};
 use crate::diagnostic::describe;
 use crate::strict_json::Strict;
 
+// The bundled model's layout in a checkout of this repository, which the CLI reads
+// by default from where it runs ([`Sources::bundled`] from anywhere).
+/// The bundled policies' directory.
+pub const POLICIES_DIR: &str = "policies";
+/// The bundled schema.
+pub const SCHEMA_FILE: &str = "schema/cdap.cedarschema";
+/// The demo's stored entities (a side of `diff` keeps its own there too).
+pub const ENTITIES_FILE: &str = "examples/entities.json";
+/// The derivation rules' file name, beside the schema.
+pub const DERIVED_FILE_NAME: &str = "derived.json";
+
 /// Where a model lives on disk.
 #[derive(Debug, Clone)]
 pub struct Sources {
@@ -38,11 +49,12 @@ impl Sources {
     /// The bundled Cdap model and its demo entities, in a checkout of this
     /// repository at `root`: what `serve` reads by default from the repository root.
     pub fn bundled(root: &Path) -> Self {
+        let schema = root.join(SCHEMA_FILE);
         Self {
-            policies: root.join("policies"),
-            schema: root.join("schema/cdap.cedarschema"),
-            entities: Some(root.join("examples/entities.json")),
-            derived: Some(root.join("schema/derived.json")),
+            policies: root.join(POLICIES_DIR),
+            derived: Some(schema.with_file_name(DERIVED_FILE_NAME)),
+            schema,
+            entities: Some(root.join(ENTITIES_FILE)),
         }
     }
 }

@@ -19,7 +19,7 @@ pub struct FmtArgs {
     #[arg(long)]
     pub check: bool,
     /// Files or directories (searched for `.cedar` files).
-    #[arg(value_name = "PATH", default_value = "policies")]
+    #[arg(value_name = "PATH", default_value = crate::load::POLICIES_DIR)]
     pub paths: Vec<PathBuf>,
 }
 

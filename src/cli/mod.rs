@@ -68,10 +68,10 @@ enum Command {
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
     /// Directory of `.cedar` policy files.
-    #[arg(long, value_name = "DIR", default_value = "policies")]
+    #[arg(long, value_name = "DIR", default_value = load::POLICIES_DIR)]
     policies: PathBuf,
     /// Cedar schema (`.cedarschema`, or JSON schema ending in `.json`).
-    #[arg(long, value_name = "FILE", default_value = "schema/cdap.cedarschema")]
+    #[arg(long, value_name = "FILE", default_value = load::SCHEMA_FILE)]
     schema: PathBuf,
     /// Derivation rules [default: `derived.json` beside the schema, if present].
     #[arg(long, value_name = "FILE")]
@@ -87,7 +87,7 @@ impl PolicyArgs {
             .schema
             .parent()
             .unwrap_or(Path::new("."))
-            .join("derived.json");
+            .join(load::DERIVED_FILE_NAME);
         let derived = self
             .derived
             .clone()
@@ -112,7 +112,7 @@ pub struct ModelArgs {
     #[command(flatten)]
     policy: PolicyArgs,
     /// Stored entities (Cedar entity JSON).
-    #[arg(long, value_name = "FILE", default_value = "examples/entities.json")]
+    #[arg(long, value_name = "FILE", default_value = load::ENTITIES_FILE)]
     entities: PathBuf,
 }
 

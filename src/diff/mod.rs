@@ -31,10 +31,6 @@ pub mod replay;
 pub mod semantic;
 pub mod structural;
 
-/// Where a side keeps its stored entities, if it has any: read by the replay, and
-/// compared as text.
-const STORED_ENTITIES: &str = "examples/entities.json";
-
 /// Everything that can keep a diff from being made.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -104,8 +100,8 @@ impl Side {
             reason,
         })?;
         // Optional: the replay reads it; the structural part compares its text.
-        if let Ok(bytes) = git(repo, &["show", &format!("{rev}:{STORED_ENTITIES}")]) {
-            let path = checkout.path().join(STORED_ENTITIES);
+        if let Ok(bytes) = git(repo, &["show", &format!("{rev}:{}", load::ENTITIES_FILE)]) {
+            let path = checkout.path().join(load::ENTITIES_FILE);
             path.parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| std::fs::write(&path, bytes))
@@ -138,10 +134,10 @@ impl Side {
                 "expected exactly one .cedarschema file",
             ));
         };
-        let derived = schema_dir.join("derived.json");
-        let bundled = self.root.join(STORED_ENTITIES);
+        let derived = schema_dir.join(load::DERIVED_FILE_NAME);
+        let bundled = self.root.join(load::ENTITIES_FILE);
         Ok(Sources {
-            policies: self.root.join("policies"),
+            policies: self.root.join(load::POLICIES_DIR),
             schema: schema.clone(),
             entities: entities
                 .map(Path::to_owned)
@@ -153,7 +149,7 @@ impl Side {
     /// The text of this side's stored entities (`examples/entities.json`), empty
     /// without one.
     pub fn entities_text(&self) -> Result<String, DiffError> {
-        let path = self.root.join(STORED_ENTITIES);
+        let path = self.root.join(load::ENTITIES_FILE);
         if !path.exists() {
             return Ok(String::new());
         }
