@@ -28,8 +28,8 @@ use chrono::Utc;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
-    ORIGIN, TRANSFER_ENCODING,
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+    HOST, ORIGIN, TRANSFER_ENCODING,
 };
 use hyper::http::uri::Authority;
 use hyper::server::conn::http1;
@@ -169,8 +169,13 @@ enum HttpError {
     NotReady,
     #[error("no route for {0}")]
     NotFound(String),
-    #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: Method, path: String },
+    #[error("method {method} is not allowed on {path}: {allow} only")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        /// The one method the path answers, sent back in an `Allow` header.
+        allow: Method,
+    },
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
     #[error("the decision log is off (--no-audit)")]
@@ -328,6 +333,9 @@ where
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
+        // A client may shut its side down once its request is sent (`nc -N`): it is
+        // still answered.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "connection ended with an error");
@@ -342,9 +350,19 @@ async fn handle(
     write_with_the_queued_responses().await;
     Ok(result.unwrap_or_else(|error| {
         state.metrics.record_error(error.code());
-        let body = json!({"error": ErrorBody::new(error.code(), error.to_string())});
-        json_response(error.status(), &body)
+        error_response(&error)
     }))
+}
+
+/// The JSON error body, with the `Allow` header RFC 9110 asks of a 405.
+fn error_response(error: &HttpError) -> Response<Full<Bytes>> {
+    let body = json!({"error": ErrorBody::new(error.code(), error.to_string())});
+    let mut response = json_response(error.status(), &body);
+    if let HttpError::MethodNotAllowed { allow, .. } = error {
+        let allow = HeaderValue::from_str(allow.as_str()).expect("a method is a header value");
+        response.headers_mut().insert(ALLOW, allow);
+    }
+    response
 }
 
 /// Waits until the other connections ready on this worker have been decided, so
@@ -391,7 +409,7 @@ async fn route(
                 &json!({"status": "ready", "policy_version": snapshot.version}),
             ))
         }
-        (&Method::GET, "/metrics") => Ok(text_response(state.metrics.render())),
+        (&Method::GET, "/metrics") => Ok(metrics_response(state.metrics.render())),
         (&Method::GET, "/v1/traces") => traces(state, &request).await,
         (&Method::GET, "/v1/policy-set") => {
             let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
@@ -401,16 +419,18 @@ async fn route(
                 &policy_set(&snapshot, last_error.as_deref()),
             ))
         }
-        (
-            _,
-            "/v1/is_authorized"
-            | "/v1/batch_is_authorized"
-            | "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/v1/policy-set"
-            | "/v1/traces",
-        ) => Err(HttpError::MethodNotAllowed { method, path }),
+        (_, "/v1/is_authorized" | "/v1/batch_is_authorized") => Err(HttpError::MethodNotAllowed {
+            method,
+            path,
+            allow: Method::POST,
+        }),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/policy-set" | "/v1/traces") => {
+            Err(HttpError::MethodNotAllowed {
+                method,
+                path,
+                allow: Method::GET,
+            })
+        }
         _ => Err(HttpError::NotFound(path)),
     }
 }
@@ -766,12 +786,17 @@ fn check_not_from_a_browser<B>(request: &Request<B>) -> Result<(), HttpError> {
         let origin = String::from_utf8_lossy(origin.as_bytes());
         return Err(HttpError::FromBrowser(format!("Origin: {origin}")));
     }
-    match headers.get(SEC_FETCH_SITE) {
-        Some(site) if site.as_bytes() != b"none" => Err(HttpError::FromBrowser(format!(
+    // Every line counts: `none` then `cross-site` is not a person's own request.
+    match headers
+        .get_all(SEC_FETCH_SITE)
+        .iter()
+        .find(|site| site.as_bytes() != b"none")
+    {
+        Some(site) => Err(HttpError::FromBrowser(format!(
             "Sec-Fetch-Site: {}",
             String::from_utf8_lossy(site.as_bytes())
         ))),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -860,11 +885,14 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Byt
     response
 }
 
-fn text_response(text: String) -> Response<Full<Bytes>> {
+/// `prometheus_client` writes OpenMetrics text (`_total` samples, `# EOF`), which
+/// a scraper must be told: read as Prometheus' older text format, its counters parse
+/// as empty families.
+fn metrics_response(text: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

@@ -157,6 +157,15 @@ fn a_web_pages_request_is_refused_and_leaves_no_record() {
         assert!(message.contains(value), "{message}");
         assert!(body.get("decision").is_none(), "{body}");
     }
+    // Every line of the header counts, not the first alone.
+    let body = allowed_consultation().to_string();
+    let twice = server.exchange_raw(&format!(
+        "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: none\r\n\
+         Sec-Fetch-Site: cross-site\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(twice.starts_with("HTTP/1.1 403"), "{twice}");
+    assert!(twice.contains("browser_request"), "{twice}");
     assert!(
         records(dir.path()).is_empty(),
         "a refused request was logged"

@@ -860,7 +860,51 @@ fn batch_over_the_cap_is_refused() {
 fn unknown_route_and_wrong_method() {
     let server = Server::start();
     assert_eq!(server.get("/v2/is_authorized").0, 404);
-    assert_eq!(server.get("/v1/is_authorized").0, 405);
+    // A 405 names the method the path answers (RFC 9110's `Allow`).
+    for (request, allow) in [
+        ("GET /v1/is_authorized", "POST"),
+        ("DELETE /v1/batch_is_authorized", "POST"),
+        ("POST /healthz", "GET"),
+        ("PUT /v1/traces", "GET"),
+    ] {
+        let response = server.exchange_raw(&format!(
+            "{request} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains(&format!("\r\nallow: {}\r\n", allow.to_ascii_lowercase())),
+            "{request}: {response}"
+        );
+        assert!(response.contains("method_not_allowed"), "{response}");
+    }
+}
+
+/// A client that shuts its sending side once its request is written (`nc -N`,
+/// `shutdown(SHUT_WR)`) still gets its answer.
+#[test]
+fn a_client_that_half_closes_after_its_request_is_answered() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let body = allowed_consultation().to_string();
+    for _ in 0..20 {
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        assert!(response.contains(r#""decision":"Allow""#), "{response}");
+    }
 }
 
 #[test]

@@ -48,8 +48,18 @@ fn metrics_count_decisions_by_action_and_outcome() {
     denied["resource"] = json!({"type": "File", "id": "dossier-33-0001"});
     server.decide(&denied);
     server.post_raw("/v1/is_authorized", "nope");
-    let (status, text) = server.get("/metrics");
-    assert_eq!(status, 200);
+    let response = ureq::get(&server.url("/metrics")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    // The text is OpenMetrics (`_total` samples, `# EOF`), and says so: read as
+    // Prometheus' 0.0.4 text, its counters would parse as empty families.
+    assert_eq!(
+        response.content_type(),
+        "application/openmetrics-text",
+        "{:?}",
+        response.header("content-type")
+    );
+    let text = response.into_string().unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
     assert!(
         text.contains(r#"cdap_authz_decisions_total{action="consult_file",decision="Allow"} 2"#),
         "{text}"
