@@ -687,6 +687,11 @@ async fn traces(
         }
     }
     if allowed.is_empty() {
+        // Reads denied because their records could not be written are the log's
+        // failure, which `/readyz` reports to anyone alike, not the caller's.
+        if let Some(failure) = log.failure() {
+            return Err(HttpError::AuditUnavailable(failure));
+        }
         return Err(HttpError::Forbidden {
             caller: query.caller.to_string(),
         });

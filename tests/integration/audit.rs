@@ -325,9 +325,17 @@ fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() 
     let (status, ready) = server.get("/readyz");
     assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("audit_unavailable"), "{ready}");
+    // A trace read is a decision too, denied for want of its record: the caller,
+    // who may read these traces, is told the log is down, not that they may not.
+    let (status, body) = traces_as(&server, Some("mau-admin"), "");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("audit_unavailable")),
+        "{body}"
+    );
     let (_, metrics) = server.get("/metrics");
     assert!(
-        metrics.contains("cdap_authz_audit_write_failures_total 2"),
+        metrics.contains("cdap_authz_audit_write_failures_total 3"),
         "{metrics}"
     );
     // Counted by the answer given: Deny, not the Allow the policies gave.
