@@ -67,6 +67,28 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
     assert!(stderr.contains("no_such_attribute"), "{stderr}");
 }
 
+/// A log directory that cannot be made leaves the chain's end unknown: `serve`
+/// stops before it listens, rather than start a chain that hides the older one.
+#[test]
+fn serve_stops_when_the_log_directory_cannot_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("a-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+        .current_dir(repo("."))
+        .args(["serve", "--listen", "127.0.0.1:0", "--audit-dir"])
+        .arg(not_a_dir.join("audit"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the decision log in"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listen="), "{stderr}");
+}
+
 #[test]
 fn serve_on_a_broken_model_exits_3_without_claiming_a_snapshot_serves() {
     let (code, stderr) = run_on_policies(
