@@ -73,28 +73,33 @@ fn run_verify(dir: &std::path::Path, expect_hash: Option<&str>) -> anyhow::Resul
     match verify(dir, expect_hash)? {
         Ok(verified) => {
             for (path, line) in &verified.torn {
-                println!(
+                outln!(
                     "note: {}:{line}: incomplete last line (a torn write); the chain \
                      continues from the record before it",
                     path.display()
-                );
+                )?;
             }
             if verified.first_seq > 0 {
-                println!(
+                outln!(
                     "note: the chain starts at seq {}: the {} records before it are not \
                      here (files of days before {} deleted by retention, or records \
                      removed: if that day is within the retention period, removed)",
-                    verified.first_seq, verified.first_seq, verified.first_day
-                );
+                    verified.first_seq,
+                    verified.first_seq,
+                    verified.first_day
+                )?;
             }
-            println!(
+            outln!(
                 "ok: {} records in {} files, chain from {} to {}",
-                verified.records, verified.files, verified.anchor, verified.last_hash
-            );
+                verified.records,
+                verified.files,
+                verified.anchor,
+                verified.last_hash
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err((path, line, why)) => {
-            println!("{}:{line}: {why}", path.display());
+            outln!("{}:{line}: {why}", path.display())?;
             Ok(ExitCode::FAILURE)
         }
     }
@@ -111,7 +116,7 @@ fn run_query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     };
     let found = query(&args.dir, &filter, args.limit)?;
     for record in &found.records {
-        println!("{}", serde_json::to_string(record)?);
+        outln!("{}", serde_json::to_string(record)?)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@ pub fn run(args: AuthorizeArgs) -> anyhow::Result<ExitCode> {
     let decision = engine::decide(&snapshot, &request, chrono::Utc::now())
         .with_context(|| args.request.display().to_string())?;
     let response = decision.response(&snapshot.version);
-    println!("{}", serde_json::to_string_pretty(&response)?);
+    outln!("{}", serde_json::to_string_pretty(&response)?)?;
     Ok(match response.decision {
         Outcome::Allow => ExitCode::SUCCESS,
         Outcome::Deny => ExitCode::from(EXIT_DENY),

@@ -73,7 +73,7 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         entities: args.entities.clone(),
     };
     let report = diff::diff(&old, &new, &options)?;
-    print!("{}", render::render(&report, args.format));
+    out!("{}", render::render(&report, args.format))?;
     let triggered = match args.fail_on {
         None => false,
         Some(Gate::Widen) => report.widens(),

@@ -42,8 +42,8 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| args.request.display().to_string())?;
     explanation.near_misses.truncate(args.closest);
     match args.format {
-        Format::Text => print!("{}", text(&explanation)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&as_json(&explanation))?),
+        Format::Text => out!("{}", text(&explanation))?,
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&as_json(&explanation))?)?,
     }
     Ok(match explanation.decision.outcome {
         Outcome::Allow => ExitCode::SUCCESS,

@@ -61,10 +61,10 @@ fn format_file(path: &Path, check: bool) -> anyhow::Result<bool> {
         return Ok(false);
     }
     if check {
-        println!("not formatted: {}", path.display());
+        outln!("not formatted: {}", path.display())?;
     } else {
         replace(path, &pretty).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("formatted: {}", path.display());
+        outln!("formatted: {}", path.display())?;
     }
     Ok(true)
 }

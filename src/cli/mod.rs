@@ -5,7 +5,9 @@
 //! model through the same loader as the server.
 //!
 //! Exit codes follow the Cedar CLI: 0 allow (or success), 2 deny, 3 invalid model,
-//! 1 any other failure; 4 when a `diff --fail-on` gate is triggered.
+//! 1 any other failure; 4 when a `diff --fail-on` gate is triggered; 141, with no
+//! message, when the reader of the output went away (`| head`), as for a filter that
+//! SIGPIPE ends.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +22,35 @@ use crate::snapshot::{Snapshot, DEFAULT_TIME_ATTRIBUTE};
 
 const EXIT_DENY: u8 = 2;
 const EXIT_INVALID: u8 = 3;
+/// What a shell reports for a process that SIGPIPE ended (128 + 13).
+const EXIT_OUTPUT_CLOSED: u8 = 141;
+
+/// The reader of stdout went away (`cdap-authz test | head`).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+struct OutputClosed;
+
+/// Writes to stdout: [`OutputClosed`] when its reader went away, where `print!`
+/// would panic (Rust ignores SIGPIPE, so the write fails instead of ending the
+/// process); any other failure as it is.
+fn write_out(text: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        written => Ok(written.context("cannot write to stdout")?),
+    }
+}
+
+/// `print!` that fails instead of panicking ([`write_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` that fails instead of panicking ([`write_out`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 mod audit;
 mod authorize;
@@ -151,6 +182,9 @@ pub fn main() -> ExitCode {
         Command::Audit(args) => audit::run(args),
     };
     outcome.unwrap_or_else(|error| {
+        if error.is::<OutputClosed>() {
+            return ExitCode::from(EXIT_OUTPUT_CLOSED);
+        }
         if let Some(invalid) = error.downcast_ref::<LoadError>() {
             eprintln!("{invalid}");
             return ExitCode::from(EXIT_INVALID);

@@ -67,7 +67,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         Format::Json => serde_json::to_string_pretty(&json_report(&results, coverage.as_ref()))?,
         Format::Junit => junit(&results).context("cannot write the JUnit report")?,
     };
-    println!("{}", output.trim_end());
+    outln!("{}", output.trim_end())?;
     let all_passed = results.iter().all(CaseResult::passed);
     let covered = match (&coverage, args.min_coverage) {
         (Some(coverage), Some(min)) => {

@@ -31,12 +31,12 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     if dangling.len() > LISTED {
         eprintln!("warning: and {} more", dangling.len() - LISTED);
     }
-    println!(
+    outln!(
         "valid: {} policies, {} stored entities, version {}",
         snapshot.policy_info.len(),
         snapshot.entities.iter().count(),
         snapshot.version
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -67,6 +67,32 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
     assert!(stderr.contains("no_such_attribute"), "{stderr}");
 }
 
+/// Output read by a reader that goes away (`cdap-authz test | head`) ends the
+/// command quietly with 141, as SIGPIPE ends a filter, not with a panic.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    for args in [
+        &["validate"][..],
+        &[
+            "authorize",
+            "--request",
+            "examples/requests/consult-allowed.json",
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
+            .current_dir(repo("."))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 /// A log directory that cannot be made leaves the chain's end unknown: `serve`
 /// stops before it listens, rather than start a chain that hides the older one.
 #[test]
