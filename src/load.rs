@@ -306,10 +306,15 @@ fn read_policies(
 fn id_position(text: &str, id: &str, nth: usize) -> Option<(usize, usize)> {
     let written = format!("@id({})", serde_json::Value::from(id));
     let (offset, _) = text.match_indices(&written).nth(nth)?;
-    let before = &text[..offset];
+    Some(line_and_column(text, offset))
+}
+
+/// Line and column (from 1, the column in bytes) of byte `offset` in `text`.
+pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
-    Some((line, column))
+    (line, column)
 }
 
 /// The `.cedar` files under `dir`, recursively, in path order (hidden entries skipped).

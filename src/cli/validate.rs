@@ -1,19 +1,27 @@
 //! `cdap-authz validate`: parse and strictly validate a model, reporting every
-//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures. Stored
-//! entities naming entities that are not stored are warned about (Cedar allows
-//! them; the decisions that read them are denied).
+//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures. Two things
+//! Cedar accepts are warned about: stored entities naming entities that are not
+//! stored (the decisions that read them are denied), and policies without an `@id`
+//! or a `@source`. `--deny-warnings` makes a warning fail as a problem does.
 
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use cedar_policy_core::ast::AnyId;
 use clap::Args;
 
-use super::ModelArgs;
+use super::{ModelArgs, EXIT_INVALID};
+use crate::load;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Exit 3 on a warning too (for a CI gate).
+    #[arg(long)]
+    pub deny_warnings: bool,
 }
 
 /// Dangling references listed before "and N more".
@@ -31,13 +39,58 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     if dangling.len() > LISTED {
         eprintln!("warning: and {} more", dangling.len() - LISTED);
     }
+    let unannotated = unannotated_policies(&args.model.sources().policies)?;
+    for warning in &unannotated {
+        eprintln!("warning: {warning}");
+    }
     outln!(
         "valid: {} policies, {} stored entities, version {}",
         snapshot.policy_info.len(),
         snapshot.entities.iter().count(),
         snapshot.version
     )?;
-    Ok(ExitCode::SUCCESS)
+    let warned = !dangling.is_empty() || !unannotated.is_empty();
+    Ok(if warned && args.deny_warnings {
+        eprintln!("invalid: warnings denied (--deny-warnings)");
+        ExitCode::from(EXIT_INVALID)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `file:line:column: …` for each policy written without an `@id` or a `@source`.
+/// Without `@id`, a policy goes by its place in its file (`a.cedar#policy1`) in the
+/// decision log, in explanations and in diffs: a name that changes when a policy is
+/// written above it. Without `@source`, nothing ties it to the clause it encodes.
+/// The files have loaded, so each parses.
+fn unannotated_policies(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let (id, source): (AnyId, AnyId) = ("id".parse()?, "source".parse()?);
+    let mut warnings = Vec::new();
+    for path in load::policy_files(dir)? {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let parsed = cedar_policy_core::parser::parse_policyset(&text)
+            .map_err(|errors| anyhow::anyhow!("{}: {errors}", path.display()))?;
+        for policy in parsed.policies() {
+            let missing: Vec<_> = [&id, &source]
+                .into_iter()
+                .filter(|key| policy.annotation(key).is_none())
+                .map(|key| format!("@{key}"))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let (line, column) =
+                load::line_and_column(&text, policy.loc().map_or(0, |l| l.start()));
+            warnings.push(format!(
+                "{}:{line}:{column}: a policy without {}: every policy names itself \
+                 (@id, which the decision log records) and the clause it encodes (@source)",
+                path.display(),
+                missing.join(" or ")
+            ));
+        }
+    }
+    Ok(warnings)
 }
 
 /// The entities that stored entities name (as parents, in attributes or tags) but

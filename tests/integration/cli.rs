@@ -237,11 +237,44 @@ fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// With no warning either: every bundled policy has its `@id` and `@source`, and
+/// every entity the data names is stored.
 #[test]
 fn validate_accepts_the_bundled_model() {
-    let output = cdap_authz().arg("validate").output().unwrap();
+    let output = cdap_authz()
+        .args(["validate", "--deny-warnings"])
+        .output()
+        .unwrap();
     assert_exit(&output, 0);
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: "));
+}
+
+/// A policy without `@id` goes by its place in its file, which changes when a
+/// policy is written above it; without `@source` it cites no clause. Cedar accepts
+/// both: `validate` warns where each is, and fails with `--deny-warnings`.
+#[test]
+fn validate_warns_of_a_policy_without_its_id_or_its_source() {
+    let files = [(
+        "a.cedar",
+        "@id(\"A\")\n@source(\"clause 1\")\npermit (principal, action, resource);\n\n\
+         @source(\"clause 2\")\nforbid (principal, action, resource)\nwhen { principal == resource };\n\
+         @id(\"C\")\n  permit (principal, action, resource) when { false };\n",
+    )];
+    let (code, stderr) = validate_policies(&files);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("a.cedar:5:1: a policy without @id:"),
+        "{stderr}"
+    );
+    // A policy starts at its first annotation.
+    assert!(
+        stderr.contains("a.cedar:8:1: a policy without @source:"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning: ").count(), 2, "{stderr}");
+    let (code, stderr) = run_on_policies(&["validate", "--deny-warnings"], &files);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("warnings denied"), "{stderr}");
 }
 
 /// The bundled schema marks the types whose tags are derived: copied without its
@@ -352,7 +385,8 @@ fn validate_warns_of_references_to_entities_that_are_not_stored() {
         ),
         (
             "policies/p.cedar",
-            "permit (principal, action, resource) when { principal.favourite == Color::\"red\" };\n",
+            "@id(\"red\")\n@source(\"a test\")\n\
+             permit (principal, action, resource) when { principal.favourite == Color::\"red\" };\n",
         ),
     ];
     for (name, text) in files {
