@@ -256,6 +256,7 @@ fn read_policies(
             continue;
         };
         refuse_templates(&path, &parsed, problems);
+        refuse_empty(&path, &parsed, problems);
         let mut file_set = PolicySet::new();
         let mut used_in_file: HashMap<String, usize> = HashMap::new();
         for policy in parsed.policies() {
@@ -382,6 +383,23 @@ fn refuse_templates(path: &Path, parsed: &PolicySet, problems: &mut Vec<Problem>
                 "{}: policy `{id}` is a template (it has a `?principal` or `?resource` \
                  slot); the sidecar links no templates, so it would never apply: write it \
                  as a static policy",
+                path.display()
+            ),
+        });
+    }
+}
+
+/// A file with no policy at all is what a file being rewritten in two steps
+/// (emptied, then filled) reads as in between: loaded, it would drop every forbid it
+/// held until the second step. It is refused; a file's policies are dropped by
+/// removing the file.
+fn refuse_empty(path: &Path, parsed: &PolicySet, problems: &mut Vec<Problem>) {
+    if parsed.policies().next().is_none() && parsed.templates().next().is_none() {
+        problems.push(Problem {
+            path: path.to_owned(),
+            message: format!(
+                "{}: holds no policy (a file being rewritten, emptied before it is \
+                 filled?); remove the file to drop its policies",
                 path.display()
             ),
         });

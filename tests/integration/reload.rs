@@ -173,6 +173,46 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
     });
 }
 
+/// A policy file rewritten in two steps (emptied, then filled a moment later) is
+/// never served empty: that would drop every forbid it holds. The emptied file is
+/// refused, the last snapshot serves on, and the filled one is picked up.
+#[test]
+fn an_emptied_policy_file_is_refused_until_it_is_filled_again() {
+    let live = Live::copy_of_bundled_model(true);
+    let version = live.policy_set()["policy_version"].clone();
+    let file = live.path("policies/suspension.cedar");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, "// being rewritten\n").unwrap();
+    within(
+        Duration::from_secs(2),
+        "the refused reload is reported",
+        || !live.policy_set()["last_reload_error"].is_null(),
+    );
+    let report = live.policy_set();
+    let message = report["last_reload_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("suspension.cedar: holds no policy"),
+        "{message}"
+    );
+    assert_eq!(report["policy_version"], version);
+    // S1 still denies the user whose habilitation the Caf suspended.
+    let suspended = crate::util::consult(
+        "mau-t2b",
+        "mau-t2-02",
+        "maubeuge-centre-loisirs-qf",
+        &["quotient_familial"],
+        "dossier-59-0004",
+    );
+    live.server
+        .decide(&suspended)
+        .assert_denied_by("S1-habilitation-suspended");
+    std::fs::write(&file, text).unwrap();
+    within(Duration::from_secs(2), "the filled file recovers", || {
+        live.policy_set()["last_reload_error"].is_null()
+    });
+    assert_eq!(live.policy_set()["policy_version"], version);
+}
+
 #[test]
 fn entities_edit_changes_a_decision() {
     let live = Live::copy_of_bundled_model(true);
