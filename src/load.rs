@@ -214,7 +214,7 @@ fn parse_schema(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<
             .map_err(miette::Report::new)
     };
     parsed
-        .map_err(|report| problems.push(problem(path, text, report)))
+        .map_err(|report| problems.extend(located_problems(path, text, report)))
         .ok()
 }
 
@@ -365,7 +365,7 @@ pub fn policy_syntax_problem(path: &Path, text: &str) -> Option<String> {
 
 fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<PolicySet> {
     PolicySet::from_str(text)
-        .map_err(|err| problems.push(problem(path, text, miette::Report::new(err))))
+        .map_err(|err| problems.extend(located_problems(path, text, miette::Report::new(err))))
         .ok()
 }
 
@@ -415,7 +415,11 @@ fn validate_file(
 ) {
     let result = Validator::new(schema.clone()).validate(set, ValidationMode::Strict);
     for error in result.validation_errors() {
-        problems.push(problem(path, text, miette::Report::new(error.clone())));
+        problems.extend(located_problems(
+            path,
+            text,
+            miette::Report::new(error.clone()),
+        ));
     }
 }
 
@@ -534,26 +538,38 @@ fn read_rules(
 }
 
 /// Renders a Cedar diagnostic against its file: `╭─[file:line:col]` and the source.
-fn problem(path: &Path, text: &str, report: miette::Report) -> Problem {
-    let located = Located {
-        inner: report.as_ref(),
-        source: NamedSource::new(path.display().to_string(), text.to_owned()),
-    };
-    let mut message = String::new();
-    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
-    if handler.render_report(&mut message, &located).is_err() || located.labels().is_none() {
-        message = format!("{}: {message}", path.display());
-    }
-    Problem {
-        path: path.to_owned(),
-        message,
-    }
+/// One problem per diagnostic of `report`, each shown against the named file: the
+/// report's own, and those related to it (Cedar gives a file's second and later
+/// syntax errors so, each with its own unnamed copy of the text).
+fn located_problems(path: &Path, text: &str, report: miette::Report) -> Vec<Problem> {
+    let source = NamedSource::new(path.display().to_string(), text.to_owned());
+    let main: &dyn Diagnostic = report.as_ref();
+    std::iter::once(main)
+        .chain(main.related().into_iter().flatten())
+        .map(|inner| {
+            let located = Located {
+                inner,
+                source: &source,
+            };
+            let mut message = String::new();
+            let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
+            if handler.render_report(&mut message, &located).is_err() || located.labels().is_none()
+            {
+                message = format!("{}: {message}", path.display());
+            }
+            Problem {
+                path: path.to_owned(),
+                message,
+            }
+        })
+        .collect()
 }
 
-/// A diagnostic shown against a named file, whatever source the error carries.
+/// A diagnostic shown against a named file, whatever source the error carries (its
+/// related diagnostics are problems of their own).
 struct Located<'a> {
     inner: &'a dyn Diagnostic,
-    source: NamedSource<String>,
+    source: &'a NamedSource<String>,
 }
 
 impl fmt::Debug for Located<'_> {
@@ -580,10 +596,7 @@ impl Diagnostic for Located<'_> {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         self.inner.labels()
     }
-    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
-        self.inner.related()
-    }
     fn source_code(&self) -> Option<&dyn SourceCode> {
-        Some(&self.source)
+        Some(self.source)
     }
 }

@@ -559,6 +559,20 @@ fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
     run_on_policies(&["validate"], files)
 }
 
+/// Cedar gives a file's second and later syntax errors as diagnostics related to
+/// its first: each is a problem of its own, counted, and shown at its file.
+#[test]
+fn validate_shows_each_syntax_error_of_a_file_at_that_file() {
+    let broken = "@id(\"A\")\npermit (principal, action, resource\nwhen { true };\n\n\
+                  @id(\"B\")\nforbid (principal, action, resource\nwhen { false };\n";
+    let (code, stderr) = validate_policies(&[("a.cedar", broken)]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.starts_with("2 problems in the model:"), "{stderr}");
+    for at in ["a.cedar:3:1]", "a.cedar:7:1]"] {
+        assert!(stderr.contains(at), "{at}: {stderr}");
+    }
+}
+
 /// A repeated `@id` is shown where it is repeated: in another file, at that file's
 /// `@id`; in the same file, at its second.
 #[test]
