@@ -44,8 +44,11 @@ pub enum Break {
     Malformed(String),
     /// The line's content no longer matches its hash.
     Altered,
-    /// The line does not follow the line before it.
+    /// The line's sequence number does not follow the line before it.
     OutOfChain { expected_seq: u64, found_seq: u64 },
+    /// The line follows the line before it in sequence, but not in hash: that line
+    /// was rewritten, its own hash recomputed.
+    NotChained { seq: u64 },
     /// No record has the hash expected to be in the log.
     HashNotFound(String),
     /// The oldest file kept starts past seq 0 and is not its day's first: the
@@ -64,6 +67,11 @@ impl std::fmt::Display for Break {
             } => write!(
                 f,
                 "record removed or reordered (expected seq {expected_seq} chained to the previous record, found seq {found_seq})"
+            ),
+            Break::NotChained { seq } => write!(
+                f,
+                "record seq {seq} does not chain to the record before it: that record was \
+                 rewritten (its hash recomputed)"
             ),
             Break::HashNotFound(hash) => write!(
                 f,
@@ -110,11 +118,14 @@ pub fn verify(
             }
             let record = &parsed.record;
             match &state {
-                Some((seq, hash)) if record.seq != *seq || record.prev != *hash => {
+                Some((seq, _)) if record.seq != *seq => {
                     return broken(Break::OutOfChain {
                         expected_seq: *seq,
                         found_seq: record.seq,
                     });
+                }
+                Some((_, hash)) if record.prev != *hash => {
+                    return broken(Break::NotChained { seq: record.seq });
                 }
                 Some(_) => {}
                 None if record.seq > 0 && segment.index > 0 => {

@@ -501,6 +501,17 @@ fn editing_deleting_or_swapping_a_line_fails_verify_at_that_line() {
         )
     ));
 
+    // Rewritten with its hash recomputed, a line checks out on its own: the next
+    // one, chained to its old hash, does not.
+    let mut rewritten = lines.clone();
+    let forged = rewritten[1].replace("\"Allow\"", "\"Deny\"");
+    let claimed = parse_line(&forged).unwrap().claimed_hash;
+    rewritten[1] = forged.replace(&claimed, &parse_line(&forged).unwrap().actual_hash);
+    assert_eq!(
+        broken_at(&path, &rewritten),
+        (3, Break::NotChained { seq: 2 })
+    );
+
     let mut swapped = lines.clone();
     swapped.swap(1, 2);
     assert!(matches!(
