@@ -331,6 +331,47 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
     }
 }
 
+/// Cedar stops at an entities file's first error, and says not where: each entity
+/// it refuses on its own is a problem, at the line and column where it starts.
+#[test]
+fn validate_shows_every_entity_an_entities_file_gets_wrong_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundled = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
+    let mut entities: serde_json::Value = serde_json::from_str(&bundled).unwrap();
+    let users: Vec<usize> = (0..entities.as_array().unwrap().len())
+        .filter(|&i| entities[i]["attrs"]["suspended"].is_boolean())
+        .take(2)
+        .collect();
+    entities[users[0]]["attrs"]["suspended"] = "no".into();
+    entities[users[1]]["attrs"]["suspended"] = 0.into();
+    let text = serde_json::to_string_pretty(&entities).unwrap();
+    let path = dir.path().join("entities.json");
+    std::fs::write(&path, &text).unwrap();
+    let output = cdap_authz()
+        .arg("validate")
+        .arg("--entities")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.starts_with("2 problems in the model:"), "{stderr}");
+    // Pretty-printed, entity i starts on the line of the i-th `  {`.
+    let starts: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| *line == "  {")
+        .map(|(n, _)| n + 1)
+        .collect();
+    for (user, wrong) in users.iter().zip(["type string", "type long"]) {
+        let uid = &entities[*user]["uid"]["id"];
+        let at = format!("entities.json:{}:3: ", starts[*user]);
+        let line = stderr.lines().find(|l| l.contains(&at)).expect(&at);
+        assert!(line.contains(uid.as_str().unwrap()), "{line}");
+        assert!(line.contains(wrong), "{line}");
+    }
+}
+
 /// Cedar allows a stored entity to name one that is not stored, but every decision
 /// reading its attributes is denied: `validate` warns, naming the missing entity,
 /// and still exits 0. The bundled data names none.
