@@ -489,9 +489,9 @@ fn read_entities(
     }
     // Cedar's entity errors carry no position; their causes name the entity and
     // what is wrong with it (the report's headline alone says neither).
-    Entities::from_json_value(json.clone(), Some(schema))
+    Entities::from_json_value(json, Some(schema))
         .map_err(|err| {
-            let each = entity_problems(path, &text, &json, schema);
+            let each = entity_problems(path, &text, rules, types, schema);
             if each.is_empty() {
                 problems.push(Problem {
                     path: path.clone(),
@@ -509,21 +509,27 @@ fn read_entities(
 const ENTITIES_CHECKED_ONE_BY_ONE: usize = 10_000;
 
 /// Every entity of the file in `text` that Cedar refuses on its own, at its line and
-/// column (Cedar stops at the first, and says not where): read once the whole file is
-/// refused. `json` is the file's array completed with derived data, entity for
-/// entity. Empty when the fault lies between entities (a uid given twice), or for a
-/// file of more than [`ENTITIES_CHECKED_ONE_BY_ONE`] entities.
+/// column (Cedar stops at the first, and says not where): read again, completed with
+/// derived data again, once the whole file is refused (so that a load that succeeds
+/// keeps no copy). Empty when the fault lies between entities (a uid given twice), or
+/// for a file of more than [`ENTITIES_CHECKED_ONE_BY_ONE`] entities.
 fn entity_problems(
     path: &Path,
     text: &str,
-    json: &serde_json::Value,
+    rules: &DerivationRules,
+    types: &DerivedTypes,
     schema: &Schema,
 ) -> Vec<Problem> {
-    let (Ok(written), Some(entities)) = (
-        serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text),
-        json.as_array()
-            .filter(|entities| entities.len() <= ENTITIES_CHECKED_ONE_BY_ONE),
-    ) else {
+    let Ok(written) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text) else {
+        return Vec::new();
+    };
+    let mut json = serde_json::from_str(text).unwrap_or_default();
+    if written.len() > ENTITIES_CHECKED_ONE_BY_ONE
+        || derive::apply(rules, types, &mut json).is_err()
+    {
+        return Vec::new();
+    }
+    let Some(entities) = json.as_array() else {
         return Vec::new();
     };
     written
