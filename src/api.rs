@@ -192,6 +192,9 @@ pub enum RequestError {
     UnknownAction(String),
     #[error("{field}: entity {uid} is neither stored nor in the request's entities")]
     UnknownEntity { field: &'static str, uid: String },
+    /// A trace reader named in `X-Cdap-Principal` (a trace read brings no entities).
+    #[error("X-Cdap-Principal: {0} is not a stored entity")]
+    UnknownCaller(String),
     #[error("context: {0}")]
     InvalidContext(String),
     #[error("entities: {0}")]
@@ -221,7 +224,7 @@ impl RequestError {
             RequestError::InvalidEntityRef { .. } => "invalid_entity_ref",
             RequestError::UnknownEntityType { .. } => "unknown_entity_type",
             RequestError::UnknownAction(_) => "unknown_action",
-            RequestError::UnknownEntity { .. } => "unknown_entity",
+            RequestError::UnknownEntity { .. } | RequestError::UnknownCaller(_) => "unknown_entity",
             RequestError::InvalidContext(_) => "invalid_context",
             RequestError::InvalidEntities(_) => "invalid_entities",
             RequestError::EntityConflict(_)

@@ -494,9 +494,13 @@ fn request_entities(
              and `tags`, and a reference `type` and `id`"
         )));
     }
-    if let Some(escape) = entities.iter().find_map(ambiguous_escape) {
+    let ambiguous = entities
+        .iter()
+        .enumerate()
+        .find_map(|(position, entity)| Some((position, ambiguous_escape(entity)?)));
+    if let Some((position, escape)) = ambiguous {
         return Err(RequestError::InvalidEntities(format!(
-            "{escape} with other keys: which would count?"
+            "entity {position}: {escape} with other keys: which would count?"
         )));
     }
     let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))

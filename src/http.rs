@@ -667,11 +667,7 @@ async fn traces(
     // read, and the 403 gives no reasons (one per partner refused would count
     // them). The decision log keeps each refusal's reasons.
     if snapshot.entities.get(&query.caller).is_none() {
-        return Err(RequestError::UnknownEntity {
-            field: "principal",
-            uid: query.caller.to_string(),
-        }
-        .into());
+        return Err(RequestError::UnknownCaller(query.caller.to_string()).into());
     }
     engine::check_principal_type(&snapshot, &crate::traces::read_traces(), &query.caller)?;
     let filing = if query.partner.is_some() {

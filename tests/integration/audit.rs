@@ -1022,6 +1022,10 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         let (status, body) = traces_as(&server, Some("nobody"), query);
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "unknown_entity", "{body}");
+        assert_eq!(
+            body["error"]["message"], r#"X-Cdap-Principal: User::"nobody" is not a stored entity"#,
+            "{body}"
+        );
         let partner = ureq::get(&server.url(&format!("/v1/traces{query}")))
             .set("x-cdap-principal", r#"Partner::"ville-maubeuge""#)
             .set("x-cdap-authentication", "password")

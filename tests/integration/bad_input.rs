@@ -565,7 +565,7 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
             file(rsa_last_date, caf),
             400,
             "invalid_entities",
-            &format!("{escape} with other keys"),
+            &format!("entity 0: {escape} with other keys"),
         );
     }
 }
