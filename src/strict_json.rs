@@ -78,9 +78,11 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
-            let Strict(value) = access.next_value()?;
+            // Refused as soon as the key is read, so that the error's position is the
+            // repeated key's, not the end of its value.
             match map.entry(key) {
                 Entry::Vacant(slot) => {
+                    let Strict(value) = access.next_value()?;
                     slot.insert(value);
                 }
                 Entry::Occupied(slot) => {
@@ -190,5 +192,13 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.starts_with("duplicate key"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_where_it_is_written() {
+        let text = "{\n  \"a\": 1,\n  \"a\": {\"long\": [\n1, 2, 3]}\n}";
+        let err = parse(text).unwrap_err();
+        // Line 3, just past the repeated key, not line 4 where its value ends.
+        assert_eq!((err.line(), err.column()), (3, 5), "{err}");
     }
 }
