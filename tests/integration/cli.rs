@@ -81,12 +81,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
-            .current_dir(repo("."))
-            .args(args)
-            .stdout(writer)
-            .output()
-            .unwrap();
+        let output = cdap_authz().args(args).stdout(writer).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(141), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
@@ -100,8 +95,7 @@ fn serve_stops_when_the_log_directory_cannot_be_made() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("a-file");
     std::fs::write(&not_a_dir, "").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
-        .current_dir(repo("."))
+    let output = cdap_authz()
         .args(["serve", "--listen", "127.0.0.1:0", "--audit-dir"])
         .arg(not_a_dir.join("audit"))
         .output()
