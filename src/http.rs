@@ -511,20 +511,25 @@ struct Pending {
 impl Pending {
     /// The reply, once the record is in the log; Deny if it could not be written.
     async fn answer(self, state: &AppState) -> AuthzResponse {
-        let response = match self.logged {
-            None => self.response,
+        self.answer_noting_the_log(state).await.0
+    }
+
+    /// [`Pending::answer`], and the log's error when the record could not be written.
+    async fn answer_noting_the_log(self, state: &AppState) -> (AuthzResponse, Option<AuditError>) {
+        let (response, unlogged) = match self.logged {
+            None => (self.response, None),
             Some(logged) => match logged.wait().await {
-                Ok(()) => self.response,
+                Ok(()) => (self.response, None),
                 Err(error) => {
                     state.metrics.record_audit_failure();
-                    deny_unlogged(self.response, &error)
+                    (deny_unlogged(self.response, &error), Some(error))
                 }
             },
         };
         state
             .metrics
             .record_decision(self.action, response.decision.as_str(), self.latency);
-        response
+        (response, unlogged)
     }
 }
 
@@ -677,17 +682,19 @@ async fn traces(
     };
     let mut allowed = Vec::new();
     for (partner, read) in read_requests(&snapshot, &query) {
-        let answer = decide(state, &snapshot, &read, filing)?.answer(state).await;
+        let (answer, unlogged) = decide(state, &snapshot, &read, filing)?
+            .answer_noting_the_log(state)
+            .await;
+        // A read denied because its record could not be written is the log's
+        // failure, which `/readyz` reports to anyone alike, not the caller's.
+        if let Some(error) = unlogged {
+            return Err(HttpError::AuditUnavailable(error.to_string()));
+        }
         if answer.decision == crate::api::Outcome::Allow {
             allowed.push(partner);
         }
     }
     if allowed.is_empty() {
-        // Reads denied because their records could not be written are the log's
-        // failure, which `/readyz` reports to anyone alike, not the caller's.
-        if let Some(failure) = log.failure() {
-            return Err(HttpError::AuditUnavailable(failure));
-        }
         return Err(HttpError::Forbidden {
             caller: query.caller.to_string(),
         });

@@ -46,8 +46,8 @@ pub enum Break {
     Altered,
     /// The line's sequence number does not follow the line before it.
     OutOfChain { expected_seq: u64, found_seq: u64 },
-    /// The line follows the line before it in sequence, but not in hash: that line
-    /// was rewritten, its own hash recomputed.
+    /// The line follows the line before it in sequence, but not in hash: one of the
+    /// two was rewritten, its hash recomputed.
     NotChained { seq: u64 },
     /// No record has the hash expected to be in the log.
     HashNotFound(String),
@@ -70,8 +70,9 @@ impl std::fmt::Display for Break {
             ),
             Break::NotChained { seq } => write!(
                 f,
-                "record seq {seq} does not chain to the record before it: that record was \
-                 rewritten (its hash recomputed)"
+                "record seq {seq} does not chain to the record before it: one of the two \
+                 was rewritten with its hash recomputed, or records between them removed \
+                 and this one renumbered"
             ),
             Break::HashNotFound(hash) => write!(
                 f,
