@@ -260,6 +260,20 @@ fn read_policies(
         let mut file_set = PolicySet::new();
         let mut used_in_file: HashMap<String, usize> = HashMap::new();
         for policy in parsed.policies() {
+            if policy
+                .annotation("id")
+                .is_some_and(|id| id.trim().is_empty())
+            {
+                problems.push(Problem {
+                    path: path.clone(),
+                    message: format!(
+                        "{}: a policy's @id is empty: the decision log and the diffs name \
+                         policies by it",
+                        path.display()
+                    ),
+                });
+                continue;
+            }
             let id = policy
                 .annotation("id")
                 .map(str::to_owned)
@@ -490,16 +504,15 @@ fn read_entities(
     // Cedar's entity errors carry no position; their causes name the entity and
     // what is wrong with it (the report's headline alone says neither).
     Entities::from_json_value(json, Some(schema))
-        .map_err(|err| {
-            let each = entity_problems(path, &text, rules, types, schema);
-            if each.is_empty() {
-                problems.push(Problem {
+        .map_err(
+            |err| match entity_problems(path, &text, rules, types, schema) {
+                Some(each) if !each.is_empty() => problems.extend(each),
+                _ => problems.push(Problem {
                     path: path.clone(),
                     message: format!("{}: {}", path.display(), describe(&err)),
-                });
-            }
-            problems.extend(each);
-        })
+                }),
+            },
+        )
         .ok()
 }
 
@@ -509,43 +522,53 @@ fn read_entities(
 const ENTITIES_CHECKED_ONE_BY_ONE: usize = 10_000;
 
 /// Every entity of the file in `text` that Cedar refuses on its own, at its line and
-/// column (Cedar stops at the first, and says not where): read again, completed with
-/// derived data again, once the whole file is refused (so that a load that succeeds
-/// keeps no copy). Empty when the fault lies between entities (a uid given twice), or
-/// for a file of more than [`ENTITIES_CHECKED_ONE_BY_ONE`] entities.
+/// column (Cedar stops at the first, and says not where), then what Cedar refuses in
+/// the others together (a uid given twice): read again, completed with derived data
+/// again, once the whole file is refused (so that a load that succeeds keeps no
+/// copy). `None` for a file of more than [`ENTITIES_CHECKED_ONE_BY_ONE`] entities,
+/// or one that is not an array. Derived data adds tags to entities, never an entity,
+/// so the file's entities and those of its completed array pair up in order.
 fn entity_problems(
     path: &Path,
     text: &str,
     rules: &DerivationRules,
     types: &DerivedTypes,
     schema: &Schema,
-) -> Vec<Problem> {
-    let Ok(written) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text) else {
-        return Vec::new();
-    };
-    let mut json = serde_json::from_str(text).unwrap_or_default();
-    if written.len() > ENTITIES_CHECKED_ONE_BY_ONE
-        || derive::apply(rules, types, &mut json).is_err()
-    {
-        return Vec::new();
+) -> Option<Vec<Problem>> {
+    let written = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text).ok()?;
+    if written.len() > ENTITIES_CHECKED_ONE_BY_ONE {
+        return None;
     }
-    let Some(entities) = json.as_array() else {
-        return Vec::new();
+    let mut json = serde_json::from_str(text).ok()?;
+    derive::apply(rules, types, &mut json).ok()?;
+    let serde_json::Value::Array(entities) = json else {
+        return None;
     };
-    written
-        .iter()
-        .zip(entities)
-        .filter_map(|(raw, entity)| {
-            let alone = serde_json::Value::Array(vec![entity.clone()]);
-            let err = Entities::from_json_value(alone, Some(schema)).err()?;
-            let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-            let (line, column) = line_and_column(text, offset);
-            Some(Problem {
-                path: path.to_owned(),
-                message: format!("{}:{line}:{column}: {}", path.display(), describe(&err)),
-            })
-        })
-        .collect()
+    let refused = |entities: Vec<serde_json::Value>| {
+        Entities::from_json_value(serde_json::Value::Array(entities), Some(schema)).err()
+    };
+    let mut problems = Vec::new();
+    let mut accepted = Vec::new();
+    for (raw, entity) in written.iter().zip(entities) {
+        match refused(vec![entity.clone()]) {
+            None => accepted.push(entity),
+            Some(err) => {
+                let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+                let (line, column) = line_and_column(text, offset);
+                problems.push(Problem {
+                    path: path.to_owned(),
+                    message: format!("{}:{line}:{column}: {}", path.display(), describe(&err)),
+                });
+            }
+        }
+    }
+    if let Some(err) = refused(accepted) {
+        problems.push(Problem {
+            path: path.to_owned(),
+            message: format!("{}: {}", path.display(), describe(&err)),
+        });
+    }
+    Some(problems)
 }
 
 /// Why entities given as JSON (not read from a file) were refused.

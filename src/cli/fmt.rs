@@ -36,7 +36,7 @@ pub fn run(args: FmtArgs) -> anyhow::Result<ExitCode> {
         match format_file(&path, args.check) {
             Ok(changed) => unformatted += usize::from(changed),
             Err(error) => {
-                eprintln!("error: {error:#}");
+                errln!("error: {error:#}");
                 failed += 1;
             }
         }

@@ -38,7 +38,7 @@ fn write_out(text: std::fmt::Arguments) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_fmt(text).and_then(|()| out.flush()) {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
-        written => Ok(written.context("cannot write to stdout")?),
+        written => written.context("cannot write to stdout"),
     }
 }
 
@@ -50,6 +50,15 @@ macro_rules! out {
 /// `println!` that fails instead of panicking ([`write_out`]).
 macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `eprintln!` that never panics: with stderr gone (`2>&1 | head`), there is no one
+/// left to tell, and the command ends as it would have.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
 }
 
 mod audit;
@@ -186,10 +195,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_OUTPUT_CLOSED);
         }
         if let Some(invalid) = error.downcast_ref::<LoadError>() {
-            eprintln!("{invalid}");
+            errln!("{invalid}");
             return ExitCode::from(EXIT_INVALID);
         }
-        eprintln!("error: {}", with_causes(&error));
+        errln!("error: {}", with_causes(&error));
         ExitCode::FAILURE
     })
 }

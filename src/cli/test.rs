@@ -73,7 +73,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         (Some(coverage), Some(min)) => {
             let lowest = coverage.policy_percent().min(coverage.rule_percent());
             if lowest < min {
-                eprintln!("coverage {lowest:.1}% is below --min-coverage {min}%");
+                errln!("coverage {lowest:.1}% is below --min-coverage {min}%");
             }
             lowest >= min
         }

@@ -31,17 +31,22 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
     let dangling = dangling_references(&snapshot);
     for uid in dangling.iter().take(LISTED) {
-        eprintln!(
+        errln!(
             "warning: stored entities name {uid}, which is not a stored entity (a misspelt \
              id?): a decision that reads its attributes is denied"
         );
     }
     if dangling.len() > LISTED {
-        eprintln!("warning: and {} more", dangling.len() - LISTED);
+        errln!("warning: and {} more", dangling.len() - LISTED);
     }
     let unannotated = unannotated_policies(&args.model.sources().policies)?;
     for warning in &unannotated {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
+    }
+    let warned = !dangling.is_empty() || !unannotated.is_empty();
+    if warned && args.deny_warnings {
+        errln!("invalid: warnings denied (--deny-warnings)");
+        return Ok(ExitCode::from(EXIT_INVALID));
     }
     outln!(
         "valid: {} policies, {} stored entities, version {}",
@@ -49,16 +54,11 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         snapshot.entities.iter().count(),
         snapshot.version
     )?;
-    let warned = !dangling.is_empty() || !unannotated.is_empty();
-    Ok(if warned && args.deny_warnings {
-        eprintln!("invalid: warnings denied (--deny-warnings)");
-        ExitCode::from(EXIT_INVALID)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `file:line:column: …` for each policy written without an `@id` or a `@source`.
+/// `file:line:column: …` for each policy written without an `@id` or a `@source`
+/// (or with one that says nothing: `@source("")`).
 /// Without `@id`, a policy goes by its place in its file (`a.cedar#policy1`) in the
 /// decision log, in explanations and in diffs: a name that changes when a policy is
 /// written above it. Without `@source`, nothing ties it to the clause it encodes.
@@ -74,7 +74,11 @@ fn unannotated_policies(dir: &Path) -> anyhow::Result<Vec<String>> {
         for policy in parsed.policies() {
             let missing: Vec<_> = [&id, &source]
                 .into_iter()
-                .filter(|key| policy.annotation(key).is_none())
+                .filter(|key| {
+                    policy
+                        .annotation(key)
+                        .is_none_or(|a| a.val.trim().is_empty())
+                })
                 .map(|key| format!("@{key}"))
                 .collect();
             if missing.is_empty() {

@@ -68,9 +68,23 @@ fn authorize_on_a_broken_policy_exits_3_with_its_location() {
 }
 
 /// Output read by a reader that goes away (`cdap-authz test | head`) ends the
-/// command quietly with 141, as SIGPIPE ends a filter, not with a panic.
+/// command quietly with 141, as SIGPIPE ends a filter, not with a panic; with
+/// stderr gone too (`2>&1 | head`), a failing command still ends with its own code.
 #[test]
 fn a_closed_stdout_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.cedar"), "permit (").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = cdap_authz()
+        .arg("validate")
+        .arg("--policies")
+        .arg(dir.path())
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
     for args in [
         &["validate"][..],
         &[
@@ -269,6 +283,26 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
     let (code, stderr) = run_on_policies(&["validate", "--deny-warnings"], &files);
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("warnings denied"), "{stderr}");
+    // A source that says nothing is none; an id that says nothing names no policy.
+    let blank = [(
+        "b.cedar",
+        "@id(\"B\")\n@source(\" \")\npermit (principal, action, resource);\n",
+    )];
+    let (code, stderr) = validate_policies(&blank);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("b.cedar:1:1: a policy without @source:"),
+        "{stderr}"
+    );
+    let (code, stderr) = validate_policies(&[(
+        "c.cedar",
+        "@id\n@source(\"s\")\npermit (principal, action, resource);\n",
+    )]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("c.cedar: a policy's @id is empty"),
+        "{stderr}"
+    );
 }
 
 /// The bundled schema marks the types whose tags are derived: copied without its
@@ -326,18 +360,23 @@ fn validate_names_the_entity_an_entities_file_gets_wrong() {
 }
 
 /// Cedar stops at an entities file's first error, and says not where: each entity
-/// it refuses on its own is a problem, at the line and column where it starts.
+/// it refuses on its own is a problem, at the line and column where it starts; and
+/// what it refuses in the others together (a uid given twice) is one more.
 #[test]
 fn validate_shows_every_entity_an_entities_file_gets_wrong_where_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let bundled = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
     let mut entities: serde_json::Value = serde_json::from_str(&bundled).unwrap();
-    let users: Vec<usize> = (0..entities.as_array().unwrap().len())
+    let with_suspended: Vec<usize> = (0..entities.as_array().unwrap().len())
         .filter(|&i| entities[i]["attrs"]["suspended"].is_boolean())
-        .take(2)
+        .take(3)
         .collect();
-    entities[users[0]]["attrs"]["suspended"] = "no".into();
-    entities[users[1]]["attrs"]["suspended"] = 0.into();
+    // Cedar takes an entity given twice alike as one: this copy differs.
+    let mut twice = entities[with_suspended[2]].clone();
+    twice["attrs"]["suspended"] = (!twice["attrs"]["suspended"].as_bool().unwrap()).into();
+    entities[with_suspended[0]]["attrs"]["suspended"] = "no".into();
+    entities[with_suspended[1]]["attrs"]["suspended"] = 0.into();
+    entities.as_array_mut().unwrap().push(twice.clone());
     let text = serde_json::to_string_pretty(&entities).unwrap();
     let path = dir.path().join("entities.json");
     std::fs::write(&path, &text).unwrap();
@@ -349,7 +388,7 @@ fn validate_shows_every_entity_an_entities_file_gets_wrong_where_it_is() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(stderr.starts_with("2 problems in the model:"), "{stderr}");
+    assert!(stderr.starts_with("3 problems in the model:"), "{stderr}");
     // Pretty-printed, entity i starts on the line of the i-th `  {`.
     let starts: Vec<usize> = text
         .lines()
@@ -357,13 +396,20 @@ fn validate_shows_every_entity_an_entities_file_gets_wrong_where_it_is() {
         .filter(|(_, line)| *line == "  {")
         .map(|(n, _)| n + 1)
         .collect();
-    for (user, wrong) in users.iter().zip(["type string", "type long"]) {
-        let uid = &entities[*user]["uid"]["id"];
-        let at = format!("entities.json:{}:3: ", starts[*user]);
+    for (entity, wrong) in with_suspended.iter().zip(["type string", "type long"]) {
+        let id = entities[*entity]["uid"]["id"].as_str().unwrap();
+        let at = format!("entities.json:{}:3: ", starts[*entity]);
         let line = stderr.lines().find(|l| l.contains(&at)).expect(&at);
-        assert!(line.contains(uid.as_str().unwrap()), "{line}");
+        assert!(line.contains(id), "{line}");
         assert!(line.contains(wrong), "{line}");
     }
+    let id = twice["uid"]["id"].as_str().unwrap();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("entities.json: duplicate entity entry") && l.contains(id)),
+        "{stderr}"
+    );
 }
 
 /// Cedar allows a stored entity to name one that is not stored, but every decision
