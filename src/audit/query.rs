@@ -1,5 +1,6 @@
 //! Filters over the decision log, shared by `cdap-authz audit query` and
-//! `GET /v1/traces`. A query reads the files whose day can match, newest first and
+//! `GET /v1/traces`. A query reads the files that can hold a match (none of a day
+//! before `since`'s), newest first and
 //! each from its end, until it has its newest `limit` records. A line is parsed
 //! only if it holds the texts the filter's principal, resource and partners must
 //! appear as ([`Needles`]): a query that matches few records reads the log at the
@@ -83,18 +84,19 @@ fn same_entity(wanted: Option<&str>, recorded: &str) -> bool {
     wanted.is_none_or(|w| recorded == w || recorded.ends_with(&format!("::\"{w}\"")))
 }
 
-/// Runs `filter` over the log in `dir`: reads the files whose day can match,
+/// Runs `filter` over the log in `dir`: reads the files that can hold a match,
 /// newest first, each from its end, and stops at the `limit`-th match from the end
 /// (a query for the latest records reads the end of the newest file, not six
-/// months of log).
+/// months of log). A file holds no record of a day after its own, so those of a day
+/// before `since`'s are passed over; but one may hold records of days before its
+/// own (written while the clock stood behind, [`super::rotate::Segment::next`]), so
+/// `until` passes over none.
 pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditError> {
     let needles = Needles::new(filter);
     let mut newest_first = Vec::new();
     let mut truncated = false;
     for segment in segments(dir)?.into_iter().rev() {
-        let too_old = filter.since.is_some_and(|s| segment.day < s.date_naive());
-        let too_new = filter.until.is_some_and(|u| segment.day > u.date_naive());
-        if too_old || too_new {
+        if filter.since.is_some_and(|s| segment.day < s.date_naive()) {
             continue;
         }
         let flow = segment.lines_from_end(|line| {

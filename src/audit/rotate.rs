@@ -45,12 +45,15 @@ impl Segment {
         }
     }
 
-    /// The segment after this one written on `day`.
+    /// The segment after this one written on `day`. A day before this one's (the
+    /// clock set back past midnight) continues this day's numbering: the files'
+    /// names must keep the chain's order, which `verify` and queries read them in,
+    /// and that day's first file may already exist.
     pub fn next(&self, dir: &Path, day: NaiveDate) -> Self {
-        if day == self.day {
-            Self::new(dir, day, self.index + 1)
-        } else {
+        if day > self.day {
             Self::new(dir, day, 0)
+        } else {
+            Self::new(dir, self.day, self.index + 1)
         }
     }
 

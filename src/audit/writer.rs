@@ -249,7 +249,8 @@ impl Writer {
             );
         }
         let segment = match existing.last() {
-            Some(newest) if tail.clean && newest.day == today => newest.clone(),
+            // A clock behind the newest file's day continues it ([`Segment::next`]).
+            Some(newest) if tail.clean && newest.day >= today => newest.clone(),
             Some(newest) => newest.next(&config.dir, today),
             None => Segment::new(&config.dir, today, 0),
         };
@@ -315,12 +316,13 @@ impl Writer {
             .map_err(|source| AuditError::io(self.segment.path.clone(), source))
     }
 
-    /// A new file is due on a new day, or when the line would take the file over
-    /// its size limit (a file always takes at least one line).
+    /// A new file is due on a later day, or when the line would take the file over
+    /// its size limit (a file always takes at least one line). A clock set back
+    /// keeps writing the newest file ([`Segment::next`]).
     fn needs_rotation(&self, line: usize) -> bool {
         let today = (self.config.clock)().date_naive();
         let used = self.file.as_ref().map_or(0, |f| f.len) as u64;
-        today != self.segment.day || (used > 0 && used + line as u64 > self.config.max_file_bytes)
+        today > self.segment.day || (used > 0 && used + line as u64 > self.config.max_file_bytes)
     }
 
     fn rotate(&mut self) -> Result<(), AuditError> {

@@ -358,8 +358,12 @@ fn entry(n: usize) -> Entry {
 }
 
 fn entry_with_id(n: usize, decision_id: &str) -> Entry {
+    entry_made_at(&format!("2026-11-23T00:00:{n:02}.000000Z"), decision_id)
+}
+
+fn entry_made_at(time: &str, decision_id: &str) -> Entry {
     Entry::new(&Fields {
-        time: &format!("2026-11-23T00:00:{n:02}.000000Z"),
+        time,
         decision_id,
         principal: r#"User::"mau-t1""#,
         action: r#"Action::"consult_file""#,
@@ -703,6 +707,63 @@ fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) 
     let read = now.clone();
     let clock = Arc::new(move || DateTime::from_timestamp(read.load(Ordering::SeqCst), 0).unwrap());
     (now, clock)
+}
+
+/// A clock set back past midnight (NTP stepping a fast clock back) must not send
+/// records into an older file, which would put the chain out of the files' order
+/// and make an untampered log fail `verify`: they go on in the newest file, whether
+/// the clock moves back while the log runs or between two runs; and a query ending
+/// before that file's day still finds them.
+#[test]
+fn a_clock_set_back_past_midnight_keeps_the_chain_in_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let late_on_the_3rd: DateTime<Utc> = "2026-12-03T23:00:00Z".parse().unwrap();
+    let (now, clock) = clock_at(late_on_the_3rd);
+    let write = |log: &AuditLog, ids: std::ops::Range<usize>| {
+        let time = DateTime::from_timestamp(now.load(Ordering::SeqCst), 0).unwrap();
+        let time = time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        write_all(
+            log,
+            ids.map(|n| entry_made_at(&time, &format!("id-{n}")))
+                .collect(),
+        );
+    };
+    let log = log_with_clock(dir.path(), clock.clone());
+    write(&log, 0..2);
+    log.close();
+    now.store(
+        (late_on_the_3rd + Days::hours(2)).timestamp(),
+        Ordering::SeqCst,
+    );
+    let log = log_with_clock(dir.path(), clock.clone());
+    write(&log, 2..4);
+    now.store(late_on_the_3rd.timestamp(), Ordering::SeqCst);
+    write(&log, 4..6);
+    log.close();
+    let log = log_with_clock(dir.path(), clock);
+    write(&log, 6..8);
+    log.close();
+    assert_eq!(verified(dir.path()).records, 8);
+    let ids: Vec<String> = (0..8).map(|n| format!("id-{n}")).collect();
+    assert_eq!(decision_ids(dir.path()), ids);
+    let days: HashSet<String> = segments(dir.path())
+        .unwrap()
+        .iter()
+        .map(|s| s.day.to_string())
+        .collect();
+    assert_eq!(
+        days,
+        HashSet::from(["2026-12-03".into(), "2026-12-04".into()])
+    );
+    let until_the_3rd = Filter {
+        until: Some(late_on_the_3rd + Days::minutes(30)),
+        ..Filter::default()
+    };
+    let found = query(dir.path(), &until_the_3rd, usize::MAX)
+        .unwrap()
+        .records;
+    let ids: Vec<&str> = found.iter().map(|r| r.decision_id.as_str()).collect();
+    assert_eq!(ids, ["id-0", "id-1", "id-4", "id-5", "id-6", "id-7"]);
 }
 
 /// A panic halfway through a batch (a bug: here the clock) leaves the chain where
