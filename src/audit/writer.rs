@@ -34,6 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,6 +47,13 @@ use tokio::sync::watch;
 use super::record::{parse_line, Entry, GENESIS};
 use super::rotate::{apply_retention, records_length, segments, Segment};
 use super::{AuditConfig, AuditError};
+
+/// The log says who consulted which claimant's file: its files are the owner's to
+/// write and its group's to read (a log shipper's), and no one else's, the umask
+/// only narrowing that; a directory the sidecar creates likewise (one that exists
+/// keeps the mode it was given).
+const LOG_FILE_MODE: u32 = 0o640;
+const LOG_DIR_MODE: u32 = 0o750;
 
 /// How much file space is reserved at a time.
 const RESERVE_STEP: usize = 1 << 20;
@@ -225,7 +233,10 @@ struct Tail {
 impl Writer {
     /// The writer for the log in `config.dir`, its file not opened yet.
     fn open(config: AuditConfig) -> Result<Self, AuditError> {
-        std::fs::create_dir_all(&config.dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(LOG_DIR_MODE)
+            .create(&config.dir)
             .map_err(|source| AuditError::io(config.dir.clone(), source))?;
         let today = (config.clock)().date_naive();
         apply_retention(&config.dir, today, config.retention_days)?;
@@ -419,6 +430,7 @@ impl Mapped {
             .read(true)
             .write(true)
             .create(true)
+            .mode(LOG_FILE_MODE)
             .truncate(false)
             .open(path)?;
         let len = records_length(&file)?;

@@ -709,6 +709,29 @@ fn clock_at(start: DateTime<Utc>) -> (Arc<AtomicI64>, cdap_authz::audit::Clock) 
     (now, clock)
 }
 
+/// The log says who consulted which claimant's file: other local users may neither
+/// read nor write it, whatever the umask leaves them.
+#[test]
+fn the_log_is_its_owners_and_its_groups_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("new").join("audit");
+    let log = AuditLog::start(AuditConfig::new(&logs)).unwrap();
+    write_entries(&log, 0..1);
+    log.close();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let file = &segments(&logs).unwrap()[0].path;
+    for (path, at_most) in [(&logs, 0o750), (file, 0o640)] {
+        assert_eq!(
+            mode(path) & !at_most,
+            0,
+            "{}: {:o}",
+            path.display(),
+            mode(path)
+        );
+    }
+}
+
 /// A clock set back past midnight (NTP stepping a fast clock back) must not send
 /// records into an older file, which would put the chain out of the files' order
 /// and make an untampered log fail `verify`: they go on in the newest file, whether
