@@ -258,6 +258,7 @@ impl Writer {
                 "the decision log's newest file ends with an incomplete line (a torn \
                  write); the chain continues from its last whole record in a new file"
             );
+            cut_back_to_its_records(&newest.path)?;
         }
         let segment = match existing.last() {
             // A clock behind the newest file's day continues it ([`Segment::next`]).
@@ -760,6 +761,20 @@ impl SyncShared {
             through = appended;
         }
     }
+}
+
+/// Cuts a file the log will not continue back to its records, the torn piece
+/// kept: the space reserved past them (NUL bytes, up to a few MiB) is no record, and
+/// a closed file is shipped as it is.
+fn cut_back_to_its_records(path: &Path) -> Result<(), AuditError> {
+    let io = |source| AuditError::io(path.to_owned(), source);
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .map_err(io)?;
+    let len = records_length(&file).map_err(io)?;
+    file.set_len(len).map_err(io)
 }
 
 /// The end of the chain: the last whole record of the newest non-empty file, read

@@ -145,8 +145,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let listener = Listener::bind(&args.listen).await?;
         let address = listener.local_addr()?;
-        // Caught from now on: a signal that arrives while the model loads is acted
-        // on once it has loaded, instead of killing the process.
+        // Caught from now on, instead of killing the process: SIGINT or SIGTERM
+        // while the model loads stops the server at once (no decision was made),
+        // a SIGHUP is acted on once it has loaded.
         let shutdown = shutdown_signal()?;
         let hangup = hangup_signal()?;
         let mut state = AppState::new(Limits {

@@ -549,8 +549,11 @@ fn editing_deleting_or_swapping_a_line_fails_verify_at_that_line() {
 fn a_torn_last_line_is_noted_and_the_chain_checked_past_it() {
     let (dir, path, lines) = five_records();
     let torn = format!("{}\n{}", lines.join("\n"), &lines[4][..40]);
-    std::fs::write(&path, &torn).unwrap();
+    // As a crash leaves it: the torn piece, then the space reserved past it.
+    std::fs::write(&path, format!("{torn}{}", "\0".repeat(5000))).unwrap();
     let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+    // The file left behind keeps its torn piece, and no reserved space.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), torn);
     write_entries(&log, 5..7);
     log.close();
     let found = verified(dir.path());
