@@ -239,7 +239,10 @@ impl Writer {
             .create(&config.dir)
             .map_err(|source| AuditError::io(config.dir.clone(), source))?;
         let today = (config.clock)().date_naive();
-        apply_retention(&config.dir, today, config.retention_days)?;
+        let expired = apply_retention(&config.dir, today, config.retention_days)?;
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "expired audit files deleted");
+        }
         let existing = segments(&config.dir)?;
         let tail = find_tail(&existing)?;
         // With `--audit-fsync`, the records the chain continues from must be on disk
@@ -285,10 +288,20 @@ impl Writer {
         let result = self.append_all(entries);
         match &result {
             Err(error) => {
-                tracing::error!(%error, "audit log unavailable");
-                *lock(&health.write) = Some(error.to_string());
+                // Logged when the log fails, or fails otherwise, not for every record
+                // while it stays down (a full disk would fill with the same line; the
+                // failures are counted in the metrics).
+                let message = error.to_string();
+                let mut reported = lock(&health.write);
+                if reported.as_deref() != Some(message.as_str()) {
+                    tracing::error!(%error, "audit log unavailable");
+                }
+                *reported = Some(message);
             }
-            Ok(()) if self.unhealthy => *lock(&health.write) = None,
+            Ok(()) if self.unhealthy => {
+                tracing::info!("audit log available again");
+                *lock(&health.write) = None;
+            }
             Ok(()) => {}
         }
         self.unhealthy = result.is_err();

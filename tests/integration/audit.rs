@@ -1179,6 +1179,39 @@ fn spawn_serve(dir: &Path) -> (crate::util::ServeChild, BufReader<ChildStderr>, 
     crate::util::spawn_serve(&[Path::new("--audit-dir").as_os_str(), dir.as_os_str()])
 }
 
+/// While the log stays down its failure is logged once, not once a record (a full
+/// disk would fill with the same line), and its recovery is logged too.
+#[test]
+fn a_log_that_stays_down_is_reported_once_and_its_recovery_too() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now().format("%Y-%m-%d");
+    let file = dir.path().join(format!("decisions-{today}.000.jsonl"));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let (mut child, mut stderr, addr) = spawn_serve(dir.path());
+    let decide = || {
+        let url = format!("http://{addr}/v1/is_authorized");
+        let reply: Value = ureq::post(&url)
+            .send_json(allowed_consultation())
+            .unwrap()
+            .into_json()
+            .unwrap();
+        reply["decision"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..5 {
+        assert_eq!(decide(), "Deny");
+    }
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(decide(), "Allow");
+    assert!(crate::util::terminate(&mut child).success());
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    // Reported at startup (before the `listen=` line `spawn_serve` reads up to),
+    // then not once more for the five records refused.
+    assert_eq!(log.matches("audit log unavailable").count(), 0, "{log}");
+    assert!(log.contains("audit log available again"), "{log}");
+}
+
 #[test]
 fn sigterm_closes_the_log_with_every_answered_decision_in_it() {
     let dir = tempfile::tempdir().unwrap();
