@@ -268,12 +268,7 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
          @source(\"clause 2\")\nforbid (principal, action, resource)\nwhen { principal == resource };\n\
          @id(\"C\")\n  permit (principal, action, resource) when { false };\n",
     )];
-    let (code, stderr) = validate_policies(&files);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stderr.contains("a.cedar:5:1: a policy without @id:"),
-        "{stderr}"
-    );
+    let stderr = validate_says(&files, 0, "a.cedar:5:1: a policy without @id:");
     // A policy starts at its first annotation.
     assert!(
         stderr.contains("a.cedar:8:1: a policy without @source:"),
@@ -288,21 +283,12 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
         "b.cedar",
         "@id(\"B\")\n@source(\" \")\npermit (principal, action, resource);\n",
     )];
-    let (code, stderr) = validate_policies(&blank);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stderr.contains("b.cedar:1:1: a policy without @source:"),
-        "{stderr}"
-    );
-    let (code, stderr) = validate_policies(&[(
+    validate_says(&blank, 0, "b.cedar:1:1: a policy without @source:");
+    let empty_id = [(
         "c.cedar",
         "@id\n@source(\"s\")\npermit (principal, action, resource);\n",
-    )]);
-    assert_eq!(code, Some(3), "{stderr}");
-    assert!(
-        stderr.contains("c.cedar: a policy's @id is empty"),
-        "{stderr}"
-    );
+    )];
+    validate_says(&empty_id, 3, "c.cedar: a policy's @id is empty");
 }
 
 /// The bundled schema marks the types whose tags are derived: copied without its
@@ -640,6 +626,16 @@ fn validate_policies(files: &[(&str, &str)]) -> (Option<i32>, String) {
     run_on_policies(&["validate"], files)
 }
 
+/// Runs `validate` on policy `files`; asserts it exits `code` saying `expected`.
+/// Its stderr, for more checks.
+#[track_caller]
+fn validate_says(files: &[(&str, &str)], code: i32, expected: &str) -> String {
+    let (exit, stderr) = validate_policies(files);
+    assert_eq!(exit, Some(code), "{stderr}");
+    assert!(stderr.contains(expected), "{expected}: {stderr}");
+    stderr
+}
+
 /// Cedar gives a file's second and later syntax errors as diagnostics related to
 /// its first: each is a problem of its own, counted, and shown at its file.
 #[test]
@@ -679,14 +675,13 @@ fn validate_shows_where_a_policy_id_is_repeated() {
 
 #[test]
 fn validate_refuses_a_template_that_would_never_apply() {
-    let (code, stderr) = validate_policies(&[(
-        "a.cedar",
-        "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
-    )]);
-    assert_eq!(code, Some(3), "{stderr}");
-    assert!(
-        stderr.contains("policy `T-forbid` is a template"),
-        "{stderr}"
+    validate_says(
+        &[(
+            "a.cedar",
+            "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
+        )],
+        3,
+        "policy `T-forbid` is a template",
     );
 }
 
