@@ -110,7 +110,9 @@ impl Reloader {
             if self.state.store.current().is_some() {
                 tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
             } else {
-                tracing::error!(error = %error, "load refused: no snapshot to serve");
+                // Only the first load has no snapshot to keep, and `serve` prints its
+                // problems as it exits 3: not twice.
+                tracing::error!("load refused: no snapshot to serve");
             }
             self.state.metrics.record_reload("failure");
             self.set_last_error(error.to_string());
@@ -135,6 +137,7 @@ impl Reloader {
             .is_some_and(|current| current.version == snapshot.version);
         if unchanged {
             self.state.metrics.record_reload("unchanged");
+            tracing::info!(policy_version = %snapshot.version, "reloaded: nothing changed");
             return Reloaded::Unchanged;
         }
         let version = snapshot.version.clone();

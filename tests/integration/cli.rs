@@ -132,13 +132,14 @@ fn serve_on_a_broken_model_exits_3_without_claiming_a_snapshot_serves() {
     assert_eq!(code, Some(3), "{stderr}");
     assert!(stderr.contains("broken.cedar:1:19"), "{stderr}");
     assert!(stderr.contains("no snapshot to serve"), "{stderr}");
+    assert_eq!(stderr.matches("broken.cedar:1:19").count(), 1, "{stderr}");
     assert!(!stderr.contains("last good snapshot"), "{stderr}");
 }
 
 #[test]
 fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     let log = tempfile::tempdir().unwrap();
-    let (mut child, _stderr, addr) =
+    let (mut child, mut stderr, addr) =
         spawn_serve(&[Path::new("--audit-dir").as_os_str(), log.path().as_os_str()]);
     let ready = ureq::get(&format!("http://{addr}/readyz")).call().unwrap();
     assert_eq!(ready.status(), 200);
@@ -172,6 +173,14 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     wait_for(2, "SIGHUP did not reload");
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
+    // The SIGHUP's outcome is logged, not only counted.
+    let mut logged = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut logged).unwrap();
+    let after_hangup = &logged[logged.find("SIGHUP: reloading").expect(&logged)..];
+    assert!(
+        after_hangup.contains("reloaded: nothing changed"),
+        "{logged}"
+    );
     assert!(
         ureq::get(&format!("http://{addr}/healthz")).call().is_err(),
         "still accepting after shutdown"
