@@ -315,17 +315,19 @@ fn validate_refuses_the_schema_without_its_derivation_rules() {
 }
 
 /// Runs `validate FLAG PATH` (the bundled model otherwise); asserts it exits 3,
-/// saying `expected`.
-fn assert_invalid(flag: &str, path: &std::path::Path, expected: &str) {
+/// saying `expected`. Its stderr, for more checks.
+#[track_caller]
+fn assert_invalid(flag: &str, path: &std::path::Path, expected: &str) -> String {
     let output = cdap_authz()
         .arg("validate")
         .arg(flag)
         .arg(path)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(expected), "{stderr}");
+    stderr
 }
 
 /// Cedar's entity errors carry no position: the message names the entity and what
@@ -375,15 +377,7 @@ fn validate_shows_every_entity_an_entities_file_gets_wrong_where_it_is() {
     let text = serde_json::to_string_pretty(&entities).unwrap();
     let path = dir.path().join("entities.json");
     std::fs::write(&path, &text).unwrap();
-    let output = cdap_authz()
-        .arg("validate")
-        .arg("--entities")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "{stderr}");
-    assert!(stderr.starts_with("3 problems in the model:"), "{stderr}");
+    let stderr = assert_invalid("--entities", &path, "3 problems in the model:");
     // Pretty-printed, entity i starts on the line of the i-th `  {`.
     let starts: Vec<usize> = text
         .lines()
