@@ -399,16 +399,7 @@ async fn route(
             batch_is_authorized(state, &body).await
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (&Method::GET, "/readyz") => {
-            let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-            if let Some(failure) = state.audit.as_ref().and_then(AuditLog::failure) {
-                return Err(HttpError::AuditUnavailable(failure));
-            }
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"status": "ready", "policy_version": snapshot.version}),
-            ))
-        }
+        (&Method::GET, "/readyz") => Ok(readiness(state)),
         (&Method::GET, "/metrics") => Ok(metrics_response(state.metrics.render())),
         (&Method::GET, "/v1/traces") => traces(state, &request).await,
         (&Method::GET, "/v1/policy-set") => {
@@ -433,6 +424,22 @@ async fn route(
         }
         _ => Err(HttpError::NotFound(path)),
     }
+}
+
+/// `/readyz`'s answer: 200 with the version serving, or the 503 of what is missing.
+/// A 503 here is the probe's answer, not a request refused, so it is not counted in
+/// `request_errors_total` (polled while the model loads, it would swell it).
+fn readiness(state: &AppState) -> Response<Full<Bytes>> {
+    let Some(snapshot) = state.store.current() else {
+        return error_response(&HttpError::NotReady);
+    };
+    if let Some(failure) = state.audit.as_ref().and_then(AuditLog::failure) {
+        return error_response(&HttpError::AuditUnavailable(failure));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "ready", "policy_version": snapshot.version}),
+    )
 }
 
 async fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {

@@ -917,7 +917,14 @@ fn no_decision_before_a_snapshot_is_loaded() {
         "snapshot",
     );
     assert_eq!(server.get("/readyz").0, 503);
+    assert_eq!(server.get("/readyz").0, 503);
     assert_eq!(server.get("/healthz").0, 200);
+    // The decision refused counts; the readiness probes' 503s are their answers.
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains(r#"cdap_authz_request_errors_total{code="not_ready"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// Cedar skips a `forbid` whose evaluation errors and may then allow; the sidecar
