@@ -447,8 +447,7 @@ impl Mapped {
             .mode(LOG_FILE_MODE)
             .truncate(false)
             .open(path)?;
-        let len = records_length(&file)?;
-        file.set_len(len)?;
+        let len = cut_to_records(&file)?;
         let len = usize::try_from(len).map_err(io::Error::other)?;
         let limit = usize::try_from(max_file_bytes).map_or(MAX_MAPPING, |l| l.min(MAX_MAPPING));
         let map = map(&file, limit.max(len).max(1).next_multiple_of(RESERVE_STEP))?;
@@ -776,9 +775,16 @@ impl SyncShared {
     }
 }
 
-/// Cuts a file the log will not continue back to its records, the torn piece
-/// kept: the space reserved past them (NUL bytes, up to a few MiB) is no record, and
-/// a closed file is shipped as it is.
+/// Cuts `file` back to its records ([`records_length`]): the space reserved past
+/// them, or what a crash left of it, is no record. Their length.
+fn cut_to_records(file: &File) -> io::Result<u64> {
+    let len = records_length(file)?;
+    file.set_len(len)?;
+    Ok(len)
+}
+
+/// [`cut_to_records`] for a file the log will not continue (a torn piece after
+/// its last record is kept): a closed file is shipped as it is.
 fn cut_back_to_its_records(path: &Path) -> Result<(), AuditError> {
     let io = |source| AuditError::io(path.to_owned(), source);
     let file = OpenOptions::new()
@@ -786,8 +792,7 @@ fn cut_back_to_its_records(path: &Path) -> Result<(), AuditError> {
         .read(true)
         .open(path)
         .map_err(io)?;
-    let len = records_length(&file).map_err(io)?;
-    file.set_len(len).map_err(io)
+    cut_to_records(&file).map(drop).map_err(io)
 }
 
 /// The end of the chain: the last whole record of the newest non-empty file, read
