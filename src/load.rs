@@ -615,6 +615,7 @@ fn read_rules(
 /// syntax errors so, each with its own unnamed copy of the text).
 fn located_problems(path: &Path, text: &str, report: miette::Report) -> Vec<Problem> {
     let source = NamedSource::new(path.display().to_string(), text.to_owned());
+    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
     let main: &dyn Diagnostic = report.as_ref();
     std::iter::once(main)
         .chain(main.related().into_iter().flatten())
@@ -624,7 +625,6 @@ fn located_problems(path: &Path, text: &str, report: miette::Report) -> Vec<Prob
                 source: &source,
             };
             let mut message = String::new();
-            let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor());
             if handler.render_report(&mut message, &located).is_err() || located.labels().is_none()
             {
                 message = format!("{}: {message}", path.display());
