@@ -307,12 +307,19 @@ fn a_caf_agents_record_takes_the_partner_of_a_stored_resource_only() {
     );
 }
 
+/// Today's first log file in `dir`, a link to `/dev/full`: every write to it fails
+/// with no space left, until the link is removed.
+fn todays_file_on_dev_full(dir: &Path) -> PathBuf {
+    let today = Utc::now().format("%Y-%m-%d");
+    let file = dir.join(format!("decisions-{today}.000.jsonl"));
+    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    file
+}
+
 #[test]
 fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().format("%Y-%m-%d");
-    let file = dir.path().join(format!("decisions-{today}.000.jsonl"));
-    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let file = todays_file_on_dev_full(dir.path());
     let server = audited(AuditConfig::new(dir.path()));
     let (status, body) = server.post("/v1/is_authorized", &allowed_consultation());
     assert_eq!(status, 200);
@@ -1185,9 +1192,7 @@ fn spawn_serve(dir: &Path) -> (crate::util::ServeChild, BufReader<ChildStderr>, 
 fn a_log_that_stays_down_is_reported_once_and_its_recovery_too() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now().format("%Y-%m-%d");
-    let file = dir.path().join(format!("decisions-{today}.000.jsonl"));
-    std::os::unix::fs::symlink("/dev/full", &file).unwrap();
+    let file = todays_file_on_dev_full(dir.path());
     let (mut child, mut stderr, addr) = spawn_serve(dir.path());
     let decide = || {
         let url = format!("http://{addr}/v1/is_authorized");
