@@ -104,6 +104,8 @@ fn with_partner_policies(mut model: Model, count: usize) -> Model {
             effect: "permit",
             source: None,
             file: "generated".into(),
+            named: true,
+            at: (1, 1),
         });
     }
     model

@@ -92,6 +92,14 @@ pub struct PolicyInfo {
     pub effect: &'static str,
     pub source: Option<String>,
     pub file: String,
+    /// Whether `id` is the policy's `@id`, rather than its place in its file
+    /// (`a.cedar#policy1`).
+    #[serde(skip)]
+    pub named: bool,
+    /// Line and column (from 1) where the policy starts in its file: at its first
+    /// annotation.
+    #[serde(skip)]
+    pub at: (usize, usize),
 }
 
 /// A parsed, validated model, before the decision indexes are built.
@@ -303,6 +311,8 @@ fn read_policies(
                 },
                 source: policy.annotation("source").map(str::to_owned),
                 file: path.display().to_string(),
+                named: policy.annotation("id").is_some(),
+                at: line_and_column(&text, policy.as_ref().loc().map_or(0, |l| l.start())),
             });
             file_set
                 .add(policy.new_id(PolicyId::new(id)))

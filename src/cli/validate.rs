@@ -4,15 +4,12 @@
 //! stored (the decisions that read them are denied), and policies without an `@id`
 //! or a `@source`. `--deny-warnings` makes a warning fail as a problem does.
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use cedar_policy_core::ast::AnyId;
 use clap::Args;
 
 use super::{ModelArgs, EXIT_INVALID};
-use crate::load;
+use crate::load::PolicyInfo;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Args)]
@@ -39,7 +36,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     if dangling.len() > LISTED {
         errln!("warning: and {} more", dangling.len() - LISTED);
     }
-    let unannotated = unannotated_policies(&args.model.sources().policies)?;
+    let unannotated = unannotated_policies(&snapshot.policy_info);
     for warning in &unannotated {
         errln!("warning: {warning}");
     }
@@ -58,43 +55,30 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `file:line:column: …` for each policy written without an `@id` or a `@source`
-/// (or with one that says nothing: `@source("")`).
-/// Without `@id`, a policy goes by its place in its file (`a.cedar#policy1`) in the
-/// decision log, in explanations and in diffs: a name that changes when a policy is
-/// written above it. Without `@source`, nothing ties it to the clause it encodes.
-/// The files have loaded, so each parses.
-fn unannotated_policies(dir: &Path) -> anyhow::Result<Vec<String>> {
-    let (id, source): (AnyId, AnyId) = ("id".parse()?, "source".parse()?);
-    let mut warnings = Vec::new();
-    for path in load::policy_files(dir)? {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let parsed = cedar_policy_core::parser::parse_policyset(&text)
-            .map_err(|errors| anyhow::anyhow!("{}: {errors}", path.display()))?;
-        for policy in parsed.policies() {
-            let missing: Vec<_> = [&id, &source]
-                .into_iter()
-                .filter(|key| {
-                    policy
-                        .annotation(key)
-                        .is_none_or(|a| a.val.trim().is_empty())
-                })
-                .map(|key| format!("@{key}"))
-                .collect();
-            if missing.is_empty() {
-                continue;
-            }
-            let (line, column) =
-                load::line_and_column(&text, policy.loc().map_or(0, |l| l.start()));
-            warnings.push(format!(
-                "{}:{line}:{column}: a policy without {}: every policy names itself \
+/// (or with a source that says nothing: `@source("")`; an empty `@id` does not
+/// load). Without `@id`, a policy goes by its place in its file (`a.cedar#policy1`)
+/// in the decision log, in explanations and in diffs: a name that changes when a
+/// policy is written above it. Without `@source`, nothing ties it to the clause it
+/// encodes.
+fn unannotated_policies(policies: &[PolicyInfo]) -> Vec<String> {
+    policies
+        .iter()
+        .filter_map(|policy| {
+            let unsourced = policy.source.as_deref().is_none_or(|s| s.trim().is_empty());
+            let missing = match (policy.named, unsourced) {
+                (true, false) => return None,
+                (false, false) => "@id",
+                (true, true) => "@source",
+                (false, true) => "@id or @source",
+            };
+            let (line, column) = policy.at;
+            Some(format!(
+                "{}:{line}:{column}: a policy without {missing}: every policy names itself \
                  (@id, which the decision log records) and the clause it encodes (@source)",
-                path.display(),
-                missing.join(" or ")
-            ));
-        }
-    }
-    Ok(warnings)
+                policy.file
+            ))
+        })
+        .collect()
 }
 
 /// The entities that stored entities name (as parents, in attributes or tags) but
