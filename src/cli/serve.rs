@@ -19,7 +19,8 @@ use crate::http::{
     self, AppState, Limits, DEFAULT_MAX_BODY, DEFAULT_MAX_TRACE_QUERIES, DEFAULT_READ_TIMEOUT,
 };
 use crate::listen::{ListenAddr, Listener};
-use crate::reload::{self, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
+use crate::load::LoadError;
+use crate::reload::{self, Reloaded, Reloader, WatchHandle, DEFAULT_DEBOUNCE};
 use crate::workers;
 
 #[derive(Debug, Args)]
@@ -170,8 +171,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Requests are answered while the model loads: 503 `not_ready` (health
         // checks get an answer, and no decision is made without a model).
         tracing::info!(address = %address, "loading the model");
-        let first = reloader.clone();
-        let loading = tokio::task::spawn_blocking(move || first.reload());
+        let loading = first_load(reloader.clone())?;
         let plan = workers::Plan {
             count: args.workers,
             pinned: args.pin_workers,
@@ -179,7 +179,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = http::serve(listener, state.clone(), plan, shutdown);
         tokio::pin!(server);
         tokio::select! {
-            loaded = loading => loaded??,
+            loaded = loading => loaded.context("the first load's thread died")??,
             served = &mut server => {
                 served?;
                 return Ok(stopped(&state));
@@ -201,6 +201,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         server.await?;
         Ok(stopped(&state))
     })
+}
+
+/// Runs the first load on a thread of its own, not the runtime's blocking pool:
+/// a SIGTERM during it stops the server at once, and the runtime, dropped, would
+/// wait for a blocking task to finish (logging its snapshot swapped in after
+/// "stopped"); the process exits without waiting for this thread.
+fn first_load(
+    reloader: Arc<Reloader>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<Result<Reloaded, LoadError>>> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("first-load".into())
+        // A result nobody waits for any more (the server stopped) is dropped.
+        .spawn(move || drop(sender.send(reloader.reload())))
+        .context("cannot start the first load's thread")?;
+    Ok(receiver)
 }
 
 /// Closes the decision log once the server has stopped.

@@ -1,5 +1,6 @@
 //! The binary: `authorize` exit codes, model errors, and `serve` with SIGTERM.
 
+use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Barrier};
@@ -187,13 +188,9 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
     );
 }
 
-/// While the first load runs, the sidecar already answers: `/readyz` gets 503
-/// `not_ready` rather than hanging, and a SIGHUP (or SIGTERM) is caught rather than
-/// killing the process; it then serves.
-#[test]
-fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
-    // 4,000 more stored users: a load of about a second in a debug build.
-    let dir = tempfile::tempdir().unwrap();
+/// `serve` on the bundled model with 4,000 more stored users (a first load of
+/// about a second in a debug build), its stderr piped; with its address.
+fn serve_with_a_slow_first_load(dir: &Path) -> (crate::util::ServeChild, String) {
     let text = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
     let mut entities: serde_json::Value = serde_json::from_str(&text).unwrap();
     let users = entities.as_array_mut().unwrap();
@@ -204,7 +201,7 @@ fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
                       "trace_reader": false, "habilitation_admin": false}
         }));
     }
-    let path = dir.path().join("entities.json");
+    let path = dir.join("entities.json");
     std::fs::write(&path, entities.to_string()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -212,46 +209,94 @@ fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = crate::util::ServeChild(
+    let child = crate::util::ServeChild(
         Command::new(env!("CARGO_BIN_EXE_cdap-authz"))
             .current_dir(repo("."))
             .args(["serve", "--listen", &addr, "--no-audit", "--entities"])
             .arg(&path)
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let readyz = || {
-        match ureq::get(&format!("http://{addr}/readyz"))
-            .timeout(Duration::from_millis(500))
-            .call()
-        {
-            Ok(reply) => Some(reply.status()),
-            Err(ureq::Error::Status(code, _)) => Some(code),
-            Err(ureq::Error::Transport(_)) => None, // not listening yet
-        }
-    };
+    (child, addr)
+}
+
+/// `/readyz`'s status, `None` while nothing listens.
+fn readyz(addr: &str) -> Option<u16> {
+    match ureq::get(&format!("http://{addr}/readyz"))
+        .timeout(Duration::from_millis(500))
+        .call()
+    {
+        Ok(reply) => Some(reply.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(ureq::Error::Transport(_)) => None,
+    }
+}
+
+/// The first status `/readyz` answers, within 10 s.
+fn first_readyz(addr: &str) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        if let Some(status) = readyz() {
-            break status;
+    loop {
+        if let Some(status) = readyz(addr) {
+            return status;
         }
         assert!(Instant::now() < deadline, "never answered");
         std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(first, 503, "the first answer, during the load");
+    }
+}
+
+/// While the first load runs, the sidecar already answers: `/readyz` gets 503
+/// `not_ready` rather than hanging, and a SIGHUP is caught rather than killing the
+/// process; it then serves.
+#[test]
+fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve_with_a_slow_first_load(dir.path());
+    assert_eq!(
+        first_readyz(&addr),
+        503,
+        "the first answer, during the load"
+    );
     let hangup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(hangup.success());
-    while readyz() != Some(200) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&addr) != Some(200) {
         assert!(child.try_wait().unwrap().is_none(), "the sidecar died");
         assert!(Instant::now() < deadline, "never ready");
         std::thread::sleep(Duration::from_millis(20));
     }
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A SIGTERM during the first load stops the server at once: it does not wait for
+/// the load, whose snapshot would be "swapped in" after "stopped".
+#[test]
+fn a_sigterm_during_the_first_load_stops_without_finishing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = serve_with_a_slow_first_load(dir.path());
+    assert_eq!(
+        first_readyz(&addr),
+        503,
+        "the first answer, during the load"
+    );
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let stopped = stderr.find("stopped").expect("logs that it stopped");
+    assert!(
+        !stderr[stopped..].contains("snapshot swapped in"),
+        "{stderr}"
+    );
 }
 
 /// With no warning either: every bundled policy has its `@id` and `@source`, and
