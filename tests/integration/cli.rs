@@ -189,8 +189,10 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
 }
 
 /// `serve` on the bundled model with 4,000 more stored users (a first load of
-/// about a second in a debug build), its stderr piped; with its address.
-fn serve_with_a_slow_first_load(dir: &Path) -> (crate::util::ServeChild, String) {
+/// about a second in a debug build), its stderr piped, and its address; returned
+/// once it answers, which it does during the load: `/readyz` gets 503 `not_ready`
+/// rather than hanging.
+fn serving_during_a_slow_first_load(dir: &Path) -> (crate::util::ServeChild, String) {
     let text = std::fs::read_to_string(repo("examples/entities.json")).unwrap();
     let mut entities: serde_json::Value = serde_json::from_str(&text).unwrap();
     let users = entities.as_array_mut().unwrap();
@@ -217,6 +219,11 @@ fn serve_with_a_slow_first_load(dir: &Path) -> (crate::util::ServeChild, String)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
+    );
+    assert_eq!(
+        first_readyz(&addr),
+        503,
+        "the first answer, during the load"
     );
     (child, addr)
 }
@@ -245,18 +252,13 @@ fn first_readyz(addr: &str) -> u16 {
     }
 }
 
-/// While the first load runs, the sidecar already answers: `/readyz` gets 503
-/// `not_ready` rather than hanging, and a SIGHUP is caught rather than killing the
-/// process; it then serves.
+/// While the first load runs, the sidecar already answers
+/// ([`serving_during_a_slow_first_load`]), and a SIGHUP is caught rather than killing
+/// the process; it then serves.
 #[test]
 fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = serve_with_a_slow_first_load(dir.path());
-    assert_eq!(
-        first_readyz(&addr),
-        503,
-        "the first answer, during the load"
-    );
+    let (mut child, addr) = serving_during_a_slow_first_load(dir.path());
     let hangup = Command::new("kill")
         .args(["-HUP", &child.id().to_string()])
         .status()
@@ -277,12 +279,7 @@ fn during_the_first_load_probes_get_503_and_a_sighup_does_not_kill_it() {
 #[test]
 fn a_sigterm_during_the_first_load_stops_without_finishing_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = serve_with_a_slow_first_load(dir.path());
-    assert_eq!(
-        first_readyz(&addr),
-        503,
-        "the first answer, during the load"
-    );
+    let (mut child, _) = serving_during_a_slow_first_load(dir.path());
     let exit = terminate(&mut child);
     assert!(exit.success(), "{exit:?}");
     let mut stderr = String::new();
