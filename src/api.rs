@@ -162,18 +162,27 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 impl ErrorBody {
     /// The error `code` with its `message` cut after [`MAX_ERROR_MESSAGE`] bytes (at a
     /// character's end), saying how long the whole message was.
-    pub fn new(code: &'static str, mut message: String) -> Self {
-        if message.len() > MAX_ERROR_MESSAGE {
-            let whole = message.len();
-            let cut = (0..=MAX_ERROR_MESSAGE)
-                .rev()
-                .find(|&at| message.is_char_boundary(at))
-                .unwrap_or(0);
-            message.truncate(cut);
-            message.push_str(&format!("… (cut: {whole} bytes in all)"));
+    pub fn new(code: &'static str, message: String) -> Self {
+        Self {
+            code,
+            message: cut_message(message),
         }
-        Self { code, message }
     }
+}
+
+/// `message` cut after [`MAX_ERROR_MESSAGE`] bytes (at a character's end), saying how
+/// long the whole message was: for any message that may quote the request.
+pub fn cut_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_MESSAGE {
+        let whole = message.len();
+        let cut = (0..=MAX_ERROR_MESSAGE)
+            .rev()
+            .find(|&at| message.is_char_boundary(at))
+            .unwrap_or(0);
+        message.truncate(cut);
+        message.push_str(&format!("… (cut: {whole} bytes in all)"));
+    }
+    message
 }
 
 /// Why a request could not be decided. Each variant is a client error (4xx).

@@ -46,6 +46,7 @@ use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 
+use crate::api::cut_message;
 use crate::fast_eval;
 use crate::fast_hash::{HashMap, HashSet};
 use crate::guard::{AttrPath, Guard};
@@ -104,7 +105,10 @@ impl Rule {
     }
 
     /// Whether the policy is satisfied by the request, or Cedar's error for it: the
-    /// borrowing evaluator's answer when it has one, else Cedar's evaluator's.
+    /// borrowing evaluator's answer when it has one, else Cedar's evaluator's. An
+    /// error quoting the request (an entity's id) is cut as error messages are
+    /// ([`cut_message`]): each policy that reads a missing entity quotes its id, and
+    /// the answer and the log would otherwise repeat a long id once a policy.
     fn satisfied<'e>(
         &self,
         fast: Option<&fast_eval::Env<'_>>,
@@ -120,17 +124,17 @@ impl Rule {
             .map(EvalResult::from)
         {
             Ok(EvalResult::Bool(satisfied)) => Ok(satisfied),
-            Ok(other) => Err(format!(
+            Ok(other) => Err(cut_message(format!(
                 "error while evaluating policy `{}`: condition evaluated to {other}, not a boolean",
                 self.id
-            )),
+            ))),
             Err(error) => {
                 // Cedar's wording (`AuthorizationError::PolicyEvaluationError`).
                 let mut text = format!("error while evaluating policy `{}`: {error}", self.id);
                 if let Some(help) = miette::Diagnostic::help(&error) {
                     text.push_str(&format!(" ({help})"));
                 }
-                Err(text)
+                Err(cut_message(text))
             }
         }
     }

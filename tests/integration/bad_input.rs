@@ -788,6 +788,31 @@ fn an_error_message_quotes_at_most_a_kibibyte_of_the_request() {
     );
 }
 
+/// A context naming a habilitation that does not exist is denied, and each policy
+/// that reads it says so in `diagnostics.errors`, quoting its id: cut as error
+/// messages are, or a long id would come back (and go into the log) once a policy.
+#[test]
+fn policy_errors_quote_at_most_a_kibibyte_of_the_request() {
+    let server = Server::start();
+    let mut request = allowed_consultation();
+    request["context"]["habilitation"]["id"] = json!("h".repeat(100_000));
+    let (status, body) = server.post("/v1/is_authorized", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], "Deny", "{body}");
+    let errors = body["diagnostics"]["errors"].as_array().unwrap();
+    assert!(errors.len() > 1, "{body}");
+    for error in errors {
+        let error = error.as_str().unwrap();
+        let (quoted, tail) = error.split_once('…').expect("a cut message");
+        assert!(quoted.len() <= 1024, "{} bytes quoted", quoted.len());
+        assert!(
+            quoted.starts_with("error while evaluating policy `"),
+            "{error}"
+        );
+        assert!(tail.contains("bytes in all"), "{tail}");
+    }
+}
+
 #[test]
 fn body_over_the_cap_gets_413() {
     let server = Server::start_with(Limits {
