@@ -727,7 +727,12 @@ async fn traces(
     .map_err(|e| HttpError::AuditUnavailable(e.to_string()))?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"partners": allowed, "records": found.records, "truncated": found.truncated}),
+        &json!({
+            "partners": allowed,
+            "records": found.records,
+            "truncated": found.truncated,
+            "unreadable_lines": found.unreadable,
+        }),
     ))
 }
 

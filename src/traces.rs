@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::api::{parse_entity_ref, AuthzRequest, RequestError, WireContext};
-use crate::audit::query::{decision_filter, entity_filter, Filter};
+use crate::audit::query::{decision_filter, entity_filter, partner_filter, Filter};
 use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
 
@@ -83,6 +83,13 @@ impl TraceQuery {
             parsed.set(&name, value.into_owned())?;
             seen.push(name);
         }
+        parsed
+            .filter
+            .check_range()
+            .map_err(|reason| TraceQueryError::Param {
+                name: "since".into(),
+                reason,
+            })?;
         Ok(parsed)
     }
 
@@ -96,7 +103,7 @@ impl TraceQuery {
                 .map_err(|e| bad(format!("`{v}` is not an RFC 3339 time: {e}")))
         };
         match name {
-            "partner" => self.partner = Some(value),
+            "partner" => self.partner = Some(partner_filter(&value).map_err(bad)?),
             "principal" => self.filter.principal = Some(entity_filter(&value).map_err(bad)?),
             "resource" => self.filter.resource = Some(entity_filter(&value).map_err(bad)?),
             "decision" => self.filter.decision = Some(decision_filter(&value).map_err(bad)?),

@@ -9,6 +9,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
+use cedar_policy::{EntityId, EntityUid};
 use chrono::{DateTime, Utc};
 use memchr::memmem::Finder;
 
@@ -36,9 +37,26 @@ pub struct Found {
     pub records: Vec<Record>,
     /// Older matching records were left out.
     pub truncated: bool,
+    /// Lines read that hold what the filter asks for but are not records (altered,
+    /// or not written by the sidecar): records the answer may lack. `audit verify`
+    /// says where.
+    pub unreadable: usize,
 }
 
 impl Filter {
+    /// Refuses a time range that holds no instant (`since` not before `until`),
+    /// which would match nothing unseen.
+    pub fn check_range(&self) -> Result<(), String> {
+        match (self.since, self.until) {
+            (Some(since), Some(until)) if since >= until => Err(format!(
+                "since ({}) is not before until ({}): the range is empty",
+                since.to_rfc3339(),
+                until.to_rfc3339()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn matches(&self, record: &Record) -> bool {
         let partner_ok = self.partners.is_empty()
             || record
@@ -61,15 +79,49 @@ impl Filter {
     }
 }
 
-/// An entity filter: a reference (`User::"mau-t1"`, the form records hold) or a bare
-/// id (`mau-t1`). A malformed reference, which would match nothing unseen, is refused.
+/// An entity filter, as records write entities: a reference (`User::"mau-t1"`),
+/// written back as Cedar displays it, or a bare id (`mau-t1`), escaped as Cedar
+/// escapes it inside a reference's quotes (`a"b` as `a\"b`). A malformed reference,
+/// or an empty value or one with spaces around it, which would match nothing
+/// unseen, is refused (an id with spaces around it is asked for as a reference).
 pub fn entity_filter(value: &str) -> Result<String, String> {
+    refuse_blank(value)?;
     if value.contains("::") {
-        value.parse::<cedar_policy::EntityUid>().map_err(|e| {
+        let uid = value.parse::<EntityUid>().map_err(|e| {
             format!("`{value}` is neither an id nor a reference like User::\"id\": {e}")
         })?;
+        return Ok(uid.to_string());
+    }
+    let any_type = "T".parse().expect("a valid type name");
+    let displayed = EntityUid::from_type_name_and_id(any_type, EntityId::new(value)).to_string();
+    Ok(displayed["T::\"".len()..displayed.len() - 1].to_owned())
+}
+
+/// A partner filter: a partner's id (`ville-maubeuge`), as records hold it, or a
+/// reference to it (`Partner::"ville-maubeuge"`). Refused as [`entity_filter`]
+/// refuses.
+pub fn partner_filter(value: &str) -> Result<String, String> {
+    refuse_blank(value)?;
+    if value.contains("::") {
+        let uid = value.parse::<EntityUid>().map_err(|e| {
+            format!("`{value}` is neither an id nor a reference like Partner::\"id\": {e}")
+        })?;
+        return Ok(uid.id().unescaped().to_owned());
     }
     Ok(value.to_owned())
+}
+
+fn refuse_blank(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("empty: it would match nothing".into());
+    }
+    if value.trim() != value {
+        return Err(format!(
+            "`{value}` has spaces around it (write an id with spaces around it as a \
+             reference, User::\" id\")"
+        ));
+    }
+    Ok(())
 }
 
 /// A decision filter: `Allow` or `Deny`, in any case.
@@ -95,7 +147,12 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
     let needles = Needles::new(filter);
     let mut newest_first = Vec::new();
     let mut truncated = false;
-    for segment in segments(dir)?.into_iter().rev() {
+    let mut unreadable = 0;
+    let segments = segments(dir)?;
+    if segments.is_empty() {
+        return Err(AuditError::NoLog(dir.to_owned()));
+    }
+    for segment in segments.into_iter().rev() {
         if filter.since.is_some_and(|s| segment.day < s.date_naive()) {
             continue;
         }
@@ -113,7 +170,11 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
                     newest_first.push(record);
                     ControlFlow::Continue(())
                 }
-                _ => ControlFlow::Continue(()),
+                Ok(_) => ControlFlow::Continue(()),
+                Err(_) => {
+                    unreadable += 1;
+                    ControlFlow::Continue(())
+                }
             }
         })?;
         if flow.is_break() {
@@ -124,6 +185,7 @@ pub fn query(dir: &Path, filter: &Filter, limit: usize) -> Result<Found, AuditEr
     Ok(Found {
         records: newest_first,
         truncated,
+        unreadable,
     })
 }
 
@@ -321,27 +383,104 @@ mod tests {
             r.principal = format!("User::\"{}\"", principal.escape_debug());
             r.resource = format!("File::\"{}\"", resource.escape_debug());
             let line = serde_json::to_string(&r).unwrap();
-            let entity = |id: &str, kind: &str| if by_reference {
+            // As `audit query` and `/v1/traces` take them; an empty id, or one with
+            // spaces around it, is refused unless asked for as a reference.
+            let entity = |id: &str, kind: &str| entity_filter(&if by_reference {
                 format!("{kind}::\"{}\"", id.escape_debug())
             } else {
                 id.to_owned()
-            };
-            let filters = [
-                Filter { principal: Some(entity(&principal, "User")), ..Filter::default() },
-                Filter { resource: Some(entity(&resource, "File")), ..Filter::default() },
+            }).ok();
+            let own = [
+                entity(&principal, "User").map(|p| Filter { principal: Some(p), ..Filter::default() }),
+                entity(&resource, "File").map(|r| Filter { resource: Some(r), ..Filter::default() }),
+            ];
+            for filter in own.iter().flatten() {
+                proptest::prop_assert!(filter.matches(&r), "{filter:?} on {line}");
+            }
+            let others = [
                 Filter { partners: asked.clone(), ..Filter::default() },
                 Filter {
                     partners: asked.iter().cloned().chain(partner.clone()).collect(),
-                    principal: asked.first().cloned(),
+                    principal: asked.first().and_then(|a| entity(a, "User")),
                     ..Filter::default()
                 },
             ];
-            for filter in filters {
+            for filter in own.into_iter().flatten().chain(others) {
                 if filter.matches(&r) {
                     proptest::prop_assert!(Needles::new(&filter).all_in(&line), "{filter:?} on {line}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn entity_and_partner_filters_take_what_records_hold_and_refuse_what_matches_nothing() {
+        assert_eq!(entity_filter("mau-t1").unwrap(), "mau-t1");
+        assert_eq!(entity_filter("a\"b\tc").unwrap(), "a\\\"b\\tc");
+        assert_eq!(
+            entity_filter("User::\"a\\\"b\"").unwrap(),
+            "User::\"a\\\"b\""
+        );
+        assert_eq!(
+            partner_filter("Partner::\"ville-maubeuge\"").unwrap(),
+            "ville-maubeuge"
+        );
+        assert_eq!(partner_filter("ville-maubeuge").unwrap(), "ville-maubeuge");
+        for blank in ["", " ", " mau-t1", "mau-t1 "] {
+            assert!(entity_filter(blank).is_err(), "{blank:?}");
+            assert!(partner_filter(blank).is_err(), "{blank:?}");
+        }
+        assert_eq!(entity_filter("User::\" x\"").unwrap(), "User::\" x\"");
+        assert!(entity_filter("Usr::\"mau-t1").is_err());
+    }
+
+    #[test]
+    fn a_time_range_that_holds_no_instant_is_refused() {
+        let range = |since: &str, until: &str| Filter {
+            since: at(since),
+            until: at(until),
+            ..Filter::default()
+        };
+        assert!(range("2026-12-01T00:00:00Z", "2026-12-02T00:00:00Z")
+            .check_range()
+            .is_ok());
+        assert!(range("2026-12-02T00:00:00Z", "2026-12-02T00:00:00Z")
+            .check_range()
+            .is_err());
+        assert!(range("2026-12-04T00:00:00Z", "2026-12-01T00:00:00Z")
+            .check_range()
+            .is_err());
+    }
+
+    #[test]
+    fn lines_that_may_match_but_are_not_records_are_counted_and_a_dir_without_a_log_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            query(dir.path(), &Filter::default(), 10),
+            Err(AuditError::NoLog(_))
+        ));
+        let lines = [
+            record("mau-t1", None, "Allow", "2026-11-23T10:00:00Z"),
+            record("mau-t2", None, "Allow", "2026-11-23T10:00:01Z"),
+        ]
+        .map(|r| {
+            // A record's line: its JSON, then its hash (not checked by a query).
+            let json = serde_json::to_string(&r).unwrap();
+            format!("{},\"hash\":\"{GENESIS}\"}}", &json[..json.len() - 1])
+        });
+        // The first altered (a key repeated): no longer a record.
+        let altered = lines[0].replacen("\"decision\":", "\"decision\":\"Deny\",\"decision\":", 1);
+        let file = dir.path().join("decisions-2026-11-23.000.jsonl");
+        std::fs::write(&file, format!("{altered}\n{}\n", lines[1])).unwrap();
+        let by = |principal: &str| Filter {
+            principal: Some(principal.into()),
+            ..Filter::default()
+        };
+        let found = query(dir.path(), &by("mau-t1"), 10).unwrap();
+        assert_eq!((found.records.len(), found.unreadable), (0, 1));
+        // A line without the principal asked for is not read, so not counted.
+        let found = query(dir.path(), &by("mau-t2"), 10).unwrap();
+        assert_eq!((found.records.len(), found.unreadable), (1, 0));
     }
 
     #[test]

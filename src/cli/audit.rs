@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-use crate::audit::query::{decision_filter, entity_filter, query, Filter};
+use crate::audit::query::{decision_filter, entity_filter, partner_filter, query, Filter};
 use crate::audit::verify::verify;
 use crate::audit::DEFAULT_DIR;
 
@@ -30,7 +30,9 @@ enum AuditCommand {
         #[arg(long, value_name = "HASH")]
         expect_hash: Option<String>,
     },
-    /// Print the matching records, one JSON line each, oldest first.
+    /// Print the matching records, one JSON line each, oldest first. Exit 1 if a
+    /// line that may match is not a record (the answer may lack records: run
+    /// `audit verify`), or when DIR holds no log file.
     Query(QueryArgs),
 }
 
@@ -39,8 +41,8 @@ struct QueryArgs {
     /// Directory of the decision log.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR)]
     dir: PathBuf,
-    /// Partner id (e.g. `ville-maubeuge`).
-    #[arg(long)]
+    /// Partner, as `ville-maubeuge` or `Partner::"ville-maubeuge"`.
+    #[arg(long, value_parser = partner_filter)]
     partner: Option<String>,
     /// Principal, as `User::"mau-t1"` or `mau-t1`.
     #[arg(long, value_parser = entity_filter)]
@@ -114,9 +116,19 @@ fn run_query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         since: args.since,
         until: args.until,
     };
+    filter.check_range().map_err(anyhow::Error::msg)?;
     let found = query(&args.dir, &filter, args.limit)?;
     for record in &found.records {
         outln!("{}", serde_json::to_string(record)?)?;
+    }
+    if found.unreadable > 0 {
+        errln!(
+            "warning: {} lines that may match are not decision records (altered, or not \
+             written by the sidecar), so records may be missing above: run `cdap-authz \
+             audit verify`",
+            found.unreadable
+        );
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1050,6 +1050,7 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
             HashSet::from(["ville-maubeuge".to_owned()])
         );
         assert!(body.to_string().contains(&maubeuge), "{body}");
+        assert_eq!(body["unreadable_lines"], 0, "{body}");
     }
     let (status, body) = traces_as(&server, Some("caf-nord-traces"), "?limit=1000");
     assert_eq!(status, 200, "{body}");
@@ -1164,6 +1165,13 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
             "?partner=mairie-bouscat&partner=ville-maubeuge",
             "given more than once",
         ),
+        ("?partner=", "empty: it would match nothing"),
+        ("?principal=", "empty: it would match nothing"),
+        ("?resource=%20dossier-59-0001", "has spaces around it"),
+        (
+            "?since=2026-12-04T00:00:00Z&until=2026-12-01T00:00:00Z",
+            "the range is empty",
+        ),
     ] {
         let (status, body) = traces_as(&server, Some("mau-admin"), query);
         assert_eq!(status, 400, "{query}: {body}");
@@ -1171,7 +1179,7 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
         assert!(body.to_string().contains(why), "{query}: {body}");
     }
     // A partner that does not exist is refused as one the caller may not read.
-    for query in ["?partner=nowhere", "?partner="] {
+    for query in ["?partner=nowhere", "?partner=Partner::%22nowhere%22"] {
         let (status, body) = traces_as(&server, Some("mau-t1"), query);
         assert_eq!(status, 403, "{query}: {body}");
         assert_eq!(

@@ -548,10 +548,19 @@ fn validate_refuses_a_key_repeated_in_the_entities_file() {
 }
 
 /// A filter that could match nothing by a typo is refused (clap's exit 2), as
-/// `GET /v1/traces` refuses it with a 400.
+/// `GET /v1/traces` refuses it with a 400; so is a time range that holds no instant,
+/// and a directory without a log file (exit 1).
 #[test]
 fn audit_query_refuses_a_malformed_filter() {
     let dir = tempfile::tempdir().unwrap();
+    let query = |args: &[&str]| {
+        cdap_authz()
+            .args(["audit", "query", "--dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
     for (flag, value, why) in [
         ("--decision", "maybe", "expected Allow or Deny, got `maybe`"),
         (
@@ -564,25 +573,66 @@ fn audit_query_refuses_a_malformed_filter() {
             "File::dossier",
             "neither an id nor a reference",
         ),
+        ("--principal", "", "empty: it would match nothing"),
+        ("--partner", " ville-maubeuge", "has spaces around it"),
     ] {
-        let output = cdap_authz()
-            .args(["audit", "query", "--dir"])
-            .arg(dir.path())
-            .args([flag, value])
-            .output()
-            .unwrap();
+        let output = query(&[flag, value]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
         assert!(stderr.contains(why), "{flag} {value}: {stderr}");
     }
-    let accepted = cdap_authz()
-        .args(["audit", "query", "--dir"])
-        .arg(dir.path())
-        .args(["--decision", "deny", "--principal", "mau-t1", "--resource"])
-        .arg("File::\"dossier-59-0001\"")
-        .output()
-        .unwrap();
+    let no_log = query(&[]);
+    assert_exit(&no_log, 1);
+    assert!(String::from_utf8_lossy(&no_log.stderr).contains("no decision log file"));
+    std::fs::write(dir.path().join("decisions-2026-11-23.000.jsonl"), "").unwrap();
+    let inverted = query(&[
+        "--since",
+        "2026-12-04T00:00:00Z",
+        "--until",
+        "2026-12-01T00:00:00Z",
+    ]);
+    assert_exit(&inverted, 1);
+    assert!(String::from_utf8_lossy(&inverted.stderr).contains("the range is empty"));
+    let accepted = query(&[
+        "--decision",
+        "deny",
+        "--principal",
+        "mau-t1",
+        "--resource",
+        "File::\"dossier-59-0001\"",
+        "--partner",
+        "Partner::\"ville-maubeuge\"",
+    ]);
     assert_exit(&accepted, 0);
+}
+
+/// A line that holds what a query asks for but is not a record (altered) may be a
+/// record the answer lacks: `audit query` says so and exits 1.
+#[test]
+fn audit_query_warns_of_a_line_that_may_match_but_is_not_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("decisions-2026-11-23.000.jsonl"),
+        "{\"seq\":0,\"principal\":\"User::\\\"mau-t1\\\"\"}\n",
+    )
+    .unwrap();
+    let query = |principal: &str| {
+        cdap_authz()
+            .args(["audit", "query", "--dir"])
+            .arg(dir.path())
+            .args(["--principal", principal])
+            .output()
+            .unwrap()
+    };
+    let output = query("mau-t1");
+    assert_exit(&output, 1);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 lines that may match are not decision records")
+            && stderr.contains("audit verify"),
+        "{stderr}"
+    );
+    assert_exit(&query("mau-t2"), 0);
 }
 
 #[test]
