@@ -6,7 +6,8 @@
 //! request (a decision-log record): only `principal`, `action`, `resource`,
 //! `context` and `entities` are read, from the line itself or from its `request`
 //! object. Each request is decided by [`engine::decide`] on a snapshot of each
-//! side; a request without `context.now` is decided at one instant for both.
+//! side; a request without `context.now` is decided at the record's `time` (when
+//! the decision was made) if it has one, else at one instant for both.
 
 use std::path::{Path, PathBuf};
 
@@ -93,10 +94,11 @@ pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayD
     let mut flips = Vec::new();
     let mut undecided = Vec::new();
     for file in files {
-        for (origin, request) in read_requests(file)? {
+        for (origin, Recorded { request, time }) in read_requests(file)? {
             replayed += 1;
-            let old_decision = decision(&old, &request, now);
-            let new_decision = decision(&new, &request, now);
+            let at = time.unwrap_or(now);
+            let old_decision = decision(&old, &request, at);
+            let new_decision = decision(&new, &request, at);
             if old_decision.0 != new_decision.0 {
                 flips.push(flip(origin, &request, old_decision, new_decision));
             } else if let Some(error) = old_decision.0.strip_prefix("error: ") {
@@ -157,9 +159,15 @@ fn flip(
     }
 }
 
+/// A request to replay, and when it was decided (a log record's `time`).
+struct Recorded {
+    request: AuthzRequest,
+    time: Option<DateTime<Utc>>,
+}
+
 /// The requests of one file, each with its `file:line` (`file:N` for the N-th
 /// element of an array).
-fn read_requests(path: &Path) -> Result<Vec<(String, AuthzRequest)>, ReplayError> {
+fn read_requests(path: &Path) -> Result<Vec<(String, Recorded)>, ReplayError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReplayError::Read {
         path: path.to_owned(),
         source,
@@ -177,12 +185,12 @@ fn read_requests(path: &Path) -> Result<Vec<(String, AuthzRequest)>, ReplayError
     values
         .into_iter()
         .map(|(line, value)| {
-            let request = request_of(value).map_err(|reason| ReplayError::Parse {
+            let recorded = request_of(value).map_err(|reason| ReplayError::Parse {
                 path: path.to_owned(),
                 line,
                 reason,
             })?;
-            Ok((format!("{}:{line}", path.display()), request))
+            Ok((format!("{}:{line}", path.display()), recorded))
         })
         .collect()
 }
@@ -203,10 +211,19 @@ fn json_lines(path: &Path, text: &str) -> Result<Vec<(usize, Value)>, ReplayErro
         .collect()
 }
 
-/// The request fields of a request or of a log record.
-fn request_of(value: Value) -> Result<AuthzRequest, String> {
+/// The request fields of a request or of a log record, and the record's `time`.
+fn request_of(value: Value) -> Result<Recorded, String> {
     let Value::Object(mut record) = value else {
         return Err("expected a JSON object".to_owned());
+    };
+    let time = match record.get("time") {
+        None => None,
+        Some(time) => Some(
+            time.as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| format!("time: {time} is not an RFC 3339 time"))?,
+        ),
     };
     if let Some(Value::Object(inner)) = record.remove("request") {
         record = inner;
@@ -215,7 +232,9 @@ fn request_of(value: Value) -> Result<AuthzRequest, String> {
         .into_iter()
         .filter_map(|key| record.remove(key).map(|v| (key.to_owned(), v)))
         .collect();
-    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("not a request: {e}"))
+    let request =
+        serde_json::from_value(Value::Object(fields)).map_err(|e| format!("not a request: {e}"))?;
+    Ok(Recorded { request, time })
 }
 
 #[cfg(test)]
@@ -230,8 +249,21 @@ mod tests {
             "request": {"principal": "User::\"a\"", "action": "Action::\"b\"", "resource": "File::\"c\""},
             "decision": "Allow"
         });
-        let request = request_of(record).unwrap();
-        assert_eq!(request.principal, json!("User::\"a\""));
+        let recorded = request_of(record).unwrap();
+        assert_eq!(recorded.request.principal, json!("User::\"a\""));
+        assert_eq!(recorded.time, None);
+    }
+
+    #[test]
+    fn a_log_record_is_replayed_at_its_time() {
+        let record = |time: Value| {
+            json!({"time": time, "principal": "User::\"a\"", "action": "Action::\"b\"",
+                   "resource": "File::\"c\""})
+        };
+        let at = request_of(record(json!("2025-06-01T10:00:00.000000Z"))).unwrap();
+        assert_eq!(at.time, Some("2025-06-01T10:00:00Z".parse().unwrap()));
+        let error = request_of(record(json!("June"))).err().unwrap();
+        assert!(error.contains("not an RFC 3339 time"), "{error}");
     }
 
     #[test]

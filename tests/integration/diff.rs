@@ -377,6 +377,53 @@ fn replay_lists_the_recorded_decisions_that_flip() {
         .ends_with("decisions.jsonl:1"));
 }
 
+/// A log record without `context.now` is replayed at its `time`, when it was
+/// decided: a rule on dates flips the records of the dates it covers only.
+#[test]
+fn replay_decides_a_log_record_at_its_time() {
+    let (old, new) = (model_copy(), model_copy());
+    std::fs::write(
+        new.path().join("policies/zz-before-november.cedar"),
+        "@id(\"ZZ-before-november\")\n@source(\"test\")\n\
+         forbid (principal, action == Action::\"consult_file\", resource)\n\
+         when { context.now < datetime(\"2026-11-01\") };\n",
+    )
+    .unwrap();
+    let mut request = crate::util::allowed_consultation();
+    request["context"].as_object_mut().unwrap().remove("now");
+    let record = |time: &str| {
+        let mut record = request.clone();
+        record["time"] = json!(time);
+        record
+    };
+    let log_path = old.path().join("decisions.jsonl");
+    std::fs::write(
+        &log_path,
+        format!(
+            "{}\n{}\n",
+            record("2026-10-15T10:00:00.000000Z"),
+            record(crate::util::NOW)
+        ),
+    )
+    .unwrap();
+    let (code, report) = diff_json(
+        old.path(),
+        new.path(),
+        &["--no-semantic", "--replay", log_path.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{report:#}");
+    let flips = report["replay"]["flips"].as_array().unwrap();
+    assert_eq!(flips.len(), 1, "{flips:?}");
+    assert!(flips[0]["origin"]
+        .as_str()
+        .unwrap()
+        .ends_with("decisions.jsonl:1"));
+    assert_eq!(
+        (&flips[0]["old"], &flips[0]["new"]),
+        (&json!("Allow"), &json!("Deny"))
+    );
+}
+
 fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git")
         .current_dir(dir)
