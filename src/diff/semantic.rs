@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use cedar_policy::{Authorizer, Entities, PolicySet, Request, RequestEnv, Schema};
 use cedar_policy_symcc::err::Error as SymccError;
 use cedar_policy_symcc::solver::LocalSolver;
-use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet, Env};
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet, Env};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -62,7 +62,9 @@ pub enum Verdict {
     Narrows,
     Widens,
     WidensAndNarrows,
-    /// The solver gave no answer for at least one direction (time limit).
+    /// The solver gave no answer for at least one direction (time limit), or a
+    /// policy one side lacks can raise an evaluation error (which denies in the
+    /// sidecar, and which the proof does not model).
     Unknown,
 }
 
@@ -276,6 +278,31 @@ fn compile_pair(
     Ok((old_set, new_set))
 }
 
+/// A direction the proof found empty is left unproven when `side`'s policies in
+/// `erring` (those the other side lacks) can err, since an error denies in the
+/// sidecar; one with an example keeps it.
+fn unless_erring(
+    direction: Direction,
+    side: &str,
+    erring: Result<Vec<String>, String>,
+) -> Direction {
+    let reason = match (&direction, erring) {
+        (Direction::None, Ok(erring)) if !erring.is_empty() => format!(
+            "{side}'s {} can raise an evaluation error on such a request, which denies in \
+             the sidecar (fail-closed) and which the proof, on Cedar's rule (a policy in \
+             error is skipped), does not see: not proven",
+            erring
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (Direction::None, Err(why)) => format!("the solver could not settle {why}"),
+        _ => return direction,
+    };
+    Direction::Unknown { reason }
+}
+
 fn verdict(widening: &Direction, narrowing: &Direction) -> Verdict {
     match (widening, narrowing) {
         (Direction::Unknown { .. }, _) | (_, Direction::Unknown { .. }) => Verdict::Unknown,
@@ -325,6 +352,15 @@ impl<'a> Checker<'a> {
         let narrowing = self
             .direction(&old_set, &new_set, &old_policies, Towards::Old)
             .await;
+        // An evaluation error denies in the sidecar; the proof, on Cedar's rule (a
+        // policy in error is skipped), does not see it. A policy both sides hold as
+        // it is errs on both for the same request, so both deny: only OLD's
+        // policies that NEW lacks can deny what NEW allows, and NEW's that OLD lacks
+        // what OLD allows.
+        let old_erring = self.may_err(&old_policies, &self.new.policies, env).await;
+        let new_erring = self.may_err(&self.new.policies, &old_policies, env).await;
+        let widening = unless_erring(widening, "OLD", old_erring);
+        let narrowing = unless_erring(narrowing, "NEW", new_erring);
         Ok(SignatureDiff {
             signature: signature_name(env),
             verdict: verdict(&widening, &narrowing),
@@ -354,6 +390,35 @@ impl<'a> Checker<'a> {
                      (they are compiled under NEW's): {e}"
                 )
             })
+    }
+
+    /// The policies of `side` that `other` does not hold as they are and that can
+    /// raise an evaluation error on a request of `env` (an overflow, an extension
+    /// function's error…), by id; `Err` names a policy the solver could not settle.
+    async fn may_err(
+        &mut self,
+        side: &PolicySet,
+        other: &PolicySet,
+        env: &RequestEnv,
+    ) -> Result<Vec<String>, String> {
+        let mut erring = Vec::new();
+        for policy in side.policies() {
+            if other
+                .policy(policy.id())
+                .is_some_and(|same| same.to_string() == policy.to_string())
+            {
+                continue;
+            }
+            let unsettled = |why: String| format!("whether `{}` can err: {why}", policy.id());
+            let compiled = CompiledPolicy::compile(policy, env, &self.new.schema)
+                .map_err(|e| unsettled(e.to_string()))?;
+            match self.compiler.check_never_errors_opt(&compiled).await {
+                Ok(true) => {}
+                Ok(false) => erring.push(policy.id().to_string()),
+                Err(e) => return Err(unsettled(e.to_string())),
+            }
+        }
+        Ok(erring)
     }
 
     /// Looks for a request `allowing` allows and `denying` denies; an example is

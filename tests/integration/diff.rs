@@ -315,6 +315,47 @@ fn a_tightened_condition_is_a_narrowing_only() {
     assert_eq!(code, 4);
 }
 
+/// An evaluation error denies in the sidecar, which the proof (on Cedar's rule: a
+/// policy in error is skipped) does not see: dropping a forbid that errs on every
+/// consultation allows them all, so the widening is not proven absent, and the
+/// gate trips. A policy that cannot err leaves the verdicts as they were.
+#[test]
+fn a_policy_one_side_lacks_that_can_err_leaves_its_direction_unproven() {
+    if !solver_available() {
+        return;
+    }
+    let (old, new) = (model_copy(), model_copy());
+    std::fs::write(
+        old.path().join("policies/zz-overflow.cedar"),
+        "@id(\"ZZ-overflow\")\n@source(\"test\")\n\
+         forbid (principal, action == Action::\"consult_file\", resource)\n\
+         when { 9223372036854775807 + 1 > 0 };\n",
+    )
+    .unwrap();
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 4, "{report:#}");
+    let consult = signature(&report, CONSULT);
+    assert_eq!(consult["verdict"], "unknown", "{consult:#}");
+    let reason = consult["widening"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("OLD's `ZZ-overflow` can raise an evaluation error"),
+        "{reason}"
+    );
+    assert_eq!(consult["narrowing"]["result"], "none", "{consult:#}");
+    for (signature, verdict) in verdicts(&report) {
+        if signature != CONSULT {
+            assert_eq!(verdict, "equivalent", "{signature}");
+        }
+    }
+    // The same forbid, unable to err: no difference, proven.
+    edit(old.path(), "policies/zz-overflow.cedar", |text| {
+        text.replace("9223372036854775807 + 1 > 0", "1 > 2")
+    });
+    let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(signature(&report, CONSULT)["verdict"], "equivalent");
+}
+
 #[test]
 fn replay_lists_the_recorded_decisions_that_flip() {
     let (old, new) = (model_copy(), model_copy());
