@@ -12,7 +12,7 @@
 //! conditions after it. Every check is a real Cedar evaluation of a policy derived
 //! from the permit, on the request's own entities.
 
-use cedar_policy::{Authorizer, Decision as CedarDecision, Effect, Policy, PolicySet};
+use cedar_policy::{Authorizer, Decision as CedarDecision, Effect, Policy, PolicyId, PolicySet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -133,7 +133,9 @@ fn near_miss(
     let check = |count: usize| -> Result<Check, ExplainError> {
         let mut variant = est.clone();
         variant["conditions"] = Value::Array(conditions[..count].to_vec());
-        let policy = Policy::from_json(None, variant).map_err(|e| analysis_error(e.to_string()))?;
+        // Under the permit's id, which Cedar's error messages name.
+        let policy = Policy::from_json(Some(PolicyId::new(&info.id)), variant)
+            .map_err(|e| analysis_error(e.to_string()))?;
         Ok(evaluate_alone(policy, prepared))
     };
     if check(0)? != Check::Held {

@@ -869,29 +869,21 @@ fn explain_names_the_determining_permit_and_its_clause() {
     assert!(!stdout.contains("closest permits"), "{stdout}");
 }
 
-#[test]
-fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
-    // A permit that applies, and a forbid whose condition overflows: Cedar alone
-    // would allow; the sidecar denies, and explain must say why.
+/// `explain` (text) of a `read` of `Doc::"d"` by `User::"u"` with the context
+/// `{"k": i64::MAX}`, on a one-action model with `policies`.
+fn explain_on_a_small_model(policies: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap();
-        path
     };
     file(
         "schema.cedarschema",
         "entity User; entity Doc;\n\
          action read appliesTo { principal: User, resource: Doc, context: { k: Long } };\n",
     );
-    file(
-        "policies/p.cedar",
-        "@id(\"read-all\")\n@source(\"test\")\n\
-         permit (principal, action == Action::\"read\", resource);\n\
-         @id(\"forbid-overflow\")\n\
-         forbid (principal, action, resource) when { context.k + 1 < 0 };\n",
-    );
+    file("policies/p.cedar", policies);
     file(
         "entities.json",
         r#"[{"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": []},
@@ -902,23 +894,25 @@ fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
         r#"{"principal": "User::\"u\"", "action": "Action::\"read\"",
             "resource": "Doc::\"d\"", "context": {"k": 9223372036854775807}}"#,
     );
-    let output = cdap_authz()
+    cdap_authz()
         .current_dir(dir.path())
-        .args([
-            "explain",
-            "--request",
-            "request.json",
-            "--policies",
-            "policies",
-        ])
-        .args([
-            "--schema",
-            "schema.cedarschema",
-            "--entities",
-            "entities.json",
-        ])
+        .args(["explain", "--request", "request.json"])
+        .args(["--policies", "policies", "--schema", "schema.cedarschema"])
+        .args(["--entities", "entities.json"])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
+    // A permit that applies, and a forbid whose condition overflows: Cedar alone
+    // would allow; the sidecar denies, and explain must say why.
+    let output = explain_on_a_small_model(
+        "@id(\"read-all\")\n@source(\"test\")\n\
+         permit (principal, action == Action::\"read\", resource);\n\
+         @id(\"forbid-overflow\")\n\
+         forbid (principal, action, resource) when { context.k + 1 < 0 };\n",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_exit(&output, 2);
     assert!(stdout.contains("decision: Deny"), "{stdout}");
@@ -927,6 +921,22 @@ fn explain_of_a_fail_closed_deny_names_the_error_and_the_overridden_permit() {
     assert!(stdout.contains("forbid-overflow"), "{stdout}");
     assert!(!stdout.contains("no permit applies"), "{stdout}");
     assert!(!stdout.contains("closest permits"), "{stdout}");
+}
+
+/// A closest permit whose condition errs is named in the error by its `@id`.
+#[test]
+fn explain_names_a_closest_permit_in_its_condition_error() {
+    let output = explain_on_a_small_model(
+        "@id(\"read-small\")\n@source(\"test\")\n\
+         permit (principal, action == Action::\"read\", resource) when { context.k + 1 > 0 };\n",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_exit(&output, 2);
+    assert!(
+        stdout.contains("policy `read-small`: integer overflow"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("JSON policy"), "{stdout}");
 }
 
 #[test]
