@@ -323,18 +323,28 @@ impl Writer {
         }
         for flip in &diff.flips {
             self.bullet(&format!(
-                "{}: {} {} {}: {} → {} (OLD: [{}], NEW: [{}])",
+                "{}: {} {} {}: {} → {} (OLD: {}, NEW: {})",
                 flip.origin,
                 flip.principal,
                 flip.action,
                 flip.resource,
                 flip.old,
                 flip.new,
-                flip.old_reasons.join(", "),
-                flip.new_reasons.join(", ")
+                decided_by(&flip.old_reasons, &flip.old_errors),
+                decided_by(&flip.new_reasons, &flip.new_errors)
             ));
         }
         self.line("");
+    }
+}
+
+/// `[policies]`, and the evaluation errors that made a Deny the fail-closed
+/// rule's, if any.
+fn decided_by(reasons: &[String], errors: &[String]) -> String {
+    let reasons = format!("[{}]", reasons.join(", "));
+    match errors {
+        [] => reasons,
+        _ => format!("{reasons}, errors (fail-closed): {}", errors.join("; ")),
     }
 }
 

@@ -57,6 +57,9 @@ pub struct Flip {
     pub new: String,
     pub old_reasons: Vec<String>,
     pub new_reasons: Vec<String>,
+    /// Evaluation errors on each side: a Deny with errors is the fail-closed rule's.
+    pub old_errors: Vec<String>,
+    pub new_errors: Vec<String>,
 }
 
 /// A recorded request neither side could decide (the same error on both), e.g. a
@@ -99,9 +102,9 @@ pub fn replay(old: &Sources, new: &Sources, files: &[PathBuf]) -> Result<ReplayD
             let at = time.unwrap_or(now);
             let old_decision = decision(&old, &request, at);
             let new_decision = decision(&new, &request, at);
-            if old_decision.0 != new_decision.0 {
+            if old_decision.outcome != new_decision.outcome {
                 flips.push(flip(origin, &request, old_decision, new_decision));
-            } else if let Some(error) = old_decision.0.strip_prefix("error: ") {
+            } else if let Some(error) = old_decision.outcome.strip_prefix("error: ") {
                 undecided.push(Undecided {
                     origin,
                     error: error.to_owned(),
@@ -124,24 +127,30 @@ fn snapshot(side: &'static str, sources: &Sources) -> Result<Snapshot, ReplayErr
         .map_err(|source| ReplayError::Load { side, source })
 }
 
-/// "Allow", "Deny" or "error: …", and the deciding policies.
-fn decision(
-    snapshot: &Snapshot,
-    request: &AuthzRequest,
-    now: DateTime<Utc>,
-) -> (String, Vec<String>) {
+/// A request's decision on one side.
+struct Decided {
+    /// "Allow", "Deny" or "error: …".
+    outcome: String,
+    reasons: Vec<String>,
+    errors: Vec<String>,
+}
+
+fn decision(snapshot: &Snapshot, request: &AuthzRequest, now: DateTime<Utc>) -> Decided {
     match engine::decide(snapshot, request, now) {
-        Ok(d) => (d.outcome.as_str().to_owned(), d.diagnostics.reason),
-        Err(e) => (format!("error: {e}"), Vec::new()),
+        Ok(d) => Decided {
+            outcome: d.outcome.as_str().to_owned(),
+            reasons: d.diagnostics.reason,
+            errors: d.diagnostics.errors,
+        },
+        Err(e) => Decided {
+            outcome: format!("error: {e}"),
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        },
     }
 }
 
-fn flip(
-    origin: String,
-    request: &AuthzRequest,
-    old: (String, Vec<String>),
-    new: (String, Vec<String>),
-) -> Flip {
+fn flip(origin: String, request: &AuthzRequest, old: Decided, new: Decided) -> Flip {
     let text = |field, v: &Value| {
         parse_entity_ref(field, v)
             .map(|uid| uid.to_string())
@@ -152,10 +161,12 @@ fn flip(
         principal: text("principal", &request.principal),
         action: text("action", &request.action),
         resource: text("resource", &request.resource),
-        old: old.0,
-        new: new.0,
-        old_reasons: old.1,
-        new_reasons: new.1,
+        old: old.outcome,
+        new: new.outcome,
+        old_reasons: old.reasons,
+        new_reasons: new.reasons,
+        old_errors: old.errors,
+        new_errors: new.errors,
     }
 }
 

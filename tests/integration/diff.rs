@@ -315,6 +315,46 @@ fn a_tightened_condition_is_a_narrowing_only() {
     assert_eq!(code, 4);
 }
 
+/// `ZZ-overflow`: a forbid whose condition errs (an overflow) on every
+/// consultation, so that the sidecar denies them all (fail-closed).
+fn add_an_overflowing_forbid(dir: &Path) {
+    std::fs::write(
+        dir.join("policies/zz-overflow.cedar"),
+        "@id(\"ZZ-overflow\")\n@source(\"test\")\n\
+         forbid (principal, action == Action::\"consult_file\", resource)\n\
+         when { 9223372036854775807 + 1 > 0 };\n",
+    )
+    .unwrap();
+}
+
+/// A replayed Deny of the fail-closed rule shows the errors that made it: without
+/// them it read as a default deny (`OLD: []`).
+#[test]
+fn a_replayed_flip_shows_the_errors_of_a_fail_closed_deny() {
+    let (old, new) = (model_copy(), model_copy());
+    add_an_overflowing_forbid(old.path());
+    let log_path = old.path().join("requests.json");
+    std::fs::write(&log_path, crate::util::allowed_consultation().to_string()).unwrap();
+    let replay = ["--no-semantic", "--replay", log_path.to_str().unwrap()];
+    let (_, report) = diff_json(old.path(), new.path(), &replay);
+    let flip = &report["replay"]["flips"][0];
+    assert_eq!(
+        (&flip["old"], &flip["new"]),
+        (&json!("Deny"), &json!("Allow"))
+    );
+    assert_eq!(flip["new_errors"], json!([]));
+    let mut args = vec![old.path().to_str().unwrap(), new.path().to_str().unwrap()];
+    args.extend(replay);
+    let text = String::from_utf8(cdap_authz(old.path(), &args).stdout).unwrap();
+    assert!(
+        text.contains(
+            "Deny → Allow (OLD: [], errors (fail-closed): error while evaluating policy \
+             `ZZ-overflow`: integer overflow"
+        ),
+        "{text}"
+    );
+}
+
 /// An evaluation error denies in the sidecar, which the proof (on Cedar's rule: a
 /// policy in error is skipped) does not see: dropping a forbid that errs on every
 /// consultation allows them all, so the widening is not proven absent, and the
@@ -325,13 +365,7 @@ fn a_policy_one_side_lacks_that_can_err_leaves_its_direction_unproven() {
         return;
     }
     let (old, new) = (model_copy(), model_copy());
-    std::fs::write(
-        old.path().join("policies/zz-overflow.cedar"),
-        "@id(\"ZZ-overflow\")\n@source(\"test\")\n\
-         forbid (principal, action == Action::\"consult_file\", resource)\n\
-         when { 9223372036854775807 + 1 > 0 };\n",
-    )
-    .unwrap();
+    add_an_overflowing_forbid(old.path());
     let (code, report) = diff_json(old.path(), new.path(), &["--fail-on", "widen"]);
     assert_eq!(code, 4, "{report:#}");
     let consult = signature(&report, CONSULT);
