@@ -85,11 +85,7 @@ impl Filter {
 /// or an empty value or one with spaces around it, which would match nothing
 /// unseen, is refused (an id with spaces around it is asked for as a reference).
 pub fn entity_filter(value: &str) -> Result<String, String> {
-    refuse_blank(value)?;
-    if value.contains("::") {
-        let uid = value.parse::<EntityUid>().map_err(|e| {
-            format!("`{value}` is neither an id nor a reference like User::\"id\": {e}")
-        })?;
+    if let Some(uid) = reference_or_id(value, "User")? {
         return Ok(uid.to_string());
     }
     let any_type = "T".parse().expect("a valid type name");
@@ -101,27 +97,31 @@ pub fn entity_filter(value: &str) -> Result<String, String> {
 /// reference to it (`Partner::"ville-maubeuge"`). Refused as [`entity_filter`]
 /// refuses.
 pub fn partner_filter(value: &str) -> Result<String, String> {
-    refuse_blank(value)?;
-    if value.contains("::") {
-        let uid = value.parse::<EntityUid>().map_err(|e| {
-            format!("`{value}` is neither an id nor a reference like Partner::\"id\": {e}")
-        })?;
-        return Ok(uid.id().unescaped().to_owned());
-    }
-    Ok(value.to_owned())
+    Ok(match reference_or_id(value, "Partner")? {
+        Some(uid) => uid.id().unescaped().to_owned(),
+        None => value.to_owned(),
+    })
 }
 
-fn refuse_blank(value: &str) -> Result<(), String> {
+/// The reference `value` is (`Some`), or `None` when it is a bare id; an empty value
+/// or one with spaces around it is refused (`example_type` names a type in the
+/// messages).
+fn reference_or_id(value: &str, example_type: &str) -> Result<Option<EntityUid>, String> {
     if value.trim().is_empty() {
         return Err("empty: it would match nothing".into());
     }
     if value.trim() != value {
         return Err(format!(
             "`{value}` has spaces around it (write an id with spaces around it as a \
-             reference, User::\" id\")"
+             reference, {example_type}::\" id\")"
         ));
     }
-    Ok(())
+    if !value.contains("::") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e| {
+        format!("`{value}` is neither an id nor a reference like {example_type}::\"id\": {e}")
+    })
 }
 
 /// A decision filter: `Allow` or `Deny`, in any case.

@@ -771,13 +771,7 @@ fn an_error_message_quotes_at_most_a_kibibyte_of_the_request() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "unknown_entity", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    let (quoted, tail) = message.split_once('…').expect("a cut message");
-    assert!(quoted.len() <= 1024, "{} bytes quoted", quoted.len());
-    assert!(
-        quoted.starts_with("principal: entity User::\"éé"),
-        "{message}"
-    );
-    assert!(tail.contains("bytes in all"), "{tail}");
+    assert_cut(message, "principal: entity User::\"éé");
     // A short message is left whole.
     request["principal"] = json!("User::\"nobody\"");
     let (_, body) = server.post("/v1/is_authorized", &request);
@@ -802,15 +796,16 @@ fn policy_errors_quote_at_most_a_kibibyte_of_the_request() {
     let errors = body["diagnostics"]["errors"].as_array().unwrap();
     assert!(errors.len() > 1, "{body}");
     for error in errors {
-        let error = error.as_str().unwrap();
-        let (quoted, tail) = error.split_once('…').expect("a cut message");
-        assert!(quoted.len() <= 1024, "{} bytes quoted", quoted.len());
-        assert!(
-            quoted.starts_with("error while evaluating policy `"),
-            "{error}"
-        );
-        assert!(tail.contains("bytes in all"), "{tail}");
+        assert_cut(error.as_str().unwrap(), "error while evaluating policy `");
     }
+}
+
+/// `message` starts with `start`, quotes at most 1 KiB, and says it was cut.
+fn assert_cut(message: &str, start: &str) {
+    let (quoted, tail) = message.split_once('…').expect("a cut message");
+    assert!(quoted.len() <= 1024, "{} bytes quoted", quoted.len());
+    assert!(quoted.starts_with(start), "{message}");
+    assert!(tail.contains("bytes in all"), "{tail}");
 }
 
 #[test]
