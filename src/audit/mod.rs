@@ -89,6 +89,12 @@ pub enum AuditError {
     Closed,
     #[error("{0}: no decision log file (decisions-*.jsonl) here")]
     NoLog(PathBuf),
+    #[error(
+        "{0}: another process writes this decision log (a sidecar still running or \
+         draining?): two writers would overwrite each other's records; stop it first, or \
+         give this sidecar its own --audit-dir"
+    )]
+    Locked(PathBuf),
 }
 
 impl AuditError {

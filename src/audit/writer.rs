@@ -55,6 +55,9 @@ use super::{AuditConfig, AuditError};
 const LOG_FILE_MODE: u32 = 0o640;
 const LOG_DIR_MODE: u32 = 0o750;
 
+/// The file in the log's directory that its writer holds locked while it lives.
+const LOCK_FILE: &str = ".cdap-authz.lock";
+
 /// How much file space is reserved at a time.
 const RESERVE_STEP: usize = 1 << 20;
 /// The most of a file mapped at once (a larger size limit maps this much, and
@@ -220,6 +223,8 @@ struct Writer {
     chores: Chores,
     /// The line being appended (kept for its capacity).
     line: String,
+    /// The directory's lock ([`lock_dir`]), held until the writer is closed.
+    dir_lock: Option<File>,
 }
 
 /// The end of the chain found in existing files.
@@ -238,6 +243,7 @@ impl Writer {
             .mode(LOG_DIR_MODE)
             .create(&config.dir)
             .map_err(|source| AuditError::io(config.dir.clone(), source))?;
+        let dir_lock = lock_dir(&config.dir)?;
         let today = (config.clock)().date_naive();
         let expired = apply_retention(&config.dir, today, config.retention_days)?;
         if !expired.is_empty() {
@@ -280,6 +286,7 @@ impl Writer {
             retired: Vec::new(),
             chores: Chores::start(),
             line: String::new(),
+            dir_lock: Some(dir_lock),
         })
     }
 
@@ -422,6 +429,8 @@ impl Writer {
         self.closed = true;
         drop(self.finish_file(true));
         self.chores.drain();
+        // The log is left to the next writer (the lock goes with the file).
+        self.dir_lock = None;
     }
 }
 
@@ -621,6 +630,26 @@ impl Chore {
 }
 
 /// Syncs the file or directory at `path` to disk.
+/// Locks the log directory's [`LOCK_FILE`] for this writer: a second writer on the
+/// same directory (a sidecar started before the last one stopped) would append at
+/// the same places, overwriting records and breaking the chain, and cut the file
+/// under the other's mapping when it closed. The lock goes with the process.
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(LOG_FILE_MODE)
+        .open(&path)
+        .map_err(|source| AuditError::io(path.clone(), source))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::io(path, source)),
+    }
+}
+
 fn sync_path(path: &Path) -> Result<(), AuditError> {
     File::open(path)
         .and_then(|file| file.sync_all())
@@ -848,6 +877,23 @@ mod tests {
         assert!(live[16..].iter().all(|&b| b == 0));
         mapped.finish(false).unwrap();
         assert_eq!(text(&path), b"{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    /// One writer per log directory: a second one (another sidecar on the same
+    /// `--audit-dir`) is refused while the first is open, and starts once it is
+    /// closed.
+    #[test]
+    fn a_second_writer_on_the_same_directory_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
+        let second = AuditLog::start(AuditConfig::new(dir.path()));
+        assert!(
+            matches!(&second, Err(AuditError::Locked(d)) if d == dir.path()),
+            "{:?}",
+            second.err()
+        );
+        first.close();
+        AuditLog::start(AuditConfig::new(dir.path())).unwrap();
     }
 
     /// Whether the process maps `path` (a line of `/proc/self/maps` names it).

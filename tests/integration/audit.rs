@@ -907,6 +907,7 @@ fn retention_deletes_only_expired_log_files() {
         name(10),
         name(0),
         "notes-2020-01-01.txt".to_owned(),
+        ".cdap-authz.lock".to_owned(), // the writer's
     ];
     expected.sort();
     assert_eq!(left, expected);
