@@ -95,6 +95,12 @@ pub enum AuditError {
          give this sidecar its own --audit-dir"
     )]
     Locked(PathBuf),
+    #[error(
+        "{0}: the decision log's file was removed or replaced while open (its directory \
+         deleted?): records appended to it since the last check (at most a second) are \
+         lost; writing to that path anew"
+    )]
+    Moved(PathBuf),
 }
 
 impl AuditError {

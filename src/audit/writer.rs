@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use memmap2::{MmapMut, MmapOptions};
@@ -57,6 +58,9 @@ const LOG_DIR_MODE: u32 = 0o750;
 
 /// The file in the log's directory that its writer holds locked while it lives.
 const LOCK_FILE: &str = ".cdap-authz.lock";
+
+/// How often an append checks that the open file is still the one at its path.
+const PLACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How much file space is reserved at a time.
 const RESERVE_STEP: usize = 1 << 20;
@@ -223,8 +227,11 @@ struct Writer {
     chores: Chores,
     /// The line being appended (kept for its capacity).
     line: String,
-    /// The directory's lock ([`lock_dir`]), held until the writer is closed.
+    /// The directory's lock ([`lock_dir`]), held until the writer is closed; taken
+    /// again after the directory was replaced.
     dir_lock: Option<File>,
+    /// When the next append checks that the file is still in place.
+    next_place_check: Instant,
 }
 
 /// The end of the chain found in existing files.
@@ -287,6 +294,7 @@ impl Writer {
             chores: Chores::start(),
             line: String::new(),
             dir_lock: Some(dir_lock),
+            next_place_check: Instant::now() + PLACE_CHECK_INTERVAL,
         })
     }
 
@@ -337,6 +345,7 @@ impl Writer {
     }
 
     fn copy_line(&mut self, line: &[u8]) -> Result<(), AuditError> {
+        self.check_still_in_place()?;
         if self.file.is_none() {
             self.reopen()?;
         }
@@ -374,7 +383,40 @@ impl Writer {
         Ok(())
     }
 
+    /// Every [`PLACE_CHECK_INTERVAL`], whether the open file is still the one at its
+    /// path: a log directory deleted or replaced under the writer (or the file
+    /// removed) would take records no one can read, and nothing would fail. When it
+    /// is not, the file is let go and the batch refused (answered Deny); the next
+    /// record takes the directory's lock again and opens the path anew, failing
+    /// while the directory is gone. Records appended between the change and the
+    /// check are lost with the old file: at most a second's.
+    fn check_still_in_place(&mut self) -> Result<(), AuditError> {
+        let now = Instant::now();
+        if now < self.next_place_check {
+            return Ok(());
+        }
+        self.next_place_check = now + PLACE_CHECK_INTERVAL;
+        let Some(mapped) = &self.file else {
+            return Ok(());
+        };
+        let open = mapped.file.metadata().ok();
+        let at_path = std::fs::metadata(&self.segment.path).ok();
+        let same_file = |open: &std::fs::Metadata, at_path: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (open.dev(), open.ino()) == (at_path.dev(), at_path.ino())
+        };
+        if open.zip(at_path).is_some_and(|(o, p)| same_file(&o, &p)) {
+            return Ok(());
+        }
+        self.file = None;
+        self.dir_lock = None;
+        Err(AuditError::Moved(self.segment.path.clone()))
+    }
+
     fn reopen(&mut self) -> Result<(), AuditError> {
+        if self.dir_lock.is_none() {
+            self.dir_lock = Some(lock_dir(&self.config.dir)?);
+        }
         let path = &self.segment.path;
         let io = |source| AuditError::io(path.clone(), source);
         let created = !path.exists();

@@ -307,6 +307,34 @@ fn a_caf_agents_record_takes_the_partner_of_a_stored_resource_only() {
     );
 }
 
+/// A log directory deleted under the running writer: its file, unlinked, would take
+/// records no one can read. Within a second an append finds the file gone and is
+/// refused (Deny), and so is every one while the directory is missing; once it is
+/// back, the log goes on there, its chain continuing.
+#[test]
+fn a_log_directory_deleted_while_open_refuses_records_until_it_is_back() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("audit");
+    let log = AuditLog::start(AuditConfig::new(&dir)).unwrap();
+    write_entries(&log, 0..1);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let append = |n: usize| runtime.block_on(log.submit(entry(n)).wait());
+    let moved = append(1).unwrap_err().to_string();
+    assert!(moved.contains("was removed or replaced while open"), "{moved}");
+    assert!(append(2).is_err(), "refused while the directory is missing");
+    assert!(log.failure().is_some());
+    std::fs::create_dir(&dir).unwrap();
+    append(3).unwrap();
+    assert!(log.failure().is_none());
+    log.close();
+    assert_eq!(decision_ids(&dir), ["id-3"]);
+    assert_eq!(verified(&dir).first_seq, 1, "the chain goes on from the lost record");
+}
+
 /// Today's first log file in `dir`, a link to `/dev/full`: every write to it fails
 /// with no space left, until the link is removed.
 fn todays_file_on_dev_full(dir: &Path) -> PathBuf {
