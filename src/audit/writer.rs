@@ -26,7 +26,8 @@
 //!
 //! When a record cannot be appended (no space, the file cannot be opened), it and the
 //! rest of its batch are refused (the handler answers Deny; records of the batch
-//! appended before stay in the log), the chain stays at the last record appended,
+//! appended before stay in the log, and are acknowledged: their items are answered
+//! as their records say), the chain stays at the last record appended,
 //! and the log is marked unhealthy until an append succeeds. A file that could not be
 //! opened is opened again for the next record.
 
@@ -165,19 +166,29 @@ impl AuditLog {
             .expect("one ack per entry")
     }
 
-    /// Appends entries in order, under one lock; one [`Ack`] per entry.
+    /// Appends entries in order, under one lock; one [`Ack`] per entry. When an
+    /// entry cannot be appended, it and the rest of the batch are refused, and those
+    /// appended before it are acknowledged as appended: each answer is the one its
+    /// record shows.
     pub fn submit_all(&self, entries: Vec<Entry>) -> Vec<Ack> {
         let mut writer = self.writer.lock();
-        let appended = writer.commit(&entries, &self.health);
-        let ack = match (&self.syncer, appended) {
-            (Some(syncer), Ok(())) => {
+        let (appended, refused) = writer.commit(&entries, &self.health);
+        let done = match (&self.syncer, appended) {
+            (_, 0) => None,
+            (Some(syncer), _) => {
                 syncer.request(writer.seq, writer.current_file(), writer.take_retired());
-                AckState::Syncing(writer.seq, syncer.subscribe())
+                Some(AckState::Syncing(writer.seq, syncer.subscribe()))
             }
-            (_, appended) => AckState::Done(appended),
+            (None, _) => Some(AckState::Done(Ok(()))),
         };
         drop(writer);
-        vec![Ack(ack); entries.len()]
+        let mut acks: Vec<Ack> = done
+            .map(|done| vec![Ack(done); appended])
+            .unwrap_or_default();
+        if let Err(error) = refused {
+            acks.resize(entries.len(), Ack(AckState::Done(Err(error))));
+        }
+        acks
     }
 
     /// The reason the log cannot be written, if the last write failed.
@@ -298,9 +309,10 @@ impl Writer {
         })
     }
 
-    /// Appends one batch and records the log's health.
-    fn commit(&mut self, entries: &[Entry], health: &Health) -> Result<(), AuditError> {
-        let result = self.append_all(entries);
+    /// Appends one batch and records the log's health: how many entries were
+    /// appended, and the error that refused the next one, if one was.
+    fn commit(&mut self, entries: &[Entry], health: &Health) -> (usize, Result<(), AuditError>) {
+        let (appended, result) = self.append_all(entries);
         match &result {
             Err(error) => {
                 // Logged when the log fails, or fails otherwise, not for every record
@@ -320,14 +332,20 @@ impl Writer {
             Ok(()) => {}
         }
         self.unhealthy = result.is_err();
-        result
+        (appended, result)
     }
 
-    fn append_all(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
+    /// Appends entries in order until one cannot be: how many were, and why not.
+    fn append_all(&mut self, entries: &[Entry]) -> (usize, Result<(), AuditError>) {
         if self.closed {
-            return Err(AuditError::Closed);
+            return (0, Err(AuditError::Closed));
         }
-        entries.iter().try_for_each(|entry| self.append(entry))
+        for (appended, entry) in entries.iter().enumerate() {
+            if let Err(error) = self.append(entry) {
+                return (appended, Err(error));
+            }
+        }
+        (entries.len(), Ok(()))
     }
 
     /// Chains one entry and copies its line into the file, rotating first when a

@@ -324,7 +324,10 @@ fn a_log_directory_deleted_while_open_refuses_records_until_it_is_back() {
         .unwrap();
     let append = |n: usize| runtime.block_on(log.submit(entry(n)).wait());
     let moved = append(1).unwrap_err().to_string();
-    assert!(moved.contains("was removed or replaced while open"), "{moved}");
+    assert!(
+        moved.contains("was removed or replaced while open"),
+        "{moved}"
+    );
     assert!(append(2).is_err(), "refused while the directory is missing");
     assert!(log.failure().is_some());
     std::fs::create_dir(&dir).unwrap();
@@ -332,22 +335,58 @@ fn a_log_directory_deleted_while_open_refuses_records_until_it_is_back() {
     assert!(log.failure().is_none());
     log.close();
     assert_eq!(decision_ids(&dir), ["id-3"]);
-    assert_eq!(verified(&dir).first_seq, 1, "the chain goes on from the lost record");
+    assert_eq!(
+        verified(&dir).first_seq,
+        1,
+        "the chain goes on from the lost record"
+    );
 }
 
-/// Today's first log file in `dir`, a link to `/dev/full`: every write to it fails
-/// with no space left, until the link is removed.
-fn todays_file_on_dev_full(dir: &Path) -> PathBuf {
+/// Today's `index`-th log file in `dir` (from 0), a link to `/dev/full`: every write
+/// to it fails with no space left, until the link is removed.
+fn todays_file_on_dev_full(dir: &Path, index: u32) -> PathBuf {
     let today = Utc::now().format("%Y-%m-%d");
-    let file = dir.join(format!("decisions-{today}.000.jsonl"));
+    let file = dir.join(format!("decisions-{today}.{index:03}.jsonl"));
     std::os::unix::fs::symlink("/dev/full", &file).unwrap();
     file
+}
+
+/// A batch whose records fill the disk part way: the items whose records were
+/// written are answered as their records say, the rest Deny (each record one
+/// file, the second file on a full disk).
+#[test]
+fn a_batch_cut_short_by_a_full_disk_answers_each_item_as_its_record_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = audited(AuditConfig {
+        max_file_bytes: 1,
+        ..AuditConfig::new(dir.path())
+    });
+    // After the start, which opened the first file (an existing one would be the
+    // newest, continued).
+    todays_file_on_dev_full(dir.path(), 1);
+    let batch = json!({"requests": vec![allowed_consultation(); 3]});
+    let (_, body) = server.post("/v1/batch_is_authorized", &batch);
+    let decisions: Vec<&Value> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["decision"])
+        .collect();
+    assert_eq!(
+        decisions,
+        [&json!("Allow"), &json!("Deny"), &json!("Deny")],
+        "{body}"
+    );
+    let written = records(dir.path());
+    assert_eq!(written.len(), 1);
+    assert_eq!(written[0].decision, "Allow");
+    assert_eq!(written[0].decision_id, decision_id(&body["results"][0]));
 }
 
 #[test]
 fn an_unwritable_log_answers_deny_not_allow_readyz_reports_it_and_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let file = todays_file_on_dev_full(dir.path());
+    let file = todays_file_on_dev_full(dir.path(), 0);
     let server = audited(AuditConfig::new(dir.path()));
     let (status, body) = server.post("/v1/is_authorized", &allowed_consultation());
     assert_eq!(status, 200);
@@ -1229,7 +1268,7 @@ fn spawn_serve(dir: &Path) -> (crate::util::ServeChild, BufReader<ChildStderr>, 
 fn a_log_that_stays_down_is_reported_once_and_its_recovery_too() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let file = todays_file_on_dev_full(dir.path());
+    let file = todays_file_on_dev_full(dir.path(), 0);
     let (mut child, mut stderr, addr) = spawn_serve(dir.path());
     let decide = || {
         let url = format!("http://{addr}/v1/is_authorized");
