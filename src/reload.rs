@@ -27,7 +27,7 @@ use chrono::Utc;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::http::AppState;
-use crate::load::{is_policy_file, LoadError, Sources};
+use crate::load::{self, is_policy_file, LoadError, Sources};
 use crate::snapshot::Snapshot;
 use crate::store::ReloadFailure;
 
@@ -195,16 +195,29 @@ impl Reloader {
     }
 
     /// Where the sources lead through symlinks, for those that lead elsewhere (a
-    /// source that does not exist leads nowhere).
+    /// source that does not exist leads nowhere); and the policy files that are
+    /// symlinks to files outside the policy directory, which its watch does not see.
     fn resolve(&self) -> Targets {
         let elsewhere = |source: &PathBuf| {
             std::fs::canonicalize(source)
                 .ok()
                 .filter(|target| target != source)
         };
+        let policies = elsewhere(&self.sources.policies);
+        let inside = policies.as_ref().unwrap_or(&self.sources.policies);
+        let linked_policy_files = load::policy_files(&self.sources.policies)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|file| elsewhere(&file))
+            .filter(|target| !target.starts_with(inside));
         Targets {
-            policies: elsewhere(&self.sources.policies),
-            files: self.sources().skip(1).filter_map(elsewhere).collect(),
+            files: self
+                .sources()
+                .skip(1)
+                .filter_map(elsewhere)
+                .chain(linked_policy_files)
+                .collect(),
+            policies,
         }
     }
 

@@ -140,6 +140,30 @@ fn policy_edit_flips_a_decision_within_2_seconds() {
     );
 }
 
+/// A policy file that is a symlink to a file outside the policy directory (shared
+/// between sidecars, say): an edit of the file it leads to is picked up too.
+#[test]
+fn an_edit_of_a_file_a_policy_symlink_leads_to_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    copy_model(root.path());
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let target = shared.join("traces.cedar");
+    let link = root.path().join("policies/traces.cedar");
+    std::fs::rename(&link, &target).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let model = root.path().to_owned();
+    let live = Live::start(root, &model, true);
+    live.server
+        .decide(&admin_reads_traces())
+        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+    let edited = without_partner_trace_permit(&std::fs::read_to_string(&target).unwrap());
+    std::fs::write(&target, edited).unwrap();
+    within_or_report(&live, "the edit of the linked file takes effect", || {
+        !live.server.decide(&admin_reads_traces()).allowed
+    });
+}
+
 /// Waits (2 s at most) for a reload to be refused; its message, once checked that
 /// `version` still serves.
 fn refused_reload(live: &Live, version: &Value) -> String {
