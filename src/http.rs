@@ -237,6 +237,39 @@ impl HttpError {
     }
 }
 
+/// How long the accept loop waits after a failed accept: out of file descriptors,
+/// say, the connection waits in the backlog, and an accept tried again at once
+/// fails again (a core spun, logging each failure).
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Failed accepts are logged at most once in this long, with how many failed.
+const ACCEPT_FAILURE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts since the last one logged.
+#[derive(Default)]
+struct FailedAccepts {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl FailedAccepts {
+    fn report(&mut self, error: &std::io::Error) {
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < ACCEPT_FAILURE_REPORT_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            %error, failed = self.unlogged, retry_ms = ACCEPT_RETRY.as_millis(),
+            "accept failed (logged at most every 10 s)"
+        );
+        self.last_logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
 /// Serves connections from `listener` on the threads of `workers` ([`Workers`])
 /// until `shutdown` completes, then stops accepting and lets in-flight requests
 /// finish (up to a deadline).
@@ -250,11 +283,13 @@ pub async fn serve(
     let workers = Workers::start(workers)?;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let mut failed_accepts = FailedAccepts::default();
     loop {
         tokio::select! {
             accepted = accept(&listener, &state, &workers, &graceful) => {
                 if let Err(error) = accepted {
-                    tracing::warn!(%error, "accept failed");
+                    failed_accepts.report(&error);
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             }
             () = &mut shutdown => break,

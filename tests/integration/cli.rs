@@ -1000,6 +1000,44 @@ fn serve_keeps_serving_and_stops_cleanly_when_its_stderr_is_closed() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// Out of file descriptors, an accept fails until connections close: the server
+/// waits between tries and logs it at most every 10 s (it spun on a core, logging
+/// ~100,000 lines a second), and serves again.
+#[test]
+fn serve_out_of_file_descriptors_retries_accepts_quietly_and_recovers() {
+    let (mut child, mut stderr, addr) = spawn_serve(&["--no-audit"]);
+    let pid = child.id().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 4, open + 4);
+    let limited = Command::new("prlimit")
+        .args(["--pid", &pid, &limit])
+        .status()
+        .unwrap();
+    assert!(limited.success());
+    let connections: Vec<_> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(connections);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let healthy = loop {
+        let reply = ureq::get(&format!("http://{addr}/healthz"))
+            .timeout(Duration::from_secs(1))
+            .call();
+        if reply.is_ok() || Instant::now() > deadline {
+            break reply.is_ok();
+        }
+    };
+    assert!(healthy, "serves again once connections close");
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "{exit:?}");
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+}
+
 /// Connections beyond the number of workers share them: eight clients, each on its
 /// own keep-alive connection, all open at once (each waits for the others' first
 /// answer before going on), against one worker.
