@@ -44,10 +44,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub pin_workers: bool,
     /// Largest request body accepted, in bytes (larger ones get 413).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_BODY,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     pub max_body: usize,
     /// Most requests in one batch.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_BATCH)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_BATCH,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     pub max_batch: usize,
     /// `GET /v1/traces` log reads that may run at once (each reads the log on a
     /// thread of its own); one more gets 429 `too_many_trace_queries`.
@@ -81,10 +91,23 @@ pub struct ServeArgs {
     /// for several. Others get 403: a web page whose name resolves to this host (DNS
     /// rebinding) cannot reach the sidecar as its own origin. On a Unix-domain
     /// socket any host is accepted.
-    #[arg(long = "allow-host", value_name = "NAME")]
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = host_name)]
     pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub audit: AuditArgs,
+}
+
+/// The smallest `--audit-max-file-bytes`: a file per record or so would bury the
+/// log in files.
+const MIN_MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// An `--allow-host` name: not empty, and without a port (`Host`'s port is checked
+/// apart).
+fn host_name(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains([':', '/', ' ']) {
+        return Err("a host name, without port, scheme or path (e.g. cdap-authz.internal)".into());
+    }
+    Ok(value.to_owned())
 }
 
 /// The decision log.
@@ -100,11 +123,21 @@ pub struct AuditArgs {
     /// appended meanwhile), so an acknowledged record survives power loss.
     #[arg(long)]
     pub audit_fsync: bool,
-    /// Size at which a log file is rotated.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FILE_BYTES)]
+    /// Size at which a log file is rotated (1 MiB at least).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_FILE_BYTES,
+        value_parser = clap::value_parser!(u64).range(MIN_MAX_FILE_BYTES..)
+    )]
     pub audit_max_file_bytes: u64,
     /// Days log files are kept; older files are deleted (T2: six months).
-    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_RETENTION_DAYS)]
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = DEFAULT_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub audit_retention_days: u32,
     /// Context fields recorded (comma separated); no other context is written.
     #[arg(long, value_name = "NAMES", value_delimiter = ',', default_values = DEFAULT_CONTEXT_FIELDS)]

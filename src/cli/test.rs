@@ -31,8 +31,17 @@ pub struct TestArgs {
     #[arg(long)]
     coverage: bool,
     /// Fail when policy coverage or rule coverage (in percent) is below this.
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, value_name = "PERCENT", value_parser = percent)]
     min_coverage: Option<f64>,
+}
+
+/// A percentage, from 0 to 100.
+fn percent(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=100.0).contains(p))
+        .ok_or_else(|| format!("expected a percentage from 0 to 100, got `{value}`"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

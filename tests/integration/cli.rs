@@ -1000,6 +1000,29 @@ fn serve_keeps_serving_and_stops_cleanly_when_its_stderr_is_closed() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// Settings that would leave the sidecar unable to serve, or its log unusable, are
+/// refused before it starts (clap's exit 2), as is a coverage no suite can reach.
+#[test]
+fn settings_that_break_the_sidecar_are_refused() {
+    for (args, why) in [
+        (&["serve", "--max-body", "0"][..], "0 is not in 1.."),
+        (&["serve", "--max-batch", "0"], "0 is not in 1.."),
+        (
+            &["serve", "--audit-max-file-bytes", "1000"],
+            "1000 is not in 1048576..",
+        ),
+        (&["serve", "--audit-retention-days", "0"], "0 is not in 1.."),
+        (&["serve", "--allow-host", "foo:80"], "without port"),
+        (&["test", "--min-coverage", "nan"], "from 0 to 100"),
+        (&["test", "--min-coverage", "150"], "from 0 to 100"),
+    ] {
+        let output = cdap_authz().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}
+
 /// Out of file descriptors, an accept fails until connections close: the server
 /// waits between tries and logs it at most every 10 s (it spun on a core, logging
 /// ~100,000 lines a second), and serves again.
