@@ -113,15 +113,19 @@ impl Segment {
         Backwards::past_nul_end(file, block).map_err(io)
     }
 
+    /// The segment a path names, if it is a name the writer gives
+    /// (`decisions-2026-01-01.000.jsonl`, not `decisions-2026-1-1.0.jsonl`): files
+    /// named otherwise are not the log's, and retention never deletes them.
     fn parse(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_str()?;
         let stem = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
         let (day, index) = stem.rsplit_once('.')?;
-        Some(Self {
-            day: NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?,
-            index: index.parse().ok()?,
-            path: path.to_owned(),
-        })
+        let segment = Self::new(
+            path.parent()?,
+            NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?,
+            index.parse().ok()?,
+        );
+        (segment.path == path).then_some(segment)
     }
 }
 

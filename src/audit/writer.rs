@@ -265,7 +265,7 @@ impl Writer {
         let today = (config.clock)().date_naive();
         let expired = apply_retention(&config.dir, today, config.retention_days)?;
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "expired audit files deleted");
+            tracing::info!(count = expired.len(), files = ?expired, "expired audit files deleted");
         }
         let existing = segments(&config.dir)?;
         let tail = find_tail(&existing)?;
@@ -677,7 +677,7 @@ impl Chore {
                 retention_days,
             } => match apply_retention(&dir, today, retention_days) {
                 Ok(deleted) if !deleted.is_empty() => {
-                    tracing::info!(count = deleted.len(), "expired audit files deleted");
+                    tracing::info!(count = deleted.len(), files = ?deleted, "expired audit files deleted");
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "audit retention failed"),

@@ -957,6 +957,8 @@ fn retention_deletes_only_expired_log_files() {
         name(183),
         name(10),
         "notes-2020-01-01.txt".into(),
+        // Not a name the writer gives (its date not zero-padded): not the log's.
+        "decisions-2020-1-1.000.jsonl".into(),
     ] {
         std::fs::write(dir.path().join(file), "").unwrap();
     }
@@ -974,6 +976,7 @@ fn retention_deletes_only_expired_log_files() {
         name(10),
         name(0),
         "notes-2020-01-01.txt".to_owned(),
+        "decisions-2020-1-1.000.jsonl".to_owned(),
         ".cdap-authz.lock".to_owned(), // the writer's
     ];
     expected.sort();
