@@ -64,18 +64,24 @@ fn unannotated_policies(policies: &[PolicyInfo]) -> Vec<String> {
     policies
         .iter()
         .filter_map(|policy| {
-            let unsourced = policy.source.as_deref().is_none_or(|s| s.trim().is_empty());
-            let missing = match (policy.named, unsourced) {
-                (true, false) => return None,
-                (false, false) => "@id",
-                (true, true) => "@source",
-                (false, true) => "@id or @source",
+            let source = match policy.source.as_deref() {
+                None => Some("without @source"),
+                Some(source) if source.trim().is_empty() => Some("with an empty @source"),
+                Some(_) => None,
             };
+            let lacks: Vec<&str> = [(!policy.named).then_some("without @id"), source]
+                .into_iter()
+                .flatten()
+                .collect();
+            if lacks.is_empty() {
+                return None;
+            }
             let (line, column) = policy.at;
             Some(format!(
-                "{}:{line}:{column}: a policy without {missing}: every policy names itself \
-                 (@id, which the decision log records) and the clause it encodes (@source)",
-                policy.file
+                "{}:{line}:{column}: a policy {}: every policy names itself (@id, which the \
+                 decision log records) and the clause it encodes (@source)",
+                policy.file,
+                lacks.join(" and ")
             ))
         })
         .collect()

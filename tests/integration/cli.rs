@@ -334,7 +334,13 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
         "b.cedar",
         "@id(\"B\")\n@source(\" \")\npermit (principal, action, resource);\n",
     )];
-    validate_says(&blank, 0, "b.cedar:1:1: a policy without @source:");
+    validate_says(&blank, 0, "b.cedar:1:1: a policy with an empty @source:");
+    let bare = [("d.cedar", "permit (principal, action, resource);\n")];
+    validate_says(
+        &bare,
+        0,
+        "d.cedar:1:1: a policy without @id and without @source:",
+    );
     let empty_id = [(
         "c.cedar",
         "@id\n@source(\"s\")\npermit (principal, action, resource);\n",
