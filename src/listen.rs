@@ -84,7 +84,7 @@ impl Listener {
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
                 let listener = bind_restricted(path).map_err(bind_error)?;
-                Ok(Self::Unix(listener, SocketFile(path.clone())))
+                Ok(Self::Unix(listener, SocketFile::new(path.clone())))
             }
         }
     }
@@ -93,7 +93,7 @@ impl Listener {
     pub fn local_addr(&self) -> io::Result<ListenAddr> {
         match self {
             Self::Tcp(listener) => listener.local_addr().map(ListenAddr::Tcp),
-            Self::Unix(_, file) => Ok(ListenAddr::Unix(file.0.clone())),
+            Self::Unix(_, file) => Ok(ListenAddr::Unix(file.path.clone())),
         }
     }
 }
@@ -104,13 +104,35 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// A socket file this process created; deleted on drop.
+/// A socket file this process created; deleted on drop if it is still the one at
+/// its path (another sidecar may have replaced it, its own, since: a stale socket
+/// after this one was removed by hand).
 #[derive(Debug)]
-pub struct SocketFile(PathBuf);
+pub struct SocketFile {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+}
+
+impl SocketFile {
+    fn new(path: PathBuf) -> Self {
+        let identity = file_identity(&path);
+        Self { path, identity }
+    }
+}
+
+/// The device and inode of the file at `path` (not following a symlink).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.identity.is_some() && file_identity(&self.path) == self.identity {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -194,6 +216,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(left.len(), 1, "the staging directory is removed: {left:?}");
+    }
+
+    /// A socket this process bound, removed by hand and replaced by another
+    /// sidecar's, is left to that sidecar when this one stops.
+    #[tokio::test]
+    async fn stopping_leaves_a_socket_that_replaced_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authz.sock");
+        let ours = Listener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let theirs = Listener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
+        drop(ours);
+        assert!(path.exists(), "the other sidecar's socket is left");
+        drop(theirs);
+        assert!(!path.exists(), "its own is removed");
     }
 
     #[tokio::test]
