@@ -224,9 +224,13 @@ mod tests {
     async fn stopping_leaves_a_socket_that_replaced_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("authz.sock");
-        let ours = Listener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
+        let ours = Listener::bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .unwrap();
         std::fs::remove_file(&path).unwrap();
-        let theirs = Listener::bind(&ListenAddr::Unix(path.clone())).await.unwrap();
+        let theirs = Listener::bind(&ListenAddr::Unix(path.clone()))
+            .await
+            .unwrap();
         drop(ours);
         assert!(path.exists(), "the other sidecar's socket is left");
         drop(theirs);

@@ -1,15 +1,18 @@
 //! `cdap-authz validate`: parse and strictly validate a model, reporting every
-//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures. Two things
-//! Cedar accepts are warned about: stored entities naming entities that are not
-//! stored (the decisions that read them are denied), and policies without an `@id`
-//! or a `@source`. `--deny-warnings` makes a warning fail as a problem does.
+//! problem at once. Exit 0 when valid, 3 when not, 1 on other failures. Three
+//! things Cedar accepts are warned about: stored entities naming entities that are
+//! not stored (the decisions that read them are denied), policies naming entities
+//! that are not stored (a misspelt id?), and policies without an `@id` or a
+//! `@source`. `--deny-warnings` makes a warning fail as a problem does.
 
 use std::process::ExitCode;
 
+use cedar_policy::PolicyId;
 use clap::Args;
 
 use super::{ModelArgs, EXIT_INVALID};
 use crate::load::PolicyInfo;
+use crate::slice::policy_literals;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Args)]
@@ -36,11 +39,12 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     if dangling.len() > LISTED {
         errln!("warning: and {} more", dangling.len() - LISTED);
     }
-    let unannotated = unannotated_policies(&snapshot.policy_info);
-    for warning in &unannotated {
+    let mut policy_warnings = unannotated_policies(&snapshot.policy_info);
+    policy_warnings.extend(policies_naming_unstored_entities(&snapshot));
+    for warning in &policy_warnings {
         errln!("warning: {warning}");
     }
-    let warned = !dangling.is_empty() || !unannotated.is_empty();
+    let warned = !dangling.is_empty() || !policy_warnings.is_empty();
     if warned && args.deny_warnings {
         errln!("invalid: warnings denied (--deny-warnings)");
         return Ok(ExitCode::from(EXIT_INVALID));
@@ -85,6 +89,44 @@ fn unannotated_policies(policies: &[PolicyInfo]) -> Vec<String> {
             ))
         })
         .collect()
+}
+
+/// `file:line:column: …` for each entity a policy names (`Partner::"ville-maubeug"`)
+/// that is not stored: a misspelt id, most likely, and a scope or condition that
+/// only an entity a request brings can meet. Enumerated entities and actions are
+/// left out.
+fn policies_naming_unstored_entities(snapshot: &Snapshot) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for info in &snapshot.policy_info {
+        let Some(json) = snapshot
+            .policies
+            .policy(&PolicyId::new(&info.id))
+            .and_then(|policy| policy.to_json().ok())
+        else {
+            continue;
+        };
+        let mut unstored: Vec<String> = policy_literals(&json)
+            .into_iter()
+            .filter(|uid| {
+                snapshot.entities.get(uid).is_none()
+                    && !snapshot.slice_index.has_action(uid)
+                    && !snapshot
+                        .entity_shapes
+                        .is_enumerated(&uid.type_name().to_string())
+            })
+            .map(|uid| uid.to_string())
+            .collect();
+        unstored.sort();
+        let (line, column) = info.at;
+        warnings.extend(unstored.into_iter().map(|uid| {
+            format!(
+                "{}:{line}:{column}: policy `{}` names {uid}, which is not a stored entity \
+                 (a misspelt id?): only an entity a request brings can meet it",
+                info.file, info.id
+            )
+        }));
+    }
+    warnings
 }
 
 /// The entities that stored entities name (as parents, in attributes or tags) but

@@ -335,6 +335,17 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
         "@id(\"B\")\n@source(\" \")\npermit (principal, action, resource);\n",
     )];
     validate_says(&blank, 0, "b.cedar:1:1: a policy with an empty @source:");
+    // A policy naming an entity that is not stored: a misspelt id, likely.
+    let misspelt = [(
+        "e.cedar",
+        "@id(\"E\")\n@source(\"s\")\n\
+         forbid (principal in Partner::\"ville-maubeug\", action, resource);\n",
+    )];
+    validate_says(
+        &misspelt,
+        0,
+        "e.cedar:1:1: policy `E` names Partner::\"ville-maubeug\", which is not a stored entity",
+    );
     let bare = [("d.cedar", "permit (principal, action, resource);\n")];
     validate_says(
         &bare,
