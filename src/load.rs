@@ -253,7 +253,8 @@ fn read_policies(
     let before = problems.len();
     let mut all = PolicySet::new();
     let mut info = Vec::new();
-    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    // Each `@id` seen, and where: `file:line:column`.
+    let mut seen: HashMap<String, String> = HashMap::new();
     for path in files {
         let relative = path.strip_prefix(dir).unwrap_or(&path).to_owned();
         let label = format!("policies/{}", relative.display());
@@ -263,11 +264,13 @@ fn read_policies(
         let Some(parsed) = parse_policy_file(&path, &text, problems) else {
             continue;
         };
-        refuse_templates(&path, &parsed, problems);
+        refuse_templates(&path, &text, &parsed, problems);
         refuse_empty(&path, &parsed, problems);
         let mut file_set = PolicySet::new();
         let mut used_in_file: HashMap<String, usize> = HashMap::new();
         for policy in parsed.policies() {
+            let (line, column) =
+                line_and_column(&text, policy.as_ref().loc().map_or(0, |l| l.start()));
             if policy
                 .annotation("id")
                 .is_some_and(|id| id.trim().is_empty())
@@ -275,7 +278,7 @@ fn read_policies(
                 problems.push(Problem {
                     path: path.clone(),
                     message: format!(
-                        "{}: a policy's @id is empty: the decision log and the diffs name \
+                        "{}:{line}:{column}: a policy's @id is empty: the decision log and the diffs name \
                          policies by it",
                         path.display()
                     ),
@@ -288,7 +291,8 @@ fn read_policies(
                 .unwrap_or_else(|| format!("{}#{}", relative.display(), policy.id()));
             let uses_here = used_in_file.entry(id.clone()).or_insert(0);
             *uses_here += 1;
-            if let Some(first) = seen.insert(id.clone(), path.clone()) {
+            let here = format!("{}:{line}:{column}", path.display());
+            if let Some(first) = seen.insert(id.clone(), here.clone()) {
                 // The repeat is this file's latest `@id("id")`.
                 let at = id_position(&text, &id, *uses_here - 1)
                     .map(|(line, column)| format!(":{line}:{column}"))
@@ -296,9 +300,8 @@ fn read_policies(
                 problems.push(Problem {
                     path: path.clone(),
                     message: format!(
-                        "{}{at}: policy id `{id}` is already used in {}",
+                        "{}{at}: policy id `{id}` is already used at {first}",
                         path.display(),
-                        first.display()
                     ),
                 });
                 continue;
@@ -312,7 +315,7 @@ fn read_policies(
                 source: policy.annotation("source").map(str::to_owned),
                 file: path.display().to_string(),
                 named: policy.annotation("id").is_some(),
-                at: line_and_column(&text, policy.as_ref().loc().map_or(0, |l| l.start())),
+                at: (line, column),
             });
             file_set
                 .add(policy.new_id(PolicyId::new(id)))
@@ -388,6 +391,19 @@ pub fn policy_syntax_problem(path: &Path, text: &str) -> Option<String> {
 }
 
 fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<PolicySet> {
+    // Some editors write one; Cedar's lexer reads it as an invalid token, shown at
+    // a place that looks right.
+    if text.starts_with('\u{feff}') {
+        problems.push(Problem {
+            path: path.to_owned(),
+            message: format!(
+                "{}:1:1: the file starts with a byte-order mark (U+FEFF), which Cedar does \
+                 not read: save it as UTF-8 without one",
+                path.display()
+            ),
+        });
+        return None;
+    }
     PolicySet::from_str(text)
         .map_err(|err| problems.extend(located_problems(path, text, miette::Report::new(err))))
         .ok()
@@ -396,17 +412,19 @@ fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
 /// Templates (policies with `?principal` or `?resource` slots) apply only once
 /// linked, and the sidecar links none: one left in a file would silently never
 /// apply, so it is refused.
-fn refuse_templates(path: &Path, parsed: &PolicySet, problems: &mut Vec<Problem>) {
+fn refuse_templates(path: &Path, text: &str, parsed: &PolicySet, problems: &mut Vec<Problem>) {
     for template in parsed.templates() {
         let id = template
             .annotation("id")
             .map_or_else(|| template.id().to_string(), str::to_owned);
+        let (line, column) =
+            line_and_column(text, template.as_ref().loc().map_or(0, |l| l.start()));
         problems.push(Problem {
             path: path.to_owned(),
             message: format!(
-                "{}: policy `{id}` is a template (it has a `?principal` or `?resource` \
-                 slot); the sidecar links no templates, so it would never apply: write it \
-                 as a static policy",
+                "{}:{line}:{column}: policy `{id}` is a template (it has a `?principal` or \
+                 `?resource` slot); the sidecar links no templates, so it would never apply: \
+                 write it as a static policy",
                 path.display()
             ),
         });

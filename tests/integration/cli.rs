@@ -356,7 +356,7 @@ fn validate_warns_of_a_policy_without_its_id_or_its_source() {
         "c.cedar",
         "@id\n@source(\"s\")\npermit (principal, action, resource);\n",
     )];
-    validate_says(&empty_id, 3, "c.cedar: a policy's @id is empty");
+    validate_says(&empty_id, 3, "c.cedar:1:1: a policy's @id is empty");
 }
 
 /// The bundled schema marks the types whose tags are derived: copied without its
@@ -762,8 +762,8 @@ fn validate_shows_each_syntax_error_of_a_file_at_that_file() {
     }
 }
 
-/// A repeated `@id` is shown where it is repeated: in another file, at that file's
-/// `@id`; in the same file, at its second.
+/// A repeated `@id` is shown where it is repeated, with where it was first used: in
+/// another file, at that file's `@id`; in the same file, at its second.
 #[test]
 fn validate_shows_where_a_policy_id_is_repeated() {
     let policy =
@@ -772,17 +772,32 @@ fn validate_shows_where_a_policy_id_is_repeated() {
         validate_policies(&[("a.cedar", policy), ("b.cedar", &format!("\n{policy}"))]);
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
-        stderr.contains("b.cedar:2:1: policy id `P` is already used in"),
+        stderr.contains("b.cedar:2:1: policy id `P` is already used at ")
+            && stderr.contains("a.cedar:1:1\n"),
         "{stderr}"
     );
     let (code, stderr) = validate_policies(&[("a.cedar", &format!("{policy}  {policy}{policy}"))]);
     assert_eq!(code, Some(3), "{stderr}");
     for at in ["a.cedar:4:3:", "a.cedar:7:1:"] {
         assert!(
-            stderr.contains(&format!("{at} policy id `P` is already used in")),
+            stderr.contains(&format!("{at} policy id `P` is already used at ")),
             "{stderr}"
         );
     }
+}
+
+/// A byte-order mark, which some editors write, is named (Cedar reads it as an
+/// invalid token at a place that looks right).
+#[test]
+fn validate_names_a_byte_order_mark() {
+    validate_says(
+        &[(
+            "a.cedar",
+            "\u{feff}@id(\"A\")\n@source(\"s\")\npermit (principal, action, resource);\n",
+        )],
+        3,
+        "a.cedar:1:1: the file starts with a byte-order mark (U+FEFF)",
+    );
 }
 
 #[test]
@@ -793,7 +808,7 @@ fn validate_refuses_a_template_that_would_never_apply() {
             "@id(\"T-forbid\")\nforbid (principal == ?principal, action, resource);\n",
         )],
         3,
-        "policy `T-forbid` is a template",
+        "a.cedar:1:1: policy `T-forbid` is a template",
     );
 }
 
