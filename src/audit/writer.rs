@@ -340,6 +340,11 @@ impl Writer {
         if self.closed {
             return (0, Err(AuditError::Closed));
         }
+        // Before the batch, not between its records: a batch found writing into a
+        // file already gone is refused whole, none of it acknowledged.
+        if let Err(error) = self.check_still_in_place() {
+            return (0, Err(error));
+        }
         for (appended, entry) in entries.iter().enumerate() {
             if let Err(error) = self.append(entry) {
                 return (appended, Err(error));
@@ -363,7 +368,6 @@ impl Writer {
     }
 
     fn copy_line(&mut self, line: &[u8]) -> Result<(), AuditError> {
-        self.check_still_in_place()?;
         if self.file.is_none() {
             self.reopen()?;
         }
@@ -404,7 +408,8 @@ impl Writer {
     /// Every [`PLACE_CHECK_INTERVAL`], whether the open file is still the one at its
     /// path: a log directory deleted or replaced under the writer (or the file
     /// removed) would take records no one can read, and nothing would fail. When it
-    /// is not, the file is let go and the batch refused (answered Deny); the next
+    /// is not, the file is let go (unmapped off the lock, as on rotation) and the
+    /// batch refused (answered Deny); the next
     /// record takes the directory's lock again and opens the path anew, failing
     /// while the directory is gone. Records appended between the change and the
     /// check are lost with the old file: at most a second's.
@@ -426,7 +431,9 @@ impl Writer {
         if open.zip(at_path).is_some_and(|(o, p)| same_file(&o, &p)) {
             return Ok(());
         }
-        self.file = None;
+        if let Some(gone) = self.file.take() {
+            self.chores.unmap(gone);
+        }
         self.dir_lock = None;
         Err(AuditError::Moved(self.segment.path.clone()))
     }
@@ -689,7 +696,6 @@ impl Chore {
     }
 }
 
-/// Syncs the file or directory at `path` to disk.
 /// Locks the log directory's [`LOCK_FILE`] for this writer: a second writer on the
 /// same directory (a sidecar started before the last one stopped) would append at
 /// the same places, overwriting records and breaking the chain, and cut the file
@@ -710,6 +716,7 @@ fn lock_dir(dir: &Path) -> Result<File, AuditError> {
     }
 }
 
+/// Syncs the file or directory at `path` to disk.
 fn sync_path(path: &Path) -> Result<(), AuditError> {
     File::open(path)
         .and_then(|file| file.sync_all())
