@@ -264,13 +264,13 @@ fn read_policies(
         let Some(parsed) = parse_policy_file(&path, &text, problems) else {
             continue;
         };
-        refuse_templates(&path, &text, &parsed, problems);
+        let lines = Lines::new(&text);
+        refuse_templates(&path, &lines, &parsed, problems);
         refuse_empty(&path, &parsed, problems);
         let mut file_set = PolicySet::new();
         let mut used_in_file: HashMap<String, usize> = HashMap::new();
         for policy in parsed.policies() {
-            let (line, column) =
-                line_and_column(&text, policy.as_ref().loc().map_or(0, |l| l.start()));
+            let (line, column) = lines.at(policy.as_ref().loc().map_or(0, |l| l.start()));
             if policy
                 .annotation("id")
                 .is_some_and(|id| id.trim().is_empty())
@@ -291,10 +291,9 @@ fn read_policies(
                 .unwrap_or_else(|| format!("{}#{}", relative.display(), policy.id()));
             let uses_here = used_in_file.entry(id.clone()).or_insert(0);
             *uses_here += 1;
-            let here = format!("{}:{line}:{column}", path.display());
-            if let Some(first) = seen.insert(id.clone(), here.clone()) {
+            if let Some(first) = seen.get(&id) {
                 // The repeat is this file's latest `@id("id")`.
-                let at = id_position(&text, &id, *uses_here - 1)
+                let at = id_position(&text, &lines, &id, *uses_here - 1)
                     .map(|(line, column)| format!(":{line}:{column}"))
                     .unwrap_or_default();
                 problems.push(Problem {
@@ -306,6 +305,7 @@ fn read_policies(
                 });
                 continue;
             }
+            seen.insert(id.clone(), format!("{}:{line}:{column}", path.display()));
             info.push(PolicyInfo {
                 id: id.clone(),
                 effect: match policy.effect() {
@@ -331,18 +331,34 @@ fn read_policies(
 }
 
 /// Line and column (from 1) of the `nth` (from 0) `@id("id")` written in `text`.
-fn id_position(text: &str, id: &str, nth: usize) -> Option<(usize, usize)> {
+fn id_position(text: &str, lines: &Lines, id: &str, nth: usize) -> Option<(usize, usize)> {
     let written = format!("@id({})", serde_json::Value::from(id));
     let (offset, _) = text.match_indices(&written).nth(nth)?;
-    Some(line_and_column(text, offset))
+    Some(lines.at(offset))
 }
 
-/// Line and column (from 1, the column in bytes) of byte `offset` in `text`.
-pub fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
-    (line, column)
+/// Where each line of a text starts: line and column lookups without rescanning
+/// the text (a file's thousands of policies are each located).
+struct Lines {
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let after_newlines = text.match_indices('\n').map(|(at, _)| at + 1);
+        Self {
+            starts: std::iter::once(0).chain(after_newlines).collect(),
+            len: text.len(),
+        }
+    }
+
+    /// Line and column (from 1, the column in bytes) of byte `offset`.
+    fn at(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.len);
+        let line = self.starts.partition_point(|&start| start <= offset);
+        (line, offset - self.starts[line - 1] + 1)
+    }
 }
 
 /// The `.cedar` files under `dir`, recursively, in path order (hidden entries skipped).
@@ -412,13 +428,12 @@ fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Op
 /// Templates (policies with `?principal` or `?resource` slots) apply only once
 /// linked, and the sidecar links none: one left in a file would silently never
 /// apply, so it is refused.
-fn refuse_templates(path: &Path, text: &str, parsed: &PolicySet, problems: &mut Vec<Problem>) {
+fn refuse_templates(path: &Path, lines: &Lines, parsed: &PolicySet, problems: &mut Vec<Problem>) {
     for template in parsed.templates() {
         let id = template
             .annotation("id")
             .map_or_else(|| template.id().to_string(), str::to_owned);
-        let (line, column) =
-            line_and_column(text, template.as_ref().loc().map_or(0, |l| l.start()));
+        let (line, column) = lines.at(template.as_ref().loc().map_or(0, |l| l.start()));
         problems.push(Problem {
             path: path.to_owned(),
             message: format!(
@@ -577,12 +592,13 @@ fn entity_problems(
     };
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
+    let lines = Lines::new(text);
     for (raw, entity) in written.iter().zip(entities) {
         match refused(vec![entity.clone()]) {
             None => accepted.push(entity),
             Some(err) => {
                 let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-                let (line, column) = line_and_column(text, offset);
+                let (line, column) = lines.at(offset);
                 problems.push(Problem {
                     path: path.to_owned(),
                     message: format!("{}:{line}:{column}: {}", path.display(), describe(&err)),
@@ -698,5 +714,19 @@ impl Diagnostic for Located<'_> {
     }
     fn source_code(&self) -> Option<&dyn SourceCode> {
         Some(self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_give_line_and_column_from_1() {
+        let lines = Lines::new("ab\ncd\n\ne");
+        let at = |offset| lines.at(offset);
+        assert_eq!([at(0), at(1), at(2)], [(1, 1), (1, 2), (1, 3)]);
+        assert_eq!([at(3), at(4), at(6)], [(2, 1), (2, 2), (3, 1)]);
+        assert_eq!([at(7), at(8), at(99)], [(4, 1), (4, 2), (4, 2)]);
     }
 }

@@ -778,12 +778,14 @@ fn validate_shows_where_a_policy_id_is_repeated() {
     );
     let (code, stderr) = validate_policies(&[("a.cedar", &format!("{policy}  {policy}{policy}"))]);
     assert_eq!(code, Some(3), "{stderr}");
+    // Each repeat names the first use, which loaded, not the one before it.
     for at in ["a.cedar:4:3:", "a.cedar:7:1:"] {
         assert!(
             stderr.contains(&format!("{at} policy id `P` is already used at ")),
             "{stderr}"
         );
     }
+    assert_eq!(stderr.matches("a.cedar:1:1\n").count(), 2, "{stderr}");
 }
 
 /// A byte-order mark, which some editors write, is named (Cedar reads it as an
