@@ -237,10 +237,20 @@ impl HttpError {
     }
 }
 
-/// How long the accept loop waits after a failed accept: out of file descriptors,
-/// say, the connection waits in the backlog, and an accept tried again at once
-/// fails again (a core spun, logging each failure).
+/// How long the accept loop waits after an accept failed for want of resources:
+/// out of file descriptors, say, the connection waits in the backlog, and an accept
+/// tried again at once fails again (a core spun, logging each failure).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether an accept failed for want of descriptors or memory, which only time
+/// frees; other errors (a connection aborted before it was accepted) are the one
+/// connection's, and the next accept is tried at once.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
 
 /// Failed accepts are logged at most once in this long, with how many failed.
 const ACCEPT_FAILURE_REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -289,7 +299,9 @@ pub async fn serve(
             accepted = accept(&listener, &state, &workers, &graceful) => {
                 if let Err(error) = accepted {
                     failed_accepts.report(&error);
-                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    if out_of_resources(&error) {
+                        tokio::time::sleep(ACCEPT_RETRY).await;
+                    }
                 }
             }
             () = &mut shutdown => break,
