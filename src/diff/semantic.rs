@@ -278,16 +278,13 @@ fn compile_pair(
     Ok((old_set, new_set))
 }
 
-/// A direction the proof found empty is left unproven when `side`'s policies in
-/// `erring` (those the other side lacks) can err, since an error denies in the
-/// sidecar; one with an example keeps it.
-fn unless_erring(
-    direction: Direction,
-    side: &str,
-    erring: Result<Vec<String>, String>,
-) -> Direction {
-    let reason = match (&direction, erring) {
-        (Direction::None, Ok(erring)) if !erring.is_empty() => format!(
+/// A direction the proof found empty, unless `side`'s policies in `erring` (those
+/// the other side lacks) can err: an error denies in the sidecar, so it is then
+/// unproven.
+fn unless_erring(side: &str, erring: Result<Vec<String>, String>) -> Direction {
+    let reason = match erring {
+        Ok(erring) if erring.is_empty() => return Direction::None,
+        Ok(erring) => format!(
             "{side}'s {} can raise an evaluation error on such a request, which denies in \
              the sidecar (fail-closed) and which the proof, on Cedar's rule (a policy in \
              error is skipped), does not see: not proven",
@@ -297,8 +294,7 @@ fn unless_erring(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        (Direction::None, Err(why)) => format!("the solver could not settle {why}"),
-        _ => return direction,
+        Err(why) => format!("the solver could not settle {why}"),
     };
     Direction::Unknown { reason }
 }
@@ -357,10 +353,13 @@ impl<'a> Checker<'a> {
         // it is errs on both for the same request, so both deny: only OLD's
         // policies that NEW lacks can deny what NEW allows, and NEW's that OLD lacks
         // what OLD allows.
-        let old_erring = self.may_err(&old_policies, &self.new.policies, env).await;
-        let new_erring = self.may_err(&self.new.policies, &old_policies, env).await;
-        let widening = unless_erring(widening, "OLD", old_erring);
-        let narrowing = unless_erring(narrowing, "NEW", new_erring);
+        let new: &Model = self.new;
+        let widening = self
+            .unless_side_errs(widening, ("OLD", &old_policies), &new.policies, env)
+            .await;
+        let narrowing = self
+            .unless_side_errs(narrowing, ("NEW", &new.policies), &old_policies, env)
+            .await;
         Ok(SignatureDiff {
             signature: signature_name(env),
             verdict: verdict(&widening, &narrowing),
@@ -390,6 +389,23 @@ impl<'a> Checker<'a> {
                      (they are compiled under NEW's): {e}"
                 )
             })
+    }
+
+    /// `direction`, unless it is proven empty and a policy of `side` (named, and
+    /// its policies) that `other` lacks can err ([`unless_erring`]); an example or
+    /// an unknown stays as it is.
+    async fn unless_side_errs(
+        &mut self,
+        direction: Direction,
+        (name, side): (&str, &PolicySet),
+        other: &PolicySet,
+        env: &RequestEnv,
+    ) -> Direction {
+        if !matches!(direction, Direction::None) {
+            return direction;
+        }
+        let erring = self.may_err(side, other, env).await;
+        unless_erring(name, erring)
     }
 
     /// The policies of `side` that `other` does not hold as they are and that can
