@@ -5,6 +5,7 @@
 //! that are not stored (a misspelt id?), and policies without an `@id` or a
 //! `@source`. `--deny-warnings` makes a warning fail as a problem does.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 
 use cedar_policy::PolicyId;
@@ -92,10 +93,16 @@ fn unannotated_policies(policies: &[PolicyInfo]) -> Vec<String> {
 }
 
 /// `file:line:column: …` for each entity a policy names (`Partner::"ville-maubeug"`)
-/// that is not stored: a misspelt id, most likely, and a scope or condition that
-/// only an entity a request brings can meet. Enumerated entities and actions are
-/// left out.
+/// that is not stored though entities of its type are: a misspelt id, most likely,
+/// and a scope or condition that only an entity a request brings can meet. Types
+/// no stored entity has (files, or users under `serve --request-principals`, which
+/// requests bring; enumerated entities) are left out.
 fn policies_naming_unstored_entities(snapshot: &Snapshot) -> Vec<String> {
+    let stored_types: HashSet<String> = snapshot
+        .entities
+        .iter()
+        .map(|entity| entity.uid().type_name().to_string())
+        .collect();
     let mut warnings = Vec::new();
     for info in &snapshot.policy_info {
         let Some(json) = snapshot
@@ -109,10 +116,7 @@ fn policies_naming_unstored_entities(snapshot: &Snapshot) -> Vec<String> {
             .into_iter()
             .filter(|uid| {
                 snapshot.entities.get(uid).is_none()
-                    && !snapshot.slice_index.has_action(uid)
-                    && !snapshot
-                        .entity_shapes
-                        .is_enumerated(&uid.type_name().to_string())
+                    && stored_types.contains(&uid.type_name().to_string())
             })
             .map(|uid| uid.to_string())
             .collect();
