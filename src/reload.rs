@@ -551,8 +551,10 @@ fn settle(
 }
 
 /// Watches the targets again, each where its path now leads (following a directory
-/// swapped in since). The targets never change, so no watch is ever dropped here;
-/// notify drops those of a directory moved or deleted, and this adds them back.
+/// swapped in since, or a policy symlink retargeted). No watch is dropped here: a
+/// directory a symlink no longer leads to stays watched (a few watches, whose
+/// events then concern nothing); notify drops those of a directory moved or
+/// deleted, and this adds them back.
 fn rewatch(reloader: &Reloader, watcher: &mut RecommendedWatcher) {
     for (path, mode) in reloader.watch_targets() {
         if let Err(error) = watcher.watch(&path, mode) {
