@@ -91,8 +91,11 @@ pub enum DeriveError {
         attr: String,
         kind: AttributeKind,
     },
-    #[error("the schema marks the tags of `{entity_type}` @derived, but no derivation rule writes them (is the derivation file missing?)")]
-    Underived { entity_type: String },
+    #[error("the schema marks the tags of {entity_types} @derived, but no derivation rule writes them (is the derivation file missing, or a rule?)")]
+    Underived {
+        /// Every such type, each in backquotes.
+        entity_types: String,
+    },
     #[error("rule `{rule}`: `where` compares `{attr}` with {value}, which is not a value of its type (a `where` attribute is a Bool, Long or String)")]
     WhereValue {
         rule: String,
@@ -331,12 +334,14 @@ pub fn target_types(
         }
         types.by_rule.push(names);
     }
-    if let Some(entity_type) = annotated_derived(schema)
+    let underived: Vec<String> = annotated_derived(schema)
         .into_iter()
-        .find(|t| !types.referenced.contains(t) && !types.ancestors.contains(t))
-    {
+        .filter(|t| !types.referenced.contains(t) && !types.ancestors.contains(t))
+        .map(|t| format!("`{t}`"))
+        .collect();
+    if !underived.is_empty() {
         return Err(DeriveError::Underived {
-            entity_type: entity_type.to_string(),
+            entity_types: underived.join(", "),
         });
     }
     Ok(types)
@@ -747,13 +752,14 @@ mod tests {
         );
         assert!(types_of(&held_by_role(), &marked).is_ok());
         let underived = |rules: &DerivationRules| match types_of(rules, &marked) {
-            Err(DeriveError::Underived { entity_type }) => entity_type,
+            Err(DeriveError::Underived { entity_types }) => entity_types,
             other => panic!("{other:?}"),
         };
-        assert_eq!(underived(&DerivationRules::default()), "Group");
+        // Every type lacking its rule is named.
+        assert_eq!(underived(&DerivationRules::default()), "`Group`, `Hab`");
         let mut group_only = held_by_role();
         group_only.counts[0].target_ancestors = vec!["Group".into()];
-        assert_eq!(underived(&group_only), "Hab");
+        assert_eq!(underived(&group_only), "`Hab`");
     }
 
     /// Whatever the entities hold: read from the schema, not from what was counted.

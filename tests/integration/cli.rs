@@ -369,7 +369,8 @@ fn validate_refuses_the_schema_without_its_derivation_rules() {
     assert_invalid(
         "--schema",
         &schema,
-        "the schema marks the tags of `Bulletin` @derived, but no derivation rule writes them",
+        "the schema marks the tags of `Bulletin`, `Group`, `Habilitation` @derived, but no \
+         derivation rule writes them",
     );
 }
 
