@@ -94,8 +94,9 @@ pub fn entity_filter(value: &str) -> Result<String, String> {
 }
 
 /// A partner filter: a partner's id (`ville-maubeuge`), as records hold it, or a
-/// reference to it (`Partner::"ville-maubeuge"`). Refused as [`entity_filter`]
-/// refuses.
+/// reference to it (`Partner::"ville-maubeuge"`), whose id is taken (records keep
+/// the partner's id alone, so its type is not checked). Refused as
+/// [`entity_filter`] refuses.
 pub fn partner_filter(value: &str) -> Result<String, String> {
     Ok(match reference_or_id(value, "Partner")? {
         Some(uid) => uid.id().unescaped().to_owned(),
