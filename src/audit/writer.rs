@@ -409,10 +409,10 @@ impl Writer {
     /// path: a log directory deleted or replaced under the writer (or the file
     /// removed) would take records no one can read, and nothing would fail. When it
     /// is not, the file is let go (unmapped off the lock, as on rotation) and the
-    /// batch refused (answered Deny); the next
-    /// record takes the directory's lock again and opens the path anew, failing
-    /// while the directory is gone. Records appended between the change and the
-    /// check are lost with the old file: at most a second's.
+    /// batch refused (answered Deny); the next record takes the directory's lock
+    /// again and opens the path anew, failing while the directory is gone. Records
+    /// appended between the change and the check are lost with the old file: at
+    /// most a second's.
     fn check_still_in_place(&mut self) -> Result<(), AuditError> {
         let now = Instant::now();
         if now < self.next_place_check {
