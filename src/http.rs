@@ -480,7 +480,9 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     let Some(snapshot) = state.store.current() else {
         return error_response(&HttpError::NotReady);
     };
-    if let Some(failure) = state.audit.as_ref().and_then(AuditLog::failure) {
+    // Probed, not the last append's outcome: without traffic a log directory
+    // deleted, or back, would not show.
+    if let Some(failure) = state.audit.as_ref().and_then(AuditLog::probe) {
         return error_response(&HttpError::AuditUnavailable(failure));
     }
     json_response(

@@ -57,9 +57,6 @@ use super::{AuditConfig, AuditError};
 const LOG_FILE_MODE: u32 = 0o640;
 const LOG_DIR_MODE: u32 = 0o750;
 
-/// The file in the log's directory that its writer holds locked while it lives.
-const LOCK_FILE: &str = ".cdap-authz.lock";
-
 /// How often an append checks that the open file is still the one at its path.
 const PLACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -196,6 +193,15 @@ impl AuditLog {
         self.health.failure()
     }
 
+    /// Checks the log now, as an append would, without appending (for `/readyz`,
+    /// which traffic-less would otherwise report the state of the last append): a
+    /// directory deleted since is found, and one back since is opened. The reason
+    /// the log cannot be written, if it cannot.
+    pub fn probe(&self) -> Option<String> {
+        self.writer.lock().probe(&self.health);
+        self.health.failure()
+    }
+
     /// The context fields recorded.
     pub fn context_fields(&self) -> &[String] {
         &self.context_fields
@@ -313,7 +319,27 @@ impl Writer {
     /// appended, and the error that refused the next one, if one was.
     fn commit(&mut self, entries: &[Entry], health: &Health) -> (usize, Result<(), AuditError>) {
         let (appended, result) = self.append_all(entries);
-        match &result {
+        self.note_health(&result, health);
+        (appended, result)
+    }
+
+    /// [`Self::commit`]'s checks with nothing to append: the file still in place,
+    /// else opened anew.
+    fn probe(&mut self, health: &Health) {
+        if self.closed {
+            return;
+        }
+        self.next_place_check = Instant::now();
+        let result = self.check_still_in_place().and_then(|()| match self.file {
+            None => self.reopen(),
+            Some(_) => Ok(()),
+        });
+        self.note_health(&result, health);
+    }
+
+    /// Records whether the log could be written, logging a change.
+    fn note_health(&mut self, result: &Result<(), AuditError>, health: &Health) {
+        match result {
             Err(error) => {
                 // Logged when the log fails, or fails otherwise, not for every record
                 // while it stays down (a full disk would fill with the same line; the
@@ -332,7 +358,6 @@ impl Writer {
             Ok(()) => {}
         }
         self.unhealthy = result.is_err();
-        (appended, result)
     }
 
     /// Appends entries in order until one cannot be: how many were, and why not.
@@ -696,23 +721,18 @@ impl Chore {
     }
 }
 
-/// Locks the log directory's [`LOCK_FILE`] for this writer: a second writer on the
-/// same directory (a sidecar started before the last one stopped) would append at
-/// the same places, overwriting records and breaking the chain, and cut the file
-/// under the other's mapping when it closed. The lock goes with the process.
+/// Locks the log directory for this writer (`flock` on the directory itself, which
+/// no one can delete from under the lock as they could a lock file): a second
+/// writer on the same directory (a sidecar started before the last one stopped)
+/// would append at the same places, overwriting records and breaking the chain,
+/// and cut the file under the other's mapping when it closed. The lock goes with
+/// the process.
 fn lock_dir(dir: &Path) -> Result<File, AuditError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(LOG_FILE_MODE)
-        .open(&path)
-        .map_err(|source| AuditError::io(path.clone(), source))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let directory = File::open(dir).map_err(|source| AuditError::io(dir.to_owned(), source))?;
+    match directory.try_lock() {
+        Ok(()) => Ok(directory),
         Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked(dir.to_owned())),
-        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::io(path, source)),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::io(dir.to_owned(), source)),
     }
 }
 

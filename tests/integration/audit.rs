@@ -351,6 +351,31 @@ fn todays_file_on_dev_full(dir: &Path, index: u32) -> PathBuf {
     file
 }
 
+/// `/readyz` checks the log itself: without traffic, a log directory deleted shows
+/// at once, and one back is opened, so a probe that took the sidecar out of
+/// service lets it back in.
+#[test]
+fn readyz_sees_a_log_directory_deleted_and_back_without_traffic() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("audit");
+    let server = audited(AuditConfig::new(&dir));
+    assert_eq!(server.get("/readyz").0, 200);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let (status, ready) = server.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("removed or replaced while open"), "{ready}");
+    std::fs::create_dir(&dir).unwrap();
+    let (status, ready) = server.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    let (_, body) = server.post("/v1/is_authorized", &allowed_consultation());
+    assert_eq!(body["decision"], "Allow", "{body}");
+    assert_eq!(
+        records(&dir).len(),
+        1,
+        "recorded in the directory back in place"
+    );
+}
+
 /// A batch whose records fill the disk part way: the items whose records were
 /// written are answered as their records say, the rest Deny (each record one
 /// file, the second file on a full disk).
@@ -977,7 +1002,6 @@ fn retention_deletes_only_expired_log_files() {
         name(0),
         "notes-2020-01-01.txt".to_owned(),
         "decisions-2020-1-1.000.jsonl".to_owned(),
-        ".cdap-authz.lock".to_owned(), // the writer's
     ];
     expected.sort();
     assert_eq!(left, expected);
