@@ -407,14 +407,15 @@ pub fn policy_syntax_problem(path: &Path, text: &str) -> Option<String> {
 }
 
 fn parse_policy_file(path: &Path, text: &str, problems: &mut Vec<Problem>) -> Option<PolicySet> {
-    // Some editors write one; Cedar's lexer reads it as an invalid token, shown at
-    // a place that looks right.
-    if text.starts_with('\u{feff}') {
+    // Some editors write one, and files joined with `cat` carry theirs along;
+    // Cedar's lexer reads it as an invalid token, shown at a place that looks right.
+    if let Some(offset) = text.find('\u{feff}') {
+        let (line, column) = Lines::new(text).at(offset);
         problems.push(Problem {
             path: path.to_owned(),
             message: format!(
-                "{}:1:1: the file starts with a byte-order mark (U+FEFF), which Cedar does \
-                 not read: save it as UTF-8 without one",
+                "{}:{line}:{column}: a byte-order mark (U+FEFF), which Cedar does not read: \
+                 save the file as UTF-8 without one",
                 path.display()
             ),
         });

@@ -60,7 +60,12 @@ struct QueryArgs {
     #[arg(long, value_name = "TIME")]
     until: Option<DateTime<Utc>>,
     /// Most records printed (the newest).
-    #[arg(long, value_name = "N", default_value_t = usize::MAX)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = usize::MAX,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     limit: usize,
 }
 

@@ -75,7 +75,7 @@ pub struct ServeArgs {
         long,
         value_name = "SECONDS",
         default_value_t = DEFAULT_READ_TIMEOUT.as_secs(),
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub read_timeout_secs: u64,
     /// Let requests set the time the sidecar otherwise fills (`now`): for tests
@@ -136,7 +136,7 @@ pub struct AuditArgs {
         long,
         value_name = "DAYS",
         default_value_t = DEFAULT_RETENTION_DAYS,
-        value_parser = clap::value_parser!(u32).range(1..)
+        value_parser = clap::value_parser!(u32).range(1..=36_500)
     )]
     pub audit_retention_days: u32,
     /// Context fields recorded (comma separated); no other context is written.

@@ -183,7 +183,10 @@ fn read_requests(path: &Path) -> Result<Vec<(String, Recorded)>, ReplayError> {
         path: path.to_owned(),
         source,
     })?;
-    let whole: Option<Value> = serde_json::from_str(&text).ok();
+    // A live decision-log file ends in space reserved ahead, NUL bytes, which
+    // readers take for its end.
+    let text = text.trim_end_matches('\0');
+    let whole: Option<Value> = serde_json::from_str(text).ok();
     let values: Vec<(usize, Value)> = match whole {
         Some(Value::Array(items)) => items
             .into_iter()
@@ -191,7 +194,7 @@ fn read_requests(path: &Path) -> Result<Vec<(String, Recorded)>, ReplayError> {
             .map(|(i, v)| (i + 1, v))
             .collect(),
         Some(value) => vec![(1, value)],
-        None => json_lines(path, &text)?,
+        None => json_lines(path, text)?,
     };
     values
         .into_iter()

@@ -799,7 +799,16 @@ fn validate_names_a_byte_order_mark() {
             "\u{feff}@id(\"A\")\n@source(\"s\")\npermit (principal, action, resource);\n",
         )],
         3,
-        "a.cedar:1:1: the file starts with a byte-order mark (U+FEFF)",
+        "a.cedar:1:1: a byte-order mark (U+FEFF)",
+    );
+    // One carried along into the middle of a file.
+    validate_says(
+        &[(
+            "b.cedar",
+            "\r\n\u{feff}@id(\"B\")\n@source(\"s\")\npermit (principal, action, resource);\n",
+        )],
+        3,
+        "b.cedar:2:1: a byte-order mark (U+FEFF)",
     );
 }
 
@@ -1047,6 +1056,15 @@ fn settings_that_break_the_sidecar_are_refused() {
             "1000 is not in 1048576..",
         ),
         (&["serve", "--audit-retention-days", "0"], "0 is not in 1.."),
+        (
+            &["serve", "--audit-retention-days", "100000000"],
+            "is not in 1..=36500",
+        ),
+        (
+            &["serve", "--read-timeout-secs", "18446744073709551615"],
+            "is not in 1..=86400",
+        ),
+        (&["audit", "query", "--limit", "0"], "0 is not in 1.."),
         (&["serve", "--allow-host", "foo:80"], "without port"),
         (&["test", "--min-coverage", "nan"], "from 0 to 100"),
         (&["test", "--min-coverage", "150"], "from 0 to 100"),

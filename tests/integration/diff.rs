@@ -453,7 +453,8 @@ fn replay_lists_the_recorded_decisions_that_flip() {
 }
 
 /// A log record without `context.now` is replayed at its `time`, when it was
-/// decided: a rule on dates flips the records of the dates it covers only.
+/// decided: a rule on dates flips the records of the dates it covers only. A live
+/// log file's NUL end is its end.
 #[test]
 fn replay_decides_a_log_record_at_its_time() {
     let (old, new) = (model_copy(), model_copy());
@@ -474,8 +475,9 @@ fn replay_decides_a_log_record_at_its_time() {
     let log_path = old.path().join("decisions.jsonl");
     std::fs::write(
         &log_path,
+        // As a live log file ends: in space reserved ahead, NUL bytes.
         format!(
-            "{}\n{}\n",
+            "{}\n{}\n\0\0\0\0",
             record("2026-10-15T10:00:00.000000Z"),
             record(crate::util::NOW)
         ),
