@@ -197,24 +197,31 @@ impl Reloader {
     /// Where the sources lead through symlinks, for those that lead elsewhere (a
     /// source that does not exist leads nowhere); and the policy files that are
     /// symlinks to files outside the policy directory, which its watch does not see.
+    /// A file's targets are where it finally leads and each link on the way: a link
+    /// in the middle of a chain retargeted is a change too.
     fn resolve(&self) -> Targets {
-        let elsewhere = |source: &PathBuf| {
+        let elsewhere = |source: &Path| {
             std::fs::canonicalize(source)
                 .ok()
                 .filter(|target| target != source)
+        };
+        let targets = |file: &Path| {
+            let mut targets = symlink_hops(file);
+            targets.extend(elsewhere(file));
+            targets
         };
         let policies = elsewhere(&self.sources.policies);
         let inside = policies.as_ref().unwrap_or(&self.sources.policies);
         let linked_policy_files = load::policy_files(&self.sources.policies)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|file| elsewhere(&file))
+            .flat_map(|file| targets(&file))
             .filter(|target| !target.starts_with(inside));
         Targets {
             files: self
                 .sources()
                 .skip(1)
-                .filter_map(elsewhere)
+                .flat_map(|source| targets(source))
                 .chain(linked_policy_files)
                 .collect(),
             policies,
@@ -548,6 +555,35 @@ fn settle(
             return true;
         }
     }
+}
+
+/// The most links followed in a chain (Linux's own limit).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The paths a chain of symlinks from `path` passes through, after `path` itself,
+/// each in its directory's canonical form, up to the file it ends at: empty when
+/// `path` is not a symlink.
+fn symlink_hops(path: &Path) -> Vec<PathBuf> {
+    let mut hops = Vec::new();
+    let mut current = path.to_owned();
+    while hops.len() < MAX_SYMLINK_HOPS {
+        let Ok(target) = std::fs::read_link(&current) else {
+            break;
+        };
+        let joined = match current.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+        let (Some(dir), Some(name)) = (joined.parent(), joined.file_name()) else {
+            break;
+        };
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            break;
+        };
+        current = dir.join(name);
+        hops.push(current.clone());
+    }
+    hops
 }
 
 /// Watches the targets again, each where its path now leads (following a directory

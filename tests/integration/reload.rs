@@ -164,6 +164,36 @@ fn an_edit_of_a_file_a_policy_symlink_leads_to_is_picked_up() {
     });
 }
 
+/// A policy file reached through a chain of symlinks: retargeting the link in the
+/// middle of the chain is picked up.
+#[test]
+fn a_retargeted_link_in_the_middle_of_a_policy_symlink_chain_is_picked_up() {
+    let root = tempfile::tempdir().unwrap();
+    copy_model(root.path());
+    let (shared, middle) = (root.path().join("shared"), root.path().join("middle"));
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::create_dir(&middle).unwrap();
+    let policy = root.path().join("policies/traces.cedar");
+    let (first, second) = (shared.join("first.cedar"), shared.join("second.cedar"));
+    std::fs::rename(&policy, &first).unwrap();
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&second, without_partner_trace_permit(&text)).unwrap();
+    let link = middle.join("traces.cedar");
+    std::os::unix::fs::symlink(&first, &link).unwrap();
+    std::os::unix::fs::symlink(&link, &policy).unwrap();
+    let model = root.path().to_owned();
+    let live = Live::start(root, &model, true);
+    live.server
+        .decide(&admin_reads_traces())
+        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+    let staged = middle.join("traces.cedar.new");
+    std::os::unix::fs::symlink(&second, &staged).unwrap();
+    std::fs::rename(&staged, &link).unwrap();
+    within_or_report(&live, "the retargeted middle link takes effect", || {
+        !live.server.decide(&admin_reads_traces()).allowed
+    });
+}
+
 /// Waits (2 s at most) for a reload to be refused; its message, once checked that
 /// `version` still serves.
 fn refused_reload(live: &Live, version: &Value) -> String {
