@@ -324,17 +324,22 @@ impl Writer {
     }
 
     /// [`Self::commit`]'s checks with nothing to append: the file still in place,
-    /// else opened anew.
+    /// else opened anew. A failure is noted; so is a file opened that could not be
+    /// before. A file in place says nothing of a full disk, which only an append
+    /// tells: the log's health is then left as the last append left it.
     fn probe(&mut self, health: &Health) {
         if self.closed {
             return;
         }
+        let had_file = self.file.is_some();
         self.next_place_check = Instant::now();
         let result = self.check_still_in_place().and_then(|()| match self.file {
             None => self.reopen(),
             Some(_) => Ok(()),
         });
-        self.note_health(&result, health);
+        if result.is_err() || !had_file {
+            self.note_health(&result, health);
+        }
     }
 
     /// Records whether the log could be written, logging a change.
