@@ -140,58 +140,67 @@ fn policy_edit_flips_a_decision_within_2_seconds() {
     );
 }
 
-/// A policy file that is a symlink to a file outside the policy directory (shared
-/// between sidecars, say): an edit of the file it leads to is picked up too.
-#[test]
-fn an_edit_of_a_file_a_policy_symlink_leads_to_is_picked_up() {
+/// A copy of the bundled model whose `policies/traces.cedar` `link` moves out of
+/// the policy directory and replaces by symlinks (given the model's root and the
+/// file's path), served and watched; checked to allow the partner managers' trace
+/// reads, which the tests then take away.
+fn serving_traces_through_links(link: impl FnOnce(&Path, &Path)) -> Live {
     let root = tempfile::tempdir().unwrap();
     copy_model(root.path());
-    let shared = root.path().join("shared");
-    std::fs::create_dir(&shared).unwrap();
-    let target = shared.join("traces.cedar");
-    let link = root.path().join("policies/traces.cedar");
-    std::fs::rename(&link, &target).unwrap();
-    std::os::unix::fs::symlink(&target, &link).unwrap();
+    link(root.path(), &root.path().join("policies/traces.cedar"));
     let model = root.path().to_owned();
     let live = Live::start(root, &model, true);
     live.server
         .decide(&admin_reads_traces())
         .assert_allowed_by("T3-partner-managers-read-partner-traces");
-    let edited = without_partner_trace_permit(&std::fs::read_to_string(&target).unwrap());
-    std::fs::write(&target, edited).unwrap();
-    within_or_report(&live, "the edit of the linked file takes effect", || {
+    live
+}
+
+/// Waits (2 s at most) for the partner managers' trace reads to be denied.
+fn partner_trace_reads_stop(live: &Live, what: &str) {
+    within_or_report(live, what, || {
         !live.server.decide(&admin_reads_traces()).allowed
     });
+}
+
+/// A policy file that is a symlink to a file outside the policy directory (shared
+/// between sidecars, say): an edit of the file it leads to is picked up too.
+#[test]
+fn an_edit_of_a_file_a_policy_symlink_leads_to_is_picked_up() {
+    let mut target = PathBuf::new();
+    let live = serving_traces_through_links(|root, policy| {
+        std::fs::create_dir(root.join("shared")).unwrap();
+        target = root.join("shared/traces.cedar");
+        std::fs::rename(policy, &target).unwrap();
+        std::os::unix::fs::symlink(&target, policy).unwrap();
+    });
+    let edited = without_partner_trace_permit(&std::fs::read_to_string(&target).unwrap());
+    std::fs::write(&target, edited).unwrap();
+    partner_trace_reads_stop(&live, "the edit of the linked file takes effect");
 }
 
 /// A policy file reached through a chain of symlinks: retargeting the link in the
 /// middle of the chain is picked up.
 #[test]
 fn a_retargeted_link_in_the_middle_of_a_policy_symlink_chain_is_picked_up() {
-    let root = tempfile::tempdir().unwrap();
-    copy_model(root.path());
-    let (shared, middle) = (root.path().join("shared"), root.path().join("middle"));
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::create_dir(&middle).unwrap();
-    let policy = root.path().join("policies/traces.cedar");
-    let (first, second) = (shared.join("first.cedar"), shared.join("second.cedar"));
-    std::fs::rename(&policy, &first).unwrap();
-    let text = std::fs::read_to_string(&first).unwrap();
-    std::fs::write(&second, without_partner_trace_permit(&text)).unwrap();
-    let link = middle.join("traces.cedar");
-    std::os::unix::fs::symlink(&first, &link).unwrap();
-    std::os::unix::fs::symlink(&link, &policy).unwrap();
-    let model = root.path().to_owned();
-    let live = Live::start(root, &model, true);
-    live.server
-        .decide(&admin_reads_traces())
-        .assert_allowed_by("T3-partner-managers-read-partner-traces");
+    let (mut middle, mut second) = (PathBuf::new(), PathBuf::new());
+    let live = serving_traces_through_links(|root, policy| {
+        let shared = root.join("shared");
+        middle = root.join("middle");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::create_dir(&middle).unwrap();
+        let first = shared.join("first.cedar");
+        second = shared.join("second.cedar");
+        std::fs::rename(policy, &first).unwrap();
+        let text = std::fs::read_to_string(&first).unwrap();
+        std::fs::write(&second, without_partner_trace_permit(&text)).unwrap();
+        std::os::unix::fs::symlink(&first, middle.join("traces.cedar")).unwrap();
+        std::os::unix::fs::symlink(middle.join("traces.cedar"), policy).unwrap();
+    });
     let staged = middle.join("traces.cedar.new");
     std::os::unix::fs::symlink(&second, &staged).unwrap();
-    std::fs::rename(&staged, &link).unwrap();
-    within_or_report(&live, "the retargeted middle link takes effect", || {
-        !live.server.decide(&admin_reads_traces()).allowed
-    });
+    std::fs::rename(&staged, middle.join("traces.cedar")).unwrap();
+    partner_trace_reads_stop(&live, "the retargeted middle link takes effect");
 }
 
 /// Waits (2 s at most) for a reload to be refused; its message, once checked that
