@@ -50,16 +50,16 @@ impl SliceIndex {
         })
     }
 
-    /// The entities stored entities' attributes and tags name that are not stored.
+    /// Each stored entity with an entity its attributes and tags name, for those
+    /// that name the store lacks (actions aside).
     pub fn unstored_references<'a>(
         &'a self,
         stored: &'a Entities,
-    ) -> impl Iterator<Item = EntityUid> + 'a {
+    ) -> impl Iterator<Item = (&'a EntityUid, &'a EntityUid)> + 'a {
         self.references
-            .values()
-            .flat_map(|refs| refs.iter())
-            .filter(|uid| stored.get(uid).is_none() && !self.has_action(uid))
-            .cloned()
+            .iter()
+            .flat_map(|(holder, refs)| refs.iter().map(move |named| (holder, named)))
+            .filter(|(_, named)| stored.get(named).is_none() && !self.has_action(named))
     }
 
     /// Whether the schema declares this action.

@@ -91,8 +91,14 @@ impl Snapshot {
                 .cloned(),
         );
         let scope_types = scope_types(&model.schema, &actions);
-        let mut unstored_references = missing_ancestors(&entities);
-        unstored_references.extend(slice_index.unstored_references(&entities));
+        let mut unstored_references: HashSet<EntityUid> = missing_ancestors(&entities)
+            .map(|(_, parent)| parent)
+            .collect();
+        unstored_references.extend(
+            slice_index
+                .unstored_references(&entities)
+                .map(|(_, named)| named.clone()),
+        );
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -135,16 +141,21 @@ impl Snapshot {
     }
 }
 
-/// The ancestors stored entities name that are not stored themselves (public for
-/// the scaling bench, which times it on a million users). Direct parents suffice: a
-/// stored parent's own parents are looked at when that parent's turn comes.
-pub fn missing_ancestors(entities: &Entities) -> HashSet<EntityUid> {
+/// Each stored entity with a parent it names that is not stored (public for the
+/// scaling bench, which times it on a million users, and for `validate`). Direct
+/// parents suffice: a stored parent's own parents are looked at when that parent's
+/// turn comes.
+pub fn missing_ancestors(entities: &Entities) -> impl Iterator<Item = (EntityUid, EntityUid)> + '_ {
     let core: &cedar_policy_core::entities::Entities = entities.as_ref();
     core.iter()
-        .flat_map(|entity| entity.parents())
-        .filter(|parent| stored_in_place(entities, parent).is_none())
-        .map(|parent| EntityUid::from(parent.clone()))
-        .collect()
+        .flat_map(|entity| entity.parents().map(move |parent| (entity, parent)))
+        .filter(|(_, parent)| stored_in_place(entities, parent).is_none())
+        .map(|(entity, parent)| {
+            (
+                EntityUid::from(entity.uid().clone()),
+                EntityUid::from(parent.clone()),
+            )
+        })
 }
 
 fn scope_types(schema: &Schema, actions: &[EntityUid]) -> HashMap<EntityUid, ScopeTypes> {

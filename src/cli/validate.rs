@@ -5,7 +5,7 @@
 //! that are not stored (a misspelt id?), and policies without an `@id` or a
 //! `@source`. `--deny-warnings` makes a warning fail as a problem does.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::ExitCode;
 
 use cedar_policy::PolicyId;
@@ -14,7 +14,7 @@ use clap::Args;
 use super::{ModelArgs, EXIT_INVALID};
 use crate::load::PolicyInfo;
 use crate::slice::policy_literals;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{missing_ancestors, Snapshot};
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -31,10 +31,11 @@ const LISTED: usize = 20;
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let snapshot = args.model.load()?;
     let dangling = dangling_references(&snapshot);
-    for uid in dangling.iter().take(LISTED) {
+    for (uid, holders) in dangling.iter().take(LISTED) {
         errln!(
-            "warning: stored entities name {uid}, which is not a stored entity (a misspelt \
-             id?): a decision that reads its attributes is denied"
+            "warning: stored entities name {uid} ({}), which is not a stored entity (a \
+             misspelt id?): a decision that reads its attributes is denied",
+            named_by(holders)
         );
     }
     if dangling.len() > LISTED {
@@ -134,20 +135,37 @@ fn policies_naming_unstored_entities(snapshot: &Snapshot) -> Vec<String> {
 }
 
 /// The entities that stored entities name (as parents, in attributes or tags) but
-/// the store lacks, sorted: Cedar allows them, but a decision reading one's
-/// attributes errs, so is denied. Enumerated entities, which the schema lists and
-/// no store holds, are left out, as are actions.
-fn dangling_references(snapshot: &Snapshot) -> Vec<String> {
-    let mut dangling: Vec<String> = snapshot
-        .unstored_references
-        .iter()
-        .filter(|uid| {
-            !snapshot
-                .entity_shapes
-                .is_enumerated(&uid.type_name().to_string())
-        })
-        .map(ToString::to_string)
-        .collect();
-    dangling.sort();
+/// the store lacks, sorted, each with the stored entities naming it: Cedar allows
+/// them, but a decision reading one's attributes errs, so is denied. Enumerated
+/// entities, which the schema lists and no store holds, are left out, as are
+/// actions.
+fn dangling_references(snapshot: &Snapshot) -> BTreeMap<String, BTreeSet<String>> {
+    let parents = missing_ancestors(&snapshot.entities);
+    let in_attributes = snapshot
+        .slice_index
+        .unstored_references(&snapshot.entities)
+        .map(|(holder, named)| (holder.clone(), named.clone()));
+    let mut dangling: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (holder, named) in parents.chain(in_attributes) {
+        if !snapshot
+            .entity_shapes
+            .is_enumerated(&named.type_name().to_string())
+        {
+            dangling
+                .entry(named.to_string())
+                .or_default()
+                .insert(holder.to_string());
+        }
+    }
     dangling
+}
+
+/// `by User::"a"`, `by User::"a", User::"b" and 3 more`.
+fn named_by(holders: &BTreeSet<String>) -> String {
+    const SHOWN: usize = 3;
+    let shown: Vec<&str> = holders.iter().take(SHOWN).map(String::as_str).collect();
+    match holders.len().saturating_sub(SHOWN) {
+        0 => format!("by {}", shown.join(", ")),
+        more => format!("by {} and {more} more", shown.join(", ")),
+    }
 }

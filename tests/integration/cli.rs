@@ -495,8 +495,8 @@ fn validate_warns_of_references_to_entities_that_are_not_stored() {
     assert_exit(&output, 0);
     let stderr = String::from_utf8_lossy(&output.stderr);
     for expected in [
-        r#"warning: stored entities name Partner::"departement-nrod", which is not"#,
-        r#"warning: stored entities name Group::"no-such-group", which is not"#,
+        r#"warning: stored entities name Partner::"departement-nrod" (by User::"dep-t18"), which is not"#,
+        r#"warning: stored entities name Group::"no-such-group" (by User::"dep-t18"), which is not"#,
     ] {
         assert!(stderr.contains(expected), "{stderr}");
     }
