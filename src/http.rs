@@ -701,7 +701,7 @@ fn admit(
                 prepared.principal.to_string(),
             ));
         }
-        let completes_stored = |uid: &&EntityUid| snapshot.unstored_references.contains(*uid);
+        let completes_stored = |uid: &&EntityUid| snapshot.unstored_references.contains_key(*uid);
         if let Some(uid) = prepared.brought.iter().find(completes_stored) {
             return Err(RequestError::CompletesStoredEntities(uid.to_string()));
         }

@@ -39,9 +39,10 @@ pub struct Snapshot {
     /// The principal and resource types each action applies to.
     scope_types: HashMap<EntityUid, ScopeTypes>,
     /// Entities that stored entities name, as ancestors or in attributes and tags,
-    /// but the store lacks: a request that brought one would define what stored
-    /// entities are members of, or what their attributes lead to (a user's partner).
-    pub unstored_references: HashSet<EntityUid>,
+    /// but the store lacks, each with the stored entities naming it: a request that
+    /// brought one would define what stored entities are members of, or what their
+    /// attributes lead to (a user's partner); `validate` warns of them.
+    pub unstored_references: HashMap<EntityUid, Vec<EntityUid>>,
     /// The entity types whose tags count the entities that reference them: a
     /// request may not bring one ([`crate::derive::DerivedTypes`]).
     pub derived_types: HashSet<EntityTypeName>,
@@ -91,14 +92,13 @@ impl Snapshot {
                 .cloned(),
         );
         let scope_types = scope_types(&model.schema, &actions);
-        let mut unstored_references: HashSet<EntityUid> = missing_ancestors(&entities)
-            .map(|(_, parent)| parent)
-            .collect();
-        unstored_references.extend(
-            slice_index
-                .unstored_references(&entities)
-                .map(|(_, named)| named.clone()),
-        );
+        let mut unstored_references: HashMap<EntityUid, Vec<EntityUid>> = HashMap::default();
+        let in_attributes = slice_index
+            .unstored_references(&entities)
+            .map(|(holder, named)| (holder.clone(), named.clone()));
+        for (holder, named) in missing_ancestors(&entities).chain(in_attributes) {
+            unstored_references.entry(named).or_default().push(holder);
+        }
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -142,9 +142,8 @@ impl Snapshot {
 }
 
 /// Each stored entity with a parent it names that is not stored (public for the
-/// scaling bench, which times it on a million users, and for `validate`). Direct
-/// parents suffice: a stored parent's own parents are looked at when that parent's
-/// turn comes.
+/// scaling bench, which times it on a million users). Direct parents suffice: a
+/// stored parent's own parents are looked at when that parent's turn comes.
 pub fn missing_ancestors(entities: &Entities) -> impl Iterator<Item = (EntityUid, EntityUid)> + '_ {
     let core: &cedar_policy_core::entities::Entities = entities.as_ref();
     core.iter()

@@ -14,7 +14,7 @@ use clap::Args;
 use super::{ModelArgs, EXIT_INVALID};
 use crate::load::PolicyInfo;
 use crate::slice::policy_literals;
-use crate::snapshot::{missing_ancestors, Snapshot};
+use crate::snapshot::Snapshot;
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -140,24 +140,19 @@ fn policies_naming_unstored_entities(snapshot: &Snapshot) -> Vec<String> {
 /// entities, which the schema lists and no store holds, are left out, as are
 /// actions.
 fn dangling_references(snapshot: &Snapshot) -> BTreeMap<String, BTreeSet<String>> {
-    let parents = missing_ancestors(&snapshot.entities);
-    let in_attributes = snapshot
-        .slice_index
-        .unstored_references(&snapshot.entities)
-        .map(|(holder, named)| (holder.clone(), named.clone()));
-    let mut dangling: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (holder, named) in parents.chain(in_attributes) {
-        if !snapshot
-            .entity_shapes
-            .is_enumerated(&named.type_name().to_string())
-        {
-            dangling
-                .entry(named.to_string())
-                .or_default()
-                .insert(holder.to_string());
-        }
-    }
-    dangling
+    snapshot
+        .unstored_references
+        .iter()
+        .filter(|(named, _)| {
+            !snapshot
+                .entity_shapes
+                .is_enumerated(&named.type_name().to_string())
+        })
+        .map(|(named, holders)| {
+            let holders = holders.iter().map(ToString::to_string).collect();
+            (named.to_string(), holders)
+        })
+        .collect()
 }
 
 /// `by User::"a"`, `by User::"a", User::"b" and 3 more`.
