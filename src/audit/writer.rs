@@ -188,11 +188,6 @@ impl AuditLog {
         acks
     }
 
-    /// The reason the log cannot be written, if the last write failed.
-    pub fn failure(&self) -> Option<String> {
-        self.health.failure()
-    }
-
     /// Checks the log now, as an append would, without appending (for `/readyz`,
     /// which traffic-less would otherwise report the state of the last append): a
     /// directory deleted since is found, and one back since is opened. The reason

@@ -329,10 +329,10 @@ fn a_log_directory_deleted_while_open_refuses_records_until_it_is_back() {
         "{moved}"
     );
     assert!(append(2).is_err(), "refused while the directory is missing");
-    assert!(log.failure().is_some());
+    assert!(log.probe().is_some());
     std::fs::create_dir(&dir).unwrap();
     append(3).unwrap();
-    assert!(log.failure().is_none());
+    assert!(log.probe().is_none());
     log.close();
     assert_eq!(decision_ids(&dir), ["id-3"]);
     assert_eq!(
