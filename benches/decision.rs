@@ -111,7 +111,7 @@ fn batch(c: &mut Criterion) {
             .requests
             .into_iter()
             .map(|item| {
-                let request = AuthzRequest::from_value(item).unwrap();
+                let request = engine::read_request(&snapshot, item.get().as_bytes(), &[]).unwrap();
                 engine::decide(&snapshot, &request, now())
                     .unwrap()
                     .response(&snapshot.version)

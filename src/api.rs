@@ -7,12 +7,14 @@
 //! object of a request is refused ([`crate::strict_json`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use cedar_policy_core::ast;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use smol_str::SmolStr;
 
@@ -97,11 +99,13 @@ fn json_context<'de, D: serde::Deserializer<'de>>(
     strict_json::object(deserializer).map(|json| json.map(WireContext::Json))
 }
 
+/// A batch envelope. Each item is kept as its text in the body and read as a single
+/// request is: a problem of an item, a repeated key included, is that item's result.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    #[serde(deserialize_with = "strict_json::required_array")]
-    pub requests: Vec<Value>,
+pub struct BatchRequest<'a> {
+    #[serde(borrow)]
+    pub requests: Vec<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -189,7 +193,7 @@ pub fn cut_message(mut message: String) -> String {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
     #[error("malformed JSON: {0}")]
-    MalformedJson(String),
+    MalformedJson(JsonError),
     #[error("{field}: {reason}")]
     InvalidEntityRef { field: &'static str, reason: String },
     #[error("{field}: unknown entity type `{type_name}` (not in the schema)")]
@@ -226,7 +230,71 @@ pub enum RequestError {
     CompletesStoredEntities(String),
 }
 
+/// serde_json's reading error: its message, and the line and column it was found at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonError {
+    message: String,
+    at: Option<(usize, usize)>,
+}
+
+impl From<serde_json::Error> for JsonError {
+    fn from(error: serde_json::Error) -> Self {
+        let (line, column) = (error.line(), error.column());
+        let whole = error.to_string();
+        // serde_json writes the position last, and line 0 for an error without one.
+        let located = format!(" at line {line} column {column}");
+        match whole.strip_suffix(&located) {
+            Some(message) if line > 0 => Self {
+                message: message.to_owned(),
+                at: Some((line, column)),
+            },
+            _ => Self {
+                message: whole,
+                at: None,
+            },
+        }
+    }
+}
+
+impl JsonError {
+    /// This error of a text that starts at byte `start` of `whole`, placed in `whole`.
+    fn within(self, whole: &[u8], start: usize) -> Self {
+        let before = &whole[..start];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |at| at + 1);
+        let lines_before = before.iter().filter(|&&b| b == b'\n').count();
+        let at = self.at.map(|(line, column)| match line {
+            1 => (lines_before + 1, start - line_start + column),
+            _ => (lines_before + line, column),
+        });
+        Self { at, ..self }
+    }
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        match self.at {
+            Some((line, column)) => write!(f, " at line {line} column {column}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl RequestError {
+    /// This error of a request whose text starts at byte `start` of `body` (a batch
+    /// item), with a JSON error's position given in `body`.
+    pub fn within(self, body: &[u8], start: usize) -> Self {
+        match self {
+            RequestError::MalformedJson(error) => {
+                RequestError::MalformedJson(error.within(body, start))
+            }
+            other => other,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             RequestError::MalformedJson(_) => "malformed_json",
@@ -256,22 +324,17 @@ impl AuthzRequest {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
         object_from_slice(bytes)
     }
-
-    pub fn from_value(value: Value) -> Result<Self, RequestError> {
-        strict_json::struct_from_object(value)
-            .map_err(|e| RequestError::MalformedJson(e.to_string()))
-    }
 }
 
-impl BatchRequest {
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, RequestError> {
+impl<'a> BatchRequest<'a> {
+    pub fn from_slice(bytes: &'a [u8]) -> Result<Self, RequestError> {
         object_from_slice(bytes)
     }
 }
 
 /// A `T` from the bytes of one JSON object (and nothing after it).
 fn object_from_slice<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, RequestError> {
-    let malformed = |e: serde_json::Error| RequestError::MalformedJson(e.to_string());
+    let malformed = |e: serde_json::Error| RequestError::MalformedJson(e.into());
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let read = strict_json::struct_from_object(&mut deserializer).map_err(malformed)?;
     deserializer.end().map_err(malformed)?;
@@ -485,12 +548,32 @@ mod tests {
             assert_eq!(err.code(), "malformed_json", "{body}");
             assert!(err.to_string().contains("duplicate key"), "{body}: {err}");
         }
-        let batch = format!(
-            r#"{{"requests":[{}]}}"#,
-            request(r#""context":{"a":1,"a":2}"#)
+        let err = BatchRequest::from_slice(br#"{"requests":[],"requests":[]}"#).unwrap_err();
+        assert!(err.to_string().contains("duplicate field"), "{err}");
+    }
+
+    #[test]
+    fn a_json_error_of_a_batch_item_is_placed_in_the_body() {
+        let body = b"{\"requests\": [\n  {\"principal\": 1,\n\"x\": 2}, {\"y\": 3}]}";
+        let batch = BatchRequest::from_slice(body).unwrap();
+        let placed = |item: &RawValue| {
+            let text = item.get().as_bytes();
+            let start = text.as_ptr().addr() - body.as_ptr().addr();
+            let error = AuthzRequest::from_slice(text).unwrap_err();
+            (error.to_string(), error.within(body, start).to_string())
+        };
+        let (alone, placed_first) = placed(batch.requests[0]);
+        assert!(alone.ends_with("at line 2 column 3"), "{alone}");
+        assert!(
+            placed_first.ends_with("at line 3 column 3"),
+            "{placed_first}"
         );
-        let err = BatchRequest::from_slice(batch.as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("duplicate key"), "{err}");
+        let (alone, placed_second) = placed(batch.requests[1]);
+        assert!(alone.ends_with("at line 1 column 4"), "{alone}");
+        assert!(
+            placed_second.ends_with("at line 3 column 13"),
+            "{placed_second}"
+        );
     }
 
     #[test]

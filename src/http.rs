@@ -39,6 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use serde::Serialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
@@ -509,6 +510,10 @@ async fn batch_is_authorized(
     body: &[u8],
 ) -> Result<Response<Full<Bytes>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+    let recorded = state
+        .audit
+        .as_ref()
+        .map_or(&[][..], |log| log.context_fields());
     let batch = BatchRequest::from_slice(body)?;
     if batch.requests.len() > state.limits.max_batch {
         return Err(RequestError::BatchTooLarge {
@@ -522,7 +527,7 @@ async fn batch_is_authorized(
         .requests
         .into_iter()
         .map(|item| {
-            AuthzRequest::from_value(item)
+            read_batch_item(&snapshot, body, item, recorded)
                 .and_then(|request| decide_unlogged(state, &snapshot, &request, Filing::ByResource))
         })
         .collect();
@@ -552,6 +557,19 @@ async fn batch_is_authorized(
         });
     }
     Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+}
+
+/// A batch item read as a single request is, a JSON error placed in the whole body.
+fn read_batch_item(
+    snapshot: &Snapshot,
+    body: &[u8],
+    item: &RawValue,
+    recorded: &[String],
+) -> Result<AuthzRequest, RequestError> {
+    let text = item.get().as_bytes();
+    // The item borrows its text from the body.
+    let start = text.as_ptr().addr() - body.as_ptr().addr();
+    engine::read_request(snapshot, text, recorded).map_err(|error| error.within(body, start))
 }
 
 /// A decision whose record may still be on its way to the log.

@@ -123,14 +123,6 @@ pub fn array<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<Va
     }
 }
 
-/// A required field holding a JSON array, read strictly.
-pub fn required_array<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Value>, D::Error> {
-    match Strict::deserialize(deserializer)?.0 {
-        Value::Array(items) => Ok(items),
-        other => Err(de::Error::invalid_type(unexpected(&other), &"a JSON array")),
-    }
-}
-
 fn unexpected(value: &Value) -> de::Unexpected<'_> {
     match value {
         Value::Null => de::Unexpected::Unit,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::util::{
     act, allowed_consultation, bundled_sources, consult, entity, pinned_time, repo,
-    status_and_json, Server,
+    status_and_json, Decision, Server,
 };
 
 #[track_caller]
@@ -467,25 +467,65 @@ fn asking_about_an_action_group_says_it_applies_to_nothing() {
 }
 
 #[test]
-fn a_duplicate_key_in_a_batch_item_is_refused_as_in_a_single_request() {
+fn a_duplicate_key_in_a_batch_item_is_that_items_error_as_in_a_single_request() {
     let server = Server::start();
     let item = r#"{"principal":"User::\"mau-suspended\"","principal":"User::\"mau-t2\"","action":"Action::\"consult_file\"","resource":"File::\"dossier-59-0004\""}"#;
-    let (status, body) = server.post_raw("/v1/is_authorized", item);
+    let (status, single) = server.post_raw("/v1/is_authorized", item);
     assert_eq!(
-        (status, &body["error"]["code"]),
+        (status, &single["error"]["code"]),
         (400, &json!("malformed_json")),
-        "{body}"
+        "{single}"
     );
+    let allowed = allowed_consultation();
     let (status, body) = server.post_raw(
         "/v1/batch_is_authorized",
-        &format!(r#"{{"requests":[{item}]}}"#),
+        &format!(r#"{{"requests":[{item},{allowed}]}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let message = body["results"][0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("duplicate"), "{body}");
+    Decision::from_json(&body["results"][1]).assert_allowed_by("P3-T2-prestataire-service-social");
+    let (status, body) = server.post_raw(
+        "/v1/batch_is_authorized",
+        r#"{"requests":[],"requests":[]}"#,
     );
     assert_eq!(
         (status, &body["error"]["code"]),
         (400, &json!("malformed_json")),
         "{body}"
     );
-    assert!(body.to_string().contains("duplicate"), "{body}");
+}
+
+/// A batch item's JSON error is placed in the body the backend sent, as a single
+/// request's is in its own: the reported line and column hold the item's last brace,
+/// where a missing field is found.
+#[test]
+fn a_batch_items_json_error_gives_its_line_and_column_in_the_body() {
+    let server = Server::start();
+    let one_line = r#"{"principal": "User::\"mau-t2\"", "resource": "File::\"dossier-59-0004\""}"#;
+    let two_lines = one_line.replace(", ", ",\n  ");
+    let body = format!(
+        "{{\"requests\": [\n    {},\n    {two_lines},\n    {one_line}\n]}}",
+        allowed_consultation()
+    );
+    let (status, reply) = server.post_raw("/v1/batch_is_authorized", &body);
+    assert_eq!(status, 200, "{reply}");
+    let lines: Vec<&str> = body.lines().collect();
+    for item in [1, 2] {
+        let message = reply["results"][item]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("missing field `action`"), "{message}");
+        let (line, column) = message
+            .rsplit_once(" at line ")
+            .and_then(|(_, at)| at.split_once(" column "))
+            .map(|(l, c)| (l.parse::<usize>().unwrap(), c.parse::<usize>().unwrap()))
+            .unwrap_or_else(|| panic!("no position: {message}"));
+        assert_eq!(
+            lines[line - 1].as_bytes()[column - 1],
+            b'}',
+            "item {item} at line {line} column {column}: {message}\n{body}"
+        );
+        assert_eq!(line, [0, 4, 5][item], "{message}");
+    }
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn assert_decides_as_cedar(
     set: &PolicySet,
     request: serde_json::Value,
 ) -> Vec<String> {
-    let request = AuthzRequest::from_value(request).unwrap();
+    let request = AuthzRequest::from_slice(&serde_json::to_vec(&request).unwrap()).unwrap();
     let prepared = engine::prepare(snapshot, &request, chrono::Utc::now()).unwrap();
     let decided = engine::evaluate(&prepared);
     let merged;

@@ -73,7 +73,7 @@ fn check(snapshot: &Snapshot, all: &Entities, request: Value) {
     let typed = engine::read_request(snapshot, &bytes, &[]).unwrap();
     let read_by_type = matches!(typed.context, Some(WireContext::Typed { .. }));
     assert!(read_by_type, "{request}");
-    let request = AuthzRequest::from_value(request).unwrap();
+    let request = AuthzRequest::from_slice(&serde_json::to_vec(&request).unwrap()).unwrap();
     let expected = unsliced(snapshot, all, &request);
     let mut sliced = request.clone();
     sliced.entities = Some(vec![json!({
