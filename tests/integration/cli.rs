@@ -1002,8 +1002,8 @@ fn explain_shows_the_closest_permits_of_a_default_deny() {
     // The T18 permit matched all but its two-year Rsa window.
     let closest = &report["closest_permits"][0];
     assert_eq!(closest["policy"]["id"], "P6-T18-contentieux-rsa");
-    assert_eq!(closest["conditions_met"], 5);
-    assert_eq!(closest["conditions"], 6);
+    assert_eq!(closest["conditions_met"], 3);
+    assert_eq!(closest["conditions"], 4);
     let failed = closest["failed_condition"].as_str().unwrap();
     assert!(
         failed.starts_with("when {") && failed.contains("rsa_last_date"),

@@ -204,7 +204,7 @@ fn a_deny_that_only_an_evaluation_error_gave_fails_unless_errors_are_expected() 
     };
     let (code, stdout) = run(&nonexistent);
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("errors: expected 0, got 17\n"), "{stdout}");
+    assert!(stdout.contains("errors: expected 0, got 18\n"), "{stdout}");
     assert!(stdout.contains("reason any, errors 0"), "{stdout}");
 
     let one_or_more = |case: &mut Value| {
