@@ -189,6 +189,8 @@ enum HttpError {
     TraceQueriesBusy(usize),
     #[error("requests addressed to host `{0}` are refused: localhost, an IP address, or a name given with --allow-host")]
     HostNotAllowed(String),
+    #[error("the decision failed: {0}")]
+    DecisionFailed(String),
     #[error("the Host header is sent more than once")]
     HostRepeated,
     #[error("requests from a web browser ({0}) are refused: the sidecar answers backends, and a page's request would put a decision nobody asked for in the log")]
@@ -211,6 +213,7 @@ impl HttpError {
             HttpError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             HttpError::BodyEncoded(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::DecisionFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::TraceQueriesBusy(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -225,6 +228,7 @@ impl HttpError {
             HttpError::BodyTimeout(_) => "body_timeout",
             HttpError::BodyEncoded(_) => "body_encoded",
             HttpError::NotReady => "not_ready",
+            HttpError::DecisionFailed(_) => "decision_failed",
             HttpError::NotFound(_) => "not_found",
             HttpError::MethodNotAllowed { .. } => "method_not_allowed",
             HttpError::AuditUnavailable(_) => "audit_unavailable",
@@ -428,7 +432,7 @@ async fn write_with_the_queued_responses() {
 }
 
 async fn route(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, HttpError> {
     if !state.limits.local_socket {
@@ -440,11 +444,16 @@ async fn route(
     match (&method, path.as_str()) {
         (&Method::POST, "/v1/is_authorized") => {
             let body = read_body(request, &state.limits).await?;
-            is_authorized(state, &body).await
+            let pending = off_the_worker_if_large(state, body, decide_one).await?;
+            Ok(json_response(StatusCode::OK, &pending.answer(state).await))
         }
         (&Method::POST, "/v1/batch_is_authorized") => {
             let body = read_body(request, &state.limits).await?;
-            batch_is_authorized(state, &body).await
+            let items = off_the_worker_if_large(state, body, decide_batch).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &batch_answers(state, items).await,
+            ))
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => Ok(readiness(state)),
@@ -492,23 +501,45 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     )
 }
 
-async fn is_authorized(state: &AppState, body: &[u8]) -> Result<Response<Full<Bytes>>, HttpError> {
+/// A body over this many bytes is decided on a blocking thread rather than on its
+/// worker. Entities a request brings go through Cedar's JSON reading, about 5 µs a
+/// value (a megabyte of them held a worker, and every connection it serves,
+/// `/healthz` included, for about 0.3 s); an ordinary request is a few hundred bytes.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// `decide` run on `body`: on the worker for an ordinary body, on a blocking thread
+/// for a large one, so that the worker serves its other connections meanwhile.
+async fn off_the_worker_if_large<T: Send + 'static>(
+    state: &Arc<AppState>,
+    body: Bytes,
+    decide: fn(&AppState, &[u8]) -> Result<T, HttpError>,
+) -> Result<T, HttpError> {
+    if body.len() <= INLINE_BODY_BYTES {
+        return decide(state, &body);
+    }
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || decide(&state, &body))
+        .await
+        .map_err(|failed| HttpError::DecisionFailed(failed.to_string()))?
+}
+
+/// One request decided, its record submitted to the log.
+fn decide_one(state: &AppState, body: &[u8]) -> Result<Pending, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let recorded = state
         .audit
         .as_ref()
         .map_or(&[][..], |log| log.context_fields());
     let request = engine::read_request(&snapshot, body, recorded)?;
-    let response = decide(state, &snapshot, &request, Filing::ByResource)?
-        .answer(state)
-        .await;
-    Ok(json_response(StatusCode::OK, &response))
+    Ok(decide(state, &snapshot, &request, Filing::ByResource)?)
 }
 
-async fn batch_is_authorized(
+/// A batch decided, its records submitted to the log as one group: each item's
+/// decision waiting for its record, or the item's error.
+fn decide_batch(
     state: &AppState,
     body: &[u8],
-) -> Result<Response<Full<Bytes>>, HttpError> {
+) -> Result<Vec<Result<Pending, RequestError>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
     let recorded = state
         .audit
@@ -522,7 +553,6 @@ async fn batch_is_authorized(
         }
         .into());
     }
-    // Decide the whole batch, append its records as one group, then wait for them.
     let mut decided: Vec<_> = batch
         .requests
         .into_iter()
@@ -541,13 +571,26 @@ async fn batch_is_authorized(
         .map(|log| log.submit_all(entries))
         .unwrap_or_default()
         .into_iter();
-    let mut results = Vec::with_capacity(decided.len());
-    for item in decided {
-        results.push(match item {
-            Ok((mut pending, _)) => {
+    Ok(decided
+        .into_iter()
+        .map(|item| {
+            item.map(|(mut pending, _)| {
                 pending.logged = state.audit.as_ref().and(acks.next());
-                BatchItem::Decided(pending.answer(state).await)
-            }
+                pending
+            })
+        })
+        .collect())
+}
+
+/// The batch's answers, each once its record is in the log.
+async fn batch_answers(
+    state: &AppState,
+    items: Vec<Result<Pending, RequestError>>,
+) -> BatchResponse {
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        results.push(match item {
+            Ok(pending) => BatchItem::Decided(pending.answer(state).await),
             Err(error) => {
                 state.metrics.record_error(error.code());
                 BatchItem::Failed {
@@ -556,7 +599,7 @@ async fn batch_is_authorized(
             }
         });
     }
-    Ok(json_response(StatusCode::OK, &BatchResponse { results }))
+    BatchResponse { results }
 }
 
 /// A batch item read as a single request is, a JSON error placed in the whole body.

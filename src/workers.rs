@@ -29,6 +29,11 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+/// Threads each worker may start for work that would hold it up (a trace query
+/// reading the log, a request bringing a large body of entities); more such work
+/// waits for one of them.
+const BLOCKING_THREADS: usize = 4;
+
 /// The number of workers when none is given: one per core available to the process.
 pub fn default_count() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
@@ -114,6 +119,7 @@ impl Worker {
             .spawn(move || {
                 let built = cpu.map_or(Ok(()), pin_this_thread).and_then(|()| {
                     tokio::runtime::Builder::new_current_thread()
+                        .max_blocking_threads(BLOCKING_THREADS)
                         .enable_all()
                         .build()
                 });

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
-use crate::util::{allowed_consultation, consult, entity, Decision, Server};
+use crate::util::{
+    allowed_consultation, consult, entity, spawn_serve, status_and_json, Decision, Server,
+};
 
 #[test]
 fn health_and_readiness() {
@@ -169,4 +171,35 @@ fn reasons_and_errors_are_listed_by_policy_id() {
     }
     let errors = body["diagnostics"]["errors"].as_array().unwrap();
     assert!(errors.len() > 5, "{body}");
+}
+
+/// A request bringing hundreds of kilobytes of entities (Cedar reads them at about
+/// 5 µs a value) is decided off its worker: another connection of the same, single,
+/// worker is answered meanwhile. Decided on the worker, it held every connection
+/// there, `/healthz` included, until it was done.
+#[test]
+fn a_large_request_does_not_hold_up_the_other_connections_of_its_worker() {
+    let (_serve, _stderr, addr) = spawn_serve(&["--workers", "1", "--no-audit"]);
+    let mut request = allowed_consultation();
+    request["entities"] = (0..2000)
+        .map(|i| {
+            json!({"uid": entity("File", &format!("f{i}")), "parents": [], "attrs": {
+                "caf": entity("Caf", "caf-nord"), "department": "59", "rsa_now": true,
+                "categories": []}})
+        })
+        .collect();
+    let body = serde_json::to_vec(&request).unwrap();
+    assert!(body.len() > 64 * 1024, "{} bytes", body.len());
+    let url = format!("http://{addr}/v1/is_authorized");
+    let large = std::thread::spawn(move || status_and_json(ureq::post(&url).send_bytes(&body)));
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let health = ureq::get(&format!("http://{addr}/healthz")).call().unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        !large.is_finished(),
+        "/healthz was answered only once the large request was"
+    );
+    let (status, reply) = large.join().unwrap();
+    assert_eq!(status, 200, "{reply}");
+    Decision::from_json(&reply).assert_allowed_by("P3-T2-prestataire-service-social");
 }
