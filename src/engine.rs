@@ -368,6 +368,11 @@ fn entity_ref(
 ) -> Result<EntityUid, RequestError> {
     let uid = snapshot.type_names.parse(field, value)?;
     if !snapshot.knows_entity_type(uid.type_name()) {
+        if snapshot.scope_types(&uid).is_some() {
+            return Err(RequestError::InvalidRequest(format!(
+                "{field}: {uid} is an action, not an entity of a type the action applies to"
+            )));
+        }
         return Err(RequestError::UnknownEntityType {
             field,
             type_name: uid.type_name().to_string(),

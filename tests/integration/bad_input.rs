@@ -529,6 +529,18 @@ fn a_batch_items_json_error_gives_its_line_and_column_in_the_body() {
 }
 
 #[test]
+fn an_action_as_the_resource_is_refused_as_such() {
+    let mut request = allowed_consultation();
+    request["resource"] = json!("Action::\"consult_file\"");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_request",
+        "resource: Action::\"consult_file\" is an action",
+    );
+}
+
+#[test]
 fn a_stored_entity_of_the_wrong_type_as_principal_is_refused() {
     let mut request = allowed_consultation();
     request["principal"] = json!({"type": "File", "id": "dossier-59-0001"});
