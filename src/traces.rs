@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::api::{parse_entity_ref, AuthzRequest, RequestError, WireContext};
-use crate::audit::query::{decision_filter, entity_filter, partner_filter, Filter};
+use crate::audit::query::{decision_filter, entity_filter, partner_reference, Filter};
 use crate::slice::stored_entity_ref;
 use crate::snapshot::Snapshot;
 
@@ -32,9 +32,32 @@ pub struct TraceQuery {
     /// How the caller authenticated (`authentication` in the `read_traces` context).
     pub authentication: String,
     /// The partner whose traces are asked for; `None`: all the caller may read.
-    pub partner: Option<String>,
+    pub partner: Option<PartnerWanted>,
     pub filter: Filter,
     pub limit: usize,
+}
+
+/// The partner a trace query names: by reference, type included, or by id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartnerWanted {
+    Reference(EntityUid),
+    Id(String),
+}
+
+impl PartnerWanted {
+    fn parse(value: &str) -> Result<Self, String> {
+        Ok(match partner_reference(value)? {
+            Some(uid) => Self::Reference(uid),
+            None => Self::Id(value.to_owned()),
+        })
+    }
+
+    fn is(&self, partner: &EntityUid) -> bool {
+        match self {
+            Self::Reference(wanted) => wanted == partner,
+            Self::Id(id) => id == partner.id().unescaped(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,11 +122,18 @@ impl TraceQuery {
             reason,
         };
         let time = |v: &str| {
-            v.parse::<DateTime<Utc>>()
-                .map_err(|e| bad(format!("`{v}` is not an RFC 3339 time: {e}")))
+            v.parse::<DateTime<Utc>>().map_err(|e| {
+                // A query string reads `+` as a space.
+                let plus = if v.contains(' ') {
+                    " (a `+` in a query string reads as a space: write it %2B)"
+                } else {
+                    ""
+                };
+                bad(format!("`{v}` is not an RFC 3339 time: {e}{plus}"))
+            })
         };
         match name {
-            "partner" => self.partner = Some(partner_filter(&value).map_err(bad)?),
+            "partner" => self.partner = Some(PartnerWanted::parse(&value).map_err(bad)?),
             "principal" => self.filter.principal = Some(entity_filter(&value).map_err(bad)?),
             "resource" => self.filter.resource = Some(entity_filter(&value).map_err(bad)?),
             "decision" => self.filter.decision = Some(decision_filter(&value).map_err(bad)?),
@@ -134,7 +164,7 @@ pub fn read_traces() -> EntityUid {
 /// named, else the caller's own partner, else every partner with traces.
 pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, AuthzRequest)> {
     let own = stored_entity_ref(&snapshot.entities, query.caller.as_ref(), "partner")
-        .map(|p| AsRef::<str>::as_ref(p.eid()).to_owned());
+        .map(|p| PartnerWanted::Reference(p.clone().into()));
     let wanted = query.partner.clone().or(own);
     snapshot
         .entities
@@ -142,11 +172,14 @@ pub fn read_requests(snapshot: &Snapshot, query: &TraceQuery) -> Vec<(String, Au
         .filter(|e| e.uid().type_name().basename() == "Trace")
         .filter_map(|trace| {
             let partner = match trace.attr("partner")? {
-                Ok(EvalResult::EntityUid(p)) => p.id().unescaped().to_owned(),
+                Ok(EvalResult::EntityUid(p)) => p,
                 _ => return None,
             };
-            let asked = wanted.as_ref().is_none_or(|w| *w == partner);
-            asked.then(|| (partner, read_request(query, &trace.uid())))
+            let asked = wanted.as_ref().is_none_or(|w| w.is(&partner));
+            asked.then(|| {
+                let id = partner.id().unescaped().to_owned();
+                (id, read_request(query, &trace.uid()))
+            })
         })
         .collect()
 }

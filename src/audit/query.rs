@@ -98,10 +98,17 @@ pub fn entity_filter(value: &str) -> Result<String, String> {
 /// the partner's id alone, so its type is not checked). Refused as
 /// [`entity_filter`] refuses.
 pub fn partner_filter(value: &str) -> Result<String, String> {
-    Ok(match reference_or_id(value, "Partner")? {
+    Ok(match partner_reference(value)? {
         Some(uid) => uid.id().unescaped().to_owned(),
         None => value.to_owned(),
     })
+}
+
+/// A partner filter as given: the reference it is (`Some`), whose type a reader that
+/// knows the partners checks, or `None` for a bare id. Refused as [`entity_filter`]
+/// refuses.
+pub fn partner_reference(value: &str) -> Result<Option<EntityUid>, String> {
+    reference_or_id(value, "Partner")
 }
 
 /// The reference `value` is (`Some`), or `None` when it is a bare id; an empty value

@@ -1267,13 +1267,21 @@ fn traces_are_read_by_partner_managers_and_authorised_caf_staff_only() {
             "?since=2026-12-04T00:00:00Z&until=2026-12-01T00:00:00Z",
             "the range is empty",
         ),
+        ("?since=2026-12-03T00:00:00+01:00", "write it %2B"),
     ] {
         let (status, body) = traces_as(&server, Some("mau-admin"), query);
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["code"], "invalid_trace_query", "{query}");
         assert!(body.to_string().contains(why), "{query}: {body}");
     }
-    // A partner that does not exist is refused as one the caller may not read.
+    // A partner that does not exist is refused as one the caller may not read; so is
+    // a reference to the caller's partner's id with another type (it was read as the
+    // partner's).
+    for (partner, status) in [("Partner", 200), ("Caf", 403)] {
+        let query = format!("?partner={partner}::%22ville-maubeuge%22");
+        let (got, body) = traces_as(&server, Some("mau-admin"), &query);
+        assert_eq!(got, status, "{query}: {body}");
+    }
     for query in ["?partner=nowhere", "?partner=Partner::%22nowhere%22"] {
         let (status, body) = traces_as(&server, Some("mau-t1"), query);
         assert_eq!(status, 403, "{query}: {body}");
