@@ -46,6 +46,65 @@ const RETRY_DELAY: Duration = Duration::from_millis(250);
 /// reload thread stops waiting to drop it itself.
 const DRAIN_OLD_SNAPSHOT: Duration = Duration::from_secs(5);
 
+/// Most policy ids a swap's log line lists as added, and as removed.
+const LISTED_POLICIES: usize = 20;
+
+/// The ids of the policies `new` has and `old` has not, and the reverse, at most
+/// [`LISTED_POLICIES`] each: a file half-copied, or one renamed away, shows as
+/// policies removed.
+fn policies_added_and_removed(old: &Snapshot, new: &Snapshot) -> (Vec<String>, Vec<String>) {
+    let ids = |snapshot: &Snapshot| -> HashSet<String> {
+        snapshot.policy_info.iter().map(|p| p.id.clone()).collect()
+    };
+    let (old_ids, new_ids) = (ids(old), ids(new));
+    let listed = |from: &HashSet<String>, without: &HashSet<String>| {
+        let mut only: Vec<String> = from.difference(without).cloned().collect();
+        only.sort();
+        only.truncate(LISTED_POLICIES);
+        only
+    };
+    (listed(&new_ids, &old_ids), listed(&old_ids, &new_ids))
+}
+
+/// What `stat` says, through symlinks, of each file a load reads (device, inode,
+/// length, modification and change times), or that it is missing. Two equal
+/// fingerprints taken around a load mean the load read one version of the files.
+#[derive(Debug, PartialEq)]
+struct Fingerprint(Vec<(PathBuf, Option<[i64; 7]>)>);
+
+impl Fingerprint {
+    fn of(sources: &Sources) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let mut paths = load::policy_files(&sources.policies).unwrap_or_default();
+        paths.push(sources.schema.clone());
+        paths.extend(sources.entities.iter().cloned());
+        paths.extend(sources.derived.iter().cloned());
+        let stamp = |path: &Path| {
+            let meta = std::fs::metadata(path).ok()?;
+            // Device and inode numbers and lengths fit an i64 on Linux.
+            let whole = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            Some([
+                whole(meta.dev()),
+                whole(meta.ino()),
+                whole(meta.len()),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+            ])
+        };
+        Self(
+            paths
+                .into_iter()
+                .map(|path| {
+                    let stamped = stamp(&path);
+                    (path, stamped)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What a successful reload did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reloaded {
@@ -103,6 +162,18 @@ impl Reloader {
         self.load().map(|snapshot| self.install(snapshot, started))
     }
 
+    /// [`Self::load`], or `None` when the files it read changed while it read them
+    /// (by their [`Fingerprint`]s before and after): a ConfigMap's `..data` swapped,
+    /// a release symlink flipped, a branch checked out mid-load. Such a snapshot may
+    /// hold one version's policies with another's (a permit of the new set without
+    /// the forbid beside it that the new set also has), allowing what neither
+    /// version allows; it is not installed, and the files are read again.
+    fn load_unless_changed(&self) -> Option<Result<Snapshot, LoadError>> {
+        let before = Fingerprint::of(&self.sources);
+        let loaded = self.load();
+        (Fingerprint::of(&self.sources) == before).then_some(loaded)
+    }
+
     /// Builds a complete snapshot; on an error, records it (the current snapshot
     /// keeps serving).
     fn load(&self) -> Result<Snapshot, LoadError> {
@@ -141,10 +212,15 @@ impl Reloader {
             return Reloaded::Unchanged;
         }
         let version = snapshot.version.clone();
-        let old = self.state.install(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        let old = self.state.install(Arc::clone(&snapshot));
         let took = started.elapsed();
         self.state.metrics.record_reload("success");
-        tracing::info!(policy_version = %version, took_ms = took.as_secs_f64() * 1e3, "snapshot swapped in");
+        let (added, removed) = old
+            .as_deref()
+            .map(|old| policies_added_and_removed(old, &snapshot))
+            .unwrap_or_default();
+        tracing::info!(policy_version = %version, took_ms = took.as_secs_f64() * 1e3, ?added, ?removed, "snapshot swapped in");
         if let Some(old) = old {
             drop_when_unused(old);
         }
@@ -465,7 +541,7 @@ fn run_watch_loop(
         // notify itself drops the watches of a directory moved or deleted).
         rewatch(&reloader, &mut watcher);
         let started = Instant::now();
-        let loaded = reloader.load();
+        let loaded = reloader.load_unless_changed();
         // Events that came during the load: any relevant one calls for another
         // reload after this one; a writer that started on a file the load reads
         // means what was read may be cut, so the snapshot is dropped.
@@ -478,6 +554,11 @@ fn run_watch_loop(
             changed_during_load = true;
             continue;
         }
+        let Some(loaded) = loaded else {
+            tracing::info!("the model's files changed while they were read: reading them again");
+            changed_during_load = true;
+            continue;
+        };
         retries_left = match loaded {
             Ok(snapshot) => {
                 reloader.install(snapshot, started);
@@ -606,6 +687,115 @@ mod tests {
 
     fn event(kind: EventKind) -> notify::Event {
         notify::Event::new(kind).add_path(PathBuf::from("/model/policies/a.cedar"))
+    }
+
+    /// A copy of the bundled model in a temp dir, its entities file at `entities`.
+    fn model_copy(dir: &Path) -> Sources {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bundled = Sources::bundled(root);
+        let policies = dir.join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        for file in load::policy_files(&bundled.policies).unwrap() {
+            std::fs::copy(&file, policies.join(file.file_name().unwrap())).unwrap();
+        }
+        let copy = |from: &Path, name: &str| {
+            std::fs::copy(from, dir.join(name)).unwrap();
+            dir.join(name)
+        };
+        Sources {
+            policies,
+            schema: copy(&bundled.schema, "cdap.cedarschema"),
+            entities: Some(dir.join("entities.json")),
+            derived: bundled.derived.as_deref().map(|d| copy(d, "derived.json")),
+        }
+    }
+
+    /// Replaces `path` by a new file of the same bytes, as an editor's rename or a
+    /// ConfigMap's swap does.
+    fn replace_by_rename(path: &Path) {
+        let fresh = path.with_extension("new");
+        std::fs::copy(path, &fresh).unwrap();
+        std::fs::rename(&fresh, path).unwrap();
+    }
+
+    #[test]
+    fn a_fingerprint_changes_when_a_file_is_replaced_not_when_it_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = model_copy(dir.path());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("examples/entities.json"),
+            sources.entities.as_ref().unwrap(),
+        )
+        .unwrap();
+        let first = Fingerprint::of(&sources);
+        assert_eq!(Fingerprint::of(&sources), first);
+        replace_by_rename(&sources.policies.join("profiles.cedar"));
+        assert_ne!(Fingerprint::of(&sources), first);
+    }
+
+    /// The entities file is a FIFO: the load waits on it, and its writer replaces a
+    /// policy file meanwhile, then lets the load read on. The load read the model
+    /// while it changed, so its snapshot is not given.
+    #[test]
+    fn a_load_during_which_a_file_changed_gives_no_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = model_copy(dir.path());
+        let fifo = sources.entities.clone().unwrap();
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let entities = std::fs::read(root.join("examples/entities.json")).unwrap();
+        let profiles = sources.policies.join("profiles.cedar");
+        let writer = std::thread::spawn(move || {
+            // Opening a FIFO for writing waits for its reader: the load.
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            replace_by_rename(&profiles);
+            std::io::Write::write_all(&mut pipe, &entities).unwrap();
+        });
+        let state = Arc::new(AppState::new(crate::http::Limits::default()));
+        let reloader = Reloader::new(sources, "now", state);
+        let loaded = reloader.load_unless_changed();
+        writer.join().unwrap();
+        assert!(loaded.is_none(), "a snapshot was given");
+    }
+
+    #[test]
+    fn a_load_of_files_left_alone_gives_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = model_copy(dir.path());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("examples/entities.json"),
+            sources.entities.as_ref().unwrap(),
+        )
+        .unwrap();
+        let state = Arc::new(AppState::new(crate::http::Limits::default()));
+        let reloader = Reloader::new(sources, "now", state);
+        assert!(matches!(reloader.load_unless_changed(), Some(Ok(_))));
+    }
+
+    #[test]
+    fn a_swap_names_the_policies_it_adds_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = model_copy(dir.path());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(
+            root.join("examples/entities.json"),
+            sources.entities.as_ref().unwrap(),
+        )
+        .unwrap();
+        let whole = Snapshot::load(&sources, "now").unwrap();
+        std::fs::remove_file(sources.policies.join("suspension.cedar")).unwrap();
+        let cut = Snapshot::load(&sources, "now").unwrap();
+        let (added, removed) = policies_added_and_removed(&whole, &cut);
+        assert!(added.is_empty(), "{added:?}");
+        assert!(
+            removed.contains(&"S6-convention-terminated".to_owned()),
+            "{removed:?}"
+        );
+        assert!(removed.iter().all(|id| id.starts_with('S')), "{removed:?}");
+        assert_eq!(policies_added_and_removed(&cut, &whole), (removed, added));
     }
 
     #[test]
