@@ -495,9 +495,15 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     if let Some(failure) = state.audit.as_ref().and_then(AuditLog::probe) {
         return error_response(&HttpError::AuditUnavailable(failure));
     }
+    // Ready, on the last good model: a change refused since shows here too, for an
+    // operator whose probe reads only this.
     json_response(
         StatusCode::OK,
-        &json!({"status": "ready", "policy_version": snapshot.version}),
+        &json!({
+            "status": "ready",
+            "policy_version": snapshot.version,
+            "last_reload_error": state.store.last_error().as_deref(),
+        }),
     )
 }
 

@@ -230,6 +230,10 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
     .unwrap();
     let message = refused_reload(&live, &version);
     assert!(message.contains("broken.cedar:2:10"), "{message}");
+    let (status, ready) = live.server.get("/readyz");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["last_reload_error"]["message"], message.as_str());
     live.server
         .decide(&admin_reads_traces())
         .assert_allowed_by("T3-partner-managers-read-partner-traces");
@@ -243,6 +247,11 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
     within(Duration::from_secs(2), "fixing the file recovers", || {
         live.policy_set()["last_reload_error"].is_null()
     });
+    assert!(live
+        .server
+        .get("/readyz")
+        .1
+        .contains(r#""last_reload_error":null"#));
 }
 
 /// A policy file rewritten in two steps (emptied, then filled a moment later) is
