@@ -528,6 +528,18 @@ fn a_batch_items_json_error_gives_its_line_and_column_in_the_body() {
     }
 }
 
+/// A body's broken chunked framing is named (it said only "error reading a body
+/// from connection").
+#[test]
+fn a_broken_chunked_body_is_refused_saying_why() {
+    let reply = Server::start().exchange_raw(
+        "POST /v1/is_authorized HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("body_unreadable"), "{reply}");
+    assert!(reply.contains("chunk size"), "{reply}");
+}
+
 #[test]
 fn an_action_as_the_resource_is_refused_as_such() {
     let mut request = allowed_consultation();
