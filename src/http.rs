@@ -1013,14 +1013,15 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The first coding `header` lists, over all its lines, other than `plain`: every
 /// line and every comma-separated item counts (`identity` on one line and `gzip` on
-/// the next is still gzip).
+/// the next is still gzip), but for empty items, which RFC 9110 (5.6.1) has
+/// recipients ignore (`identity,`).
 fn coding_other_than(headers: &HeaderMap, header: &HeaderName, plain: &str) -> Option<String> {
     headers
         .get_all(header)
         .iter()
         .flat_map(|line| line.as_bytes().split(|&b| b == b','))
         .map(|coding| coding.trim_ascii())
-        .find(|coding| !coding.eq_ignore_ascii_case(plain.as_bytes()))
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(plain.as_bytes()))
         .map(|coding| String::from_utf8_lossy(coding).into_owned())
 }
 

@@ -797,6 +797,20 @@ fn an_encoding_on_a_second_header_line_gets_415_too() {
     assert!(reply.contains("body_encoded"), "{reply}");
 }
 
+/// Empty items of a coding list are ignored, as RFC 9110 (5.6.1) asks: `identity,`
+/// is identity (it was refused as the coding "").
+#[test]
+fn an_empty_item_in_a_coding_list_is_ignored() {
+    let server = Server::start_with(pinned_time());
+    for codings in ["identity,", ", identity", ""] {
+        let reply = ureq::post(&server.url("/v1/is_authorized"))
+            .set("content-encoding", codings)
+            .send_string(&allowed_consultation().to_string());
+        let (status, body) = status_and_json(reply);
+        assert_eq!(status, 200, "{codings:?}: {body}");
+    }
+}
+
 /// hyper undoes `chunked` and no other transfer coding: a body sent with
 /// `Transfer-Encoding: gzip, chunked` would reach the reader still gzipped. Refused
 /// as a content coding is; a plain chunked body is decided.
