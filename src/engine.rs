@@ -504,8 +504,13 @@ fn request_entities(
         .enumerate()
         .find_map(|(position, entity)| Some((position, ambiguous_escape(entity)?)));
     if let Some((position, escape)) = ambiguous {
+        let keys = if escape == "__entity" {
+            "`type` and `id`"
+        } else {
+            "`fn` and one `arg` (a call of several, `args`, is not read)"
+        };
         return Err(RequestError::InvalidEntities(format!(
-            "entity {position}: {escape} with other keys: which would count?"
+            "entity {position}: {escape} with other keys beside it, or in it other than              {keys}: which would count?"
         )));
     }
     let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))

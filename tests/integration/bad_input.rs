@@ -632,6 +632,13 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
             &format!("entity 0: {escape} with other keys"),
         );
     }
+    let offset = json!({"__extn": {"fn": "offset", "args": [date("2026-01-01"), {"__extn": {"fn": "duration", "arg": "1d"}}]}});
+    assert_error(
+        file(offset, caf("caf-nord")),
+        400,
+        "invalid_entities",
+        "a call of several, `args`, is not read",
+    );
 }
 
 /// Cedar's parser passes over an entity's unknown fields and extra keys in its
