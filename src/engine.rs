@@ -472,6 +472,25 @@ fn reference_key(reference: &Value) -> Option<String> {
         .cloned()
 }
 
+/// The first number in `json` that is no whole number Cedar's `Long` holds (a
+/// fraction, an exponent, one past 64 bits), with its path (`.ceiling`,
+/// `.codes[2]`): Cedar's parser refuses it saying only that the data "did not match
+/// any variant".
+fn number_outside_long(json: &Value) -> Option<(String, &serde_json::Number)> {
+    match json {
+        Value::Number(number) if !number.is_i64() => Some((String::new(), number)),
+        Value::Array(items) => items.iter().enumerate().find_map(|(at, item)| {
+            let (path, number) = number_outside_long(item)?;
+            Some((format!("[{at}]{path}"), number))
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let (path, number) = number_outside_long(item)?;
+            Some((format!(".{key}{path}"), number))
+        }),
+        _ => None,
+    }
+}
+
 /// Parses the request's own entities against the schema; they may add to the
 /// stored entities, never replace one.
 fn request_entities(
@@ -511,6 +530,20 @@ fn request_entities(
         };
         return Err(RequestError::InvalidEntities(format!(
             "entity {position}: {escape} with other keys beside it, or in it other than              {keys}: which would count?"
+        )));
+    }
+    let not_long = entities.iter().enumerate().find_map(|(position, entity)| {
+        ["attrs", "tags"].into_iter().find_map(|field| {
+            let (path, number) = number_outside_long(entity.get(field)?)?;
+            Some((position, format!("{field}{path}"), number))
+        })
+    });
+    if let Some((position, path, number)) = not_long {
+        return Err(RequestError::InvalidEntities(format!(
+            "entity {position}: `{path}`: {number} is not a number Cedar reads: its numbers \
+             are whole, from {} to {}",
+            i64::MIN,
+            i64::MAX
         )));
     }
     let parsed = Entities::from_json_value(Value::Array(entities.to_vec()), Some(&snapshot.schema))

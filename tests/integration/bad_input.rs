@@ -641,6 +641,30 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
     );
 }
 
+/// A number Cedar has no value for, in a request entity, is named with its path (Cedar
+/// said only that the data "did not match any variant of untagged enum").
+#[test]
+fn a_number_cedar_cannot_hold_in_a_request_entity_is_named() {
+    let server = Server::start();
+    for (number, shown) in [
+        ("9223372036854775808", "9223372036854775808"),
+        ("2.5", "2.5"),
+    ] {
+        let file = format!(
+            r#"{{"uid": {{"type": "File", "id": "dossier-59-new"}}, "parents": [],
+                "attrs": {{"caf": {{"type": "Caf", "id": "caf-nord"}}, "department": "59",
+                "rsa_now": false, "categories": ["rsa"], "codes": [1, {number}]}}}}"#
+        );
+        let request = consultation_of_a_brought_file(serde_json::from_str(&file).unwrap());
+        assert_error(
+            server.post("/v1/is_authorized", &request),
+            400,
+            "invalid_entities",
+            &format!("entity 0: `attrs.codes[1]`: {shown} is not a number Cedar reads"),
+        );
+    }
+}
+
 /// Cedar's parser passes over an entity's unknown fields and extra keys in its
 /// references; the request's own fields and references are refused for such keys,
 /// so its entities are too (`tag` for `tags` would drop the tags unseen).
