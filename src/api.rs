@@ -417,7 +417,9 @@ pub fn parse_entity_ref(field: &'static str, value: &Value) -> Result<EntityUid,
     match value {
         Value::String(text) => EntityUid::from_str(text).map_err(|e| {
             invalid(format!(
-                "`{text}` is not an entity reference like \"Type::\\\"id\\\"\": {e}"
+                "`{text}` is not an entity reference like \"Type::\\\"id\\\"\": {e} (Cedar \
+                 reads an id as it displays it, escapes only where it escapes; the \
+                 {{\"type\", \"id\"}} form takes any id as it is)"
             ))
         }),
         Value::Object(map) => {

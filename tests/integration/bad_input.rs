@@ -109,6 +109,21 @@ fn malformed_entity_reference_is_refused() {
     );
 }
 
+/// Cedar reads a text reference only as it displays it: an escape where it writes
+/// none (`\u{2d}` for `-`) is refused with its words ("needs to be normalized (e.g.,
+/// whitespace removed)", with no whitespace), and the message says what is meant.
+#[test]
+fn a_text_reference_cedar_does_not_read_points_to_the_object_form() {
+    let mut request = allowed_consultation();
+    request["principal"] = json!("User::\"mau\\u{2d}t2\"");
+    assert_error(
+        Server::start().post("/v1/is_authorized", &request),
+        400,
+        "invalid_entity_ref",
+        "the {\"type\", \"id\"} form takes any id as it is",
+    );
+}
+
 #[test]
 fn unknown_entity_is_refused() {
     let mut request = allowed_consultation();
