@@ -48,6 +48,7 @@ use crate::api::{
     DEFAULT_MAX_BATCH,
 };
 use crate::audit::{Ack, AuditError, AuditLog, Decided, Entry};
+use crate::diagnostic::with_causes;
 use crate::engine;
 use crate::listen::Listener;
 use crate::metrics::Metrics;
@@ -994,21 +995,9 @@ async fn read_body(request: Request<Incoming>, limits: &Limits) -> Result<Bytes,
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(HttpError::BodyTooLarge { max })
         }
+        // hyper's "error reading a body from connection" says why only in its source.
         Err(error) => Err(HttpError::BodyRead(with_causes(&*error))),
     }
-}
-
-/// `error`'s message followed by its causes' (hyper's "error reading a body from
-/// connection" says why only in its source: "invalid chunk size line", …).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
 }
 
 /// The first coding `header` lists, over all its lines, other than `plain`: every

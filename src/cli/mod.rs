@@ -198,30 +198,20 @@ pub fn main() -> ExitCode {
             errln!("{invalid}");
             return ExitCode::from(EXIT_INVALID);
         }
-        errln!("error: {}", with_causes(&error));
+        errln!("error: {}", crate::diagnostic::with_causes(error.as_ref()));
         ExitCode::FAILURE
     })
 }
 
-/// The error and its causes, as `{:#}` writes them, less a cause whose text the
-/// message before it already holds (an error that words its source, as
-/// `"{path}: {source}"` does, would print it twice).
-fn with_causes(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
-}
+/// The log filter unless `CDAP_AUTHZ_LOG` sets one: the file watcher's own lines
+/// are left out but for errors (a ConfigMap update logged two, a warning among them,
+/// for the directory it deletes; the sidecar logs what it cannot watch itself).
+const DEFAULT_LOG_FILTER: &str = "info,notify=error";
 
 /// Logs to stderr; a log line that cannot be written is dropped.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CDAP_AUTHZ_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -230,25 +220,4 @@ fn init_tracing() {
         // the failed write with `eprint!`, which panics when stderr is gone.
         .log_internal_errors(false)
         .init();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("audit: {source}")]
-    struct Worded {
-        #[source]
-        source: std::io::Error,
-    }
-
-    #[test]
-    fn a_cause_the_message_already_words_is_not_repeated() {
-        let missing = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let worded = anyhow::Error::new(Worded { source: missing() });
-        assert_eq!(with_causes(&worded), "audit: no such file");
-        let bare = anyhow::Error::new(missing()).context("cannot read the log");
-        assert_eq!(with_causes(&bare), "cannot read the log: no such file");
-    }
 }
