@@ -352,7 +352,13 @@ impl fmt::Display for Path<'_> {
 }
 
 fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, String> {
-    let mismatch = || format!("`{path}`: expected {}, found {value}", describe(ty));
+    let mismatch = || {
+        format!(
+            "`{path}`: expected {}, found {}",
+            describe(ty),
+            found(value)
+        )
+    };
     Ok(match (ty, value) {
         (AttrType::String, Value::String(s)) => ast::Value::from(s.as_str()),
         (AttrType::Long, Value::Number(n)) => ast::Value::from(n.as_i64().ok_or_else(mismatch)?),
@@ -402,6 +408,18 @@ fn convert(value: &Value, ty: &AttrType, path: &Path) -> Result<ast::Value, Stri
         }
         _ => return Err(mismatch()),
     })
+}
+
+/// `value` as an error message quotes it: a number no Cedar value holds is not
+/// quoted, as serde_json reads it into a float whose text is not the request's
+/// (`1e2` would read `100.0`, `-0` `-0.0`).
+fn found(value: &Value) -> String {
+    match value {
+        Value::Number(number) if !number.is_i64() => {
+            "a number that is not a whole one from -2^63 to 2^63-1".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// An extension value's argument: its string, or Cedar's escape naming the
@@ -581,6 +599,11 @@ mod tests {
                 "`mission`: expected a Mission",
             ),
             ("count", json!(1.5), "`count`: expected a whole number"),
+            (
+                "mission",
+                json!(1e2),
+                "`mission`: expected a Mission entity reference, found a number that is not a whole one",
+            ),
             (
                 "place",
                 json!({"zip": "59600"}),
