@@ -368,7 +368,7 @@ fn entity_ref(
 ) -> Result<EntityUid, RequestError> {
     let uid = snapshot.type_names.parse(field, value)?;
     if !snapshot.knows_entity_type(uid.type_name()) {
-        if snapshot.scope_types(&uid).is_some() {
+        if uid.type_name().basename() == "Action" {
             return Err(RequestError::InvalidRequest(format!(
                 "{field}: {uid} is an action, not an entity of a type the action applies to"
             )));
@@ -529,7 +529,8 @@ fn request_entities(
             "`fn` and one `arg` (a call of several, `args`, is not read)"
         };
         return Err(RequestError::InvalidEntities(format!(
-            "entity {position}: {escape} with other keys beside it, or in it other than              {keys}: which would count?"
+            "entity {position}: {escape} with other keys beside it, or in it other than {keys}: \
+             which would count?"
         )));
     }
     let not_long = entities.iter().enumerate().find_map(|(position, entity)| {

@@ -128,6 +128,9 @@ pub struct AppState {
     /// (`limits.max_trace_queries`); a read holds its permit until it ends, even
     /// if its client has gone.
     pub trace_queries: Arc<Semaphore>,
+    /// One permit for each large body decided now, off the workers
+    /// ([`LARGE_BODIES_AT_ONCE`]).
+    large_bodies: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -136,6 +139,7 @@ impl AppState {
             store: Store::new(),
             metrics: Metrics::new(),
             trace_queries: Arc::new(Semaphore::new(limits.max_trace_queries)),
+            large_bodies: Arc::new(Semaphore::new(LARGE_BODIES_AT_ONCE)),
             limits,
             audit: None,
         }
@@ -184,7 +188,9 @@ enum HttpError {
     AuditOff,
     #[error(transparent)]
     TraceQuery(#[from] TraceQueryError),
-    #[error("{caller} may not read these traces (the decision log records why)")]
+    // No reason is given, nor said to be recorded: a partner that has no traces, of
+    // which no decision is made, gets the same answer as one the policies refuse.
+    #[error("{caller} may not read these traces")]
     Forbidden { caller: String },
     #[error("trace queries are limited to {0} at once (--max-trace-queries), and that many are reading the decision log: retry shortly")]
     TraceQueriesBusy(usize),
@@ -496,14 +502,15 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     if let Some(failure) = state.audit.as_ref().and_then(AuditLog::probe) {
         return error_response(&HttpError::AuditUnavailable(failure));
     }
-    // Ready, on the last good model: a change refused since shows here too, for an
-    // operator whose probe reads only this.
+    // Ready, on the last good model: when a change was refused since shows here too,
+    // for an operator whose probe reads only this; what was refused is in
+    // `/v1/policy-set` (it quotes the files, which a probe's logs need not keep).
     json_response(
         StatusCode::OK,
         &json!({
             "status": "ready",
             "policy_version": snapshot.version,
-            "last_reload_error": state.store.last_error().as_deref(),
+            "reload_refused_at": state.store.last_error().map(|failure| failure.at),
         }),
     )
 }
@@ -513,6 +520,10 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
 /// value (a megabyte of them held a worker, and every connection it serves,
 /// `/healthz` included, for about 0.3 s); an ordinary request is a few hundred bytes.
 const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Large bodies decided at once, off the workers; more wait their turn. Less than a
+/// worker's blocking threads (`workers`), so that a trace query finds one.
+const LARGE_BODIES_AT_ONCE: usize = 2;
 
 /// `decide` run on `body`: on the worker for an ordinary body, on a blocking thread
 /// for a large one, so that the worker serves its other connections meanwhile.
@@ -524,10 +535,17 @@ async fn off_the_worker_if_large<T: Send + 'static>(
     if body.len() <= INLINE_BODY_BYTES {
         return decide(state, &body);
     }
-    let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || decide(&state, &body))
+    let turn = Arc::clone(&state.large_bodies)
+        .acquire_owned()
         .await
-        .map_err(|failed| HttpError::DecisionFailed(failed.to_string()))?
+        .expect("the semaphore is never closed");
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        decide(&state, &body)
+    })
+    .await
+    .map_err(|failed| HttpError::DecisionFailed(failed.to_string()))?
 }
 
 /// One request decided, its record submitted to the log.

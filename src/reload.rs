@@ -67,10 +67,13 @@ fn policies_added_and_removed(old: &Snapshot, new: &Snapshot) -> (Vec<String>, V
 }
 
 /// What `stat` says, through symlinks, of each file a load reads (device, inode,
-/// length, modification and change times), or that it is missing. Two equal
-/// fingerprints taken around a load mean the load read one version of the files.
+/// length and modification time; for what is not a regular file, a FIFO say, whose
+/// times a read or write moves, device and inode), or that it is missing. Two
+/// equal fingerprints taken around a load mean the load read one version of the
+/// files; a change of mode or owner (`chmod`), which the content does not follow,
+/// is left out.
 #[derive(Debug, PartialEq)]
-struct Fingerprint(Vec<(PathBuf, Option<[i64; 7]>)>);
+struct Fingerprint(Vec<(PathBuf, Option<[i64; 5]>)>);
 
 impl Fingerprint {
     fn of(sources: &Sources) -> Self {
@@ -83,15 +86,11 @@ impl Fingerprint {
             let meta = std::fs::metadata(path).ok()?;
             // Device and inode numbers and lengths fit an i64 on Linux.
             let whole = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            Some([
-                whole(meta.dev()),
-                whole(meta.ino()),
-                whole(meta.len()),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.ctime(),
-                meta.ctime_nsec(),
-            ])
+            let (dev, ino) = (whole(meta.dev()), whole(meta.ino()));
+            Some(match meta.is_file() {
+                true => [dev, ino, whole(meta.len()), meta.mtime(), meta.mtime_nsec()],
+                false => [dev, ino, 0, 0, 0],
+            })
         };
         Self(
             paths
@@ -225,6 +224,18 @@ impl Reloader {
             drop_when_unused(old);
         }
         Reloaded::Swapped { version, took }
+    }
+
+    /// Reports loads given up since `since` because the files kept changing while
+    /// they were read: the current snapshot keeps serving until they stop.
+    fn report_changing_files(&self, since: Instant) {
+        let message = format!(
+            "the model's files kept changing while they were read, for {} s: the last good \
+             snapshot serves on until they stop",
+            since.elapsed().as_secs()
+        );
+        tracing::warn!("{message}");
+        self.set_last_error(message);
     }
 
     /// Reports files whose writer has not closed them for a while: the current
@@ -512,6 +523,9 @@ fn run_watch_loop(
     // A change arrived during the last load: read the files again, without
     // waiting for another event.
     let mut changed_during_load = false;
+    // Since when loads have been given up because the files changed while read, and
+    // whether that was reported.
+    let mut changing_since: Option<(Instant, bool)> = None;
     loop {
         if !changed_during_load {
             let trigger = match retry_at {
@@ -556,9 +570,15 @@ fn run_watch_loop(
         }
         let Some(loaded) = loaded else {
             tracing::info!("the model's files changed while they were read: reading them again");
+            let (since, reported) = changing_since.get_or_insert((started, false));
+            if since.elapsed() >= MAX_WRITER_WAIT && !*reported {
+                reloader.report_changing_files(*since);
+                *reported = true;
+            }
             changed_during_load = true;
             continue;
         };
+        changing_since = None;
         retries_left = match loaded {
             Ok(snapshot) => {
                 reloader.install(snapshot, started);
@@ -730,7 +750,11 @@ mod tests {
         .unwrap();
         let first = Fingerprint::of(&sources);
         assert_eq!(Fingerprint::of(&sources), first);
-        replace_by_rename(&sources.policies.join("profiles.cedar"));
+        let profiles = sources.policies.join("profiles.cedar");
+        let readable = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+        std::fs::set_permissions(&profiles, readable).unwrap();
+        assert_eq!(Fingerprint::of(&sources), first, "a change of mode");
+        replace_by_rename(&profiles);
         assert_ne!(Fingerprint::of(&sources), first);
     }
 

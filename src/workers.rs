@@ -29,9 +29,9 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// Threads each worker may start for work that would hold it up (a trace query
-/// reading the log, a request bringing a large body of entities); more such work
-/// waits for one of them.
+/// Threads each worker may start for work that would hold it up: a trace query
+/// reading the log (`--max-trace-queries` at once), a large request body (two at
+/// once, `http`); more such work waits for one of them.
 const BLOCKING_THREADS: usize = 4;
 
 /// The number of workers when none is given: one per core available to the process.

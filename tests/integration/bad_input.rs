@@ -556,15 +556,18 @@ fn a_broken_chunked_body_is_refused_saying_why() {
 }
 
 #[test]
-fn an_action_as_the_resource_is_refused_as_such() {
-    let mut request = allowed_consultation();
-    request["resource"] = json!("Action::\"consult_file\"");
-    assert_error(
-        Server::start().post("/v1/is_authorized", &request),
-        400,
-        "invalid_request",
-        "resource: Action::\"consult_file\" is an action",
-    );
+fn an_action_as_the_principal_or_resource_is_refused_as_such() {
+    let server = Server::start();
+    for (field, action) in [("resource", "consult_file"), ("principal", "nope")] {
+        let mut request = allowed_consultation();
+        request[field] = json!(format!("Action::\"{action}\""));
+        assert_error(
+            server.post("/v1/is_authorized", &request),
+            400,
+            "invalid_request",
+            &format!("{field}: Action::\"{action}\" is an action"),
+        );
+    }
 }
 
 #[test]
@@ -644,7 +647,7 @@ fn a_request_entitys_escape_with_other_keys_is_refused() {
             file(rsa_last_date, caf),
             400,
             "invalid_entities",
-            &format!("entity 0: {escape} with other keys"),
+            &format!("entity 0: {escape} with other keys beside it, or in it other than `"),
         );
     }
     let offset = json!({"__extn": {"fn": "offset", "args": [date("2026-01-01"), {"__extn": {"fn": "duration", "arg": "1d"}}]}});
