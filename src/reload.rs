@@ -709,7 +709,7 @@ mod tests {
         notify::Event::new(kind).add_path(PathBuf::from("/model/policies/a.cedar"))
     }
 
-    /// A copy of the bundled model in a temp dir, its entities file at `entities`.
+    /// A copy of the bundled model in a temp dir.
     fn model_copy(dir: &Path) -> Sources {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let bundled = Sources::bundled(root);
@@ -725,9 +725,17 @@ mod tests {
         Sources {
             policies,
             schema: copy(&bundled.schema, "cdap.cedarschema"),
-            entities: Some(dir.join("entities.json")),
+            entities: bundled
+                .entities
+                .as_deref()
+                .map(|e| copy(e, "entities.json")),
             derived: bundled.derived.as_deref().map(|d| copy(d, "derived.json")),
         }
+    }
+
+    fn reloader(sources: Sources) -> Reloader {
+        let state = Arc::new(AppState::new(crate::http::Limits::default()));
+        Reloader::new(sources, "now", state)
     }
 
     /// Replaces `path` by a new file of the same bytes, as an editor's rename or a
@@ -742,12 +750,6 @@ mod tests {
     fn a_fingerprint_changes_when_a_file_is_replaced_not_when_it_is_left() {
         let dir = tempfile::tempdir().unwrap();
         let sources = model_copy(dir.path());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(
-            root.join("examples/entities.json"),
-            sources.entities.as_ref().unwrap(),
-        )
-        .unwrap();
         let first = Fingerprint::of(&sources);
         assert_eq!(Fingerprint::of(&sources), first);
         let profiles = sources.policies.join("profiles.cedar");
@@ -766,10 +768,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sources = model_copy(dir.path());
         let fifo = sources.entities.clone().unwrap();
+        let entities = std::fs::read(&fifo).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
         let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let entities = std::fs::read(root.join("examples/entities.json")).unwrap();
         let profiles = sources.policies.join("profiles.cedar");
         let writer = std::thread::spawn(move || {
             // Opening a FIFO for writing waits for its reader: the load.
@@ -777,9 +779,7 @@ mod tests {
             replace_by_rename(&profiles);
             std::io::Write::write_all(&mut pipe, &entities).unwrap();
         });
-        let state = Arc::new(AppState::new(crate::http::Limits::default()));
-        let reloader = Reloader::new(sources, "now", state);
-        let loaded = reloader.load_unless_changed();
+        let loaded = reloader(sources).load_unless_changed();
         writer.join().unwrap();
         assert!(loaded.is_none(), "a snapshot was given");
     }
@@ -788,27 +788,16 @@ mod tests {
     fn a_load_of_files_left_alone_gives_its_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let sources = model_copy(dir.path());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(
-            root.join("examples/entities.json"),
-            sources.entities.as_ref().unwrap(),
-        )
-        .unwrap();
-        let state = Arc::new(AppState::new(crate::http::Limits::default()));
-        let reloader = Reloader::new(sources, "now", state);
-        assert!(matches!(reloader.load_unless_changed(), Some(Ok(_))));
+        assert!(matches!(
+            reloader(sources).load_unless_changed(),
+            Some(Ok(_))
+        ));
     }
 
     #[test]
     fn a_swap_names_the_policies_it_adds_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let sources = model_copy(dir.path());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(
-            root.join("examples/entities.json"),
-            sources.entities.as_ref().unwrap(),
-        )
-        .unwrap();
         let whole = Snapshot::load(&sources, "now").unwrap();
         std::fs::remove_file(sources.policies.join("suspension.cedar")).unwrap();
         let cut = Snapshot::load(&sources, "now").unwrap();
