@@ -538,7 +538,7 @@ async fn off_the_worker_if_large<T: Send + 'static>(
     let turn = Arc::clone(&state.large_bodies)
         .acquire_owned()
         .await
-        .expect("the semaphore is never closed");
+        .map_err(|closed| HttpError::DecisionFailed(closed.to_string()))?;
     let state = Arc::clone(state);
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
