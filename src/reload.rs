@@ -35,8 +35,9 @@ use crate::store::ReloadFailure;
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A burst never delays a reload by more than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
-/// A writer still writing after this long is reported (and still waited for).
-const MAX_WRITER_WAIT: Duration = Duration::from_secs(10);
+/// A writer still writing after this long, or files still changing while they are
+/// read, are reported (and still waited for).
+const REPORT_AFTER: Duration = Duration::from_secs(10);
 /// A refused reload is retried this many times, after 250 ms, 500 ms and 1 s, even
 /// with no new event: files caught mid-swap (a ConfigMap's old directory being
 /// deleted while it is read) then load on a retry.
@@ -155,10 +156,24 @@ impl Reloader {
     }
 
     /// Builds a complete snapshot and swaps it in; on any error the current one
-    /// keeps serving and the error is recorded.
+    /// keeps serving and the error is recorded. Files that change while they are
+    /// read are read again (a pod started during a ConfigMap update), every
+    /// [`DEFAULT_DEBOUNCE`], until one load reads a single version of them.
     pub fn reload(&self) -> Result<Reloaded, LoadError> {
         let started = Instant::now();
-        self.load().map(|snapshot| self.install(snapshot, started))
+        let mut reported = false;
+        loop {
+            if let Some(loaded) = self.load_unless_changed() {
+                return loaded
+                    .inspect_err(|error| self.record_failure(error))
+                    .map(|snapshot| self.install(snapshot, started));
+            }
+            if started.elapsed() >= REPORT_AFTER && !reported {
+                self.report_changing_files(started);
+                reported = true;
+            }
+            std::thread::sleep(DEFAULT_DEBOUNCE);
+        }
     }
 
     /// [`Self::load`], or `None` when the files it read changed while it read them
@@ -166,27 +181,31 @@ impl Reloader {
     /// a release symlink flipped, a branch checked out mid-load. Such a snapshot may
     /// hold one version's policies with another's (a permit of the new set without
     /// the forbid beside it that the new set also has), allowing what neither
-    /// version allows; it is not installed, and the files are read again.
+    /// version allows; it is not installed, and the files are read again. Nor is
+    /// its error reported: a new policy read against the old schema is no refusal.
     fn load_unless_changed(&self) -> Option<Result<Snapshot, LoadError>> {
         let before = Fingerprint::of(&self.sources);
         let loaded = self.load();
         (Fingerprint::of(&self.sources) == before).then_some(loaded)
     }
 
-    /// Builds a complete snapshot; on an error, records it (the current snapshot
-    /// keeps serving).
+    /// Builds a complete snapshot.
     fn load(&self) -> Result<Snapshot, LoadError> {
-        Snapshot::load(&self.sources, &self.time_attribute).inspect_err(|error| {
-            if self.state.store.current().is_some() {
-                tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
-            } else {
-                // Only the first load has no snapshot to keep, and `serve` prints its
-                // problems as it exits 3: not twice.
-                tracing::error!("load refused: no snapshot to serve");
-            }
-            self.state.metrics.record_reload("failure");
-            self.set_last_error(error.to_string());
-        })
+        Snapshot::load(&self.sources, &self.time_attribute)
+    }
+
+    /// Records a refused load: logged, counted, and shown as `last_reload_error`
+    /// (the current snapshot keeps serving).
+    fn record_failure(&self, error: &LoadError) {
+        if self.state.store.current().is_some() {
+            tracing::error!(error = %error, "reload refused: the last good snapshot keeps serving");
+        } else {
+            // Only the first load has no snapshot to keep, and `serve` prints its
+            // problems as it exits 3: not twice.
+            tracing::error!("load refused: no snapshot to serve");
+        }
+        self.state.metrics.record_reload("failure");
+        self.set_last_error(error.to_string());
     }
 
     /// What `/v1/policy-set` shows as `last_reload_error` until a load succeeds.
@@ -571,7 +590,7 @@ fn run_watch_loop(
         let Some(loaded) = loaded else {
             tracing::info!("the model's files changed while they were read: reading them again");
             let (since, reported) = changing_since.get_or_insert((started, false));
-            if since.elapsed() >= MAX_WRITER_WAIT && !*reported {
+            if since.elapsed() >= REPORT_AFTER && !*reported {
                 reloader.report_changing_files(*since);
                 *reported = true;
             }
@@ -579,6 +598,9 @@ fn run_watch_loop(
             continue;
         };
         changing_since = None;
+        if let Err(error) = &loaded {
+            reloader.record_failure(error);
+        }
         retries_left = match loaded {
             Ok(snapshot) => {
                 reloader.install(snapshot, started);
@@ -611,7 +633,7 @@ fn changes_since(
 
 /// Waits for a quiet period with no relevant file open for writing; false when
 /// asked to stop. A forced reload (SIGHUP, lost events) waits for no writer. A
-/// writer still writing after [`MAX_WRITER_WAIT`] is reported (`last_reload_error`,
+/// writer still writing after [`REPORT_AFTER`] is reported (`last_reload_error`,
 /// a warning) and still waited for: the current snapshot keeps serving, and SIGHUP
 /// reads the files as they are (a file truncated by path, `truncate(2)`, has no
 /// close to wait for).
@@ -632,7 +654,7 @@ fn settle(
                 tracing::info!(files = ?writing, "reload waits for the files' writer to close them");
                 Instant::now()
             });
-            if since.elapsed() >= MAX_WRITER_WAIT && !reported {
+            if since.elapsed() >= REPORT_AFTER && !reported {
                 reported = true;
                 reloader.report_writers(writing);
             }
@@ -762,13 +784,15 @@ mod tests {
 
     /// The entities file is a FIFO: the load waits on it, and its writer replaces a
     /// policy file meanwhile, then lets the load read on. The load read the model
-    /// while it changed, so its snapshot is not given.
+    /// while it changed, so its snapshot is not given, nor its error reported (the
+    /// entities written are cut: a load mid-swap often fails).
     #[test]
-    fn a_load_during_which_a_file_changed_gives_no_snapshot() {
+    fn a_load_during_which_a_file_changed_gives_no_snapshot_and_no_error() {
         let dir = tempfile::tempdir().unwrap();
         let sources = model_copy(dir.path());
         let fifo = sources.entities.clone().unwrap();
-        let entities = std::fs::read(&fifo).unwrap();
+        let whole = std::fs::read(&fifo).unwrap();
+        let entities = whole[..whole.len() / 2].to_vec();
         std::fs::remove_file(&fifo).unwrap();
         let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
@@ -779,9 +803,11 @@ mod tests {
             replace_by_rename(&profiles);
             std::io::Write::write_all(&mut pipe, &entities).unwrap();
         });
-        let loaded = reloader(sources).load_unless_changed();
+        let reloader = reloader(sources);
+        let loaded = reloader.load_unless_changed();
         writer.join().unwrap();
-        assert!(loaded.is_none(), "a snapshot was given");
+        assert!(loaded.is_none(), "a load was given");
+        assert!(reloader.state.store.last_error().is_none());
     }
 
     #[test]
