@@ -326,6 +326,14 @@ impl AuthzRequest {
     }
 }
 
+/// Where `item`, read from `body`, starts in it; `None` if its text is not in
+/// `body` (it always is: serde_json borrows it).
+pub fn offset_in(body: &[u8], item: &RawValue) -> Option<usize> {
+    let text = item.get().as_bytes();
+    let start = text.as_ptr().addr().checked_sub(body.as_ptr().addr())?;
+    (start.checked_add(text.len())? <= body.len()).then_some(start)
+}
+
 impl<'a> BatchRequest<'a> {
     pub fn from_slice(bytes: &'a [u8]) -> Result<Self, RequestError> {
         object_from_slice(bytes)
@@ -559,9 +567,8 @@ mod tests {
         let body = b"{\"requests\": [\n  {\"principal\": 1,\n\"x\": 2}, {\"y\": 3}]}";
         let batch = BatchRequest::from_slice(body).unwrap();
         let placed = |item: &RawValue| {
-            let text = item.get().as_bytes();
-            let start = text.as_ptr().addr() - body.as_ptr().addr();
-            let error = AuthzRequest::from_slice(text).unwrap_err();
+            let error = AuthzRequest::from_slice(item.get().as_bytes()).unwrap_err();
+            let start = offset_in(body, item).unwrap();
             (error.to_string(), error.within(body, start).to_string())
         };
         let (alone, placed_first) = placed(batch.requests[0]);

@@ -145,6 +145,11 @@ impl AppState {
         }
     }
 
+    /// The context fields a record keeps, which the request reader keeps as sent.
+    fn recorded_context_fields(&self) -> &[String] {
+        self.audit.as_ref().map_or(&[], AuditLog::context_fields)
+    }
+
     /// Logs every decision to `audit` before answering it.
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         self.audit = Some(audit);
@@ -502,15 +507,16 @@ fn readiness(state: &AppState) -> Response<Full<Bytes>> {
     if let Some(failure) = state.audit.as_ref().and_then(AuditLog::probe) {
         return error_response(&HttpError::AuditUnavailable(failure));
     }
-    // Ready, on the last good model: when a change was refused since shows here too,
-    // for an operator whose probe reads only this; what was refused is in
+    // Ready, on the last good model: when a change was refused since, or a reload
+    // held back (a writer that does not close, files that keep changing), shows
+    // here too, for an operator whose probe reads only this; what it was is in
     // `/v1/policy-set` (it quotes the files, which a probe's logs need not keep).
     json_response(
         StatusCode::OK,
         &json!({
             "status": "ready",
             "policy_version": snapshot.version,
-            "reload_refused_at": state.store.last_error().map(|failure| failure.at),
+            "reload_error_at": state.store.last_error().map(|failure| failure.at),
         }),
     )
 }
@@ -545,16 +551,17 @@ async fn off_the_worker_if_large<T: Send + 'static>(
         decide(&state, &body)
     })
     .await
-    .map_err(|failed| HttpError::DecisionFailed(failed.to_string()))?
+    .map_err(|failed| {
+        // The panic's words may quote the request: logged, not sent back.
+        tracing::error!(error = %failed, "a large body's decision failed");
+        HttpError::DecisionFailed("see the sidecar's log".into())
+    })?
 }
 
 /// One request decided, its record submitted to the log.
 fn decide_one(state: &AppState, body: &[u8]) -> Result<Pending, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-    let recorded = state
-        .audit
-        .as_ref()
-        .map_or(&[][..], |log| log.context_fields());
+    let recorded = state.recorded_context_fields();
     let request = engine::read_request(&snapshot, body, recorded)?;
     Ok(decide(state, &snapshot, &request, Filing::ByResource)?)
 }
@@ -566,10 +573,7 @@ fn decide_batch(
     body: &[u8],
 ) -> Result<Vec<Result<Pending, RequestError>>, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-    let recorded = state
-        .audit
-        .as_ref()
-        .map_or(&[][..], |log| log.context_fields());
+    let recorded = state.recorded_context_fields();
     let batch = BatchRequest::from_slice(body)?;
     if batch.requests.len() > state.limits.max_batch {
         return Err(RequestError::BatchTooLarge {
@@ -596,11 +600,16 @@ fn decide_batch(
         .map(|log| log.submit_all(entries))
         .unwrap_or_default()
         .into_iter();
+    // Each decided item has an entry, and the log gives one acknowledgement an
+    // entry, in order; an item left without one is answered as unlogged (Deny).
     Ok(decided
         .into_iter()
         .map(|item| {
             item.map(|(mut pending, _)| {
-                pending.logged = state.audit.as_ref().and(acks.next());
+                pending.logged = state.audit.as_ref().map(|_| {
+                    acks.next()
+                        .unwrap_or_else(|| Ack::failed(AuditError::Unacknowledged))
+                });
                 pending
             })
         })
@@ -634,10 +643,12 @@ fn read_batch_item(
     item: &RawValue,
     recorded: &[String],
 ) -> Result<AuthzRequest, RequestError> {
-    let text = item.get().as_bytes();
-    // The item borrows its text from the body.
-    let start = text.as_ptr().addr() - body.as_ptr().addr();
-    engine::read_request(snapshot, text, recorded).map_err(|error| error.within(body, start))
+    engine::read_request(snapshot, item.get().as_bytes(), recorded).map_err(|error| {
+        match crate::api::offset_in(body, item) {
+            Some(start) => error.within(body, start),
+            None => error,
+        }
+    })
 }
 
 /// A decision whose record may still be on its way to the log.

@@ -6,7 +6,7 @@
 //! finds work wakes another to share it. Here a connection lives on one thread: its
 //! socket is registered with that thread's reactor, its requests are read, decided,
 //! logged and answered there (an `--audit-fsync` sync runs on the log's syncer
-//! thread, a trace query on a blocking thread). The acceptor gives each new
+//! thread; a trace query, and a request body over 64 KiB, on a blocking thread). The acceptor gives each new
 //! connection to the worker serving the fewest, so that connections are spread
 //! evenly over the workers. On the 2-core dev VM this served 5% more requests a
 //! second or better, in every alternated round, than tokio's work-stealing pool
@@ -31,8 +31,9 @@ use tokio::sync::oneshot;
 
 /// Threads each worker may start for work that would hold it up: a trace query
 /// reading the log (`--max-trace-queries` at once), a large request body (two at
-/// once, `http`); more such work waits for one of them.
-const BLOCKING_THREADS: usize = 4;
+/// once, `http`). A ceiling, not a reservation (threads start on demand and end
+/// when idle); work past it waits for one of them.
+const BLOCKING_THREADS: usize = 16;
 
 /// The number of workers when none is given: one per core available to the process.
 pub fn default_count() -> NonZeroUsize {

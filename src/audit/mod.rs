@@ -101,6 +101,8 @@ pub enum AuditError {
          lost; writing to that path anew"
     )]
     Moved(PathBuf),
+    #[error("a decision was submitted to the log and got no acknowledgement (a defect)")]
+    Unacknowledged,
 }
 
 impl AuditError {

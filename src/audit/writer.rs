@@ -113,6 +113,12 @@ enum AckState {
 }
 
 impl Ack {
+    /// The acknowledgement of a record the log did not take: waiting for it gives
+    /// `error`, so its decision is answered Deny.
+    pub fn failed(error: AuditError) -> Self {
+        Self(AckState::Done(Err(error)))
+    }
+
     /// Completes once the record is in the file (with `--audit-fsync`, on disk), or
     /// could not be.
     pub async fn wait(self) -> Result<(), AuditError> {
@@ -183,7 +189,7 @@ impl AuditLog {
             .map(|done| vec![Ack(done); appended])
             .unwrap_or_default();
         if let Err(error) = refused {
-            acks.resize(entries.len(), Ack(AckState::Done(Err(error))));
+            acks.resize(entries.len(), Ack::failed(error));
         }
         acks
     }

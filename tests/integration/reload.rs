@@ -234,10 +234,10 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(status, 200, "{ready}");
     assert_eq!(
-        ready["reload_refused_at"],
+        ready["reload_error_at"],
         live.policy_set()["last_reload_error"]["at"]
     );
-    assert!(ready["reload_refused_at"].is_string(), "{ready}");
+    assert!(ready["reload_error_at"].is_string(), "{ready}");
     live.server
         .decide(&admin_reads_traces())
         .assert_allowed_by("T3-partner-managers-read-partner-traces");
@@ -255,7 +255,7 @@ fn broken_edit_keeps_the_last_good_snapshot_and_reports_the_error() {
         .server
         .get("/readyz")
         .1
-        .contains(r#""reload_refused_at":null"#));
+        .contains(r#""reload_error_at":null"#));
 }
 
 /// A policy file rewritten in two steps (emptied, then filled a moment later) is
