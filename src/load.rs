@@ -57,6 +57,12 @@ impl Sources {
             entities: Some(root.join(ENTITIES_FILE)),
         }
     }
+
+    /// The files beside the policy directory: the schema, then the entities and the
+    /// derivation rules, when given.
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.schema).chain(self.entities.iter().chain(&self.derived))
+    }
 }
 
 /// One problem found while loading, already rendered for a human.

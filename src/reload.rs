@@ -47,6 +47,28 @@ const RETRY_DELAY: Duration = Duration::from_millis(250);
 /// reload thread stops waiting to drop it itself.
 const DRAIN_OLD_SNAPSHOT: Duration = Duration::from_secs(5);
 
+/// A wait that is reported once it has lasted [`REPORT_AFTER`].
+struct Overdue {
+    since: Instant,
+    reported: bool,
+}
+
+impl Overdue {
+    fn since(since: Instant) -> Self {
+        Self {
+            since,
+            reported: false,
+        }
+    }
+
+    /// Whether the wait has just passed [`REPORT_AFTER`]: true once.
+    fn just_overdue(&mut self) -> bool {
+        let now = !self.reported && self.since.elapsed() >= REPORT_AFTER;
+        self.reported |= now;
+        now
+    }
+}
+
 /// Most policy ids a swap's log line lists as added, and as removed.
 const LISTED_POLICIES: usize = 20;
 
@@ -80,9 +102,7 @@ impl Fingerprint {
     fn of(sources: &Sources) -> Self {
         use std::os::unix::fs::MetadataExt;
         let mut paths = load::policy_files(&sources.policies).unwrap_or_default();
-        paths.push(sources.schema.clone());
-        paths.extend(sources.entities.iter().cloned());
-        paths.extend(sources.derived.iter().cloned());
+        paths.extend(sources.files().cloned());
         let stamp = |path: &Path| {
             let meta = std::fs::metadata(path).ok()?;
             // Device and inode numbers and lengths fit an i64 on Linux.
@@ -161,16 +181,15 @@ impl Reloader {
     /// [`DEFAULT_DEBOUNCE`], until one load reads a single version of them.
     pub fn reload(&self) -> Result<Reloaded, LoadError> {
         let started = Instant::now();
-        let mut reported = false;
+        let mut changing = Overdue::since(started);
         loop {
             if let Some(loaded) = self.load_unless_changed() {
                 return loaded
                     .inspect_err(|error| self.record_failure(error))
                     .map(|snapshot| self.install(snapshot, started));
             }
-            if started.elapsed() >= REPORT_AFTER && !reported {
+            if changing.just_overdue() {
                 self.report_changing_files(started);
-                reported = true;
             }
             std::thread::sleep(DEFAULT_DEBOUNCE);
         }
@@ -271,13 +290,7 @@ impl Reloader {
 
     /// The sources: the policy directory, then the files.
     fn sources(&self) -> impl Iterator<Item = &PathBuf> {
-        [Some(&self.sources.policies), Some(&self.sources.schema)]
-            .into_iter()
-            .chain([
-                self.sources.entities.as_ref(),
-                self.sources.derived.as_ref(),
-            ])
-            .flatten()
+        std::iter::once(&self.sources.policies).chain(self.sources.files())
     }
 
     /// Directories to watch, and how: the policy directory and its tree, and each
@@ -542,9 +555,8 @@ fn run_watch_loop(
     // A change arrived during the last load: read the files again, without
     // waiting for another event.
     let mut changed_during_load = false;
-    // Since when loads have been given up because the files changed while read, and
-    // whether that was reported.
-    let mut changing_since: Option<(Instant, bool)> = None;
+    // Since when loads have been given up because the files changed while read.
+    let mut changing: Option<Overdue> = None;
     loop {
         if !changed_during_load {
             let trigger = match retry_at {
@@ -589,15 +601,14 @@ fn run_watch_loop(
         }
         let Some(loaded) = loaded else {
             tracing::info!("the model's files changed while they were read: reading them again");
-            let (since, reported) = changing_since.get_or_insert((started, false));
-            if since.elapsed() >= REPORT_AFTER && !*reported {
-                reloader.report_changing_files(*since);
-                *reported = true;
+            let wait = changing.get_or_insert_with(|| Overdue::since(started));
+            if wait.just_overdue() {
+                reloader.report_changing_files(wait.since);
             }
             changed_during_load = true;
             continue;
         };
-        changing_since = None;
+        changing = None;
         if let Err(error) = &loaded {
             reloader.record_failure(error);
         }
