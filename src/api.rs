@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use smol_str::SmolStr;
 
 use crate::fast_hash::HashMap;
+use crate::load::Lines;
 use crate::strict_json;
 
 /// Most requests one batch may carry.
@@ -259,15 +260,10 @@ impl From<serde_json::Error> for JsonError {
 impl JsonError {
     /// This error of a text that starts at byte `start` of `whole`, placed in `whole`.
     fn within(self, whole: &[u8], start: usize) -> Self {
-        let before = &whole[..start];
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |at| at + 1);
-        let lines_before = before.iter().filter(|&&b| b == b'\n').count();
+        let (first_line, first_column) = Lines::new(whole).at(start);
         let at = self.at.map(|(line, column)| match line {
-            1 => (lines_before + 1, start - line_start + column),
-            _ => (lines_before + line, column),
+            1 => (first_line, first_column - 1 + column),
+            _ => (first_line + line - 1, column),
         });
         Self { at, ..self }
     }

@@ -345,14 +345,15 @@ fn id_position(text: &str, lines: &Lines, id: &str, nth: usize) -> Option<(usize
 
 /// Where each line of a text starts: line and column lookups without rescanning
 /// the text (a file's thousands of policies are each located).
-struct Lines {
+pub struct Lines {
     starts: Vec<usize>,
     len: usize,
 }
 
 impl Lines {
-    fn new(text: &str) -> Self {
-        let after_newlines = text.match_indices('\n').map(|(at, _)| at + 1);
+    pub fn new(text: impl AsRef<[u8]>) -> Self {
+        let text = text.as_ref();
+        let after_newlines = memchr::memchr_iter(b'\n', text).map(|at| at + 1);
         Self {
             starts: std::iter::once(0).chain(after_newlines).collect(),
             len: text.len(),
@@ -360,7 +361,7 @@ impl Lines {
     }
 
     /// Line and column (from 1, the column in bytes) of byte `offset`.
-    fn at(&self, offset: usize) -> (usize, usize) {
+    pub fn at(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.len);
         let line = self.starts.partition_point(|&start| start <= offset);
         (line, offset - self.starts[line - 1] + 1)
