@@ -20,8 +20,9 @@ use crate::context::{extension_value, AttrType, EntityShapes};
 use crate::diagnostic::describe;
 use crate::fast_hash::HashSet;
 use crate::policy_index::{self, Bucket};
-use crate::slice::{collect_uids, stored_in_place};
+use crate::slice::collect_uids;
 use crate::snapshot::{ScopeTypes, Snapshot};
+use crate::stored::StoredIndex;
 use crate::typed_request;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +61,8 @@ pub struct Prepared<'s> {
     /// The stored entities as they are when the request brings none; otherwise the
     /// stored entities it can reach plus its own (the store is never cloned).
     pub entities: Cow<'s, Entities>,
+    /// `entities` by uid, when they are the stored entities as they are.
+    pub stored: Option<&'s StoredIndex>,
     /// The policies that can apply, by action and scope.
     pub buckets: Vec<&'s Bucket>,
     /// The uids of the entities the request brought (empty when it brought none).
@@ -74,7 +77,13 @@ impl<'s> Prepared<'s> {
 
     /// Cedar's answer on the policies that can apply, before the fail-closed rule.
     pub fn authorize(&self) -> policy_index::Combined {
-        policy_index::authorize(&self.buckets, &self.request, &self.entities, self.found())
+        policy_index::authorize(
+            &self.buckets,
+            &self.request,
+            &self.entities,
+            self.found(),
+            self.stored,
+        )
     }
 }
 
@@ -117,8 +126,8 @@ pub fn prepare<'s>(
     let resource = entity_ref(snapshot, "resource", &request.resource)?;
     check_applies_to(scope_types, &action, &principal, &resource)?;
     let request_entities = request_entities(snapshot, request.entities.as_deref())?;
-    let stored_principal = stored_in_place(&snapshot.entities, principal.as_ref());
-    let stored_resource = stored_in_place(&snapshot.entities, resource.as_ref());
+    let stored_principal = snapshot.stored.get(principal.as_ref());
+    let stored_resource = snapshot.stored.get(resource.as_ref());
     for (field, uid, stored) in [
         ("principal", &principal, stored_principal.is_some()),
         ("resource", &resource, stored_resource.is_some()),
@@ -186,6 +195,7 @@ pub fn prepare<'s>(
         action,
         resource,
         request: cedar_request,
+        stored: matches!(entities, Cow::Borrowed(_)).then_some(&snapshot.stored),
         entities,
         buckets,
         brought,

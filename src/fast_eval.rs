@@ -49,6 +49,8 @@ use cedar_policy_core::evaluator::{binary_arith, binary_relation, unary_app};
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
+use crate::stored::StoredIndex;
+
 /// Deeper conditions are left to Cedar.
 const MAX_DEPTH: usize = 64;
 
@@ -134,7 +136,10 @@ static PATH_IDS: LazyLock<Mutex<HashMap<(PathBase, SmolStr), PathId>>> =
 /// The number of the path `base.attr`, given the first time it is compiled.
 fn path_id(base: PathBase, attr: &SmolStr) -> PathId {
     let mut ids = PATH_IDS.lock().unwrap_or_else(PoisonError::into_inner);
-    let next = PathId::try_from(ids.len()).expect("fewer than 2^32 attribute paths");
+    let next = PathId::try_from(ids.len())
+        .ok()
+        .filter(|id| *id != PathMemo::FREE)
+        .expect("fewer than 2^32 - 1 attribute paths");
     *ids.entry((base, attr.clone())).or_insert(next)
 }
 
@@ -189,8 +194,8 @@ pub struct Env<'e> {
     context_fields: &'e BTreeMap<SmolStr, Value>,
     entities: &'e Entities,
     /// The paths read so far for this request, and their values (`None` where
-    /// Cedar errors). A consultation reads 17 distinct paths, so a scan finds one.
-    paths: RefCell<Vec<(PathId, Option<&'e Value>)>>,
+    /// Cedar errors).
+    paths: RefCell<PathMemo<'e>>,
     /// The entities looked up so far for this request, and what was found. A
     /// request's conditions read a handful of entities (the principal, its partner,
     /// the file, its Caf) many times, and each look-up in `entities` hashes the uid
@@ -199,6 +204,9 @@ pub struct Env<'e> {
     /// entity), which is found by address; a uid read through a new `Arc` is found
     /// by value, then remembered under that `Arc` too.
     seen: RefCell<Vec<(Arc<EntityUID>, Option<&'e Entity>)>>,
+    /// `entities` by uid, when they are a snapshot's stored entities: an entity
+    /// not in the memo under its `Arc` is then found there, without SipHash.
+    stored: Option<&'e StoredIndex>,
 }
 
 impl<'e> Env<'e> {
@@ -220,9 +228,16 @@ impl<'e> Env<'e> {
             context: Value::new(ValueKind::Record(record.clone()), None),
             context_fields: record,
             entities,
-            paths: RefCell::new(Vec::with_capacity(32)),
+            paths: RefCell::new(PathMemo::new()),
             seen: RefCell::new(Vec::with_capacity(8)),
+            stored: None,
         })
+    }
+
+    /// Finds entities through `stored`, which must index `entities` itself (the
+    /// snapshot's stored entities, when the request brings none).
+    pub fn indexed_by(self, stored: Option<&'e StoredIndex>) -> Self {
+        Self { stored, ..self }
     }
 
     /// Starts the entity memo with `found`, entities of `entities` already looked
@@ -250,18 +265,12 @@ impl<'e> Env<'e> {
         path: PathId,
         read: impl FnOnce() -> Option<&'e Value>,
     ) -> Option<&'e Value> {
-        let known = self
-            .paths
-            .borrow()
-            .iter()
-            .find(|(p, _)| *p == path)
-            .map(|(_, v)| *v);
-        if let Some(value) = known {
+        if let Some(value) = self.paths.borrow().get(path) {
             return value;
         }
         // `read` may read the path's base, so the memo is not borrowed meanwhile.
         let value = read();
-        self.paths.borrow_mut().push((path, value));
+        self.paths.borrow_mut().insert(path, value);
         value
     }
 
@@ -282,22 +291,28 @@ impl<'e> Env<'e> {
         if let Some(entity) = same_arc {
             return found(entity);
         }
-        let equal = self
-            .seen
-            .borrow()
-            .iter()
-            .find(|(seen, _)| **seen == **uid)
-            .map(|(_, e)| *e);
-        let entity = match equal {
-            Some(entity) => entity,
-            None => match self.entities.entity(uid) {
-                Dereference::Data(entity) => Some(entity),
-                Dereference::NoSuchEntity => None,
-                residual @ Dereference::Residual(_) => return residual,
+        let entity = match self.stored {
+            Some(stored) => stored.get(uid),
+            None => match self.seen_equal(uid) {
+                Some(entity) => entity,
+                None => match self.entities.entity(uid) {
+                    Dereference::Data(entity) => Some(entity),
+                    Dereference::NoSuchEntity => None,
+                    residual @ Dereference::Residual(_) => return residual,
+                },
             },
         };
         self.seen.borrow_mut().push((Arc::clone(uid), entity));
         found(entity)
+    }
+
+    /// What the memo remembers for a uid equal to `uid`, read through another `Arc`.
+    fn seen_equal(&self, uid: &EntityUID) -> Option<Option<&'e Entity>> {
+        self.seen
+            .borrow()
+            .iter()
+            .find(|(seen, _)| **seen == *uid)
+            .map(|(_, e)| *e)
     }
 
     fn var(&self, var: Var) -> &Value {
@@ -306,6 +321,70 @@ impl<'e> Env<'e> {
             Var::Action => &self.action,
             Var::Resource => &self.resource,
             Var::Context => &self.context,
+        }
+    }
+}
+
+/// A request's path values by path id: a table of open addressing (the ids are
+/// dense, so `id % slots` spreads them), sized by the paths the request reads and
+/// not by how many the policy set has. A consultation reads 17 distinct paths;
+/// the table then finds one in a probe or two, where a scan of the paths read
+/// took about 100 instructions a read (BENCHMARKS.md, session 40).
+struct PathMemo<'e> {
+    /// `(id, value)`, or [`PathMemo::FREE`] in `id`; a power of two long.
+    slots: Vec<(PathId, Option<&'e Value>)>,
+    used: usize,
+}
+
+impl<'e> PathMemo<'e> {
+    const FREE: PathId = PathId::MAX;
+    const FIRST_SLOTS: usize = 32;
+
+    fn new() -> Self {
+        Self {
+            slots: vec![(Self::FREE, None); Self::FIRST_SLOTS],
+            used: 0,
+        }
+    }
+
+    /// The value remembered for `path` (`Some(None)`: Cedar errors on it).
+    fn get(&self, path: PathId) -> Option<Option<&'e Value>> {
+        let (at, found) = self.slot_of(path);
+        found.then(|| self.slots[at].1)
+    }
+
+    fn insert(&mut self, path: PathId, value: Option<&'e Value>) {
+        // At most three quarters full, so that every search meets a free slot.
+        if 4 * (self.used + 1) > 3 * self.slots.len() {
+            self.grow();
+        }
+        let (at, found) = self.slot_of(path);
+        if !found {
+            self.used += 1;
+        }
+        self.slots[at] = (path, value);
+    }
+
+    /// Where `path` is, or the free slot where it would go; and whether it is there.
+    fn slot_of(&self, path: PathId) -> (usize, bool) {
+        debug_assert_ne!(path, Self::FREE, "fewer than 2^32 - 1 attribute paths");
+        let mask = self.slots.len() - 1;
+        let mut at = path as usize & mask;
+        loop {
+            match self.slots[at].0 {
+                id if id == path => return (at, true),
+                Self::FREE => return (at, false),
+                _ => at = (at + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let slots = vec![(Self::FREE, None); 2 * self.slots.len()];
+        let old = std::mem::replace(&mut self.slots, slots);
+        self.used = 0;
+        for (path, value) in old.into_iter().filter(|(id, _)| *id != Self::FREE) {
+            self.insert(path, value);
         }
     }
 }
@@ -998,6 +1077,28 @@ mod tests {
         assert_eq!(on_stack_of(8 << 20, &|_| 20), Some(true));
         let beyond = |remaining: usize| remaining / STACK_PER_LEVEL + 1;
         assert_eq!(on_stack_of(1 << 20, &beyond), None);
+    }
+
+    /// The path memo finds every path it was given, with its value (an error's
+    /// `None` included), through collisions and growth, and no other path.
+    #[test]
+    fn the_path_memo_finds_each_path_remembered_and_no_other() {
+        let values: Vec<Value> = (0..4).map(Value::from).collect();
+        let remembered = |id: PathId| (!id.is_multiple_of(5)).then(|| &values[id as usize % 4]);
+        let mut memo = PathMemo::new();
+        // Ids 32 apart meet in the first table; 400 ids make it grow four times.
+        let ids: Vec<PathId> = (0..200).flat_map(|n| [n * 32, n * 7 + 1]).collect();
+        for (n, &id) in ids.iter().enumerate() {
+            memo.insert(id, remembered(id));
+            assert_eq!(memo.get(id), Some(remembered(id)), "just after {n} inserts");
+        }
+        for &id in &ids {
+            assert_eq!(memo.get(id), Some(remembered(id)), "path {id}");
+        }
+        let unknown = (0..10_000).filter(|id| !ids.contains(id));
+        assert!(unknown.into_iter().all(|id| memo.get(id).is_none()));
+        memo.insert(32, None);
+        assert_eq!(memo.get(32), Some(None), "a value is replaced");
     }
 
     /// One request's look-ups are remembered; two entities with the same id and

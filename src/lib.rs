@@ -17,6 +17,7 @@
 //!   Cedar's; it answers only where Cedar would answer the same without error.
 //! - [`guard`]: the `path == "literal"` test a policy opens with, so that policies
 //!   guarded by another value than the request's are skipped.
+//! - [`stored`]: the stored entities by uid (foldhash), sharing Cedar's entities.
 //! - [`store`]: the current snapshot behind one `ArcSwap`.
 //! - [`reload`]: file watching, debounced rebuilds, last-known-good swaps.
 //! - [`context`]: request contexts built by the schema's declared types (fast, precise errors).
@@ -58,6 +59,7 @@ pub mod reload;
 pub mod slice;
 pub mod snapshot;
 pub mod store;
+pub mod stored;
 pub mod strict_json;
 pub mod suite;
 pub mod traces;

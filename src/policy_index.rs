@@ -51,6 +51,7 @@ use crate::fast_eval;
 use crate::fast_hash::{HashMap, HashSet};
 use crate::guard::{AttrPath, Guard};
 use crate::slice::policy_literals;
+use crate::stored::StoredIndex;
 
 /// The entity a principal or resource scope names, if any.
 type ScopeKey = Option<EntityUid>;
@@ -446,15 +447,18 @@ pub struct Combined {
 
 /// Evaluates the policies of each bucket that can apply, and combines the results as
 /// Cedar would on the union of the buckets. `found` are entities of `entities` the
-/// caller has already looked up (the principal and the resource, say).
+/// caller has already looked up (the principal and the resource, say); `stored`,
+/// an index of `entities` when they are a snapshot's stored entities.
 pub fn authorize(
     buckets: &[&Bucket],
     request: &Request,
     entities: &Entities,
     found: &[&ast::Entity],
+    stored: Option<&StoredIndex>,
 ) -> Combined {
     let evaluated = evaluated_request(request);
-    let fast = fast_eval::Env::new(&evaluated, entities.as_ref()).map(|env| env.knowing(found));
+    let fast = fast_eval::Env::new(&evaluated, entities.as_ref())
+        .map(|env| env.knowing(found).indexed_by(stored));
     // Cedar's evaluator is set up only for a policy the borrowing one leaves to it.
     let evaluator = OnceCell::new();
     let cedar = || {

@@ -13,6 +13,7 @@ use crate::fast_hash::{HashMap, HashSet};
 use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
 use crate::slice::{stored_in_place, SliceIndex};
+use crate::stored::StoredIndex;
 
 /// Name of the context attribute the sidecar fills with the current time when an
 /// action's context declares it (as a `datetime`) and a request omits it.
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub policies: PolicySet,
     pub policy_info: Vec<PolicyInfo>,
     pub entities: Entities,
+    /// The same entities by uid, for the decision path.
+    pub stored: StoredIndex,
     pub slice_index: SliceIndex,
     pub policy_index: PolicyIndex,
     pub time_attribute: String,
@@ -84,6 +87,8 @@ impl Snapshot {
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
         let entities = with_action_entities(model.entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
+        let (entities, stored) = StoredIndex::share(entities)
+            .map_err(|e| index_problem(format!("stored entities: {e}")))?;
         let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
         let type_names = TypeNames::new(
             entity_types
@@ -108,6 +113,7 @@ impl Snapshot {
             policies: model.policies,
             policy_info: model.policy_info,
             entities,
+            stored,
             slice_index,
             policy_index,
             time_attribute: time_attribute.to_owned(),
