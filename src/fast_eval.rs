@@ -327,9 +327,9 @@ impl<'e> Env<'e> {
 
 /// A request's path values by path id: a table of open addressing (the ids are
 /// dense, so `id % slots` spreads them), sized by the paths the request reads and
-/// not by how many the policy set has. A consultation reads 17 distinct paths;
-/// the table then finds one in a probe or two, where a scan of the paths read
-/// took about 100 instructions a read (BENCHMARKS.md, session 40).
+/// not by how many the policy set has. A consultation reads 24 distinct paths, which
+/// the first table holds without growing; a scan of the paths read had cost about
+/// 1.7k instructions a consultation (BENCHMARKS.md, session 40).
 struct PathMemo<'e> {
     /// `(id, value)`, or [`PathMemo::FREE`] in `id`; a power of two long.
     slots: Vec<(PathId, Option<&'e Value>)>,
@@ -338,7 +338,7 @@ struct PathMemo<'e> {
 
 impl<'e> PathMemo<'e> {
     const FREE: PathId = PathId::MAX;
-    const FIRST_SLOTS: usize = 32;
+    const FIRST_SLOTS: usize = 64;
 
     fn new() -> Self {
         Self {
@@ -1086,8 +1086,8 @@ mod tests {
         let values: Vec<Value> = (0..4).map(Value::from).collect();
         let remembered = |id: PathId| (!id.is_multiple_of(5)).then(|| &values[id as usize % 4]);
         let mut memo = PathMemo::new();
-        // Ids 32 apart meet in the first table; 400 ids make it grow four times.
-        let ids: Vec<PathId> = (0..200).flat_map(|n| [n * 32, n * 7 + 1]).collect();
+        // Ids 64 apart meet in the first table; 400 ids make it grow four times.
+        let ids: Vec<PathId> = (0..200).flat_map(|n| [n * 64, n * 7 + 1]).collect();
         for (n, &id) in ids.iter().enumerate() {
             memo.insert(id, remembered(id));
             assert_eq!(memo.get(id), Some(remembered(id)), "just after {n} inserts");
@@ -1097,8 +1097,8 @@ mod tests {
         }
         let unknown = (0..10_000).filter(|id| !ids.contains(id));
         assert!(unknown.into_iter().all(|id| memo.get(id).is_none()));
-        memo.insert(32, None);
-        assert_eq!(memo.get(32), Some(None), "a value is replaced");
+        memo.insert(64, None);
+        assert_eq!(memo.get(64), Some(None), "a value is replaced");
     }
 
     /// One request's look-ups are remembered; two entities with the same id and
