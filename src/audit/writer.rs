@@ -576,7 +576,7 @@ impl Mapped {
             self.reserve(end)?;
         }
         let (text, newline) = line.split_at(line.len() - 1);
-        self.map[self.len..end - 1].copy_from_slice(text);
+        copy_around_the_cache(&mut self.map[self.len..end - 1], text);
         // The newline last: a reader that sees it sees the whole line.
         std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
         self.map[end - 1] = newline[0];
@@ -619,6 +619,39 @@ impl Mapped {
         }
         Ok(())
     }
+}
+
+/// Copies `src` into `dst` (of the same length) with stores that bypass the CPU's
+/// caches where it has them (x86-64's `movntdq`, 16 bytes at a time), and orders
+/// them before any store that follows. A record's line is written once and read
+/// back only by queries: cached, its lines would evict the decision path's own
+/// code and data, which the next request then fetches again (BENCHMARKS.md,
+/// session 40).
+#[cfg(target_arch = "x86_64")]
+fn copy_around_the_cache(dst: &mut [u8], src: &[u8]) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    assert_eq!(dst.len(), src.len(), "a copy between slices of one length");
+    let head = dst.as_ptr().align_offset(16).min(dst.len());
+    let body_end = head + (dst.len() - head) / 16 * 16;
+    dst[..head].copy_from_slice(&src[..head]);
+    for at in (head..body_end).step_by(16) {
+        // SAFETY: `at..at + 16` lies in both slices (`body_end` is within them),
+        // and `dst`'s `at` is 16-byte aligned (`head` aligns it), as the streaming
+        // store requires; SSE2 is part of x86-64.
+        unsafe {
+            let chunk = _mm_loadu_si128(src.as_ptr().add(at).cast::<__m128i>());
+            _mm_stream_si128(dst.as_mut_ptr().add(at).cast::<__m128i>(), chunk);
+        }
+    }
+    dst[body_end..].copy_from_slice(&src[body_end..]);
+    // SAFETY: SSE is part of x86-64. Streaming stores are ordered by a store
+    // fence only.
+    unsafe { _mm_sfence() };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn copy_around_the_cache(dst: &mut [u8], src: &[u8]) {
+    dst.copy_from_slice(src);
 }
 
 /// The log's background thread, for slow parts of appending that no record waits
@@ -955,6 +988,21 @@ mod tests {
 
     fn text(path: &Path) -> Vec<u8> {
         std::fs::read(path).unwrap()
+    }
+
+    /// The copy around the cache copies every byte, whatever the alignment of its
+    /// destination and its length, and touches nothing around it.
+    #[test]
+    fn the_copy_around_the_cache_copies_exactly_its_bytes() {
+        let src: Vec<u8> = (0..200u8).collect();
+        for start in 0..20 {
+            for len in [0, 1, 15, 16, 17, 31, 32, 33, 100, 180] {
+                let mut dst = vec![0xAAu8; 220];
+                copy_around_the_cache(&mut dst[start..start + len], &src[..len]);
+                assert_eq!(&dst[start..start + len], &src[..len], "at {start}, {len} bytes");
+                assert!(dst[..start].iter().chain(&dst[start + len..]).all(|&b| b == 0xAA));
+            }
+        }
     }
 
     #[test]
