@@ -4,7 +4,10 @@
 //! A record copied into a `MAP_SHARED` mapping of the file is in the kernel's page
 //! cache once the copy ends, so it survives the process being killed (kill -9) as a
 //! `write` would, without the system call (about 1.2 µs, most of what a record cost
-//! when each batch was written with `write`). Appending holds one short lock while
+//! when each batch was written with `write`). The copy uses streaming stores where
+//! the CPU has them ([`copy_around_the_cache`]): a line written once and read back
+//! only by queries does not take cache lines from the decision path. Appending holds
+//! one short lock while
 //! the record is chained (its sequence number and hash) and copied: memory work;
 //! the lock's rare I/O is a rotation, and reserving the next step of the file. The
 //! file's space is reserved ahead with `posix_fallocate`, a step (1 MiB) at a time,
@@ -999,8 +1002,15 @@ mod tests {
             for len in [0, 1, 15, 16, 17, 31, 32, 33, 100, 180] {
                 let mut dst = vec![0xAAu8; 220];
                 copy_around_the_cache(&mut dst[start..start + len], &src[..len]);
-                assert_eq!(&dst[start..start + len], &src[..len], "at {start}, {len} bytes");
-                assert!(dst[..start].iter().chain(&dst[start + len..]).all(|&b| b == 0xAA));
+                assert_eq!(
+                    &dst[start..start + len],
+                    &src[..len],
+                    "at {start}, {len} bytes"
+                );
+                assert!(dst[..start]
+                    .iter()
+                    .chain(&dst[start + len..])
+                    .all(|&b| b == 0xAA));
             }
         }
     }
