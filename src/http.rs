@@ -651,11 +651,8 @@ fn address(log: &AuditLog) -> usize {
 /// Appends the worker's queued records for `log`, in the order they were decided.
 fn append_run(log: &AuditLog) {
     let queued: Vec<Queued> = RUN.with_borrow_mut(|run| {
-        let (ours, others) = std::mem::take(run)
-            .into_iter()
-            .partition(|queued| queued.log == address(log));
-        *run = others;
-        ours
+        run.extract_if(.., |queued| queued.log == address(log))
+            .collect()
     });
     let (entries, acks): (Vec<Entry>, Vec<_>) = queued
         .into_iter()
