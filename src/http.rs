@@ -13,11 +13,12 @@
 //! With a decision log, every decision is in the log before its response is sent;
 //! a decision that cannot be logged is answered Deny.
 //!
-//! A worker serves the requests ready on its connections in runs, one phase for
-//! all of them after the other: it reads them (`decide_with_the_queued_requests`),
-//! decides them, appends their records (`append_in_run`), then writes their
-//! responses (`write_with_the_queued_responses`). Each phase's code and data then
-//! stay in the caches from one request to the next.
+//! A worker serves the decision requests ready on its connections (`POST
+//! /v1/is_authorized` with a body of 64 KiB at most) in runs, one phase for all of
+//! them after the other: it reads them (`decide_with_the_queued_requests`), decides
+//! them, appends their records (`append_in_run`), then writes their responses
+//! (`write_with_the_queued_responses`, which every response waits for). Each
+//! phase's code and data then stay in the caches from one request to the next.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -472,11 +473,14 @@ async fn route(
     match (&method, path.as_str()) {
         (&Method::POST, "/v1/is_authorized") => {
             let body = read_body(request, &state.limits).await?;
-            decide_with_the_queued_requests().await;
-            let (mut pending, entry) = off_the_worker_if_large(state, body, decide_one).await?;
-            if let Some((log, entry)) = state.audit.as_ref().zip(entry) {
-                pending.logged = Some(append_in_run(log, entry).await);
-            }
+            let pending = if body.len() > INLINE_BODY_BYTES {
+                // Decided and logged off the worker: its record is appended there,
+                // whether or not its connection waits for it.
+                off_the_worker(state, body, decide_one).await?
+            } else {
+                decide_with_the_queued_requests().await;
+                decide_one_in_run(state, &body).await?
+            };
             Ok(json_response(StatusCode::OK, &pending.answer(state).await))
         }
         (&Method::POST, "/v1/batch_is_authorized") => {
@@ -561,6 +565,15 @@ async fn off_the_worker_if_large<T: Send + 'static>(
     if body.len() <= INLINE_BODY_BYTES {
         return decide(state, &body);
     }
+    off_the_worker(state, body, decide).await
+}
+
+/// `decide` run on `body` on a blocking thread, [`LARGE_BODIES_AT_ONCE`] at a time.
+async fn off_the_worker<T: Send + 'static>(
+    state: &Arc<AppState>,
+    body: Bytes,
+    decide: fn(&AppState, &[u8]) -> Result<T, HttpError>,
+) -> Result<T, HttpError> {
     let turn = Arc::clone(&state.large_bodies)
         .acquire_owned()
         .await
@@ -578,17 +591,25 @@ async fn off_the_worker_if_large<T: Send + 'static>(
     })?
 }
 
-/// One request decided; with a log, also its record, for [`append_in_run`].
-fn decide_one(state: &AppState, body: &[u8]) -> Result<(Pending, Option<Entry>), HttpError> {
+/// One request decided, its record submitted to the log.
+fn decide_one(state: &AppState, body: &[u8]) -> Result<Pending, HttpError> {
     let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
-    let recorded = state.recorded_context_fields();
-    let request = engine::read_request(&snapshot, body, recorded)?;
-    Ok(decide_unlogged(
-        state,
-        &snapshot,
-        &request,
-        Filing::ByResource,
-    )?)
+    let request = engine::read_request(&snapshot, body, state.recorded_context_fields())?;
+    Ok(decide(state, &snapshot, &request, Filing::ByResource)?)
+}
+
+/// One request decided on the worker, its record appended with the worker's run
+/// ([`append_in_run`]).
+async fn decide_one_in_run(state: &AppState, body: &[u8]) -> Result<Pending, HttpError> {
+    let (mut pending, entry) = {
+        let snapshot = state.store.current().ok_or(HttpError::NotReady)?;
+        let request = engine::read_request(&snapshot, body, state.recorded_context_fields())?;
+        decide_unlogged(state, &snapshot, &request, Filing::ByResource)?
+    };
+    if let Some((log, entry)) = state.audit.as_ref().zip(entry) {
+        pending.logged = Some(append_in_run(log, entry).await);
+    }
+    Ok(pending)
 }
 
 /// A record waiting, on this worker, for the run of records it is appended with.
@@ -1180,7 +1201,7 @@ fn metrics_response(text: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::pin::pin;
+    use std::pin::{pin, Pin};
     use std::task::{Context, Poll, Waker};
 
     use super::*;
@@ -1211,36 +1232,58 @@ mod tests {
             .collect()
     }
 
-    /// Records joined in one run are appended together, in order, when the first of
-    /// them goes on; a request dropped while it waited (its connection closed) has
-    /// its record appended all the same.
+    /// Records joined in one run are appended together, in order, by the first of
+    /// their requests to go on, and each request then reads its own
+    /// acknowledgement; a request dropped while it waits (its connection closed)
+    /// appends the run all the same, its own record and the others'.
     #[test]
     fn a_run_appends_every_record_it_holds_even_one_whose_request_was_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::start(AuditConfig::new(dir.path())).unwrap();
         let mut waiting = Context::from_waker(Waker::noop());
-        let mut first = pin!(append_in_run(&log, entry("first")));
+        let acknowledged = |request: Pin<&mut dyn Future<Output = Ack>>| {
+            let mut waiting = Context::from_waker(Waker::noop());
+            let Poll::Ready(ack) = request.poll(&mut waiting) else {
+                panic!("a run goes on after one yield");
+            };
+            let appended = pin!(ack.wait()).poll(&mut waiting);
+            assert!(matches!(appended, Poll::Ready(Ok(()))), "{appended:?}");
+        };
+
+        // Dropped before the run goes on: its drop appends the run.
+        let mut first = Box::pin(append_in_run(&log, entry("first")));
         let mut dropped = Box::pin(append_in_run(&log, entry("dropped")));
         assert!(first.as_mut().poll(&mut waiting).is_pending());
         assert!(dropped.as_mut().poll(&mut waiting).is_pending());
-        let Poll::Ready(ack) = first.as_mut().poll(&mut waiting) else {
-            panic!("a run goes on after one yield");
-        };
-        let appended = pin!(ack.wait()).poll(&mut waiting);
-        assert!(matches!(appended, Poll::Ready(Ok(()))), "{appended:?}");
         drop(dropped);
+        RUN.with_borrow(|run| assert!(run.is_empty()));
+        acknowledged(first.as_mut());
+
+        // The first to go on appends the run; the next finds its record appended.
+        let mut second = Box::pin(append_in_run(&log, entry("second")));
+        let mut third = Box::pin(append_in_run(&log, entry("third")));
+        assert!(second.as_mut().poll(&mut waiting).is_pending());
+        assert!(third.as_mut().poll(&mut waiting).is_pending());
+        acknowledged(second.as_mut());
+        RUN.with_borrow(|run| assert!(run.is_empty()));
+        acknowledged(third.as_mut());
+
+        // Dropped alone.
         let mut alone = Box::pin(append_in_run(&log, entry("alone")));
         assert!(alone.as_mut().poll(&mut waiting).is_pending());
         drop(alone);
         log.close();
         let text = logged_text(dir.path());
-        let ids: Vec<&str> = ["first", "dropped", "alone"]
-            .into_iter()
-            .filter(|id| text.contains(&format!("\"decision_id\":\"{id}\"")))
+        let order = ["first", "dropped", "second", "third", "alone"];
+        let at: Vec<usize> = order
+            .iter()
+            .map(|id| {
+                let field = format!("\"decision_id\":\"{id}\"");
+                assert_eq!(text.matches(&field).count(), 1, "{id} once: {text}");
+                text.find(&field).unwrap()
+            })
             .collect();
-        assert_eq!(ids, ["first", "dropped", "alone"], "{text}");
-        assert!(text.find("\"first\"") < text.find("\"dropped\""));
-        assert!(text.find("\"dropped\"") < text.find("\"alone\""));
+        assert!(at.is_sorted(), "in the order decided: {text}");
         RUN.with_borrow(|run| assert!(run.is_empty()));
     }
 }

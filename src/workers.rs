@@ -6,7 +6,8 @@
 //! finds work wakes another to share it. Here a connection lives on one thread: its
 //! socket is registered with that thread's reactor, its requests are read, decided,
 //! logged and answered there (an `--audit-fsync` sync runs on the log's syncer
-//! thread; a trace query, and a request body over 64 KiB, on a blocking thread). The acceptor gives each new
+//! thread; a trace query, and the decision of a request body over 64 KiB with its
+//! record, on a blocking thread). The acceptor gives each new
 //! connection to the worker serving the fewest, so that connections are spread
 //! evenly over the workers. On the 2-core dev VM this served 5% more requests a
 //! second or better, in every alternated round, than tokio's work-stealing pool
