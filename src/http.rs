@@ -1206,29 +1206,15 @@ mod tests {
 
     use super::*;
     use crate::audit::record::tests::entry;
+    use crate::audit::rotate::segments;
     use crate::audit::AuditConfig;
 
-    /// The log's text, once closed: every file of its directory.
+    /// The log's text, once closed: its files', oldest first.
     fn logged_text(dir: &std::path::Path) -> String {
-        let mut paths: Vec<_> = walk(dir);
-        paths.sort();
-        paths
-            .iter()
-            .map(|path| std::fs::read_to_string(path).unwrap())
-            .collect()
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
+        segments(dir)
             .unwrap()
-            .map(|e| e.unwrap().path())
-            .flat_map(|path| {
-                if path.is_dir() {
-                    walk(&path)
-                } else {
-                    vec![path]
-                }
-            })
+            .iter()
+            .map(|segment| segment.read_text().unwrap())
             .collect()
     }
 
