@@ -133,8 +133,42 @@ pub struct Model {
     pub version: String,
 }
 
+/// SHA-256 of the texts stored entities are read from: the schema's, the
+/// derivation rules' and the entities file's, each after its length. Two loads
+/// whose texts have the same key read the same entities.
+pub type EntitiesKey = [u8; 32];
+
+fn entities_key(texts: [&str; 3]) -> EntitiesKey {
+    let mut digest = Sha256::new();
+    for text in texts {
+        digest.update((text.len() as u64).to_le_bytes());
+        digest.update(text.as_bytes());
+    }
+    digest.finalize().into()
+}
+
 /// Reads, parses and validates a model.
 pub fn load(sources: &Sources) -> Result<Model, LoadError> {
+    load_with(sources, None).map(|(model, _)| model)
+}
+
+/// [`load`] for a reload. `serving` is the stored entities of the snapshot serving,
+/// with the key of the texts they were read from: when the texts have that key
+/// still (a policy edited, a file touched), the model takes those entities, each
+/// shared, instead of parsing, checking and closing the file again, which is most
+/// of a load's time with a large store (BENCHMARKS.md, session 42). Also gives the
+/// key of the model's entities (none without an entities file).
+pub fn load_reusing(
+    sources: &Sources,
+    serving: Option<(&EntitiesKey, &Entities)>,
+) -> Result<(Model, Option<EntitiesKey>), LoadError> {
+    load_with(sources, serving)
+}
+
+fn load_with(
+    sources: &Sources,
+    serving: Option<(&EntitiesKey, &Entities)>,
+) -> Result<(Model, Option<EntitiesKey>), LoadError> {
     let mut problems = Vec::new();
     let mut digest = Sha256::new();
     let schema_text = read(&sources.schema, "schema", &mut digest, &mut problems);
@@ -161,22 +195,30 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
         .and_then(|(text, rules)| derived_types(sources, text, rules, &mut problems));
     let entities = schema
         .as_ref()
+        .zip(schema_text.as_deref())
         .zip(rules.as_ref())
         .zip(derived.as_ref())
-        .and_then(|((schema, rules), (_, _, types))| {
-            read_entities(sources, schema, rules, types, &mut digest, &mut problems)
+        .and_then(|(((schema, schema_text), rules), (_, _, types))| {
+            let rules = ParsingRules {
+                schema,
+                schema_text,
+                rules,
+                rules_text: &derived_text,
+                types,
+            };
+            read_entities(sources, &rules, serving, &mut digest, &mut problems)
         });
     match (schema, schema_text, policies, entities, rules, derived) {
         (
             Some(schema),
             Some(schema_text),
             Some((policies, policy_info)),
-            Some(entities),
+            Some((entities, entities_key)),
             Some(rules),
             Some((schema_json, entity_shapes, derived)),
         ) if problems.is_empty() => {
             let hash = digest.finalize();
-            Ok(Model {
+            let model = Model {
                 schema,
                 schema_text,
                 schema_json,
@@ -188,7 +230,8 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
                 entity_shapes,
                 derived,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
-            })
+            };
+            Ok((model, entities_key))
         }
         _ => Err(LoadError(problems)),
     }
@@ -518,24 +561,57 @@ fn derived_types(
     }
 }
 
+/// What stored entities are read by: the schema and the derivation rules, with
+/// their texts (which the key of the entities covers).
+struct ParsingRules<'a> {
+    schema: &'a Schema,
+    schema_text: &'a str,
+    rules: &'a DerivationRules,
+    rules_text: &'a str,
+    types: &'a DerivedTypes,
+}
+
+/// The stored entities, and the key of the texts they are read from: `serving`'s
+/// when that key is theirs, else the file's, parsed.
 fn read_entities(
     sources: &Sources,
-    schema: &Schema,
-    rules: &DerivationRules,
-    types: &DerivedTypes,
+    parsing: &ParsingRules,
+    serving: Option<(&EntitiesKey, &Entities)>,
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
-) -> Option<Entities> {
+) -> Option<(Entities, Option<EntitiesKey>)> {
     let Some(path) = &sources.entities else {
-        return Some(Entities::empty());
+        return Some((Entities::empty(), None));
     };
     let text = read(path, "entities", digest, problems)?;
+    let key = entities_key([parsing.schema_text, parsing.rules_text, &text]);
+    let entities = match serving {
+        Some((serving_key, entities)) if *serving_key == key => entities.clone(),
+        _ => parse_entities(path, &text, parsing, problems)?,
+    };
+    Some((entities, Some(key)))
+}
+
+/// The entities of `text`, completed with derived data and checked against the
+/// schema.
+fn parse_entities(
+    path: &Path,
+    text: &str,
+    parsing: &ParsingRules,
+    problems: &mut Vec<Problem>,
+) -> Option<Entities> {
+    let ParsingRules {
+        schema,
+        rules,
+        types,
+        ..
+    } = *parsing;
     // A repeated key is refused: serde_json keeps the last, so `"suspended": true,
     // "suspended": false` would load as not suspended while a reader sees both.
-    let Strict(mut json) = serde_json::from_str(&text)
+    let Strict(mut json) = serde_json::from_str(text)
         .map_err(|err| {
             problems.push(Problem {
-                path: path.clone(),
+                path: path.to_owned(),
                 message: format!(
                     "{}:{}:{}: invalid JSON: {err}",
                     path.display(),
@@ -547,7 +623,7 @@ fn read_entities(
         .ok()?;
     if let Err(err) = derive::apply(rules, types, &mut json) {
         problems.push(Problem {
-            path: path.clone(),
+            path: path.to_owned(),
             message: format!("{}: derived data: {err}", path.display()),
         });
         return None;
@@ -556,10 +632,10 @@ fn read_entities(
     // what is wrong with it (the report's headline alone says neither).
     Entities::from_json_value(json, Some(schema))
         .map_err(
-            |err| match entity_problems(path, &text, rules, types, schema) {
+            |err| match entity_problems(path, text, rules, types, schema) {
                 Some(each) if !each.is_empty() => problems.extend(each),
                 _ => problems.push(Problem {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     message: format!("{}: {}", path.display(), describe(&err)),
                 }),
             },

@@ -208,9 +208,11 @@ impl Reloader {
         (Fingerprint::of(&self.sources) == before).then_some(loaded)
     }
 
-    /// Builds a complete snapshot.
+    /// Builds a complete snapshot, with the serving snapshot's stored entities when
+    /// their files are unchanged.
     fn load(&self) -> Result<Snapshot, LoadError> {
-        Snapshot::load(&self.sources, &self.time_attribute)
+        let serving = self.state.store.current();
+        Snapshot::reload(&self.sources, &self.time_attribute, serving.as_deref())
     }
 
     /// Records a refused load: logged, counted, and shown as `last_reload_error`
@@ -828,6 +830,58 @@ mod tests {
         assert!(matches!(
             reloader(sources).load_unless_changed(),
             Some(Ok(_))
+        ));
+    }
+
+    /// A reload shares the serving snapshot's stored entities (the same
+    /// allocations) while the schema, the derivation rules and the entities file
+    /// are unchanged, and reads them again once any of the three changes.
+    #[test]
+    fn a_reload_takes_the_serving_entities_while_their_files_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = model_copy(dir.path());
+        let reloader = reloader(sources.clone());
+        let user: cedar_policy::EntityUid = r#"User::"mau-admin""#.parse().unwrap();
+        let shared = |a: &Snapshot, b: &Snapshot| {
+            std::ptr::eq(
+                a.entities.get(&user).unwrap(),
+                b.entities.get(&user).unwrap(),
+            )
+        };
+        let serving = || reloader.state.store.current().unwrap();
+        reloader.reload().unwrap();
+        let first = serving();
+        std::fs::remove_file(sources.policies.join("suspension.cedar")).unwrap();
+        reloader.reload().unwrap();
+        let edited = serving();
+        assert!(shared(&first, &edited), "a policy file removed");
+        assert_ne!(edited.version, first.version);
+        assert!(edited
+            .policy_info
+            .iter()
+            .all(|policy| policy.id != "S6-convention-terminated"));
+        assert!(edited.stored.get(user.as_ref()).is_some());
+        let mut before = edited;
+        let texts = [
+            sources.entities.clone().unwrap(),
+            sources.derived.clone().unwrap(),
+            sources.schema.clone(),
+        ];
+        for path in texts {
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            text.push('\n');
+            std::fs::write(&path, text).unwrap();
+            reloader.reload().unwrap();
+            let after = serving();
+            assert!(!shared(&before, &after), "{} changed", path.display());
+            before = after;
+        }
+        let loaded = || Snapshot::load(&sources, "now").unwrap();
+        let (a, b) = (loaded(), loaded());
+        assert!(!shared(&a, &b), "loads without a snapshot serving");
+        assert!(!shared(
+            &Snapshot::reload(&sources, "now", Some(&a)).unwrap(),
+            &a
         ));
     }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::api::TypeNames;
 use crate::context::{ContextTypes, EntityShapes};
 use crate::fast_hash::{HashMap, HashSet};
-use crate::load::{self, LoadError, Model, PolicyInfo, Problem, Sources};
+use crate::load::{self, EntitiesKey, LoadError, Model, PolicyInfo, Problem, Sources};
 use crate::policy_index::PolicyIndex;
 use crate::slice::{stored_in_place, SliceIndex};
 use crate::stored::StoredIndex;
@@ -52,6 +52,10 @@ pub struct Snapshot {
     /// The entity types whose tags count the entities below them: a request may
     /// bring one without tags.
     pub derived_ancestor_types: HashSet<EntityTypeName>,
+    /// The key of the files the stored entities were read from, for a snapshot a
+    /// reload built ([`Snapshot::reload`]): the next reload takes its entities
+    /// while the files keep that key.
+    entities_key: Option<EntitiesKey>,
 }
 
 #[derive(Debug, Default)]
@@ -66,9 +70,39 @@ impl Snapshot {
         Self::from_model(load::load(sources)?, &sources.schema, time_attribute)
     }
 
+    /// [`Self::load`] for a reload after `serving`: when the files the stored
+    /// entities are read from are those `serving`'s were read from (a policy
+    /// edited), its entities are taken as they are, each shared, with their index,
+    /// instead of being parsed again ([`load::load_reusing`]).
+    pub fn reload(
+        sources: &Sources,
+        time_attribute: &str,
+        serving: Option<&Snapshot>,
+    ) -> Result<Self, LoadError> {
+        let known = serving.and_then(|s| Some((s.entities_key.as_ref()?, &s.entities)));
+        let (model, key) = load::load_reusing(sources, known)?;
+        let index = serving
+            .filter(|s| key.is_some() && s.entities_key == key)
+            .map(|s| s.stored.clone());
+        let mut snapshot = Self::build(model, index, &sources.schema, time_attribute)?;
+        snapshot.entities_key = key;
+        Ok(snapshot)
+    }
+
     /// Builds the indexes of a loaded model; `schema_path` names the schema in errors.
     pub fn from_model(
         model: Model,
+        schema_path: &Path,
+        time_attribute: &str,
+    ) -> Result<Self, LoadError> {
+        Self::build(model, None, schema_path, time_attribute)
+    }
+
+    /// [`Self::from_model`]; with `stored`, the model's entities are a serving
+    /// snapshot's, already with the schema's actions, and `stored` their index.
+    fn build(
+        model: Model,
+        stored: Option<StoredIndex>,
         schema_path: &Path,
         time_attribute: &str,
     ) -> Result<Self, LoadError> {
@@ -78,17 +112,22 @@ impl Snapshot {
                 message: format!("{}: {message}", schema_path.display()),
             }])
         };
-        let slice_index = SliceIndex::build(&model.entities, &model.schema)
-            .map_err(|e| index_problem(format!("action entities: {e}")))?;
         let context_types = ContextTypes::from_resolved_schema(&model.schema_json)
             .map_err(|e| index_problem(format!("context types: {e}")))?;
         let derived_types = model.derived.referenced.iter().cloned().collect();
         let derived_ancestor_types = model.derived.ancestors.iter().cloned().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
-        let entities = with_action_entities(model.entities, &model.schema)
+        let (entities, stored) = match stored {
+            Some(stored) => (model.entities, stored),
+            None => {
+                let entities = with_action_entities(model.entities, &model.schema)
+                    .map_err(|e| index_problem(format!("action entities: {e}")))?;
+                StoredIndex::share(entities)
+                    .map_err(|e| index_problem(format!("stored entities: {e}")))?
+            }
+        };
+        let slice_index = SliceIndex::build(&entities, &model.schema)
             .map_err(|e| index_problem(format!("action entities: {e}")))?;
-        let (entities, stored) = StoredIndex::share(entities)
-            .map_err(|e| index_problem(format!("stored entities: {e}")))?;
         let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
         let type_names = TypeNames::new(
             entity_types
@@ -125,6 +164,7 @@ impl Snapshot {
             unstored_references,
             derived_types,
             derived_ancestor_types,
+            entities_key: None,
         })
     }
 

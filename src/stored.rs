@@ -20,7 +20,8 @@ use cedar_policy_core::extensions::Extensions;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-/// The entities of one store, by uid.
+/// The entities of one store, by uid. A clone shares every entity.
+#[derive(Clone)]
 pub struct StoredIndex {
     table: HashTable<Arc<Entity>>,
     hasher: RandomState,
