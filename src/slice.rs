@@ -15,29 +15,35 @@
 //! the rest of its ancestry.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::entities_errors::EntitiesError;
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
 use cedar_policy_core::ast::{self, Literal, PartialValue, ValueKind};
 use cedar_policy_core::entities::Dereference;
 
-/// Per-snapshot index for slicing: built once, read by every decision.
+/// Per-snapshot index for slicing: built once, read by every decision. A clone
+/// shares the references (a reload whose entities are unchanged takes the serving
+/// snapshot's).
+#[derive(Clone)]
 pub struct SliceIndex {
     /// Entity references found in each stored entity's attributes and tags.
-    references: HashMap<EntityUid, Box<[EntityUid]>>,
+    references: Arc<HashMap<EntityUid, Box<[EntityUid]>>>,
     /// Action entities from the schema (with their action groups as ancestors).
     actions: HashMap<EntityUid, Entity>,
 }
 
 impl SliceIndex {
     pub fn build(entities: &Entities, schema: &Schema) -> Result<Self, Box<EntitiesError>> {
-        let references = entities
-            .iter()
-            .filter_map(|entity| {
-                let refs = references_of(entity);
-                (!refs.is_empty()).then(|| (entity.uid(), refs.into_boxed_slice()))
-            })
-            .collect();
+        let references = Arc::new(
+            entities
+                .iter()
+                .filter_map(|entity| {
+                    let refs = references_of(entity);
+                    (!refs.is_empty()).then(|| (entity.uid(), refs.into_boxed_slice()))
+                })
+                .collect(),
+        );
         let actions = schema
             .action_entities()
             .map_err(Box::new)?

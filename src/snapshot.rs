@@ -81,10 +81,10 @@ impl Snapshot {
     ) -> Result<Self, LoadError> {
         let known = serving.and_then(|s| Some((s.entities_key.as_ref()?, &s.entities)));
         let (model, key) = load::load_reusing(sources, known)?;
-        let index = serving
+        let indexes = serving
             .filter(|s| key.is_some() && s.entities_key == key)
-            .map(|s| s.stored.clone());
-        let mut snapshot = Self::build(model, index, &sources.schema, time_attribute)?;
+            .map(StoreIndexes::of);
+        let mut snapshot = Self::build(model, indexes, &sources.schema, time_attribute)?;
         snapshot.entities_key = key;
         Ok(snapshot)
     }
@@ -98,11 +98,11 @@ impl Snapshot {
         Self::build(model, None, schema_path, time_attribute)
     }
 
-    /// [`Self::from_model`]; with `stored`, the model's entities are a serving
-    /// snapshot's, already with the schema's actions, and `stored` their index.
+    /// [`Self::from_model`]; with `indexes`, the model's entities are a serving
+    /// snapshot's, already with the schema's actions, and `indexes` theirs.
     fn build(
         model: Model,
-        stored: Option<StoredIndex>,
+        indexes: Option<StoreIndexes>,
         schema_path: &Path,
         time_attribute: &str,
     ) -> Result<Self, LoadError> {
@@ -117,17 +117,15 @@ impl Snapshot {
         let derived_types = model.derived.referenced.iter().cloned().collect();
         let derived_ancestor_types = model.derived.ancestors.iter().cloned().collect();
         let entity_types: HashSet<EntityTypeName> = model.schema.entity_types().cloned().collect();
-        let (entities, stored) = match stored {
-            Some(stored) => (model.entities, stored),
-            None => {
-                let entities = with_action_entities(model.entities, &model.schema)
-                    .map_err(|e| index_problem(format!("action entities: {e}")))?;
-                StoredIndex::share(entities)
-                    .map_err(|e| index_problem(format!("stored entities: {e}")))?
-            }
+        let (entities, indexes) = match indexes {
+            Some(indexes) => (model.entities, indexes),
+            None => StoreIndexes::build(model.entities, &model.schema).map_err(index_problem)?,
         };
-        let slice_index = SliceIndex::build(&entities, &model.schema)
-            .map_err(|e| index_problem(format!("action entities: {e}")))?;
+        let StoreIndexes {
+            stored,
+            slice_index,
+            unstored_references,
+        } = indexes;
         let actions: Vec<EntityUid> = model.schema.actions().cloned().collect();
         let type_names = TypeNames::new(
             entity_types
@@ -136,13 +134,6 @@ impl Snapshot {
                 .cloned(),
         );
         let scope_types = scope_types(&model.schema, &actions);
-        let mut unstored_references: HashMap<EntityUid, Vec<EntityUid>> = HashMap::default();
-        let in_attributes = slice_index
-            .unstored_references(&entities)
-            .map(|(holder, named)| (holder.clone(), named.clone()));
-        for (holder, named) in missing_ancestors(&entities).chain(in_attributes) {
-            unstored_references.entry(named).or_default().push(holder);
-        }
         let policy_index = PolicyIndex::build(&model.policies, &actions, &entities)
             .map_err(|e| index_problem(e.to_string()))?;
         Ok(Self {
@@ -184,6 +175,48 @@ impl Snapshot {
         self.context_types
             .get(action)
             .is_some_and(|context| context.requires(&self.time_attribute, "datetime"))
+    }
+}
+
+/// What a snapshot derives from its stored entities and its schema alone, which a
+/// reload whose entity files are unchanged takes from the serving snapshot.
+struct StoreIndexes {
+    stored: StoredIndex,
+    slice_index: SliceIndex,
+    unstored_references: HashMap<EntityUid, Vec<EntityUid>>,
+}
+
+impl StoreIndexes {
+    /// The entities with the schema's actions added, and their indexes.
+    fn build(entities: Entities, schema: &Schema) -> Result<(Entities, Self), String> {
+        let entities =
+            with_action_entities(entities, schema).map_err(|e| format!("action entities: {e}"))?;
+        let (entities, stored) =
+            StoredIndex::share(entities).map_err(|e| format!("stored entities: {e}"))?;
+        let slice_index =
+            SliceIndex::build(&entities, schema).map_err(|e| format!("action entities: {e}"))?;
+        let mut unstored_references: HashMap<EntityUid, Vec<EntityUid>> = HashMap::default();
+        let in_attributes = slice_index
+            .unstored_references(&entities)
+            .map(|(holder, named)| (holder.clone(), named.clone()));
+        for (holder, named) in missing_ancestors(&entities).chain(in_attributes) {
+            unstored_references.entry(named).or_default().push(holder);
+        }
+        let indexes = Self {
+            stored,
+            slice_index,
+            unstored_references,
+        };
+        Ok((entities, indexes))
+    }
+
+    /// The serving snapshot's, each entity and reference shared with it.
+    fn of(serving: &Snapshot) -> Self {
+        Self {
+            stored: serving.stored.clone(),
+            slice_index: serving.slice_index.clone(),
+            unstored_references: serving.unstored_references.clone(),
+        }
     }
 }
 
