@@ -1,6 +1,8 @@
 //! The snapshot: one immutable, fully validated model version (schema, policies,
 //! stored entities with their derived data) plus the indexes the decision path
-//! reads. Built off the request path; shared behind an `Arc`; never mutated.
+//! reads. Built off the request path; shared behind an `Arc`; never mutated. A
+//! reload whose entity files are unchanged shares the serving snapshot's stored
+//! entities and their indexes instead of building them again.
 
 use std::path::Path;
 
@@ -72,8 +74,8 @@ impl Snapshot {
 
     /// [`Self::load`] for a reload after `serving`: when the files the stored
     /// entities are read from are those `serving`'s were read from (a policy
-    /// edited), its entities are taken as they are, each shared, with their index,
-    /// instead of being parsed again ([`load::load_reusing`]).
+    /// edited), its entities are taken as they are, each shared, with their
+    /// indexes, instead of being parsed again ([`load::load_reusing`]).
     pub fn reload(
         sources: &Sources,
         time_attribute: &str,
