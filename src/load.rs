@@ -138,6 +138,14 @@ pub struct Model {
 /// whose texts have the same key read the same entities.
 pub type EntitiesKey = [u8; 32];
 
+/// How a load read the stored entities: the key of their texts (none without an
+/// entities file), and whether they are the serving snapshot's, taken as they were.
+#[derive(Debug, Clone, Copy)]
+pub struct EntitiesRead {
+    pub key: Option<EntitiesKey>,
+    pub reused: bool,
+}
+
 fn entities_key(texts: [&str; 3]) -> EntitiesKey {
     let mut digest = Sha256::new();
     for text in texts {
@@ -156,19 +164,19 @@ pub fn load(sources: &Sources) -> Result<Model, LoadError> {
 /// with the key of the texts they were read from: when the texts have that key
 /// still (a policy edited, a file touched), the model takes those entities, each
 /// shared, instead of parsing, checking and closing the file again, which is most
-/// of a load's time with a large store (BENCHMARKS.md, session 42). Also gives the
-/// key of the model's entities (none without an entities file).
+/// of a load's time with a large store (BENCHMARKS.md, session 42). Also says how
+/// it read the model's entities.
 pub fn load_reusing(
     sources: &Sources,
     serving: Option<(&EntitiesKey, &Entities)>,
-) -> Result<(Model, Option<EntitiesKey>), LoadError> {
+) -> Result<(Model, EntitiesRead), LoadError> {
     load_with(sources, serving)
 }
 
 fn load_with(
     sources: &Sources,
     serving: Option<(&EntitiesKey, &Entities)>,
-) -> Result<(Model, Option<EntitiesKey>), LoadError> {
+) -> Result<(Model, EntitiesRead), LoadError> {
     let mut problems = Vec::new();
     let mut digest = Sha256::new();
     let schema_text = read(&sources.schema, "schema", &mut digest, &mut problems);
@@ -213,7 +221,7 @@ fn load_with(
             Some(schema),
             Some(schema_text),
             Some((policies, policy_info)),
-            Some((entities, entities_key)),
+            Some((entities, entities_read)),
             Some(rules),
             Some((schema_json, entity_shapes, derived)),
         ) if problems.is_empty() => {
@@ -231,7 +239,7 @@ fn load_with(
                 derived,
                 version: format!("sha256:{}", &format!("{hash:x}")[..16]),
             };
-            Ok((model, entities_key))
+            Ok((model, entities_read))
         }
         _ => Err(LoadError(problems)),
     }
@@ -571,25 +579,33 @@ struct ParsingRules<'a> {
     types: &'a DerivedTypes,
 }
 
-/// The stored entities, and the key of the texts they are read from: `serving`'s
-/// when that key is theirs, else the file's, parsed.
+/// The stored entities, and how they were read: `serving`'s when the key of the
+/// texts they are read from is `serving`'s, else the file's, parsed.
 fn read_entities(
     sources: &Sources,
     parsing: &ParsingRules,
     serving: Option<(&EntitiesKey, &Entities)>,
     digest: &mut Sha256,
     problems: &mut Vec<Problem>,
-) -> Option<(Entities, Option<EntitiesKey>)> {
+) -> Option<(Entities, EntitiesRead)> {
     let Some(path) = &sources.entities else {
-        return Some((Entities::empty(), None));
+        let read = EntitiesRead {
+            key: None,
+            reused: false,
+        };
+        return Some((Entities::empty(), read));
     };
     let text = read(path, "entities", digest, problems)?;
     let key = entities_key([parsing.schema_text, parsing.rules_text, &text]);
-    let entities = match serving {
-        Some((serving_key, entities)) if *serving_key == key => entities.clone(),
-        _ => parse_entities(path, &text, parsing, problems)?,
+    let (entities, reused) = match serving {
+        Some((serving_key, entities)) if *serving_key == key => (entities.clone(), true),
+        _ => (parse_entities(path, &text, parsing, problems)?, false),
     };
-    Some((entities, Some(key)))
+    let read = EntitiesRead {
+        key: Some(key),
+        reused,
+    };
+    Some((entities, read))
 }
 
 /// The entities of `text`, completed with derived data and checked against the

@@ -82,12 +82,11 @@ impl Snapshot {
         serving: Option<&Snapshot>,
     ) -> Result<Self, LoadError> {
         let known = serving.and_then(|s| Some((s.entities_key.as_ref()?, &s.entities)));
-        let (model, key) = load::load_reusing(sources, known)?;
-        let indexes = serving
-            .filter(|s| key.is_some() && s.entities_key == key)
-            .map(StoreIndexes::of);
+        let (model, read) = load::load_reusing(sources, known)?;
+        // The serving snapshot's indexes go with its entities, and only with them.
+        let indexes = serving.filter(|_| read.reused).map(StoreIndexes::of);
         let mut snapshot = Self::build(model, indexes, &sources.schema, time_attribute)?;
-        snapshot.entities_key = key;
+        snapshot.entities_key = read.key;
         Ok(snapshot)
     }
 
